@@ -1,0 +1,221 @@
+"""Layers with hand-written backward passes.
+
+The contract, stated once for every layer in this file:
+
+    out, cache = layer.forward(x, train)      x (batch, n_in) -> out (batch, n_out)
+    dL_dx, grads = layer.backward(dL_dout, cache)
+                                              grads: {"W": dL/dW, "b": dL/db} (or {"gamma", "beta"});
+                                              {} for layers without parameters
+    layer.params                              {name: array}; the optimiser updates these in place
+
+`forward` never changes parameters; BatchNorm in training mode updates its running statistics
+(`layer.state`), as torch and keras do. `cache` holds what `backward` needs and nothing else.
+Every array keeps the dtype it came with: nothing here upcasts.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from reference.errors import ShapeError, SpecError, describe
+
+
+class Layer:
+    name: str = "layer"
+    params: dict[str, np.ndarray]
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.params = {}
+
+    def forward(self, x: np.ndarray, train: bool = True) -> tuple[np.ndarray, object]:
+        raise NotImplementedError
+
+    def backward(self, dL_dout: np.ndarray, cache: object) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}{v.shape}" for k, v in self.params.items())
+        return f"{type(self).__name__}({self.name}{', ' + shapes if shapes else ''})"
+
+
+class Dense(Layer):
+    def __init__(self, name: str, W: np.ndarray, b: np.ndarray) -> None:
+        super().__init__(name)
+        if W.ndim != 2 or b.shape != (W.shape[1],) or W.dtype != b.dtype:
+            raise ShapeError(f"{name}: expected W (n_in, n_out) and b (n_out,) of one dtype, got W {describe(W)}, b {describe(b)}")
+        self.params = {"W": W, "b": b}
+
+    def forward(self, x, train=True):
+        """out = x @ W + b"""
+        W, b = self.params["W"], self.params["b"]
+        if x.ndim != 2 or x.shape[1] != W.shape[0]:
+            raise ShapeError(f"{self.name}: expected input of shape (batch, {W.shape[0]}), got {describe(x)}")
+        return x @ W + b, x  # (batch, n_out)
+
+    def backward(self, dL_dout, x):
+        """dL/dW = x^T g,  dL/db = sum_batch g,  dL/dx = g W^T"""
+        W = self.params["W"]
+        dL_dW = x.T @ dL_dout  # (n_in, n_out)
+        dL_db = dL_dout.sum(axis=0)  # (n_out,)
+        return dL_dout @ W.T, {"W": dL_dW, "b": dL_db}  # (batch, n_in)
+
+
+class ReLU(Layer):
+    def forward(self, x, train=True):
+        """out = max(x, 0)"""
+        return np.maximum(x, 0), x
+
+    def backward(self, dL_dout, x):
+        """dL/dx = g * [x > 0]   (the subgradient at 0 is 0, as in torch and keras)"""
+        return dL_dout * (x > 0), {}
+
+
+class LeakyReLU(Layer):
+    def __init__(self, name: str, alpha: float) -> None:
+        super().__init__(name)
+        self.alpha = alpha
+
+    def forward(self, x, train=True):
+        """out = x if x > 0 else alpha * x"""
+        return np.where(x > 0, x, self.alpha * x), x
+
+    def backward(self, dL_dout, x):
+        """dL/dx = g * (1 if x > 0 else alpha)"""
+        return dL_dout * np.where(x > 0, 1, self.alpha).astype(dL_dout.dtype), {}
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """s = 1 / (1 + exp(-x)), computed from exp(-|x|) so no exp ever overflows."""
+    z = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + z), z / (1 + z))
+
+
+class Sigmoid(Layer):
+    def forward(self, x, train=True):
+        """out = 1 / (1 + exp(-x))"""
+        s = sigmoid(x)
+        return s, s
+
+    def backward(self, dL_dout, s):
+        """dL/dx = g * s * (1 - s)"""
+        return dL_dout * s * (1 - s), {}
+
+
+class Tanh(Layer):
+    def forward(self, x, train=True):
+        """out = tanh(x)"""
+        t = np.tanh(x)
+        return t, t
+
+    def backward(self, dL_dout, t):
+        """dL/dx = g * (1 - t^2)"""
+        return dL_dout * (1 - t * t), {}
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """s_i = exp(x_i - max x) / sum_j exp(x_j - max x), row by row."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Softmax(Layer):
+    def forward(self, x, train=True):
+        """out = softmax(x) along the last axis"""
+        s = softmax(x)
+        return s, s
+
+    def backward(self, dL_dout, s):
+        """dL/dx = J^T g with J = diag(s) - s s^T, i.e. s * (g - <g, s>) row by row"""
+        return s * (dL_dout - (dL_dout * s).sum(axis=-1, keepdims=True)), {}
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, out = x * mask / (1 - rate), mask ~ Bernoulli(1 - rate)."""
+
+    def __init__(self, name: str, rate: float, rng: np.random.Generator) -> None:
+        super().__init__(name)
+        self.rate = rate
+        self.rng = rng
+
+    def draw_mask(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A 0/1 keep-mask from this layer's seeded generator (hand it to a twin to share it)."""
+        return (self.rng.random(shape) >= self.rate).astype(dtype)
+
+    def forward(self, x, train=True, mask=None):
+        """train: out = x * mask / (1 - rate);  eval: out = x"""
+        if not train or self.rate == 0:
+            return x, None
+        if mask is None:
+            mask = self.draw_mask(x.shape, x.dtype)
+        elif mask.shape != x.shape:
+            raise ShapeError(f"{self.name}: expected a mask of shape {x.shape}, got {describe(mask)}")
+        scale = mask.astype(x.dtype) / x.dtype.type(1 - self.rate)
+        return x * scale, scale
+
+    def backward(self, dL_dout, scale):
+        """dL/dx = g * mask / (1 - rate)  (identity in eval mode)"""
+        return (dL_dout if scale is None else dL_dout * scale), {}
+
+
+class BatchNorm(Layer):
+    """Batch normalisation over the batch axis (BatchNorm1d), affine, with running statistics.
+
+    Training normalises with the batch mean and the biased batch variance. Running statistics:
+      torch: running = (1 - m) * running + m * batch_stat, m = 0.1, with the *unbiased* variance
+      keras: running = m * running + (1 - m) * batch_stat, m = 0.99, with the biased variance
+    Evaluation normalises with the running statistics.
+    """
+
+    DEFAULTS: ClassVar[dict[str, tuple[float, float]]] = {"torch": (0.1, 1e-5), "keras": (0.99, 1e-3)}
+
+    def __init__(self, name: str, n: int, dtype, convention="torch", momentum=None, eps=None) -> None:
+        super().__init__(name)
+        if convention not in self.DEFAULTS:
+            raise SpecError(f"{name}: convention must be 'torch' or 'keras', got {convention!r}")
+        m0, e0 = self.DEFAULTS[convention]
+        self.convention = convention
+        self.momentum = m0 if momentum is None else momentum
+        self.eps = e0 if eps is None else eps
+        self.params = {"gamma": np.ones(n, dtype), "beta": np.zeros(n, dtype)}
+        self.state = {"running_mean": np.zeros(n, dtype), "running_var": np.ones(n, dtype)}
+
+    def forward(self, x, train=True):
+        """out = gamma * (x - mu) / sqrt(var + eps) + beta"""
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        if x.ndim != 2 or x.shape[1] != gamma.shape[0]:
+            raise ShapeError(f"{self.name}: expected input of shape (batch, {gamma.shape[0]}), got {describe(x)}")
+        if not train:
+            x_hat = (x - self.state["running_mean"]) / np.sqrt(self.state["running_var"] + self.eps)
+            return gamma * x_hat + beta, ("eval", x_hat, self.state["running_var"].copy())
+        n = x.shape[0]
+        if n < 2:
+            raise ShapeError(f"{self.name}: training mode needs a batch of at least 2, got {describe(x)}")
+        mu = x.mean(axis=0)
+        var = ((x - mu) ** 2).mean(axis=0)  # biased
+        x_hat = (x - mu) / np.sqrt(var + self.eps)
+        self._update_running(mu, var, n)
+        return gamma * x_hat + beta, ("train", x_hat, var)
+
+    def _update_running(self, mu, var, n):
+        m, s = self.momentum, self.state
+        if self.convention == "torch":
+            s["running_mean"][...] = (1 - m) * s["running_mean"] + m * mu
+            s["running_var"][...] = (1 - m) * s["running_var"] + m * var * (n / (n - 1))
+        else:
+            s["running_mean"][...] = m * s["running_mean"] + (1 - m) * mu
+            s["running_var"][...] = m * s["running_var"] + (1 - m) * var
+
+    def backward(self, dL_dout, cache):
+        """train: dL/dx = gamma / (N sigma) * (N g - sum g - x_hat sum(g x_hat));  eval: gamma g / sigma"""
+        mode, x_hat, var = cache
+        gamma = self.params["gamma"]
+        grads = {"gamma": (dL_dout * x_hat).sum(axis=0), "beta": dL_dout.sum(axis=0)}
+        inv_sigma = 1 / np.sqrt(var + self.eps)
+        if mode == "eval":
+            return dL_dout * gamma * inv_sigma, grads
+        n = dL_dout.shape[0]
+        dL_dx = (gamma * inv_sigma / n) * (n * dL_dout - grads["beta"] - x_hat * grads["gamma"])
+        return dL_dx, grads

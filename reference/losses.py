@@ -1,0 +1,176 @@
+"""Losses with their gradients.
+
+The contract, stated once:
+
+    loss = LOSSES[name](reduction)
+    value, dL_dpred = loss.value_and_grad(pred, target)      value: 0-d array in pred's dtype
+
+Classification losses (softmax_cross_entropy, cross_entropy, nll) take integer labels (batch,) and
+sum over classes per sample; "mean" then divides by the batch size (torch's and keras' default).
+Element-wise losses (mse, l1, bce) take targets shaped like `pred`; "mean" divides by the number of
+elements (torch's convention; keras' mean over the last axis then the batch is the same number).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reference.errors import LabelError, ShapeError, SpecError, describe
+from reference.layers import softmax
+
+
+def check_labels(labels: object, pred: np.ndarray, where: str) -> np.ndarray:
+    """Integer labels (batch,), one per row of `pred`, each in [0, n_classes)."""
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
+        raise LabelError(f"{where}: expected integer labels of shape ({pred.shape[0]},), got {describe(labels)}")
+    if labels.shape != (pred.shape[0],):
+        raise LabelError(f"{where}: expected labels of shape ({pred.shape[0]},) for predictions {pred.shape}, got {labels.shape}")
+    n_classes = pred.shape[1]
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise LabelError(f"{where}: expected labels in [0, {n_classes}), got {int(labels[i])} at index {i}")
+    return labels
+
+
+def check_targets(target: object, pred: np.ndarray, where: str) -> np.ndarray:
+    if not isinstance(target, np.ndarray) or target.shape != pred.shape:
+        raise ShapeError(f"{where}: expected a target array of shape {pred.shape}, got {describe(target)}")
+    if target.dtype != pred.dtype:
+        raise ShapeError(f"{where}: expected a target of dtype {pred.dtype}, got {describe(target)}")
+    return target
+
+
+class Loss:
+    name = "loss"
+    classification = True
+
+    def __init__(self, reduction: str = "mean") -> None:
+        if reduction not in ("mean", "sum"):
+            raise SpecError(f"{self.name}: reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+
+    def _divisor(self, pred: np.ndarray) -> int:
+        if self.reduction == "sum":
+            return 1
+        return pred.shape[0] if self.classification else pred.size
+
+    def check(self, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+        if pred.ndim != 2:
+            raise ShapeError(f"{self.name}: expected predictions of shape (batch, n_out), got {describe(pred)}")
+        if self.classification:
+            return check_labels(target, pred, self.name)
+        return check_targets(target, pred, self.name)
+
+    def value(self, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return self.value_and_grad(pred, target)[0]
+
+    def value_and_grad(self, pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+def one_hot(labels: np.ndarray, n_classes: int, dtype) -> np.ndarray:
+    """(batch,) integer labels -> (batch, n_classes) one-hot rows."""
+    out = np.zeros((labels.shape[0], n_classes), dtype)
+    out[np.arange(labels.shape[0]), labels] = 1
+    return out
+
+
+class SoftmaxCrossEntropy(Loss):
+    name = "softmax_cross_entropy"
+
+    def value_and_grad(self, logits, labels):
+        """L = -log softmax(z)_y = logsumexp(z) - z_y;  dL/dz = softmax(z) - onehot(y)"""
+        labels = self.check(logits, labels)
+        rows = np.arange(logits.shape[0])
+        shifted = logits - logits.max(axis=1, keepdims=True)  # stable for |z| up to float max
+        log_norm = np.log(np.exp(shifted).sum(axis=1))
+        losses = log_norm - shifted[rows, labels]  # (batch,)
+        grad = softmax(logits)
+        grad[rows, labels] -= 1
+        d = self._divisor(logits)
+        return losses.sum() / d, grad / d
+
+
+class CrossEntropy(Loss):
+    name = "cross_entropy"
+
+    def value_and_grad(self, probs, labels):
+        """L = -log p_y;  dL/dp_j = -1/p_y if j == y else 0"""
+        labels = self.check(probs, labels)
+        rows = np.arange(probs.shape[0])
+        p_y = probs[rows, labels]
+        grad = np.zeros_like(probs)
+        grad[rows, labels] = -1 / p_y
+        d = self._divisor(probs)
+        return -np.log(p_y).sum() / d, grad / d
+
+
+class NLL(Loss):
+    """Cross-entropy of probabilities clipped to [eps, 1 - eps] (keras' convention, eps = 1e-7)."""
+
+    name = "nll"
+
+    def __init__(self, reduction: str = "mean", eps: float = 1e-7) -> None:
+        super().__init__(reduction)
+        self.eps = eps
+
+    def value_and_grad(self, probs, labels):
+        """L = -log clip(p_y, eps, 1 - eps);  dL/dp_y = -1/p_y inside the clip range, 0 outside"""
+        labels = self.check(probs, labels)
+        rows = np.arange(probs.shape[0])
+        p_y = probs[rows, labels]
+        clipped = np.clip(p_y, self.eps, 1 - self.eps)
+        grad = np.zeros_like(probs)
+        grad[rows, labels] = np.where(clipped == p_y, -1 / clipped, 0)
+        d = self._divisor(probs)
+        return -np.log(clipped).sum() / d, grad / d
+
+
+class MSE(Loss):
+    name = "mse"
+    classification = False
+
+    def value_and_grad(self, pred, target):
+        """L = sum (p - t)^2 / n;  dL/dp = 2 (p - t) / n"""
+        self.check(pred, target)
+        diff = pred - target
+        d = self._divisor(pred)
+        return (diff * diff).sum() / d, 2 * diff / d
+
+
+class L1(Loss):
+    name = "l1"
+    classification = False
+
+    def value_and_grad(self, pred, target):
+        """L = sum |p - t| / n;  dL/dp = sign(p - t) / n  (subgradient 0 at p == t, as torch)"""
+        self.check(pred, target)
+        diff = pred - target
+        d = self._divisor(pred)
+        return np.abs(diff).sum() / d, np.sign(diff) / d
+
+
+class BCE(Loss):
+    """Binary cross-entropy of probabilities in (0, 1) against targets in [0, 1]."""
+
+    name = "bce"
+    classification = False
+
+    def value_and_grad(self, probs, target):
+        """L = -sum (t log p + (1 - t) log(1 - p)) / n;  dL/dp = (p - t) / (p (1 - p)) / n"""
+        self.check(probs, target)
+        d = self._divisor(probs)
+        value = -(target * np.log(probs) + (1 - target) * np.log1p(-probs)).sum() / d
+        return value, (probs - target) / (probs * (1 - probs)) / d
+
+
+LOSSES: dict[str, type[Loss]] = {
+    cls.name: cls for cls in (SoftmaxCrossEntropy, CrossEntropy, NLL, MSE, L1, BCE)
+}
+
+
+def make_loss(name: str, reduction: str = "mean") -> Loss:
+    if name not in LOSSES:
+        raise SpecError(f"unknown loss {name!r}; losses are {sorted(LOSSES)}")
+    return LOSSES[name](reduction)

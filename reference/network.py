@@ -1,0 +1,143 @@
+"""Sequential network: forward with a cache, backward to a Trace.
+
+    net = Network(spec, seed=0)                 # or Network(spec, params={"dense_1.W": ..., ...})
+    trace = net.trace(x, y)                     # loss and every per-layer tensor (reference/trace.py)
+    loss, grads = net.loss_and_grads(x, y)      # the same numbers, only what training needs
+    out = net.forward(x)                        # inference (dropout off, batchnorm running stats)
+
+Parameters are named "<layer>.<param>" ("dense_1.W", "dense_1.b", "batchnorm_1.gamma"), W is
+(n_in, n_out) and b is (n_out,): the canonical layout every twin converts from and to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reference.errors import DTypeError, ShapeError, check_array, describe
+from reference.init import INITIALIZERS
+from reference.layers import BatchNorm, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from reference.losses import make_loss
+from reference.spec import ModelSpec
+from reference.trace import LayerTrace, Trace
+
+ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax}
+
+
+def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Fresh parameters for `spec` from numpy.random.default_rng(seed), in the spec's dtype."""
+    rng = np.random.default_rng(seed)
+    params: dict[str, np.ndarray] = {}
+    n_in = spec.n_in
+    for name, layer in zip(spec.layer_names(), spec.layers):
+        if layer.kind == "dense":
+            W, b = INITIALIZERS[layer.init or spec.init](rng, n_in, layer.units)
+            params[f"{name}.W"], params[f"{name}.b"] = W.astype(spec.dtype), b.astype(spec.dtype)
+            n_in = layer.units
+        elif layer.kind == "batchnorm":
+            params[f"{name}.gamma"] = np.ones(n_in, spec.dtype)
+            params[f"{name}.beta"] = np.zeros(n_in, spec.dtype)
+    return params
+
+
+class Network:
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray] | None = None, seed: int = 0) -> None:
+        self.spec = spec
+        self.dtype = np.dtype(spec.dtype)
+        self.loss = make_loss(spec.loss, spec.reduction)
+        dropout_rng = np.random.default_rng([seed, 1])  # apart from the init stream
+        shapes = init_params(spec, seed) if params is None else None
+        self.layers = []
+        n_in = spec.n_in
+        for name, ls in zip(spec.layer_names(), spec.layers):
+            if ls.kind == "dense":
+                self.layers.append(Dense(name, *self._take(params or shapes, name, ("W", "b"))))
+                n_in = ls.units
+            elif ls.kind == "batchnorm":
+                layer = BatchNorm(name, n_in, self.dtype, ls.convention, ls.momentum, ls.eps)
+                layer.params = dict(zip(("gamma", "beta"), self._take(params or shapes, name, ("gamma", "beta"))))
+                self.layers.append(layer)
+            elif ls.kind == "leaky_relu":
+                self.layers.append(LeakyReLU(name, ls.alpha))
+            elif ls.kind == "dropout":
+                self.layers.append(Dropout(name, ls.rate, dropout_rng))
+            else:
+                self.layers.append(ACTIVATIONS[ls.kind](name))
+        if params is not None:
+            self.set_params(params)  # checks shapes and dtypes, copies
+
+    def _take(self, params, layer: str, names: tuple[str, ...]) -> list[np.ndarray]:
+        missing = [f"{layer}.{n}" for n in names if f"{layer}.{n}" not in params]
+        if missing:
+            raise ShapeError(f"network: parameters {missing} missing; got {sorted(params)}")
+        return [np.array(params[f"{layer}.{n}"], dtype=self.dtype) for n in names]
+
+    # Parameters -----------------------------------------------------------------------------
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The live parameter arrays, by name; the optimiser updates these in place."""
+        return {f"{layer.name}.{k}": v for layer in self.layers for k, v in layer.params.items()}
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def set_params(self, new: dict[str, np.ndarray]) -> None:
+        live = self.params
+        if set(new) != set(live):
+            raise ShapeError(f"network: expected parameters {sorted(live)}, got {sorted(new)}")
+        for k, v in new.items():
+            if not isinstance(v, np.ndarray) or v.shape != live[k].shape:
+                raise ShapeError(f"network: parameter {k}: expected shape {live[k].shape}, got {describe(v)}")
+            if v.dtype != self.dtype:
+                raise DTypeError(f"network: parameter {k}: expected dtype {self.dtype}, got {describe(v)}")
+            live[k][...] = v
+
+    # Forward and backward -------------------------------------------------------------------
+
+    def _check_input(self, x: np.ndarray) -> None:
+        check_array(x, f"network input (to {self.layers[0].name})", self.dtype, ndim=2, width=self.spec.n_in)
+
+    def forward_cached(self, x, train=True, masks=None):
+        """Outputs and caches of every layer, first to last."""
+        self._check_input(x)
+        outs, caches = [], []
+        h = x
+        for layer in self.layers:
+            if isinstance(layer, Dropout):
+                h, cache = layer.forward(h, train, mask=(masks or {}).get(layer.name))
+            else:
+                h, cache = layer.forward(h, train)
+            outs.append(h)
+            caches.append(cache)
+        return outs, caches
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        return self.forward_cached(x, train)[0][-1]
+
+    def _loss_and_grad(self, out, y):
+        value, dL_dout = self.loss.value_and_grad(out, y)
+        if self.spec.l2:
+            value = value + self.spec.l2 * sum((layer.params["W"] ** 2).sum() for layer in self.layers if isinstance(layer, Dense))
+        return value, dL_dout
+
+    def trace(self, x: np.ndarray, y: np.ndarray, train: bool = True, masks=None) -> Trace:
+        """Forward, loss and backward; every per-layer tensor recorded (see reference/trace.py)."""
+        outs, caches = self.forward_cached(x, train, masks)
+        loss, g = self._loss_and_grad(outs[-1], y)
+        records = [LayerTrace(layer.name, out=out) for layer, out in zip(self.layers, outs)]
+        for layer, cache, rec in zip(reversed(self.layers), reversed(caches), reversed(records)):
+            rec.grad_out = g
+            g, rec.grads = layer.backward(g, cache)
+            if self.spec.l2 and isinstance(layer, Dense):
+                rec.grads["W"] = rec.grads["W"] + 2 * self.spec.l2 * layer.params["W"]
+            rec.grad_in = g
+        return Trace(loss=loss, layers=records)
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, train: bool = True, masks=None):
+        """(loss, {"dense_1.W": dL/dW, ...}): the numbers of `trace`, for training loops."""
+        t = self.trace(x, y, train, masks)
+        return t.loss, {f"{rec.name}.{k}": v for rec in t.layers for k, v in rec.grads.items()}
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted class per row (argmax of the last layer's output)."""
+        return self.forward(x).argmax(axis=1)

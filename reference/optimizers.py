@@ -1,0 +1,125 @@
+"""Optimisers, each in torch's and in keras' definition.
+
+The contract, stated once:
+
+    opt = make_optimizer(spec.optimizer)
+    opt.step(params, grads)      params, grads: {"dense_1.W": array, ...}; params updated in place
+
+State (velocities, moments, the step count) lives in the optimiser, keyed by parameter name.
+Where torch and keras define a rule differently, `convention` picks one, so each twin is matched
+exactly; the differences are written next to each rule. Weight decay:
+    coupled    g <- g + wd * p before the rule         (torch's `weight_decay=`)
+    decoupled  p <- p - lr * wd * p before the rule    (torch AdamW, keras' `weight_decay=`)
+`decay_biases=False` applies it to weight matrices only ("*.W"); keras decays every variable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from reference.errors import SpecError
+from reference.spec import OptimizerSpec
+
+
+class Optimizer:
+    def __init__(self, spec: OptimizerSpec) -> None:
+        self.spec = spec
+        self.lr = spec.lr
+        self.state: dict[str, dict[str, np.ndarray]] = {}
+        self.t = 0  # steps taken
+
+    def _decays(self, name: str) -> bool:
+        return self.spec.weight_decay != 0 and (self.spec.decay_biases or name.endswith(".W"))
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        self.t += 1
+        for name, p in params.items():
+            g = grads[name]
+            if self._decays(name):
+                if self.spec.decay_mode == "coupled":
+                    g = g + self.spec.weight_decay * p
+                else:
+                    p -= self.lr * self.spec.weight_decay * p
+            self.update(name, p, g)
+
+    def update(self, name: str, p: np.ndarray, g: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _slot(self, name: str, key: str, like: np.ndarray) -> np.ndarray:
+        return self.state.setdefault(name, {}).setdefault(key, np.zeros_like(like))
+
+
+class SGD(Optimizer):
+    def update(self, name, p, g):
+        """p <- p - lr g"""
+        p -= self.lr * g
+
+
+class Momentum(Optimizer):
+    def update(self, name, p, g):
+        """torch: v <- mu v + g, p <- p - lr v;   keras: v <- mu v - lr g, p <- p + v"""
+        v, mu = self._slot(name, "v", p), self.spec.momentum
+        if self.spec.convention == "torch":
+            # torch stores the first buffer as g itself (not mu * 0 + g): the same number.
+            v[...] = mu * v + g
+            p -= self.lr * v
+        else:
+            v[...] = mu * v - self.lr * g
+            p += v
+
+
+class Nesterov(Optimizer):
+    def update(self, name, p, g):
+        """torch: v <- mu v + g, p <- p - lr (g + mu v);   keras: v <- mu v - lr g, p <- p + mu v - lr g"""
+        v, mu = self._slot(name, "v", p), self.spec.momentum
+        if self.spec.convention == "torch":
+            v[...] = mu * v + g
+            p -= self.lr * (g + mu * v)
+        else:
+            v[...] = mu * v - self.lr * g
+            p += mu * v - self.lr * g
+
+
+class RMSProp(Optimizer):
+    def update(self, name, p, g):
+        """torch: s <- a s + (1-a) g^2, p <- p - lr g / (sqrt(s) + eps)   (eps outside the root)
+        keras: s <- r s + (1-r) g^2, p <- p - lr g / sqrt(s + eps)          (eps inside the root)"""
+        torch = self.spec.convention == "torch"
+        rho = self.spec.rho if self.spec.rho is not None else (0.99 if torch else 0.9)
+        eps = self.spec.eps if self.spec.eps is not None else (1e-8 if torch else 1e-7)
+        s = self._slot(name, "s", p)
+        s[...] = rho * s + (1 - rho) * g * g
+        p -= self.lr * g / ((np.sqrt(s) + eps) if torch else np.sqrt(s + eps))
+
+
+class Adam(Optimizer):
+    def update(self, name, p, g):
+        """m <- b1 m + (1-b1) g,  v <- b2 v + (1-b2) g^2, then
+        torch: p <- p - lr m_hat / (sqrt(v_hat) + eps)     m_hat = m/(1-b1^t), v_hat = v/(1-b2^t)
+        keras: p <- p - lr_t m / (sqrt(v) + eps)           lr_t = lr sqrt(1-b2^t)/(1-b1^t)
+        (the same rule but for where eps sits: keras' eps acts on the uncorrected sqrt(v))"""
+        torch = self.spec.convention == "torch"
+        b1, b2 = self.spec.beta1, self.spec.beta2
+        eps = self.spec.eps if self.spec.eps is not None else (1e-8 if torch else 1e-7)
+        m, v = self._slot(name, "m", p), self._slot(name, "v", p)
+        m[...] = b1 * m + (1 - b1) * g
+        v[...] = b2 * v + (1 - b2) * g * g
+        # Bias correction.
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        if torch:
+            p -= self.lr * (m / c1) / (np.sqrt(v / c2) + eps)
+        else:
+            p -= (self.lr * math.sqrt(c2) / c1) * m / (np.sqrt(v) + eps)
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    "sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "rmsprop": RMSProp, "adam": Adam,
+}
+
+
+def make_optimizer(spec: OptimizerSpec) -> Optimizer:
+    if spec.name not in OPTIMIZERS:
+        raise SpecError(f"unknown optimizer {spec.name!r}; optimizers are {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[spec.name](spec)

@@ -1,0 +1,232 @@
+"""ModelSpec: the declarative, serialisable model that every oracle builds from.
+
+A spec names the layers, their sizes, the loss and its reduction, the dtype, the initialiser, the
+optimiser and the training set-up (batch size, epochs, input preprocessing). The numpy reference,
+the torch twin and the keras twin are all built from the same spec and the same parameter arrays.
+`spec.to_dict()` / `ModelSpec.from_dict()` round-trip through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from reference.errors import SpecError
+
+LAYER_KINDS = ("dense", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "dropout", "batchnorm")
+LOSSES = ("softmax_cross_entropy", "cross_entropy", "nll", "mse", "l1", "bce")
+REDUCTIONS = ("mean", "sum")
+DTYPES = ("float32", "float64")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
+CONVENTIONS = ("torch", "keras")
+PREPROCESSING = ("raw", "scale255", "scale16")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer. Only the fields that matter for its kind are read."""
+
+    kind: str
+    units: int | None = None  # dense: n_out
+    init: str | None = None  # dense: initialiser name (None: the model's)
+    alpha: float = 0.01  # leaky_relu: negative slope
+    rate: float = 0.5  # dropout: probability of dropping a unit
+    momentum: float | None = None  # batchnorm: None -> the convention's default (torch 0.1, keras 0.99)
+    eps: float | None = None  # batchnorm: None -> the convention's default (torch 1e-5, keras 1e-3)
+    convention: str = "torch"  # batchnorm: whose running-statistics convention
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimiser and its hyper-parameters; `convention` picks torch's or keras' definition."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0  # momentum, nesterov (and rmsprop's optional momentum is not modelled)
+    rho: float | None = None  # rmsprop decay; None -> convention default (torch 0.99, keras 0.9)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float | None = None  # None -> convention default (torch 1e-8, keras 1e-7)
+    weight_decay: float = 0.0
+    decay_mode: str = "coupled"  # coupled: g += wd*p (torch weight_decay); decoupled: p -= lr*wd*p
+    decay_biases: bool = True  # torch applies weight_decay to every parameter in the group
+    convention: str = "torch"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    n_in: int
+    layers: tuple[LayerSpec, ...]
+    loss: str = "softmax_cross_entropy"
+    reduction: str = "mean"
+    dtype: str = "float64"
+    init: str = "glorot_uniform"
+    l2: float = 0.0  # keras kernel_regularizer L2: loss += l2 * sum(W**2) over dense kernels
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    batch_size: int = 32
+    epochs: int = 3
+    preprocess: str = "scale255"
+    dataset: str = "mnist"
+    name: str = "custom"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def n_out(self) -> int:
+        return [layer.units for layer in self.layers if layer.kind == "dense"][-1]
+
+    def layer_names(self) -> list[str]:
+        """Names as every Trace uses them: kind_k, counted per kind from 1 ("dense_1", "relu_1")."""
+        counts: dict[str, int] = {}
+        names = []
+        for layer in self.layers:
+            counts[layer.kind] = counts.get(layer.kind, 0) + 1
+            names.append(f"{layer.kind}_{counts[layer.kind]}")
+        return names
+
+    def replace(self, **changes) -> ModelSpec:
+        """A copy with some fields changed (`optimizer` may be given as a dict of its fields)."""
+        if isinstance(changes.get("optimizer"), dict):
+            changes["optimizer"] = dataclasses.replace(self.optimizer, **changes["optimizer"])
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        d = dict(d)
+        try:
+            d["layers"] = tuple(LayerSpec(**layer) for layer in d["layers"])
+            d["optimizer"] = OptimizerSpec(**d.get("optimizer", {}))
+            return cls(**d)
+        except TypeError as e:
+            raise SpecError(f"model spec: {e}") from e
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        return cls.from_dict(json.loads(text))
+
+
+def _one_of(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise SpecError(f"model spec: {what} must be one of {allowed}, got {value!r}")
+
+
+def validate(spec: ModelSpec) -> None:
+    """Raise SpecError naming the field when the spec cannot describe a network."""
+    from reference.init import INITIALIZERS  # local: init imports nothing from here, avoid a cycle
+
+    _one_of(spec.loss, LOSSES, "loss")
+    _one_of(spec.reduction, REDUCTIONS, "reduction")
+    _one_of(spec.dtype, DTYPES, "dtype")
+    _one_of(spec.init, tuple(INITIALIZERS), "init")
+    _one_of(spec.optimizer.name, OPTIMIZERS, "optimizer.name")
+    _one_of(spec.optimizer.convention, CONVENTIONS, "optimizer.convention")
+    _one_of(spec.optimizer.decay_mode, ("coupled", "decoupled"), "optimizer.decay_mode")
+    _one_of(spec.preprocess, PREPROCESSING, "preprocess")
+    if not isinstance(spec.n_in, int) or spec.n_in < 1:
+        raise SpecError(f"model spec: n_in must be a positive int, got {spec.n_in!r}")
+    if not spec.layers or not any(layer.kind == "dense" for layer in spec.layers):
+        raise SpecError("model spec: layers must contain at least one dense layer")
+    for i, layer in enumerate(spec.layers):
+        _one_of(layer.kind, LAYER_KINDS, f"layers[{i}].kind")
+        if layer.kind == "dense":
+            if not isinstance(layer.units, int) or layer.units < 1:
+                raise SpecError(f"model spec: layers[{i}] (dense) needs units >= 1, got {layer.units!r}")
+            if layer.init is not None:
+                _one_of(layer.init, tuple(INITIALIZERS), f"layers[{i}].init")
+        if layer.kind == "dropout" and not 0.0 <= layer.rate < 1.0:
+            raise SpecError(f"model spec: layers[{i}] (dropout) rate must be in [0, 1), got {layer.rate}")
+        if layer.kind == "batchnorm":
+            _one_of(layer.convention, CONVENTIONS, f"layers[{i}].convention")
+    if spec.batch_size < 1 or spec.epochs < 0:
+        raise SpecError(f"model spec: batch_size must be >= 1 and epochs >= 0, got {spec.batch_size}, {spec.epochs}")
+
+
+# Presets: the configurations the course notebooks train (see README, "Presets").
+
+def _mlp(sizes: list[int], activation: str, **kw) -> tuple[LayerSpec, ...]:
+    """Dense layers of `sizes[1:]`, `activation` between them, none after the last (logits)."""
+    layers: list[LayerSpec] = []
+    for i, n in enumerate(sizes[1:]):
+        layers.append(LayerSpec("dense", units=n))
+        if i < len(sizes) - 2:
+            layers.append(LayerSpec(activation, **kw))
+    return tuple(layers)
+
+
+PRESETS: dict[str, ModelSpec] = {
+    # The per-sample homework: 784-32-32-10 sigmoid, softmax + cross-entropy, raw 0..255 pixels.
+    "mnist-sigmoid-per-sample": ModelSpec(
+        n_in=784,
+        layers=_mlp([784, 32, 32, 10], "sigmoid"),
+        loss="softmax_cross_entropy",
+        reduction="mean",
+        init="normal_inv_max_fan",
+        optimizer=OptimizerSpec("sgd", lr=0.003),
+        batch_size=1,
+        preprocess="raw",
+        name="mnist-sigmoid-per-sample",
+        description="784-32-32-10 sigmoid, softmax cross-entropy, N(0, 1/max(n_in, n_out)) weights, "
+        "zero biases, SGD lr 0.003, raw 0..255 pixels, one sample at a time",
+    ),
+    # The batched ReLU net: 784-128-10, batch 128, lr 0.1, pixels / 255.
+    "mnist-relu-batched": ModelSpec(
+        n_in=784,
+        layers=_mlp([784, 128, 10], "relu"),
+        init="normal_std_inv_fan_in",
+        optimizer=OptimizerSpec("sgd", lr=0.1),
+        batch_size=128,
+        preprocess="scale255",
+        name="mnist-relu-batched",
+        description="784-128-10 ReLU, softmax cross-entropy (mean), N(0, (1/n_in)^2) weights, "
+        "SGD lr 0.1, batch 128, pixels / 255",
+    ),
+    # The deeper ReLU net: 784-100-200-10, batch 32, lr 0.1, randn * 0.01.
+    "mnist-relu-deep": ModelSpec(
+        n_in=784,
+        layers=_mlp([784, 100, 200, 10], "relu"),
+        init="small_normal",
+        optimizer=OptimizerSpec("sgd", lr=0.1),
+        batch_size=32,
+        preprocess="scale255",
+        name="mnist-relu-deep",
+        description="784-100-200-10 ReLU, softmax cross-entropy (mean), randn * 0.01 weights, "
+        "SGD lr 0.1, batch 32, pixels / 255",
+    ),
+    # The digits lab: 64-32-10, sigmoid hidden, softmax output layer, summed NLL, per-sample.
+    "digits-sigmoid-per-sample": ModelSpec(
+        n_in=64,
+        layers=(
+            LayerSpec("dense", units=32),
+            LayerSpec("sigmoid"),
+            LayerSpec("dense", units=10),
+            LayerSpec("softmax"),
+        ),
+        loss="cross_entropy",
+        reduction="sum",
+        init="uniform_0.1",
+        optimizer=OptimizerSpec("sgd", lr=0.01),
+        batch_size=1,
+        preprocess="scale16",
+        dataset="digits",
+        name="digits-sigmoid-per-sample",
+        description="64-32-10, sigmoid hidden, softmax output layer, summed cross-entropy on "
+        "probabilities, U(-0.1, 0.1) weights and biases, SGD lr 0.01, one sample at a time, "
+        "scikit-learn 8x8 digits / 16",
+    ),
+}
+
+
+def preset(name: str, **changes) -> ModelSpec:
+    """A named preset, optionally with fields changed: preset("mnist-relu-batched", dtype="float32")."""
+    if name not in PRESETS:
+        raise SpecError(f"unknown preset {name!r}; presets are {sorted(PRESETS)}")
+    return PRESETS[name].replace(**changes) if changes else PRESETS[name]
