@@ -135,9 +135,16 @@ def compare_arrays(name: str, mine, theirs, tol: float, check_dtype: bool = True
     scale = float(max(np.abs(a64).max(initial=0.0), np.abs(b64).max(initial=0.0)))
     rel = rel_error(a64, b64)
     return Row(
-        name, tol, passed=rel <= tol or max_abs <= atol, atol=atol, rel=rel, max_abs=max_abs, scale=scale,
+        name,
+        tol,
+        passed=rel <= tol or max_abs <= atol,
+        atol=atol,
+        rel=rel,
+        max_abs=max_abs,
+        scale=scale,
         worst_index=tuple(int(i) for i in worst),
-        mine=float(a64[worst]) if diff.size else 0.0, theirs=float(b64[worst]) if diff.size else 0.0,
+        mine=float(a64[worst]) if diff.size else 0.0,
+        theirs=float(b64[worst]) if diff.size else 0.0,
     )
 
 

@@ -45,7 +45,9 @@ class Dense(Layer):
     def __init__(self, name: str, W: np.ndarray, b: np.ndarray) -> None:
         super().__init__(name)
         if W.ndim != 2 or b.shape != (W.shape[1],) or W.dtype != b.dtype:
-            raise ShapeError(f"{name}: expected W (n_in, n_out) and b (n_out,) of one dtype, got W {describe(W)}, b {describe(b)}")
+            raise ShapeError(
+                f"{name}: expected W (n_in, n_out) and b (n_out,) of one dtype, got W {describe(W)}, b {describe(b)}"
+            )
         self.params = {"W": W, "b": b}
 
     def forward(self, x, train=True):

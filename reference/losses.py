@@ -24,7 +24,9 @@ def check_labels(labels: object, pred: np.ndarray, where: str) -> np.ndarray:
     if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
         raise LabelError(f"{where}: expected integer labels of shape ({pred.shape[0]},), got {describe(labels)}")
     if labels.shape != (pred.shape[0],):
-        raise LabelError(f"{where}: expected labels of shape ({pred.shape[0]},) for predictions {pred.shape}, got {labels.shape}")
+        raise LabelError(
+            f"{where}: expected labels of shape ({pred.shape[0]},) for predictions {pred.shape}, got {labels.shape}"
+        )
     n_classes = pred.shape[1]
     bad = (labels < 0) | (labels >= n_classes)
     if bad.any():
@@ -165,9 +167,7 @@ class BCE(Loss):
         return value, (probs - target) / (probs * (1 - probs)) / d
 
 
-LOSSES: dict[str, type[Loss]] = {
-    cls.name: cls for cls in (SoftmaxCrossEntropy, CrossEntropy, NLL, MSE, L1, BCE)
-}
+LOSSES: dict[str, type[Loss]] = {cls.name: cls for cls in (SoftmaxCrossEntropy, CrossEntropy, NLL, MSE, L1, BCE)}
 
 
 def make_loss(name: str, reduction: str = "mean") -> Loss:

@@ -117,7 +117,9 @@ class Network:
     def _loss_and_grad(self, out, y):
         value, dL_dout = self.loss.value_and_grad(out, y)
         if self.spec.l2:
-            value = value + self.spec.l2 * sum((layer.params["W"] ** 2).sum() for layer in self.layers if isinstance(layer, Dense))
+            value = value + self.spec.l2 * sum(
+                (layer.params["W"] ** 2).sum() for layer in self.layers if isinstance(layer, Dense)
+            )
         return value, dL_dout
 
     def trace(self, x: np.ndarray, y: np.ndarray, train: bool = True, masks=None) -> Trace:

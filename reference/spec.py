@@ -152,6 +152,7 @@ def validate(spec: ModelSpec) -> None:
 
 # Presets: the configurations the course notebooks train (see README, "Presets").
 
+
 def _mlp(sizes: list[int], activation: str, **kw) -> tuple[LayerSpec, ...]:
     """Dense layers of `sizes[1:]`, `activation` between them, none after the last (logits)."""
     layers: list[LayerSpec] = []
