@@ -114,7 +114,11 @@ def describe_arrays(arrays: dict[str, np.ndarray], name: str = "custom") -> Data
 
 
 def verify(arrays: dict[str, np.ndarray], info: DatasetInfo, source: str | Path) -> None:
-    """Raise naming `source` unless every array has the expected dtype, shape, label counts, sha256."""
+    """Raise naming `source` unless every array has the expected dtype, shape, label counts, sha256.
+
+    Checked in that order over all arrays, so the message is the most telling one: a relabelled
+    set fails on its label counts before it fails on a checksum.
+    """
     for key, shape in info.shapes.items():
         where = f"{source}: {info.name} {key}"
         if key not in arrays:
@@ -125,12 +129,13 @@ def verify(arrays: dict[str, np.ndarray], info: DatasetInfo, source: str | Path)
             raise DataFormatError(f"{where}: expected dtype uint8, got {got}")
         if a.shape != shape:
             raise DataFormatError(f"{where}: expected shape {shape}, got {a.shape}")
-        if key in info.label_counts:
-            expected = info.label_counts[key]
-            counts = tuple(np.bincount(a, minlength=len(expected)).tolist())
-            if counts != expected:
-                raise ChecksumError(f"{where}: label counts mismatch: expected {list(expected)}, got {list(counts)}")
-        if info.sha256 is not None:
-            got = sha256_array(a)
-            if got != info.sha256[key]:
-                raise ChecksumError(f"{where}: sha256 mismatch: expected {info.sha256[key]}, got {got}")
+    for key, expected in info.label_counts.items():
+        counts = tuple(np.bincount(arrays[key], minlength=len(expected)).tolist())
+        if counts != expected:
+            raise ChecksumError(
+                f"{source}: {info.name} {key}: label counts mismatch: expected {list(expected)}, got {list(counts)}"
+            )
+    for key, expected in (info.sha256 or {}).items():
+        got = sha256_array(arrays[key])
+        if got != expected:
+            raise ChecksumError(f"{source}: {info.name} {key}: sha256 mismatch: expected {expected}, got {got}")

@@ -108,13 +108,16 @@ def match_order(x: np.ndarray, y: np.ndarray, x_ref: np.ndarray, y_ref: np.ndarr
         )
     rows, ref = _rows(x, y), _rows(x_ref, y_ref)
     by_row, by_ref = np.argsort(rows, kind="stable"), np.argsort(ref, kind="stable")
-    differ = np.flatnonzero(rows[by_row] != ref[by_ref])
-    if len(differ):
-        i = int(by_row[differ[0]])
-        raise ChecksumError(
-            f"{source}: not the same examples as canonical MNIST: {len(differ)} rows differ, "
-            f"e.g. row {i} (label {int(y[i])}) is not in it"
+    if not np.array_equal(rows[by_row], ref[by_ref]):
+        ref_sorted = ref[by_ref]
+        at = np.minimum(np.searchsorted(ref_sorted, rows), len(ref_sorted) - 1)
+        absent = np.flatnonzero(ref_sorted[at] != rows)
+        detail = (
+            f"{len(absent)} of its rows are not in it, the first is row {absent[0]} (label {int(y[absent[0]])})"
+            if len(absent)
+            else "the same rows but not as often (duplicates differ)"
         )
+        raise ChecksumError(f"{source}: not the same examples as canonical MNIST: {detail}")
     perm = np.empty_like(by_ref)
     perm[by_ref] = by_row  # canonical position -> row of (x, y)
     return x[perm], y[perm]
