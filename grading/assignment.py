@@ -1,0 +1,320 @@
+"""Assignments: which API a submission implements, the model it must compute, the checks and points.
+
+    assignment = load_assignment("layer-api")          # a built-in, or a path to a .toml / .json file
+    part = assignment.parts[0]
+    part.spec(sizes, dtype) -> ModelSpec                # the reference model the part is checked against
+
+An assignment file (TOML or JSON, read with the standard library) has `name`, `title` and one or
+more `[[parts]]`, each with:
+
+    id             a short name used in check names ("mlp", "logistic")
+    format         "layer" | "function" | "class" | "logistic"  (see grading/drivers/)
+    sizes          the real-data architecture [n_in, hidden..., n_out]
+    small_sizes    the same network with small shapes (synthetic inputs); the function format
+                   has none (its notebook reshapes every sample to 784)
+    activations    one per hidden layer: "relu" | "sigmoid" | "tanh"
+    loss           "softmax_cross_entropy" (from logits) or "cross_entropy" (of softmax outputs)
+    reduction      "mean" | "sum" over the batch
+    learning_rate  the rate of the training-step check
+    batch          rows per synthetic / real-data case (1 for per-sample formats)
+    dtypes         ["float64", "float32"]
+    preprocess     "raw" | "scale255" for the MNIST rows
+    names          optional table renaming the API (defaults in DEFAULT_NAMES)
+    limits         optional {wall_s, cpu_s, memory_mb} per sandboxed call
+    checks         [{name, points}] from CHECKS[format]
+
+Check names are fixed per format (CHECKS); what each covers is written in grading/checks.py.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reference.spec import LayerSpec, ModelSpec
+
+BUILTIN_DIR = Path(__file__).parent / "assignments"
+FORMATS = ("layer", "function", "class", "logistic")
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+LOSSES = ("softmax_cross_entropy", "cross_entropy")
+
+CHECKS: dict[str, tuple[str, ...]] = {
+    "layer": (
+        "forward",
+        "loss",
+        "loss_gradient",
+        "backward",
+        "weight_gradients",
+        "bias_gradients",
+        "network_forward",
+        "training_step",
+        "stability",
+    ),
+    "function": (
+        "forward",
+        "loss",
+        "activation_derivative",
+        "weight_gradients",
+        "bias_gradients",
+        "training_step",
+        "stability",
+    ),
+    "class": ("forward", "loss", "weight_gradients", "bias_gradients", "training_step", "stability"),
+    "logistic": ("forward", "loss", "weight_gradients", "bias_gradients", "stability"),
+}
+
+DEFAULT_NAMES: dict[str, dict[str, str]] = {
+    "layer": {
+        "dense": "Dense",
+        "relu": "ReLU",
+        "sigmoid": "Sigmoid",
+        "tanh": "Tanh",
+        "loss": "softmax_crossentropy_with_logits",
+        "loss_grad": "grad_softmax_crossentropy_with_logits",
+        "forward": "forward",
+        "train": "train",
+        "weights": "weights",
+        "biases": "biases",
+    },
+    "function": {
+        "weights": "weights",
+        "biases": "biases",
+        "forward": "feed_forward_sample",
+        "train": "train_one_sample",
+        "activation": "sigmoid",
+        "derivative": "dsigmoid",
+        "softmax": "softmax",
+        "loss": "cross_entropy_loss",
+    },
+    "class": {
+        "class": "NeuralNet",
+        "W_h": "W_h",
+        "b_h": "b_h",
+        "W_o": "W_o",
+        "b_o": "b_o",
+        "forward": "forward",
+        "loss": "loss",
+        "grad": "grad_loss",
+        "train": "train",
+    },
+    "logistic": {
+        "class": "LogisticRegression",
+        "W": "W",
+        "b": "b",
+        "forward": "forward",
+        "loss": "loss",
+        "grad": "grad_loss",
+    },
+}
+
+
+class AssignmentError(ValueError):
+    """An assignment file that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    points: float
+
+
+@dataclass(frozen=True)
+class Part:
+    id: str
+    format: str
+    sizes: tuple[int, ...]
+    small_sizes: tuple[int, ...] | None
+    activations: tuple[str, ...]
+    loss: str
+    reduction: str
+    learning_rate: float
+    batch: int
+    dtypes: tuple[str, ...]
+    preprocess: str
+    names: dict[str, str]
+    checks: tuple[Check, ...]
+    limits: dict[str, float] = field(default_factory=dict)
+
+    def spec(self, sizes: tuple[int, ...], dtype: str) -> ModelSpec:
+        """The reference model: dense layers of `sizes`, the activations between, softmax on top for
+        probability losses (class / logistic formats); softmax_cross_entropy works on the logits."""
+        layers: list[LayerSpec] = []
+        for i, n in enumerate(sizes[1:]):
+            layers.append(LayerSpec("dense", units=n))
+            if i < len(sizes) - 2:
+                layers.append(LayerSpec(self.activations[i]))
+        if self.loss == "cross_entropy":
+            layers.append(LayerSpec("softmax"))
+        return ModelSpec(
+            n_in=sizes[0],
+            layers=tuple(layers),
+            loss=self.loss,
+            reduction=self.reduction,
+            dtype=dtype,
+            init="glorot_uniform",
+            preprocess=self.preprocess,
+            name=self.id,
+        )
+
+    @property
+    def check_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.checks)
+
+    def needed_names(self) -> tuple[str, ...]:
+        """Module-level names the drivers use: what the notebook extraction must keep."""
+        n = self.names
+        if self.format == "layer":
+            names = [n["dense"], *(n[a] for a in set(self.activations)), n["loss"], n["loss_grad"]]
+            if "network_forward" in self.check_names or "training_step" in self.check_names:
+                names += [n["forward"], n["train"]]
+            return tuple(names)
+        if self.format == "function":
+            return tuple(
+                n[k] for k in ("weights", "biases", "forward", "train", "activation", "derivative", "softmax", "loss")
+            )
+        return (n["class"],)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    name: str
+    title: str
+    parts: tuple[Part, ...]
+    source: str  # the file it was read from
+
+    @property
+    def max_score(self) -> float:
+        return sum(c.points for p in self.parts for c in p.checks)
+
+    def needed_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for p in self.parts for name in p.needed_names()))
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
+
+
+def load_assignment(name_or_path: str | Path) -> Assignment:
+    """A built-in assignment by name ("layer-api"), or an assignment file (.toml or .json) by path."""
+    path = Path(name_or_path)
+    if not path.suffix and (BUILTIN_DIR / f"{name_or_path}.toml").exists():
+        path = BUILTIN_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        raise AssignmentError(
+            f"assignment {str(name_or_path)!r}: no such file, and not a built-in (built-ins: {', '.join(builtin_names())})"
+        )
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise AssignmentError(f"{path}: cannot parse: {e}") from e
+    return parse_assignment(data, str(path))
+
+
+def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
+    def need(d: dict, key: str, where: str, kind: type | tuple[type, ...]):
+        if key not in d:
+            raise AssignmentError(f"{source}: {where}: missing field {key!r}")
+        if not isinstance(d[key], kind):
+            raise AssignmentError(f"{source}: {where}.{key}: expected {kind}, got {d[key]!r}")
+        return d[key]
+
+    name = need(data, "name", "top level", str)
+    raw_parts = need(data, "parts", "top level", list)
+    if not raw_parts:
+        raise AssignmentError(f"{source}: parts: expected at least one [[parts]] table")
+    parts = []
+    for i, p in enumerate(raw_parts):
+        where = f"parts[{i}]"
+        fmt = need(p, "format", where, str)
+        if fmt not in FORMATS:
+            raise AssignmentError(f"{source}: {where}.format: expected one of {FORMATS}, got {fmt!r}")
+        sizes = tuple(need(p, "sizes", where, list))
+        small = tuple(p["small_sizes"]) if p.get("small_sizes") else None
+        for label, s in (("sizes", sizes), ("small_sizes", small)):
+            if s is not None and (len(s) < 2 or not all(isinstance(v, int) and v > 0 for v in s)):
+                raise AssignmentError(
+                    f"{source}: {where}.{label}: expected positive ints [n_in, ..., n_out], got {list(s)}"
+                )
+        expected_layers = {"class": 3, "logistic": 2}.get(fmt)
+        for label, s in (("sizes", sizes), ("small_sizes", small)):
+            if s is not None and expected_layers and len(s) != expected_layers:
+                raise AssignmentError(
+                    f"{source}: {where}.{label}: the {fmt} format has {expected_layers - 1} dense layer(s), got {list(s)}"
+                )
+        if fmt == "function" and small is not None:
+            raise AssignmentError(f"{source}: {where}.small_sizes: the function format has fixed sizes; remove it")
+        activations = tuple(p.get("activations", []))
+        if len(activations) != len(sizes) - 2 or any(a not in ACTIVATIONS for a in activations):
+            raise AssignmentError(
+                f"{source}: {where}.activations: expected {len(sizes) - 2} of {ACTIVATIONS} (one per hidden layer), got {list(activations)}"
+            )
+        loss = p.get("loss", "softmax_cross_entropy")
+        if loss not in LOSSES:
+            raise AssignmentError(f"{source}: {where}.loss: expected one of {LOSSES}, got {loss!r}")
+        if fmt in ("class", "logistic") and loss != "cross_entropy":
+            raise AssignmentError(
+                f"{source}: {where}.loss: the {fmt} format outputs probabilities: use 'cross_entropy'"
+            )
+        if fmt in ("layer", "function") and loss != "softmax_cross_entropy":
+            raise AssignmentError(
+                f"{source}: {where}.loss: the {fmt} format works on logits: use 'softmax_cross_entropy'"
+            )
+        reduction = p.get("reduction", "mean")
+        if reduction not in ("mean", "sum"):
+            raise AssignmentError(f"{source}: {where}.reduction: expected 'mean' or 'sum', got {reduction!r}")
+        dtypes = tuple(p.get("dtypes", ["float64"]))
+        if not dtypes or any(d not in ("float32", "float64") for d in dtypes):
+            raise AssignmentError(
+                f"{source}: {where}.dtypes: expected a subset of ['float64', 'float32'], got {list(dtypes)}"
+            )
+        batch = int(p.get("batch", 1 if fmt == "function" else 4))
+        if fmt == "function" and batch != 1:
+            raise AssignmentError(f"{source}: {where}.batch: the function format takes one sample at a time; use 1")
+        names = {**DEFAULT_NAMES[fmt], **p.get("names", {})}
+        unknown = set(p.get("names", {})) - set(DEFAULT_NAMES[fmt])
+        if unknown:
+            raise AssignmentError(
+                f"{source}: {where}.names: unknown keys {sorted(unknown)}; known {sorted(DEFAULT_NAMES[fmt])}"
+            )
+        checks = []
+        for j, c in enumerate(need(p, "checks", where, list)):
+            cname = need(c, "name", f"{where}.checks[{j}]", str)
+            if cname not in CHECKS[fmt]:
+                raise AssignmentError(
+                    f"{source}: {where}.checks[{j}].name: {cname!r} is not a {fmt}-format check; known: {CHECKS[fmt]}"
+                )
+            points = need(c, "points", f"{where}.checks[{j}]", (int, float))
+            if points < 0:
+                raise AssignmentError(f"{source}: {where}.checks[{j}].points: expected >= 0, got {points}")
+            checks.append(Check(cname, float(points)))
+        limits = dict(p.get("limits", {}))
+        bad = set(limits) - {"wall_s", "cpu_s", "memory_mb"}
+        if bad:
+            raise AssignmentError(
+                f"{source}: {where}.limits: unknown keys {sorted(bad)}; known wall_s, cpu_s, memory_mb"
+            )
+        parts.append(
+            Part(
+                id=str(p.get("id", fmt)),
+                format=fmt,
+                sizes=sizes,
+                small_sizes=small,
+                activations=activations,
+                loss=loss,
+                reduction=reduction,
+                learning_rate=float(need(p, "learning_rate", where, (int, float))),
+                batch=batch,
+                dtypes=dtypes,
+                preprocess=p.get("preprocess", "scale255"),
+                names=names,
+                checks=tuple(checks),
+                limits=limits,
+            )
+        )
+    ids = [p.id for p in parts]
+    if len(set(ids)) != len(ids):
+        raise AssignmentError(f"{source}: parts: ids must be distinct, got {ids}")
+    return Assignment(name=name, title=str(data.get("title", name)), parts=tuple(parts), source=source)
