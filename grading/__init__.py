@@ -1,0 +1,1 @@
+"""Checking student backprop submissions: sandboxed runner, adapters, checks, diagnosis, reports."""

@@ -1,0 +1,608 @@
+"""run_call / run_calls: one untrusted submission, called through a trusted driver, in its own process.
+
+The contract (notes/SANDBOX_API.md): `run_call(submission, driver, function, kwargs, limits) ->
+Outcome` loads `submission` (a .py file) in a fresh child and returns `driver.function(module,
+**kwargs)`, decoded without pickle. `run_calls(submission, driver, [(function, kwargs), ...],
+limits)` does several calls in one child (each with a freshly imported module and its own wall
+clock); a call that kills its child (hang, exit, crash) gets its verdict and the next call a fresh
+child. Everything the grader compares happens here, in the grader's process.
+
+The child (grading/_child.py) is `sys.executable -I -S` in a new session, with a minimal
+environment, started in a temporary directory that is removed afterwards. It isolates itself before
+any submission code runs: new mount + network namespaces, a read-only chroot of only what Python
+needs, a size-capped tmpfs as working directory, rlimits, and (as root) a uid of its own for this run
+so that file permissions and RLIMIT_NPROC apply and every process it leaves behind can be found and
+killed. See `isolation()` for what is in force on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import math
+import os
+import random
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from grading import _child
+
+__all__ = ["Limits", "Outcome", "SandboxError", "isolation", "run_call", "run_calls"]
+
+CHILD = Path(_child.__file__).resolve()
+FORBIDDEN = ("reference", "oracles", "grading", "data_loaders", "bprop")
+STARTUP_S = 60.0  # python + numpy + driver import; not charged to any call
+UID_BASE = 0x4000_0000  # one uid per run, UID_BASE + random 24 bits: unused by any real account
+DRAIN_BYTES = 16 * 1024 * 1024  # most output read at once when attributing output to a call
+CRASH_BYTES = 64 * 1024  # faulthandler's report of a fatal signal
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 30.0  # wall-clock per call; then the whole process group is killed
+    cpu_s: float = 30.0  # RLIMIT_CPU, per call
+    memory_mb: int = 2048  # RLIMIT_AS (numpy + a 784x32 net fit easily)
+    output_bytes: int = 64_000  # stdout/stderr kept per call; the rest dropped (counted)
+    max_result_mb: int = 200  # size cap on what the child sends back per call
+    processes: int = 64  # RLIMIT_NPROC: processes and threads of the child's own uid
+    disk_mb: int = 64  # size of the working directory (a tmpfs) and RLIMIT_FSIZE
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"Limits.{f.name} must be a positive number, got {v!r}")
+
+
+@dataclass
+class Outcome:
+    ok: bool  # the call returned a value
+    value: object | None  # the driver's return value, decoded (arrays, numbers, str, None, list/tuple/dict)
+    verdict: str | None  # when not ok, one line a student can read
+    traceback: str | None  # the submission's traceback, paths shortened to the file name
+    stdout: str  # capped; "[... 12,345 bytes dropped]" appended when capped
+    stderr: str
+    wall_s: float
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself failed (not the submission): isolation, the driver, or the child's start."""
+
+
+def run_call(submission: Path, driver: Path, function: str, kwargs: dict, limits: Limits = Limits()) -> Outcome:
+    """Load `submission` in a fresh child and return `driver.function(module, **kwargs)` as an Outcome."""
+    return run_calls(submission, driver, [(function, kwargs)], limits)[0]
+
+
+def run_calls(
+    submission: Path,
+    driver: Path,
+    calls: Sequence[tuple[str, dict]],
+    limits: Limits = Limits(),
+    *,
+    _isolation: dict | None = None,
+) -> list[Outcome]:
+    """Several calls, each on a freshly imported module, in as few children as the submission allows."""
+    return _Run(Path(submission), Path(driver), list(calls), limits, _isolation or {}).run()
+
+
+@functools.lru_cache(maxsize=1)
+def isolation() -> dict:
+    """What protects a child on this machine: namespaces, chroot, uid, NPROC, network (runs one child)."""
+    with tempfile.TemporaryDirectory(prefix="bprop-probe-") as tmp:
+        sub, drv = Path(tmp) / "probe.py", Path(tmp) / "probe_driver.py"
+        sub.write_text("")
+        drv.write_text("def probe(module):\n    return None\n")
+        run = _Run(sub, drv, [("probe", {})], Limits(wall_s=30), {})
+        run.run()
+    info = dict(run.infos[0])
+    info["root"] = os.geteuid() == 0
+    info["network"] = "none (empty network namespace)" if info["namespaces"] else "host network: NOT isolated"
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths the child needs (and the grader's own packages it must not see)
+
+
+@functools.lru_cache(maxsize=1)
+def _child_sys_path() -> tuple[str, ...]:
+    stdlib = sysconfig.get_path("stdlib")
+    paths = [p for p in sys.path if p.endswith(".zip")]
+    paths += [stdlib, os.path.join(stdlib, "lib-dynload"), sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    out: list[str] = []
+    for p in paths:
+        if os.path.exists(p) and os.path.realpath(p) not in out:
+            out.append(os.path.realpath(p))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _forbidden_dirs() -> tuple[str, ...]:
+    dirs = []
+    for name in FORBIDDEN:
+        spec = importlib.util.find_spec(name)
+        if spec is not None:
+            dirs += [os.path.realpath(d) for d in spec.submodule_search_locations or [os.path.dirname(spec.origin)]]
+    return tuple(sorted(set(dirs)))
+
+
+def _binds(box: str) -> list[str]:
+    """What the chroot shows, read-only: the system libraries, the interpreter, site-packages, the box."""
+    system = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache", "/etc/localtime"]
+    system += ["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"]
+    python = [os.path.realpath(sys.base_prefix), *(p for p in _child_sys_path() if not p.endswith(".zip")), box]
+    out = [p for p in system if os.path.lexists(p)]
+    for p in python:  # skip what an already bound directory contains
+        if not any(p == q or p.startswith(q + "/") for q in out if not os.path.islink(q)):
+            out.append(p)
+    return sorted(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# One run: a temporary directory, as many children as needed
+
+
+class _Capped:
+    """The first `limit` bytes of a stream; the rest counted."""
+
+    def __init__(self, limit: int):
+        self.limit, self.data, self.dropped = limit, bytearray(), 0
+
+    def add(self, b: bytes) -> None:
+        room = max(0, self.limit - len(self.data))
+        self.data += b[:room]
+        self.dropped += max(0, len(b) - room)
+
+    def text(self) -> str:
+        s = self.data.decode("utf-8", "replace")
+        return s + (f"\n[... {self.dropped:,} bytes dropped]" if self.dropped else "")
+
+
+class _Run:
+    def __init__(self, submission: Path, driver: Path, calls: list, limits: Limits, isolation: dict):
+        if not submission.is_file() or submission.suffix != ".py":
+            raise ValueError(f"submission {submission}: expected an existing .py file (notebooks are converted first)")
+        if not driver.is_file():
+            raise ValueError(f"driver {driver}: no such file")
+        for k, call in enumerate(calls):
+            if not (
+                isinstance(call, tuple) and len(call) == 2 and isinstance(call[0], str) and isinstance(call[1], dict)
+            ):
+                raise TypeError(f"calls[{k}]: expected (function name, kwargs dict), got {call!r:.80}")
+            if not call[0].isidentifier():
+                raise ValueError(f"calls[{k}]: {call[0]!r} is not a function name")
+        self.submission, self.driver, self.calls, self.limits = submission, driver, calls, limits
+        self.isolation = {"namespaces": True, "drop_uid": True, "userns": False, **isolation}
+        self.infos: list[dict] = []
+
+    def run(self) -> list[Outcome]:
+        tmp = tempfile.mkdtemp(prefix="bprop-sandbox-")
+        try:
+            os.chmod(tmp, 0o711)
+            self.tmp, self.box = tmp, os.path.join(tmp, "box")
+            self._prepare()
+            outcomes: list[Outcome | None] = [None] * len(self.calls)
+            first = 0
+            while first < len(self.calls):
+                first = _Child(self, first, outcomes).run()
+            return outcomes  # type: ignore[return-value]
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _prepare(self) -> None:
+        box = self.box
+        for d in (box, f"{box}/driver", f"{box}/work", f"{box}/in", f"{self.tmp}/root"):
+            os.mkdir(d, 0o755)
+        self.sub_path = f"{box}/{self.submission.name}"
+        self.drv_path = f"{box}/driver/{self.driver.name}"
+        shutil.copyfile(self.submission, self.sub_path)
+        shutil.copyfile(self.driver, self.drv_path)
+        for k, (function, kwargs) in enumerate(self.calls):
+            try:
+                _child.write_dir(f"{box}/in/{k}", kwargs)
+            except _child.CodecError as e:
+                raise TypeError(f"kwargs of call {k} ({function}): {e}") from None
+        for root, dirs, files in os.walk(box):
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o755)
+        self.root = os.geteuid() == 0 and self.isolation["drop_uid"] and not self.isolation["userns"]
+
+    def config(self, first: int, uid: int, result_fd: int, crash_fd: int) -> str:
+        cfg = {
+            "isolation": self.isolation,
+            "uid": uid,
+            "gid": uid,
+            "newroot": f"{self.tmp}/root",
+            "binds": _binds(self.box),
+            "masks": list(_forbidden_dirs()),
+            "work": f"{self.box}/work",
+            "sys_path": list(_child_sys_path()),
+            "forbidden": list(FORBIDDEN),
+            "limits": dataclasses.asdict(self.limits),
+            "submission": self.sub_path,
+            "driver": self.drv_path,
+            "calls": [{"function": f, "dir": f"{self.box}/in/{k}"} for k, (f, _) in enumerate(self.calls)],
+            "first": first,
+            "result_fd": result_fd,
+            "crash_fd": crash_fd,
+        }
+        path = f"{self.tmp}/config-{first}.json"
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            json.dump(cfg, f)
+        return path
+
+    def shorten(self, text: str) -> str:
+        """Tracebacks name the submission's file, not the sandbox's paths (nor the child's own frames)."""
+        text = "".join(line for line in text.splitlines(keepends=True) if str(CHILD) not in line)
+        for prefix in (
+            f"{self.box}/driver/",
+            f"{self.box}/work/",
+            f"{self.box}/",
+            *(p + "/" for p in _child_sys_path()),
+        ):
+            text = text.replace(prefix, "")
+        return text
+
+
+class _Child:
+    """One child process serving calls first.. until it ends; fills `outcomes`, returns the next index."""
+
+    def __init__(self, run: _Run, first: int, outcomes: list):
+        self.run_, self.first, self.outcomes, self.limits = run, first, outcomes, run.limits
+        self.cur: int | None = None  # the call being served; None until the child is ready
+        self.phase: str | None = None
+        self.killed_for: str | None = None  # a verdict the grader decided (timeout, too much data, bad data)
+        self.result_bytes = 0
+        self.pending: dict | None = None  # a result message waiting for its array frames
+        self.arrays: list[bytes] = []
+        self.startup_error: str | None = None
+        self._new_capture()
+
+    def _new_capture(self) -> None:
+        self.out, self.err = _Capped(self.limits.output_bytes), _Capped(self.limits.output_bytes)
+        self.crash = _Capped(CRASH_BYTES)
+        self.result_bytes = 0
+        self.t0 = time.monotonic()
+
+    # -- process ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        run = self.run_
+        self.uid = UID_BASE + random.randrange(1 << 24) if run.root else os.getuid()
+        r_res, w_res = os.pipe()
+        r_crash, w_crash = os.pipe()
+        try:
+            cfg = run.config(self.first, self.uid, w_res, w_crash)
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "HOME": f"{run.box}/work",
+                "TMPDIR": f"{run.box}/work",
+                "LANG": "C.UTF-8",
+                "LC_ALL": "C.UTF-8",
+                "OPENBLAS_NUM_THREADS": "1",
+                "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+                "MPLBACKEND": "Agg",
+                "MPLCONFIGDIR": f"{run.box}/work",
+            }
+            argv = [sys.executable, "-I", "-S", "-B", "-X", "utf8", str(CHILD), cfg]
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(w_res, w_crash),
+                start_new_session=True,
+                env=env,
+                cwd=run.box,
+            )
+        finally:
+            os.close(w_res)
+            os.close(w_crash)
+        self.started = time.monotonic()
+        fds = {self.proc.stdout.fileno(): "out", self.proc.stderr.fileno(): "err", r_res: "res", r_crash: "crash"}
+        try:
+            self._serve(fds)
+        finally:
+            self._end(fds)
+            for fd in (r_res, r_crash):
+                os.close(fd)
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+        return self._after()
+
+    def _serve(self, fds: dict) -> None:
+        self.buf = bytearray()
+        sel = selectors.DefaultSelector()
+        for fd in fds:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        open_fds = set(fds)
+        try:
+            while True:
+                now = time.monotonic()
+                if self.cur is None and now > self.started + STARTUP_S:
+                    self.startup_error = f"the sandbox child did not start within {STARTUP_S:g} s"
+                    return
+                if self.cur is not None and self.cur < len(self.outcomes) and now > self.t0 + self.limits.wall_s:
+                    self.killed_for = f"timed out after {self.limits.wall_s:g} s"
+                    return
+                if self.cur is not None and self.cur >= len(self.outcomes) and now > self.t0 + 5.0:
+                    return  # every call has its outcome; the child is slow to exit: it is killed
+                if not open_fds or self._exited():
+                    return
+                for key, _ in sel.select(timeout=0.05):
+                    fd = key.fd
+                    try:
+                        data = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        sel.unregister(fd)
+                        open_fds.discard(fd)
+                        continue
+                    self._take(fds[fd], data)
+                    if self.killed_for or self.startup_error:
+                        return
+        finally:
+            sel.close()
+
+    def _exited(self) -> bool:
+        """The child has exited (kept a zombie, so its pid and process group cannot be reused yet)."""
+        info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return info is not None and info.si_pid != 0
+
+    def _end(self, fds: dict) -> None:
+        """Kill what is left (the group, then every process of this run's uid), reap, read what remains."""
+        self._drain(fds)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is empty
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu_used = usage.ru_utime + usage.ru_stime
+        if self.run_.root:
+            _kill_uid(self.uid)
+        self._drain(fds)
+
+    def _drain(self, fds: dict) -> None:
+        for fd, name in fds.items():
+            budget = DRAIN_BYTES
+            while budget > 0:
+                try:
+                    data = os.read(fd, 1 << 16)
+                except (BlockingIOError, OSError):
+                    break
+                if not data:
+                    break
+                budget -= len(data)
+                if name != "res" or not (self.killed_for or self.startup_error):
+                    self._take(name, data)
+
+    # -- data from the child ---------------------------------------------------------------------
+
+    def _take(self, name: str, data: bytes) -> None:
+        if name == "out":
+            self.out.add(data)
+        elif name == "err":
+            self.err.add(data)
+        elif name == "crash":
+            self.crash.add(data)
+        else:
+            self.result_bytes += len(data)
+            if self.result_bytes > self.limits.max_result_mb * 1024 * 1024:
+                self.killed_for = f"sent back more than {self.limits.max_result_mb} MB"
+                return
+            self.buf += data
+            try:
+                for kind, payload in _child.read_frames(self.buf):
+                    self._frame(kind, payload)
+                    if self.killed_for or self.startup_error:
+                        return
+            except (_child.CodecError, ValueError, TypeError, KeyError, RecursionError) as e:
+                self.killed_for = f"sent back data the grader cannot read ({e})"
+
+    def _frame(self, kind: bytes, payload: bytes) -> None:
+        if kind == b"A":
+            if self.pending is None:
+                raise _child.CodecError("an array frame outside a result")
+            self.arrays.append(payload)
+            if len(self.arrays) == self.pending["arrays"]:
+                self._finish(self.pending, self.arrays)
+            return
+        if self.pending is not None:
+            raise _child.CodecError("a message where an array frame was expected")
+        msg = json.loads(payload)
+        if not isinstance(msg, dict):
+            raise _child.CodecError(f"a message that is not an object: {str(msg)[:80]}")
+        if "startup_error" in msg and self.cur is None:
+            err = msg["startup_error"]
+            self.startup_error = f"{err.get('phase')}: {err.get('type')}: {err.get('message')}\n{err.get('traceback')}"
+        elif "ready" in msg and self.cur is None:
+            self.run_.infos.append(msg["ready"])
+            self.cur = self.first
+            self.t0 = time.monotonic()  # the first call's clock starts now, its output from the start
+        elif "phase" in msg and msg.get("call") == self.cur and msg["phase"] in ("import", "call"):
+            self.phase = msg["phase"]
+        elif "result" in msg and type(msg["result"]) is int and msg["result"] == self.cur:
+            if msg.get("ok") is True:
+                n = msg.get("arrays")
+                if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 1_000_000:
+                    raise _child.CodecError(f"bad array count {n!r}")
+                self.pending, self.arrays = msg, []
+                if n == 0:
+                    self._finish(msg, [])
+            elif msg.get("ok") is False and isinstance(msg.get("error"), dict):
+                self._finish(msg, [])
+            else:
+                raise _child.CodecError(f"a result without ok=true/false: {str(msg)[:80]}")
+        else:
+            raise _child.CodecError(f"unexpected message {str(msg)[:80]}")
+
+    def _finish(self, msg: dict, arrays: list[bytes]) -> None:
+        self.pending, self.arrays = None, []
+        wall = time.monotonic() - self.t0
+        self._drain_outputs()
+        if msg["ok"]:
+            try:
+                value = _child.decode(msg.get("value"), arrays)
+            except (_child.CodecError, RecursionError) as e:
+                self._record(False, None, f"sent back data the grader cannot read ({e})", None, wall)
+            else:
+                self._record(True, value, None, None, wall)
+        else:
+            verdict, tb = self._error_verdict(msg["error"])
+            self._record(False, None, verdict, tb, wall)
+
+    def _drain_outputs(self) -> None:
+        """Output written before the result is already in the pipes: give it to this call."""
+        for stream, name in ((self.proc.stdout, "out"), (self.proc.stderr, "err")):
+            budget = DRAIN_BYTES
+            while budget > 0:
+                try:
+                    data = os.read(stream.fileno(), 1 << 16)
+                except (BlockingIOError, OSError):
+                    break
+                if not data:
+                    break
+                budget -= len(data)
+                self._take(name, data)
+
+    def _record(self, ok: bool, value, verdict: str | None, tb: str | None, wall: float) -> None:
+        self.outcomes[self.cur] = Outcome(
+            ok=ok,
+            value=value,
+            verdict=verdict,
+            traceback=tb,
+            stdout=self.out.text(),
+            stderr=self.err.text(),
+            wall_s=wall,
+        )
+        self.cur += 1
+        self.phase = None
+        self._new_capture()
+
+    # -- verdicts --------------------------------------------------------------------------------
+
+    def _error_verdict(self, err: dict) -> tuple[str, str | None]:
+        """An exception the child caught -> one line (and the traceback, shortened)."""
+        typ = _one_line(err.get("type"), 100) or "an exception"
+        message = _one_line(err.get("message"), 300)
+        phase = err.get("phase")
+        where = " while importing" if phase == "import" else ""
+        if err.get("memory") is True:
+            line = (
+                f"memory limit of {self.limits.memory_mb} MB exceeded{where} ({typ}{': ' + message if message else ''})"
+            )
+        elif typ == "SystemExit":
+            code = err.get("exit")
+            line = f"called sys.exit({'' if code is None else _one_line(repr(code), 60)}){where}"
+        elif phase == "send":
+            line = f"returned a value that cannot be sent back: {message}"
+        else:
+            line = f"raised {typ}{where}" + (f": {message}" if message else "")
+        tb = err.get("traceback")
+        if phase == "send" or not isinstance(tb, str) or not tb:
+            return line, None  # a value that cannot travel: the codec's traceback would not help
+        return line, self.run_.shorten(tb)
+
+    def _death_verdict(self) -> str:
+        where = " while importing" if self.phase == "import" else ""
+        if self.killed_for:
+            return self.killed_for + (where if self.killed_for.startswith("timed out") else "")
+        rc = self.proc.returncode
+        if rc < 0:
+            sig = signal.Signals(-rc)
+            cpu_hard = math.ceil(self.limits.cpu_s) * len(self.outcomes) + 5  # as in _child.isolate
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and self.cpu_used >= cpu_hard - 1):
+                return f"CPU time limit of {self.limits.cpu_s:g} s exceeded{where}"
+            if sig == signal.SIGXFSZ:
+                return f"file size limit of {self.limits.disk_mb} MB exceeded{where}"
+            return f"killed by signal {sig.name} ({(signal.strsignal(sig) or sig.name).lower()}){where}"
+        if self.cur is not None and self.cur < len(self.outcomes) and self.phase is None and rc == 0:
+            return "exited before the call started"
+        return f"exited with status {rc}{where}"
+
+    def _after(self) -> int:
+        """After the child ended: the verdict of the call it was serving; where the next child starts."""
+        if self.startup_error or self.cur is None:
+            why = (
+                self.startup_error or f"the sandbox child exited with status {self.proc.returncode} before it was ready"
+            )
+            raise SandboxError(f"{why}\n--- child stderr ---\n{self.err.text()}")
+        if self.cur >= len(self.outcomes):
+            return self.cur
+        failed, phase, fresh = self.cur, self.phase, self.cur == self.first
+        crash = self.run_.shorten(self.crash.text()).strip() or None
+        self._record(False, None, self._death_verdict(), crash, time.monotonic() - self.t0)
+        if phase == "import" and fresh:
+            # The import itself kills the child: every call would do the same. Say so, don't re-run.
+            o = self.outcomes[failed]
+            for k in range(failed + 1, len(self.outcomes)):
+                self.outcomes[k] = Outcome(False, None, o.verdict, o.traceback, "", "", 0.0)
+            return len(self.outcomes)
+        return failed + 1
+
+
+def _one_line(s: object, limit: int) -> str:
+    text = s if isinstance(s, str) else ""
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------------
+# Leftover processes of one uid
+
+
+def _live_pids(uid: int) -> list[int]:
+    """Processes (not zombies) whose owner is `uid`, from /proc."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if state not in ("Z", "X"):
+            pids.append(int(name))
+    return pids
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of `uid`: kill(-1) as that uid is atomic against fork; then check."""
+    kill = shutil.which("kill", path="/usr/bin:/bin")
+    for _ in range(100):
+        pids = _live_pids(uid)
+        if not pids:
+            return
+        if kill:
+            subprocess.run(
+                [kill, "-KILL", "-1"], user=uid, group=uid, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        time.sleep(0.01)
+    raise SandboxError(f"processes of sandbox uid {uid} survive SIGKILL: {_live_pids(uid)}")

@@ -1,0 +1,7 @@
+"""Hostile: dereferences NULL."""
+
+import ctypes
+
+
+def crash():
+    return ctypes.string_at(0)

@@ -1,0 +1,5 @@
+"""Hostile: calls sys.exit() at import."""
+
+import sys
+
+sys.exit()
