@@ -33,6 +33,7 @@ import math
 import os
 import struct
 import sys
+import traceback
 
 # --------------------------------------------------------------------------------------------------
 # Codec (shared with the grader)
@@ -260,14 +261,14 @@ class _Libc:
         ctypes = self.ctypes
 
         class Header(ctypes.Structure):
-            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]  # noqa: RUF012 - the ctypes idiom
+            _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
 
         class Data(ctypes.Structure):
-            _fields_ = [
+            _fields_ = (
                 ("effective", ctypes.c_uint32),
                 ("permitted", ctypes.c_uint32),
                 ("inheritable", ctypes.c_uint32),
-            ]  # noqa: RUF012 - the ctypes idiom
+            )
 
         header, data = Header(0x20080522, 0), (Data * 2)()
         self.check(self.lib.capset(ctypes.byref(header), data), "capset")
@@ -330,9 +331,11 @@ def isolate(cfg: dict) -> dict:
     import resource
 
     want = cfg["isolation"]
+    root = os.geteuid() == 0
+    drop = root and want["drop_uid"] and not want.get("userns")
+    tasks_before = 0 if drop else _user_tasks(os.getuid())  # counted while /proc is still visible
     info = {"namespaces": False, "chroot": False, "uid": os.getuid(), "nproc": False, "caps_dropped": False}
     libc = _Libc()
-    root = os.geteuid() == 0
     if want["namespaces"]:
         uid, gid = os.getuid(), os.getgid()
         try:
@@ -350,7 +353,6 @@ def isolate(cfg: dict) -> dict:
             info["namespaces"] = True
         except OSError as e:
             info["namespaces_error"] = str(e)
-    drop = root and want["drop_uid"] and not info.get("userns")
     owner = (cfg["uid"], cfg["gid"]) if drop else (os.getuid(), os.getgid())
     if info["namespaces"]:
         build_root(libc, cfg, owner)
@@ -367,7 +369,7 @@ def isolate(cfg: dict) -> dict:
     setrl(resource.RLIMIT_FSIZE, (lim["disk_mb"] * mb, lim["disk_mb"] * mb))
     cpu_hard = math.ceil(lim["cpu_s"]) * len(cfg["calls"]) + 5
     setrl(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
-    nproc = lim["processes"] + (0 if drop else _user_tasks(os.getuid()))
+    nproc = lim["processes"] + (0 if drop else tasks_before)
     setrl(resource.RLIMIT_NPROC, (nproc, nproc))
     info["nproc"] = drop  # root ignores RLIMIT_NPROC; another user's count includes the grader's own
     if drop:
@@ -375,6 +377,12 @@ def isolate(cfg: dict) -> dict:
         os.setgid(cfg["gid"])
         os.setuid(cfg["uid"])
         info["uid"] = os.getuid()
+        unreadable = [p for p in cfg["sys_path"] if not os.access(p, os.R_OK | os.X_OK)]
+        if unreadable:
+            raise PermissionError(
+                f"the sandbox uid {cfg['uid']} cannot read {', '.join(unreadable)} (no chroot here to expose it): "
+                "install Python where other users can read it, or allow mount namespaces"
+            )
     elif info.get("userns"):
         libc.drop_capabilities()
         info["caps_dropped"] = True
@@ -426,7 +434,6 @@ def _load(name: str, path: str):
 
 
 def _error(exc: BaseException, phase: str) -> dict:
-    import traceback
 
     te = traceback.TracebackException(type(exc), exc, exc.__traceback__, limit=60)
     for t in _chain(te):
@@ -476,17 +483,17 @@ def serve(cfg: dict, chan: _Channel, info: dict) -> None:
     sys.meta_path.insert(0, _Blocker(cfg["forbidden"]))
     sys.dont_write_bytecode = True
     builtins.exit = builtins.quit = sys.exit  # site.py would add these; -S skips it
-    faulthandler.enable(os.fdopen(cfg["crash_fd"], "w"))
-    import numpy
-
-    info["numpy"] = numpy.__version__
     try:
+        faulthandler.enable(os.fdopen(cfg["crash_fd"], "w"))
+        import numpy
+
+        info["numpy"] = numpy.__version__
         driver = _load("bprop_driver", cfg["driver"])
         missing = sorted({c["function"] for c in cfg["calls"]} - set(dir(driver)))
         if missing:
             raise AttributeError(f"the driver {os.path.basename(cfg['driver'])} has no function {', '.join(missing)}")
     except BaseException as e:  # reported to the grader as a sandbox error
-        chan.send({"startup_error": _error(e, "driver")})
+        chan.send({"startup_error": _error(e, "start-up (numpy, the driver)")})
         return
     chan.send({"ready": info})
     streams = (sys.stdin, sys.stdout, sys.stderr)

@@ -1,0 +1,487 @@
+"""grading.sandbox: each hostile submission gets a one-line verdict within its limits; the grader is unaffected.
+
+The hostile submissions live in tests/hostile/ (one small file per attack) and are called through
+tests/hostile/driver.py. Limits are small (5 s wall, 512 MB) so the file runs in well under a minute
+with -n 2. Leftover processes are looked up in /proc.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from grading import _child, sandbox
+from grading.sandbox import Limits, Outcome, SandboxError, run_call, run_calls
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox uses Linux namespaces and /proc")
+
+HOSTILE = Path(__file__).resolve().parent / "hostile"
+DRIVER = HOSTILE / "driver.py"
+PROJECT = Path(__file__).resolve().parent.parent
+LIMITS = Limits(wall_s=5, cpu_s=10, memory_mb=512)
+SLACK_S = 3.0  # start-up, kill and clean-up on a loaded 2-core machine, on top of the wall limit
+
+
+def call(name: str, function: str, limits: Limits = LIMITS, **kwargs) -> Outcome:
+    """Run tests/hostile/<name>.py's `function` through the driver's `call`."""
+    return run_call(HOSTILE / f"{name}.py", DRIVER, "call", {"name": function, **kwargs}, limits)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def assert_clean_failure(outcome: Outcome, limits: Limits = LIMITS) -> None:
+    assert not outcome.ok and outcome.value is None
+    assert outcome.verdict and "\n" not in outcome.verdict, f"verdict must be one line: {outcome.verdict!r}"
+    assert outcome.wall_s <= limits.wall_s + SLACK_S
+    for text in (outcome.verdict, outcome.traceback or ""):
+        assert "bprop-sandbox-" not in text and "_child.py" not in text, f"sandbox paths leak into {text!r}"
+
+
+# --------------------------------------------------------------------------------------------------
+# One verdict per hostile submission
+
+VERDICTS = [
+    # id, file, driver function, kwargs, limits, verdict (regex, whole line), traceback must contain
+    ("exit-at-import", "exit_at_import", "load", {}, LIMITS, r"exited with status 3 while importing", None),
+    (
+        "sys-exit-at-import",
+        "sys_exit_at_import",
+        "load",
+        {},
+        LIMITS,
+        r"called sys\.exit\(\) while importing",
+        'File "sys_exit_at_import.py", line 5, in <module>',
+    ),
+    (
+        "name-error-at-import",
+        "import_error",
+        "load",
+        {},
+        LIMITS,
+        r"raised NameError while importing: name 'undefined_name' is not defined",
+        'File "import_error.py", line 5, in <module>',
+    ),
+    (
+        "segfault",
+        "segfault",
+        "call",
+        {"name": "crash"},
+        LIMITS,
+        r"killed by signal SIGSEGV \(segmentation fault\)",
+        'File "segfault.py", line 7 in crash',
+    ),
+    ("busy-loop", "hang", "call", {"name": "spin"}, LIMITS, r"timed out after 5 s", None),
+    ("sleep-forever", "hang", "call", {"name": "sleep"}, LIMITS, r"timed out after 5 s", None),
+    (
+        "cpu-limit",
+        "hang",
+        "call",
+        {"name": "spin"},
+        Limits(wall_s=10, cpu_s=1, memory_mb=512),
+        r"CPU time limit of 1 s exceeded",
+        None,
+    ),
+    (
+        "memory-50GB-numpy",
+        "memory_hog",
+        "call",
+        {"name": "numpy_array"},
+        LIMITS,
+        r"memory limit of 512 MB exceeded \(MemoryError: Unable to allocate 50\.0 GiB .*\)",
+        'File "memory_hog.py", line 9, in numpy_array',
+    ),
+    (
+        "memory-50GB-bytearray",
+        "memory_hog",
+        "call",
+        {"name": "python_bytes"},
+        LIMITS,
+        r"memory limit of 512 MB exceeded \(MemoryError\)",
+        'File "memory_hog.py", line 13, in python_bytes',
+    ),
+    (
+        "shape-error",
+        "raises",
+        "call",
+        {"name": "forward"},
+        LIMITS,
+        r"raised ValueError: shapes \(1,784\) and \(32,10\) not aligned: 784 \(dim 1\) != 32 \(dim 0\)",
+        'File "raises.py", line 9, in forward',
+    ),
+    (
+        "kill-the-grader",
+        "kill_parent",
+        "call",
+        {"name": "kill_parent"},
+        LIMITS,
+        r"raised PermissionError: \[Errno 1\] Operation not permitted",
+        'File "kill_parent.py", line 8, in kill_parent',
+    ),
+    (
+        "returns-an-object",
+        "bad_values",
+        "call",
+        {"name": "an_object"},
+        LIMITS,
+        r"returned a value that cannot be sent back: value\['weights'\]: a value of type builtins\.object cannot be sent .*",
+        None,
+    ),
+    (
+        "returns-object-array",
+        "bad_values",
+        "call",
+        {"name": "object_array"},
+        LIMITS,
+        r"returned a value that cannot be sent back: value: arrays of dtype object cannot be sent .*",
+        None,
+    ),
+    (
+        "result-too-large",
+        "bad_values",
+        "call",
+        {"name": "sixteen_mb"},
+        Limits(wall_s=5, memory_mb=512, max_result_mb=1),
+        r"sent back more than 1 MB",
+        None,
+    ),
+    (
+        "garbage-on-result-pipe",
+        "bad_values",
+        "call",
+        {"name": "garbage"},
+        LIMITS,
+        r"sent back data the grader cannot read \(frame of unknown kind b't'\)",
+        None,
+    ),
+    (
+        "forged-8TB-array-header",
+        "bad_values",
+        "call",
+        {"name": "forged_huge_array"},
+        LIMITS,
+        r"sent back data the grader cannot read \(value: array header says \(1000000000000,\) float64 "
+        r"\(8000000000000 bytes\) but 16 bytes follow\)",
+        None,
+    ),
+    (
+        "forged-pickle-array",
+        "bad_values",
+        "call",
+        {"name": "forged_object_array"},
+        LIMITS,
+        r"sent back data the grader cannot read \(value: array of dtype object \(expected numbers or bools\)\)",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "function", "kwargs", "limits", "verdict", "trace"),
+    [v[1:] for v in VERDICTS],
+    ids=[v[0] for v in VERDICTS],
+)
+def test_hostile_submission_gets_its_verdict(name, function, kwargs, limits, verdict, trace):
+    cwd = os.getcwd()
+    outcome = run_call(HOSTILE / f"{name}.py", DRIVER, function, kwargs, limits)
+    assert_clean_failure(outcome, limits)
+    assert re.fullmatch(verdict, outcome.verdict), outcome.verdict
+    if trace:
+        assert trace in (outcome.traceback or ""), outcome.traceback
+    assert os.getcwd() == cwd and "submission" not in sys.modules  # the grader's process is untouched
+
+
+def test_output_flood_is_capped_and_the_value_survives():
+    outcome = call("flood", "answer")
+    assert outcome.ok and outcome.value == 42 and outcome.verdict is None
+    # 100 lines of 1,000,001 bytes on stdout, 10 on stderr; the first 64,000 bytes of each are kept
+    assert outcome.stdout == "x" * 64_000 + "\n[... 99,936,100 bytes dropped]"
+    assert outcome.stderr == "x" * 64_000 + "\n[... 9,936,010 bytes dropped]"
+
+
+def test_numpy_patch_stays_in_the_child():
+    outcome = run_call(
+        HOSTILE / "numpy_patch.py", DRIVER, "dot", {"a": np.array([1.0, 2.0]), "b": np.array([3.0, 4.0])}
+    )
+    assert outcome.ok and outcome.value == 0  # the child's numpy.dot is the submission's lambda
+    assert np.dot(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 11.0  # the grader's is not
+
+
+def test_network_is_unreachable():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))  # loopback only: the test never touches an outside address
+        listener.listen()
+        listener.settimeout(0.5)
+        port = listener.getsockname()[1]
+        outcome = call("network", "connect", port=port)
+        assert_clean_failure(outcome)
+        assert outcome.verdict == "raised OSError: [Errno 101] Network is unreachable"
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing arrived
+        with socket.create_connection(("127.0.0.1", port), timeout=2):  # control: the listener works
+            conn, _ = listener.accept()
+            conn.close()
+
+
+def test_writing_outside_its_folder_is_denied():
+    tag = uuid.uuid4().hex
+    site = sandbox._child_sys_path()[-1]
+    targets = [f"/tmp/bprop-hostile-{tag}", f"{PROJECT}/bprop-hostile-{tag}", f"{site}/bprop-hostile-{tag}.pth"]
+    outcome = call("write_outside", "write", paths=targets)
+    assert outcome.ok, outcome.verdict
+    for path in targets:
+        assert outcome.value[path].startswith("OSError: [Errno 30] Read-only file system"), outcome.value[path]
+        assert not os.path.exists(path)
+    assert outcome.value["own_file.txt"] == "mine"  # control: its own working directory is writable
+    assert outcome.value["cwd"].endswith("/box/work")
+
+
+def test_the_reference_is_neither_importable_nor_readable():
+    outcome = call("steal_reference", "steal", project=str(PROJECT))
+    assert outcome.ok, outcome.verdict
+    results = outcome.value
+    for name in (
+        "reference",
+        "reference.network",
+        "oracles.compare",
+        "grading",
+        "grading.sandbox",
+        "data_loaders",
+        "bprop",
+    ):
+        assert results[f"import {name}"].startswith("ModuleNotFoundError"), results[f"import {name}"]
+    assert results["import after removing the blocker"].startswith("ModuleNotFoundError")
+    assert results["read reference/network.py"].startswith("FileNotFoundError")
+    assert results["numpy"] == np.__version__  # control: numpy is importable
+
+
+def test_an_orphan_that_left_the_process_group_is_killed():
+    outcome = call("fork", "orphan")
+    assert outcome.ok, outcome.verdict
+    pid = outcome.value
+    assert isinstance(pid, int) and pid > 0
+    assert not alive(pid), f"the setsid grandchild {pid} survived the run"
+
+
+def test_a_hanging_fork_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    outcome = call("fork", "fork_and_hang")
+    assert_clean_failure(outcome)
+    assert outcome.verdict == "timed out after 5 s"
+    pids = [int(p) for p in re.fullmatch(r"pids (\d+) (\d+)\n", outcome.stdout).groups()]
+    assert [p for p in pids if alive(p)] == []
+    assert list(tmp_path.iterdir()) == []  # the temporary directory is gone, even after the kill
+
+
+def test_a_fork_bomb_is_stopped_by_the_process_limit():
+    # Outer guard: without RLIMIT_NPROC in force, the bomb is bounded only by its children's 1 s
+    # lifetime; don't run it then.
+    if not sandbox.isolation()["nproc"]:
+        pytest.skip("RLIMIT_NPROC is not in force (not root): the bounded bomb would still fork freely")
+    outcome = call("fork_bomb", "bomb")
+    assert_clean_failure(outcome)
+    assert outcome.verdict == "raised BlockingIOError: [Errno 11] Resource temporarily unavailable"
+    refused = int(re.fullmatch(r"fork number (\d+) refused\n", outcome.stdout).group(1))
+    assert refused <= LIMITS.processes
+
+
+# --------------------------------------------------------------------------------------------------
+# Values travel without pickle, exactly
+
+
+def test_values_round_trip_exactly():
+    kwargs = {
+        "f64": np.linspace(-1, 1, 6).reshape(2, 3),
+        "f32": np.arange(4, dtype=np.float32),
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "i64": np.array([[1, -2]], dtype=np.int64),
+        "u8": np.array([0, 255], dtype=np.uint8),
+        "bool": np.array([True, False]),
+        "complex": np.array([1 + 2j]),
+        "empty": np.zeros((0, 3)),
+        "scalar32": np.float32(0.1),
+        "zero_d": np.array(2.5),
+        "special": [float("nan"), float("inf"), -float("inf"), 1e-300],
+        "nested": {"t": (1, "a", None, True), 3: [2.5, {"deep": (np.int16(7),)}]},
+    }
+    outcome = run_call(HOSTILE / "echo.py", DRIVER, "call", {"name": "echo", **kwargs}, LIMITS)
+    assert outcome.ok, outcome.verdict
+    got = outcome.value
+    for key in ("f64", "f32", "fortran", "i64", "u8", "bool", "complex", "empty", "zero_d"):
+        assert got[key].dtype == kwargs[key].dtype and got[key].shape == kwargs[key].shape, key
+        np.testing.assert_array_equal(got[key], kwargs[key])
+    assert type(got["scalar32"]) is np.float32 and got["scalar32"] == np.float32(0.1)
+    assert np.isnan(got["special"][0]) and got["special"][1:] == [float("inf"), -float("inf"), 1e-300]
+    assert got["nested"]["t"] == (1, "a", None, True) and isinstance(got["nested"]["t"], tuple)
+    assert type(got["nested"][3][1]["deep"][0]) is np.int16
+
+
+def _npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+BAD_TREES = [
+    ("plain-object", {"a": 1}, [], "unexpected dict"),
+    ("unknown-tag", {"$eval": "__import__('os')"}, [], "unexpected dict"),
+    ("missing-array", {"$nd": 0}, [], "bad array reference 0"),
+    ("array-used-twice", [{"$nd": 0}, {"$nd": 0}], [_npy(np.zeros(2))], "bad array reference 0"),
+    ("bool-array-index", {"$nd": True}, [_npy(np.zeros(2))], "bad array reference True"),
+    ("bool-dict-key", {"$dict": [[True, 1]]}, [], "dict key True"),
+    ("too-deep", json.loads("[" * 70 + "]" * 70), [], "nested deeper than 64"),
+    ("truncated-npy", {"$nd": 0}, [_npy(np.zeros(4))[:-8]], "but 24 bytes follow"),
+    ("not-npy", {"$nd": 0}, [b"PK\x03\x04 a zip file"], "not a valid .npy array"),
+    ("string-array", {"$nd": 0}, [_npy(np.array(["a"]))], "array of dtype <U1"),
+    ("scalar-not-0d", {"$sc": 0}, [_npy(np.zeros(2))], "a numpy scalar must be 0-d"),
+    ("bad-float-tag", {"$f": "1e999"}, [], "unexpected dict"),
+]
+
+
+@pytest.mark.parametrize(("tree", "arrays", "message"), [b[1:] for b in BAD_TREES], ids=[b[0] for b in BAD_TREES])
+def test_decoder_rejects_non_conforming_data(tree, arrays, message):
+    with pytest.raises(_child.CodecError, match=re.escape(message)):
+        _child.decode(tree, arrays)
+
+
+# --------------------------------------------------------------------------------------------------
+# run_calls: several calls in one child, a fresh module each, a fresh child after a kill
+
+
+def test_run_calls_gives_each_call_its_own_verdict():
+    mixed = HOSTILE / "mixed.py"
+    calls = [
+        ("call", {"name": "ok", "x": 1}),
+        ("call", {"name": "spin"}),
+        ("call", {"name": "ok", "x": 2}),
+        ("call", {"name": "crash"}),
+        ("call", {"name": "fail"}),
+        ("call", {"name": "leave"}),
+        ("call", {"name": "ok", "x": 3}),
+    ]
+    outcomes = run_calls(mixed, DRIVER, calls, LIMITS)
+    assert [o.ok for o in outcomes] == [True, False, True, False, False, False, True]
+    assert [o.value for o in outcomes if o.ok] == [2, 3, 4]
+    assert [o.verdict for o in outcomes if not o.ok] == [
+        "timed out after 5 s",
+        "killed by signal SIGSEGV (segmentation fault)",
+        "raised KeyError: 'dense_1.W'",
+        "exited with status 7",
+    ]
+
+
+def test_run_calls_imports_the_submission_afresh_for_each_call():
+    outcomes = run_calls(HOSTILE / "echo.py", DRIVER, [("call", {"name": "bump"})] * 3, LIMITS)
+    assert [o.value for o in outcomes] == [1, 1, 1]  # module state does not leak between calls
+
+
+def test_run_calls_wall_limit_is_per_call():
+    limits = Limits(wall_s=2, memory_mb=512)
+    calls = [("call", {"name": "nap", "seconds": 1.2})] * 2  # 2.4 s in all, over the 2 s limit of one call
+    outcomes = run_calls(HOSTILE / "mixed.py", DRIVER, calls, limits)
+    assert [o.value for o in outcomes] == [1.2] * 2
+    assert all(1.2 <= o.wall_s < 2 for o in outcomes)
+
+
+def test_a_deadly_import_is_not_rerun_for_every_call():
+    t = time.monotonic()
+    outcomes = run_calls(HOSTILE / "exit_at_import.py", DRIVER, [("load", {})] * 5, LIMITS)
+    assert [o.verdict for o in outcomes] == ["exited with status 3 while importing"] * 5
+    assert [o.wall_s for o in outcomes[1:]] == [0.0] * 4
+    assert time.monotonic() - t < 1 + 2 * SLACK_S  # one child, not five
+
+
+def test_an_exception_at_import_is_reported_for_each_call_from_one_child():
+    outcomes = run_calls(HOSTILE / "import_error.py", DRIVER, [("load", {})] * 3, LIMITS)
+    assert [o.verdict for o in outcomes] == [
+        "raised NameError while importing: name 'undefined_name' is not defined"
+    ] * 3
+    assert all('File "import_error.py", line 5' in o.traceback for o in outcomes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors that are the grader's, not the submission's
+
+
+def test_a_driver_without_the_function_is_a_sandbox_error():
+    with pytest.raises(SandboxError, match=re.escape("the driver driver.py has no function nonexistent")):
+        run_call(HOSTILE / "echo.py", DRIVER, "nonexistent", {}, LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("submission", "function", "kwargs", "error", "message"),
+    [
+        (HOSTILE / "missing.py", "load", {}, ValueError, "expected an existing .py file"),
+        (HOSTILE / "driver.py", "not a name", {}, ValueError, "is not a function name"),
+        (HOSTILE / "echo.py", "call", {"x": object()}, TypeError, "kwargs of call 0 (call): value['x']"),
+    ],
+    ids=["missing-file", "bad-function-name", "kwargs-not-sendable"],
+)
+def test_bad_arguments_are_refused_before_any_child_starts(submission, function, kwargs, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        run_call(submission, DRIVER, function, kwargs, LIMITS)
+
+
+def test_limits_must_be_positive():
+    with pytest.raises(ValueError, match=re.escape("Limits.wall_s must be a positive number, got 0")):
+        Limits(wall_s=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# What protects, here and in the weaker modes
+
+
+def test_isolation_as_root_uses_namespaces_and_an_own_uid():
+    info = sandbox.isolation()
+    if not info["root"]:
+        pytest.skip("not root: no uid of its own")
+    assert info["namespaces"] and info["chroot"] and info["nproc"]
+    assert sandbox.UID_BASE <= info["uid"] < sandbox.UID_BASE + 2**24
+    assert info["network"] == "none (empty network namespace)"
+
+
+MODES = [
+    pytest.param({"namespaces": False, "drop_uid": False}, id="no-namespaces"),
+    pytest.param({"userns": True}, id="user-namespace"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_weaker_modes_still_block_imports_and_report_verdicts(mode):
+    """The user-namespace mode (what a non-root grader gets where user namespaces are allowed) keeps the
+    chroot and the empty network namespace. Without namespaces only sys.path and the import blocker keep
+    the reference out of a plain `import`: a submission that removes the blocker and extends sys.path
+    gets it, and it can read the files (the test says so, so the weakness stays visible)."""
+    outcomes = run_calls(
+        HOSTILE / "steal_reference.py",
+        DRIVER,
+        [("call", {"name": "steal", "project": str(PROJECT)})],
+        LIMITS,
+        _isolation=mode,
+    )
+    results = outcomes[0].value
+    chroot = mode.get("namespaces", True)
+    assert results["import reference.network"].startswith("ModuleNotFoundError")
+    assert results["import after removing the blocker"].startswith("ModuleNotFoundError") == chroot
+    assert results["read reference/network.py"].startswith("FileNotFoundError") == chroot
+    exited = run_calls(HOSTILE / "exit_at_import.py", DRIVER, [("load", {})], LIMITS, _isolation=mode)[0]
+    assert exited.verdict == "exited with status 3 while importing"
+    raised = run_calls(HOSTILE / "raises.py", DRIVER, [("call", {"name": "forward"})], LIMITS, _isolation=mode)[0]
+    assert raised.verdict.startswith("raised ValueError: shapes (1,784) and (32,10) not aligned")
