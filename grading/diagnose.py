@@ -171,13 +171,8 @@ def hypotheses(name: str, yours: np.ndarray, view: RefView) -> list[tuple[str, s
             )
         )
     if ref.ndim == 2 and (ref.shape[0] == ref.shape[1] or yours.shape == ref.T.shape):
-        hyps.append(
-            (
-                "transpose",
-                "it is the transpose of the right gradient (W is (n_in, n_out): dL/dW = input.T @ delta)",
-                ref.T,
-            )
-        )
+        why = " (W is (n_in, n_out): dL/dW = input.T @ delta)" if base.endswith(".dW") else ""
+        hyps.append(("transpose", f"it is the transpose of the right tensor, shape {ref.shape}{why}", ref.T))
     if yours.shape != ref.shape and yours.size == ref.size:
         hyps.append(
             (
@@ -230,6 +225,18 @@ def hypotheses(name: str, yours: np.ndarray, view: RefView) -> list[tuple[str, s
                     "at_activation",
                     f"the {kind} derivative is evaluated at the activation f(z) instead of the input z (the pre-activation)",
                     g * d_at_a,
+                )
+            )
+        i = view.names.index(layer)
+        z = view.x if i == 0 else t.layers[i - 1].out
+        in_terms_of_a = {"sigmoid": z * (1 - z), "tanh": 1 - z * z}.get(kind)
+        if in_terms_of_a is not None:
+            form = "a(1 - a)" if kind == "sigmoid" else "1 - a^2"
+            hyps.append(
+                (
+                    "pre_activation",
+                    f"the {kind} derivative written for the activation a, {form}, is applied to the pre-activation z",
+                    g * in_terms_of_a,
                 )
             )
     elif field == "out" and _kind(view, layer) == "dense":
@@ -290,9 +297,9 @@ def diagnose(
     expected = _reference(view, name) if expected is None else expected
     if yours.size and not np.isfinite(yours).all() and (expected is None or np.isfinite(expected).all()):
         idx = tuple(int(i) for i in np.argwhere(~np.isfinite(yours))[0])
+        at = f" at {list(idx)}" if idx else ""
         return Diagnosis(
-            "unstable",
-            f"unstable: {yours[idx]} at {list(idx)} where the reference is finite (overflow in exp or log of 0?)",
+            "unstable", f"unstable: {yours[idx]}{at} where the reference is finite (overflow in exp, or log of 0?)"
         )
     if expected is not None and expected.size and yours.size and not np.any(yours) and np.any(expected):
         what = (

@@ -109,6 +109,12 @@ def extract(path: Path, needed: Iterable[str] | None = None) -> Extracted:
             future.append(st)
         elif _is_kept_kind(st.node):
             candidates.append(st)
+        elif (
+            isinstance(st.node, ast.Expr)
+            and isinstance(st.node.value, ast.Constant)
+            and isinstance(st.node.value.value, str)
+        ):
+            continue  # a docstring or a bare string: nothing to run, nothing to report
         else:
             skipped.append(Skipped(st.where, _why_skipped(st.node), _first_line(st.text)))
     kept = _reachable(candidates, needed)
