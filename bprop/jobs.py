@@ -1,0 +1,302 @@
+"""The units of work of `bprop validate`, each runnable in a worker process and returning plain data.
+
+    TrainJob(preset, dtype, seed, framework, epochs, limit)  -> run_train(job) -> dict
+        One framework ("reference", "torch", "keras") trained for `epochs` from init_params(spec,
+        seed) over data_loaders.epoch_orders(n, epochs, seed): the same start and the same batches
+        for every framework. After each epoch (and once before training): test loss and accuracy,
+        the test predictions and a copy of the parameters, which the parent compares.
+    DivergenceJob(preset, dtype, seed, framework, steps, limit)  -> run_divergence(job) -> dict
+        The reference and one other trajectory stepped side by side for the first `steps` steps,
+        the largest parameter difference recorded after every step. `framework` is a twin kind, or
+        "nudged": the reference against itself started one ulp away (the rounding-level control).
+
+The twins train with their own fast `train_epoch`; an epoch is fed in `chunks` calls so the progress
+bar moves (same batches, same order: the chunks are whole batches, the optimiser state persists).
+Progress goes to `report_progress`, which the runner points at a queue (or a local callback).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from oracles.compare import rel_error
+from reference.network import Network, init_params
+from reference.optimizers import make_optimizer
+from reference.spec import ModelSpec, preset
+from reference.train import evaluate, train_epoch, train_step
+
+FRAMEWORKS = ("reference", "torch", "keras")
+TWINS = ("torch", "keras")
+NUDGED = "nudged"  # the control trajectory of a divergence run: the reference, one ulp away
+
+# (event, payload) -> None; events: ("start", (label, total)), ("advance", n), ("done", None).
+ProgressFn = Callable[[str, object], None]
+
+
+def _no_progress(event: str, payload: object) -> None:
+    return None
+
+
+report_progress: ProgressFn = _no_progress
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    preset: str
+    dtype: str
+    seed: int
+    framework: str
+    epochs: int
+    limit: int | None = None
+    chunks: int = 10  # calls of train_epoch per epoch (progress granularity)
+
+    @property
+    def label(self) -> str:
+        return f"{self.preset} {self.dtype} seed {self.seed} {self.framework}"
+
+
+@dataclass(frozen=True)
+class DivergenceJob:
+    preset: str
+    dtype: str
+    seed: int
+    framework: str  # "torch" | "keras" | NUDGED
+    steps: int
+    limit: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.preset} {self.dtype} seed {self.seed} divergence {self.framework}"
+
+
+def job_spec(preset_name: str, dtype: str, epochs: int) -> ModelSpec:
+    return preset(preset_name, dtype=dtype, epochs=epochs)
+
+
+# Data ------------------------------------------------------------------------------------------
+
+_DATA_CACHE: dict[tuple, tuple] = {}
+
+
+def load_data(spec: ModelSpec, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test) for `spec` (dataset, preprocessing, dtype), the first
+    `limit` rows of each split if given. One entry is cached per process (MNIST in float64 is 0.4 GB)."""
+    key = (spec.dataset, spec.preprocess, spec.dtype, limit)
+    if key not in _DATA_CACHE:
+        from data_loaders import load_for_spec
+
+        x, y, xt, yt = load_for_spec(spec)
+        if limit is not None:
+            x, y, xt, yt = x[:limit], y[:limit], xt[:limit], yt[:limit]
+        for name, a in (("x_train", x), ("x_test", xt)):
+            if a.dtype != np.dtype(spec.dtype) or a.ndim != 2 or a.shape[1] != spec.n_in:
+                raise ValueError(
+                    f"load_for_spec({spec.name}): {name} should be ({spec.dtype}, (n, {spec.n_in})), "
+                    f"got ({a.dtype}, {a.shape})"
+                )
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = (x, y.astype(np.int64), xt, yt.astype(np.int64))
+    return _DATA_CACHE[key]
+
+
+def orders_for(n: int, epochs: int, seed: int) -> list[np.ndarray]:
+    """The batch order every framework follows: one seeded permutation per epoch (data_loaders)."""
+    from data_loaders import epoch_orders
+
+    return [np.asarray(order) for order in epoch_orders(n, epochs, seed)]
+
+
+# The frameworks behind one interface --------------------------------------------------------------
+
+
+class ReferenceModel:
+    """The numpy reference with the twins' training interface (train_epoch, evaluate, forward)."""
+
+    kind = "reference"
+
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0) -> None:
+        self.net = Network(spec, params, seed=seed)
+        self.opt = make_optimizer(spec.optimizer)
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return self.net.get_params()
+
+    def train_epoch(self, x, y, order, batch_size) -> float:
+        return train_epoch(self.net, self.opt, x, y, order, batch_size)
+
+    def step(self, x, y) -> float:
+        return float(train_step(self.net, self.opt, x, y))
+
+    def evaluate(self, x, y) -> tuple[float, float]:
+        return evaluate(self.net, x, y)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.net.forward(x, train=False)
+
+
+_THREADS_LIMITED = False
+
+
+def limit_framework_threads() -> None:
+    """One thread per framework in a worker process: the workers share the machine's cores."""
+    global _THREADS_LIMITED
+    _THREADS_LIMITED = True
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def _prepare_framework(kind: str) -> None:
+    if not _THREADS_LIMITED:
+        return
+    if kind == "torch":
+        import torch
+
+        torch.set_num_threads(1)
+    elif kind == "keras":
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # the runtime is already initialised in this process: keep its threads
+            pass
+
+
+def make_model(kind: str, spec: ModelSpec, params: dict[str, np.ndarray], seed: int):
+    if kind == "reference":
+        return ReferenceModel(spec, params, seed)
+    if kind not in TWINS:
+        raise ValueError(f"unknown framework {kind!r}; frameworks are {FRAMEWORKS}")
+    _prepare_framework(kind)
+    from oracles import make_twin
+
+    return make_twin(kind, spec, params, seed=seed)
+
+
+def predictions(model, x: np.ndarray, chunk: int = 10_000) -> np.ndarray:
+    """Predicted class per row (argmax of the model's output), int16 to keep results small."""
+    return np.concatenate([model.forward(x[i : i + chunk]).argmax(axis=1) for i in range(0, len(x), chunk)]).astype(
+        np.int16
+    )
+
+
+def epoch_chunks(order: np.ndarray, batch_size: int, chunks: int) -> list[np.ndarray]:
+    """`order` cut into about `chunks` pieces of whole batches (the last batch may be short)."""
+    n_batches = -(-len(order) // batch_size)
+    per_chunk = max(1, -(-n_batches // max(1, chunks))) * batch_size
+    return [order[i : i + per_chunk] for i in range(0, len(order), per_chunk)]
+
+
+# Jobs ---------------------------------------------------------------------------------------------
+
+
+def run_train(job: TrainJob) -> dict:
+    """Train one framework; the per-epoch record the parent compares and reports (see the module doc)."""
+    t_job = time.perf_counter()
+    spec = job_spec(job.preset, job.dtype, job.epochs)
+    x, y, xt, yt = load_data(spec, job.limit)
+    t_data = time.perf_counter() - t_job
+    orders = orders_for(len(x), job.epochs, job.seed)
+    n_steps = sum(-(-len(o) // spec.batch_size) for o in orders)
+    report_progress("start", (job.label, n_steps))
+
+    t0 = time.perf_counter()
+    model = make_model(job.framework, spec, init_params(spec, job.seed), job.seed)
+    setup_s = time.perf_counter() - t0
+
+    rec: dict = {
+        "job": job.__dict__,
+        "pid": os.getpid(),
+        "n_train": len(x),
+        "n_test": len(xt),
+        "steps_per_epoch": [-(-len(o) // spec.batch_size) for o in orders],
+        "data_s": t_data,
+        "setup_s": setup_s,
+        "train_loss": [],  # mean of the per-step losses of each epoch
+        "train_loss_chunks": [],  # [(step at the chunk's end, mean loss over the chunk)]
+        "test_loss": [],
+        "test_accuracy": [],
+        "train_s": [],
+        "eval_s": [],
+        "params": [],  # after each epoch
+        "predictions": [],  # test predictions after each epoch
+    }
+    t0 = time.perf_counter()
+    rec["initial_test_loss"], rec["initial_test_accuracy"] = map(float, model.evaluate(xt, yt))
+    rec["initial_predictions"] = predictions(model, xt)
+    rec["initial_eval_s"] = time.perf_counter() - t0
+
+    step = 0
+    for order in orders:
+        t0 = time.perf_counter()
+        total = 0.0
+        for chunk in epoch_chunks(order, spec.batch_size, job.chunks):
+            n = -(-len(chunk) // spec.batch_size)
+            loss = float(model.train_epoch(x, y, chunk, spec.batch_size))
+            total += loss * n
+            step += n
+            rec["train_loss_chunks"].append((step, loss))
+            report_progress("advance", n)
+        rec["train_s"].append(time.perf_counter() - t0)
+        rec["train_loss"].append(total / -(-len(order) // spec.batch_size))
+        t0 = time.perf_counter()
+        test_loss, test_acc = model.evaluate(xt, yt)
+        rec["test_loss"].append(float(test_loss))
+        rec["test_accuracy"].append(float(test_acc))
+        rec["predictions"].append(predictions(model, xt))
+        rec["eval_s"].append(time.perf_counter() - t0)
+        rec["params"].append(model.get_params())
+    rec["wall_s"] = time.perf_counter() - t_job
+    report_progress("done", None)
+    return rec
+
+
+def nudged(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every non-zero parameter moved one ulp away from zero: a rounding-level perturbation."""
+    return {k: np.where(p != 0, np.nextafter(p, np.copysign(np.inf, p)), p).astype(p.dtype) for k, p in params.items()}
+
+
+def run_divergence(job: DivergenceJob) -> dict:
+    """Reference and `job.framework` stepped together; max |param difference| after every step."""
+    t_job = time.perf_counter()
+    spec = preset(job.preset, dtype=job.dtype)
+    x, y, _, _ = load_data(spec, job.limit)
+    epochs_needed = -(-job.steps * spec.batch_size // len(x))
+    order = np.concatenate(orders_for(len(x), epochs_needed, job.seed))[: job.steps * spec.batch_size]
+    steps = -(-len(order) // spec.batch_size)
+    report_progress("start", (job.label, steps))
+
+    params0 = init_params(spec, job.seed)
+    ref = ReferenceModel(spec, params0, job.seed)
+    if job.framework == NUDGED:
+        other = ReferenceModel(spec, nudged(params0), job.seed)
+    else:
+        other = make_model(job.framework, spec, params0, job.seed)
+    names = sorted(params0)
+    max_abs = np.empty(steps)
+    rel = np.empty(steps)
+    t0 = time.perf_counter()
+    for s in range(steps):
+        idx = order[s * spec.batch_size : (s + 1) * spec.batch_size]
+        ref.step(x[idx], y[idx])
+        other.step(x[idx], y[idx])
+        mine, theirs = ref.net.params, other.get_params()
+        max_abs[s] = max(float(np.abs(mine[k] - theirs[k]).max()) for k in names)
+        rel[s] = max(rel_error(mine[k], theirs[k]) for k in names)
+        if (s + 1) % 100 == 0 or s + 1 == steps:
+            report_progress("advance", 100 if (s + 1) % 100 == 0 else (s + 1) % 100)
+    report_progress("done", None)
+    return {
+        "job": job.__dict__,
+        "steps": steps,
+        "max_abs": max_abs,
+        "rel": rel,
+        "step_s": (time.perf_counter() - t0) / steps,
+        "wall_s": time.perf_counter() - t_job,
+    }

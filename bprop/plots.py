@@ -1,0 +1,242 @@
+"""The PNG figures of the validation report (matplotlib, Agg backend: no display needed).
+
+    curves(preset, entries, path)                   training loss, test loss and test accuracy of the
+                                                    three frameworks overlaid, one row per dtype
+    digit_grid(entry, images, preds, path)          a few test digits with the three predictions
+    divergence(preset, entries, path)               max |parameter difference| per step, log scale
+    seed_spread(preset, entries, path)              final accuracy per seed and framework
+
+Each function writes one file and returns its path. Overlaid lines that coincide exactly (float64
+parity) are drawn with different widths and dash patterns so every framework stays visible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from bprop.divergence import DIVERGENCE_BAR
+from bprop.jobs import NUDGED
+
+STYLE = {
+    "reference": {"color": "#222222", "lw": 4.0, "ls": "-", "alpha": 0.35, "marker": "o", "ms": 9},
+    "torch": {"color": "#ee4c2c", "lw": 1.8, "ls": "--", "alpha": 1.0, "marker": "s", "ms": 5},
+    "keras": {"color": "#1f77b4", "lw": 1.4, "ls": ":", "alpha": 1.0, "marker": "x", "ms": 7},
+    NUDGED: {"color": "#2ca02c", "lw": 1.4, "ls": "-.", "alpha": 0.9, "marker": None, "ms": 0},
+}
+LABEL = {
+    "reference": "reference (numpy)",
+    "torch": "torch twin",
+    "keras": "keras twin",
+    NUDGED: "reference nudged 1 ulp",
+}
+DPI = 110
+
+
+def _line(ax, x, y, kind: str, label: str | None = None, markers: bool = True, **extra) -> None:
+    s = STYLE[kind]
+    ax.plot(
+        x,
+        y,
+        color=s["color"],
+        lw=s["lw"],
+        ls=s["ls"],
+        alpha=extra.pop("alpha", s["alpha"]),
+        marker=s["marker"] if markers else None,
+        ms=s["ms"],
+        label=label,
+        **extra,
+    )
+
+
+def _frameworks(entry: dict) -> list[str]:
+    return [k for k in ("reference", "torch", "keras") if k in entry and entry[k].get("runs")]
+
+
+def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
+    """Rows: dtypes. Columns: training loss (mean over each tenth of an epoch), test loss, test accuracy."""
+    dtypes = list(entries)
+    fig, axes = plt.subplots(len(dtypes), 3, figsize=(14, 3.6 * len(dtypes)), squeeze=False)
+    for row, dtype in enumerate(dtypes):
+        entry = entries[dtype]
+        epochs = entry.get("epochs", 0)
+        several = len(entry.get("seeds", [])) > 1
+        ax_train, ax_loss, ax_acc = axes[row]
+        steps_per_epoch = np.mean(entry.get("steps_per_epoch") or [1])
+        for kind in _frameworks(entry):
+            fw = entry[kind]
+            for i, run in enumerate(fw["runs"]):
+                chunks = np.asarray(run["train_loss_chunks"], np.float64)
+                label = LABEL[kind] if i == 0 else None
+                alpha = 0.5 if several else None
+                extra = {"alpha": alpha} if alpha else {}
+                _line(ax_train, chunks[:, 0] / steps_per_epoch, chunks[:, 1], kind, label, markers=False, **extra)
+                if several:
+                    e = np.arange(epochs + 1)
+                    ax_acc.plot(
+                        e,
+                        100 * np.r_[run["initial_test_accuracy"], run["test_accuracy"]],
+                        color=STYLE[kind]["color"],
+                        lw=0.6,
+                        alpha=0.35,
+                    )
+            e = np.arange(epochs + 1)
+            mean = " (mean over seeds)" if several else ""
+            _line(
+                ax_loss,
+                e,
+                np.r_[np.mean([r["initial_test_loss"] for r in fw["runs"]]), fw["test_loss"]],
+                kind,
+                LABEL[kind] + mean,
+            )
+            _line(ax_acc, e, 100 * np.r_[fw["initial_test_accuracy"], fw["test_accuracy"]], kind, LABEL[kind] + mean)
+        ax_train.set_title(f"{dtype}: training loss (mean over each tenth of an epoch)", fontsize=10)
+        ax_train.set_xlabel("epoch")
+        ax_loss.set_title(f"{dtype}: test loss", fontsize=10)
+        ax_acc.set_title(f"{dtype}: test accuracy (%)", fontsize=10)
+        for ax in (ax_loss, ax_acc):
+            ax.set_xlabel("epoch (0 = initial weights)")
+            ax.set_xticks(range(epochs + 1))
+        if epochs >= 1:
+            final = [100 * entry[k]["test_accuracy"][-1] for k in _frameworks(entry)]
+            low = min([100 * entry[k]["test_accuracy"][0] for k in _frameworks(entry)])
+            inset = ax_acc.inset_axes([0.45, 0.12, 0.5, 0.45])
+            for kind in _frameworks(entry):
+                _line(inset, np.arange(1, epochs + 1), 100 * np.asarray(entry[kind]["test_accuracy"]), kind)
+            span = max(final) - min(final)
+            inset.set_title(f"epochs 1..{epochs}, zoomed", fontsize=8)
+            inset.tick_params(labelsize=7)
+            inset.set_xticks(range(1, epochs + 1))
+            if span < 0.5 and min(final) > low:
+                inset.set_ylim(low - 0.3, max(final) + 0.3)
+        for ax in axes[row]:
+            ax.grid(alpha=0.3)
+        ax_loss.legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"{preset_name}: reference, torch twin and keras twin from identical weights and batches", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)
+
+
+def pick_digits(preds: dict[str, np.ndarray], y: np.ndarray, n: int = 10) -> list[int]:
+    """Test images worth showing: where the frameworks disagree, then where all are wrong, then right."""
+    stack = np.stack(list(preds.values()))  # (frameworks, n_test)
+    disagree = np.flatnonzero((stack != stack[0]).any(axis=0))
+    wrong = np.flatnonzero((stack != y).all(axis=0))
+    right = np.flatnonzero((stack == y).all(axis=0))
+    picked: list[int] = []
+    for group, quota in ((disagree, 4), (wrong, 3), (right, n)):
+        for i in group[:quota]:
+            if len(picked) < n and int(i) not in picked:
+                picked.append(int(i))
+    return picked
+
+
+def digit_grid(
+    title: str, images: np.ndarray, y: np.ndarray, preds: dict[str, np.ndarray], path: Path, n: int = 10
+) -> Path:
+    """A row of test digits, each captioned with the label and the three frameworks' predictions."""
+    idx = pick_digits(preds, y, n)
+    side = round(np.sqrt(images.shape[1]))
+    cols = min(5, len(idx)) or 1
+    rows = -(-len(idx) // cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.75 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), idx):
+        ax.imshow(images[i].reshape(side, side), cmap="gray_r", interpolation="nearest")
+        parts = []
+        for kind, p in preds.items():
+            parts.append(f"{kind[:5]}: {p[i]}")
+        ok = all(p[i] == y[i] for p in preds.values())
+        same = len({int(p[i]) for p in preds.values()}) == 1
+        color = "#1a7f37" if ok else ("#b35900" if not same else "#c62828")
+        ax.set_title(f"#{i} label {y[i]}\n" + "\n".join(parts), fontsize=8.5, color=color, family="monospace")
+    fig.suptitle(title + "\n(green: all right, red: all agree but wrong, orange: the frameworks disagree)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)
+
+
+FLOOR = 1e-18  # log plot: an exact zero is drawn here
+
+
+def divergence(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
+    """max |parameter difference| after each step, per pair, log scale; one panel per dtype."""
+    dtypes = [d for d in entries if entries[d].get("divergence")]
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(7.2 * len(dtypes), 4.6), squeeze=False)
+    for ax, dtype in zip(axes[0], dtypes):
+        div = entries[dtype]["divergence"]
+        bar = DIVERGENCE_BAR[dtype]
+        for kind in ("torch", "keras", NUDGED):
+            d = div.get(kind)
+            if not d or "max_abs" not in d:
+                continue
+            v = np.maximum(np.asarray(d["max_abs"]), FLOOR)
+            steps = np.arange(1, len(v) + 1)
+            _line(
+                ax,
+                steps,
+                v,
+                kind,
+                f"{LABEL[kind]} vs reference: within {bar:.0e} for {d['agree_steps']} steps",
+                markers=False,
+            )
+            if d["agree_steps"] < len(v):
+                ax.axvline(d["agree_steps"] + 1, color=STYLE[kind]["color"], lw=0.8, alpha=0.5)
+        ax.axhline(bar, color="k", lw=0.8, ls="--")
+        ax.text(len(v) * 0.99, bar * 2, f"bar {bar:.0e}", ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylim(FLOOR / 3, 1)
+        ax.set_xlabel("optimiser step (one sample each)")
+        ax.set_ylabel("max |parameter difference|")
+        ax.set_title(f"{dtype}", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(
+        f"{preset_name}: trajectories from identical weights and samples agree, then separate exponentially"
+        f"\n(an exact 0 is drawn at {FLOOR:.0e}; vertical lines: first step above the bar)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)
+
+
+def seed_spread(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
+    """Final test accuracy of every seed, per framework (one panel per dtype), with the mean."""
+    dtypes = list(entries)
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(5.5 * len(dtypes), 4.2), squeeze=False, sharey=True)
+    for ax, dtype in zip(axes[0], dtypes):
+        entry = entries[dtype]
+        for x, kind in enumerate(_frameworks(entry)):
+            st = entry[kind]["final_accuracy"]
+            vals = 100 * np.asarray(st["values"])
+            jitter = np.linspace(-0.12, 0.12, len(vals))
+            ax.scatter(x + jitter, vals, color=STYLE[kind]["color"], s=36, zorder=3)
+            for j, seed in enumerate(entry["seeds"]):
+                ax.annotate(str(seed), (x + jitter[j], vals[j]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+            ax.hlines(100 * st["mean"], x - 0.25, x + 0.25, color=STYLE[kind]["color"], lw=2)
+            ax.text(
+                x + 0.28, 100 * st["mean"], f"{100 * st['mean']:.1f} ± {100 * st['std']:.1f}", va="center", fontsize=8
+            )
+        ax.set_xticks(range(len(_frameworks(entry))), [LABEL[k] for k in _frameworks(entry)], fontsize=8)
+        ax.set_xlim(-0.5, len(_frameworks(entry)) - 0.2)
+        ax.set_title(
+            f"{dtype}: test accuracy after {entry.get('epochs')} epochs, {len(entry['seeds'])} seeds", fontsize=10
+        )
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("test accuracy (%)  (numbers: seed)")
+    fig.suptitle(f"{preset_name}: one point per seed; bar = mean (± standard deviation)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,252 @@
+"""`bprop validate`: the reference, the torch twin and the keras twin trained side by side, compared.
+
+    code = run(Options(presets=[...], dtypes=[...], seeds=[0], ...))    0: accepted, 1: not
+
+For every preset, dtype and seed, each framework trains from init_params(spec, seed) over
+epoch_orders(n, epochs, seed) (bprop.jobs); per-sample presets also get a step-by-step divergence
+run of each twin (and of the reference nudged by one ulp) against the reference. The results are
+summarised (bprop.summary), judged (bprop.acceptance) and written out (bprop.report, bprop.plots):
+a table on stdout, OUT/report.md, OUT/results.json and the PNGs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bprop import jobs as J
+from bprop.acceptance import assess
+from bprop.report import terminal_table, write_json, write_markdown
+from bprop.runner import JobError, run_jobs
+from bprop.summary import summarise
+from reference.spec import DTYPES, PRESETS, preset
+
+DEFAULT_OUT = Path("bprop-report")
+DEFAULT_DIVERGENCE_STEPS = 3000
+
+
+@dataclass
+class Options:
+    presets: list[str] = field(default_factory=lambda: list(PRESETS))
+    dtypes: list[str] = field(default_factory=lambda: ["float64", "float32"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    epochs: int | None = None  # None: each preset's own
+    frameworks: tuple[str, ...] = J.FRAMEWORKS
+    limit: int | None = None
+    out: Path = DEFAULT_OUT
+    workers: int = 2
+    divergence_steps: int = DEFAULT_DIVERGENCE_STEPS
+    progress: bool | None = None  # None: bars when stderr is a terminal
+    plots: bool = True
+    command: str = "bprop validate"
+
+    def check(self) -> None:
+        """Raise ValueError naming the option when a value cannot be run."""
+        unknown = [p for p in self.presets if p not in PRESETS]
+        if unknown:
+            raise ValueError(f"--preset: unknown {unknown}; presets are {sorted(PRESETS)}")
+        bad = [d for d in self.dtypes if d not in DTYPES]
+        if bad:
+            raise ValueError(f"--dtype: unknown {bad}; dtypes are {list(DTYPES)}")
+        bad = [f for f in self.frameworks if f not in J.FRAMEWORKS]
+        if bad:
+            raise ValueError(f"--frameworks: unknown {bad}; frameworks are {list(J.FRAMEWORKS)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"--epochs: expected at least 1, got {self.epochs}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit: expected at least 1 row, got {self.limit}")
+        if not self.seeds:
+            raise ValueError("--seeds: expected at least one seed")
+        if self.workers < 1:
+            raise ValueError(f"--workers: expected at least 1, got {self.workers}")
+        if self.divergence_steps < 0:
+            raise ValueError(f"--divergence-steps: expected >= 0, got {self.divergence_steps}")
+
+
+def frameworks_to_run(options: Options) -> tuple[str, ...]:
+    """The reference always runs (every comparison is against it), then the twins asked for."""
+    return ("reference", *[f for f in J.TWINS if f in options.frameworks])
+
+
+def build_jobs(options: Options) -> tuple[list, list]:
+    """(train jobs, divergence jobs). Divergence runs: per-sample presets, the first seed."""
+    frameworks = frameworks_to_run(options)
+    train, divergence = [], []
+    for name in options.presets:
+        spec = preset(name)
+        epochs = options.epochs or spec.epochs
+        for dtype in options.dtypes:
+            for seed in options.seeds:
+                for kind in frameworks:
+                    train.append(J.TrainJob(name, dtype, seed, kind, epochs, options.limit))
+            if spec.batch_size == 1 and options.divergence_steps:
+                rows = options.limit or 10**9
+                steps = min(options.divergence_steps, rows * epochs)
+                for kind in (*frameworks[1:], J.NUDGED):
+                    divergence.append(J.DivergenceJob(name, dtype, options.seeds[0], kind, steps, options.limit))
+    return train, divergence
+
+
+def is_full_run(options: Options, preset_name: str) -> bool:
+    return options.limit is None and (options.epochs is None or options.epochs == preset(preset_name).epochs)
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("numpy", "torch", "tensorflow-cpu", "keras", "scikit-learn", "matplotlib"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _timing(train_jobs, train_results, div_jobs, div_results) -> dict:
+    """Seconds of work per group: preset, dtype and framework (and the divergence runs)."""
+    groups: dict[str, dict] = {}
+    total = 0.0
+    for job, res in [*zip(train_jobs, train_results), *zip(div_jobs, div_results)]:
+        if isinstance(res, JobError):
+            continue
+        kind = "train" if isinstance(job, J.TrainJob) else "divergence"
+        key = f"{job.preset} {job.dtype} {job.framework}" + (" (divergence)" if kind == "divergence" else "")
+        g = groups.setdefault(key, {"wall_s": 0.0, "jobs": 0})
+        g["wall_s"] += res["wall_s"]
+        g["jobs"] += 1
+        total += res["wall_s"]
+    return {"job_s": total, "by_group": groups}
+
+
+def collect(options: Options, train_jobs, train_results, div_jobs, div_results) -> dict:
+    """results["presets"][preset][dtype] = entry (bprop.summary), each with its acceptance checks."""
+    frameworks = frameworks_to_run(options)
+    presets: dict[str, dict] = {}
+    failures: list[str] = []
+    counts = {"pass": 0, "fail": 0, "n/a": 0}
+    for name in options.presets:
+        presets[name] = {}
+        for dtype in options.dtypes:
+            train = {
+                (job.framework, job.seed): res
+                for job, res in zip(train_jobs, train_results)
+                if job.preset == name and job.dtype == dtype
+            }
+            div = {
+                job.framework: res
+                for job, res in zip(div_jobs, div_results)
+                if job.preset == name and job.dtype == dtype
+            }
+            entry = summarise(name, dtype, train, div, frameworks)
+            checks = assess(entry, is_full_run(options, name))
+            entry["acceptance"] = {"passed": not any(c.failed for c in checks), "checks": [c.to_dict() for c in checks]}
+            for c in checks:
+                counts[c.status] += 1
+                if c.failed:
+                    failures.append(f"{name} {dtype}: {c.name}: {c.detail}")
+            presets[name][dtype] = entry
+    return {
+        "presets": presets,
+        "acceptance": {
+            "passed": not failures,
+            "failures": failures,
+            "n_pass": counts["pass"],
+            "n_fail": counts["fail"],
+            "n_na": counts["n/a"],
+        },
+    }
+
+
+def make_plots(results: dict, options: Options, train_jobs, train_results) -> dict[str, list[tuple[str, str]]]:
+    """Every PNG, by preset: [(title, file name)]."""
+    from bprop import plots
+
+    out: dict[str, list[tuple[str, str]]] = {}
+    for name, by_dtype in results["presets"].items():
+        files = out.setdefault(name, [])
+        if any(e.get("reference", {}).get("runs") for e in by_dtype.values()):
+            files.append(
+                ("loss and accuracy curves", plots.curves(name, by_dtype, options.out / f"curves-{name}.png").name)
+            )
+        if any(e.get("divergence") for e in by_dtype.values()):
+            files.append(("divergence", plots.divergence(name, by_dtype, options.out / f"divergence-{name}.png").name))
+        if len(options.seeds) > 1:
+            files.append(
+                ("accuracy over seeds", plots.seed_spread(name, by_dtype, options.out / f"seeds-{name}.png").name)
+            )
+        for dtype in by_dtype:
+            preds, seed = {}, options.seeds[0]
+            for job, res in zip(train_jobs, train_results):
+                if job.preset == name and job.dtype == dtype and job.seed == seed and not isinstance(res, JobError):
+                    preds[job.framework] = res["predictions"][-1]
+            if "reference" not in preds:
+                continue
+            spec = preset(name, dtype=dtype)
+            _, _, x_test, y_test = J.load_data(spec, options.limit)
+            preds = {k: preds[k] for k in frameworks_to_run(options) if k in preds}
+            title = f"{name} {dtype}: test digits after {by_dtype[dtype].get('epochs')} epochs (seed {seed})"
+            path = plots.digit_grid(title, x_test, y_test, preds, options.out / f"digits-{name}-{dtype}.png")
+            files.append((f"test digits, {dtype}", path.name))
+    return out
+
+
+def run(options: Options, stdout=None) -> int:
+    """The whole validation; prints the table and the verdict. 0: every check passes, 1: some fail."""
+    stdout = stdout or sys.stdout
+    options.check()
+    options.out = Path(options.out)
+    options.out.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    train_jobs, div_jobs = build_jobs(options)
+    all_results = run_jobs([*train_jobs, *div_jobs], workers=options.workers, progress=options.progress)
+    train_results, div_results = all_results[: len(train_jobs)], all_results[len(train_jobs) :]
+    results = collect(options, train_jobs, train_results, div_jobs, div_results)
+    results["meta"] = {
+        "command": options.command,
+        "started": started,
+        "wall_s": time.perf_counter() - t0,
+        "cpus": os.cpu_count(),
+        "workers": options.workers,
+        "options": {
+            "presets": options.presets,
+            "dtypes": options.dtypes,
+            "seeds": options.seeds,
+            "epochs": options.epochs,
+            "frameworks": list(frameworks_to_run(options)),
+            "limit": options.limit,
+            "divergence_steps": options.divergence_steps,
+        },
+        "versions": versions(),
+        "timing": _timing(train_jobs, train_results, div_jobs, div_results),
+        "out_dir": str(options.out),
+        "errors": [
+            {"job": r.job.label, "error": r.error, "traceback": r.traceback}
+            for r in all_results
+            if isinstance(r, JobError)
+        ],
+    }
+    plots = make_plots(results, options, train_jobs, train_results) if options.plots else {}
+    results["meta"]["wall_s"] = time.perf_counter() - t0
+    results["plots"] = plots
+    write_json(results, options.out)
+    write_markdown(results, plots, options.out)
+    print(terminal_table(results), file=stdout, flush=True)
+    return 0 if results["acceptance"]["passed"] else 1
+
+
+def _quote(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+__all__ = ["DEFAULT_OUT", "Options", "run"]
+_ = np  # numpy is imported for the types of the records this module passes on
