@@ -219,11 +219,24 @@ def _read_back(obs: Observed, name: str, before: np.ndarray, after, lr: float, s
 
 
 def _observe_layer(part, case, results, obs: Observed) -> None:
-    record = results.get("layers")
+    _observe_layers_probe(part, case, results.get("layers"), obs)
+    if results.get("network") is not None:
+        _observe_network_probe(part, case, results["network"], obs)
+
+
+def _revealed_by_layers(case) -> list[str]:
+    """The tensors the layer format reveals: outputs, dL/d(input), dW, db, the loss and its gradient."""
+    names = []
+    for name, ls in zip(case.spec.layer_names(), case.spec.layers):
+        names += [f"{name}.out", f"{name}.grad_in"] + ([f"{name}.dW", f"{name}.db"] if ls.kind == "dense" else [])
+    return [*names, "loss", f"{case.spec.layer_names()[-1]}.grad_out"]
+
+
+def _observe_layers_probe(part, case, record, obs: Observed) -> None:
     t = obs.trace
-    if isinstance(record, Failed):
-        for name, _ in case.trace.tensors():
-            obs.problems[name] = record.reason
+    if isinstance(record, Failed) or record is None:
+        for name in _revealed_by_layers(case):
+            obs.problems[name] = record.reason if record is not None else "not run"
         return
     for ls, rec, got in zip(case.spec.layers, t.layers, record["layers"]):
         rec.out = _problem_or_value(obs, f"{rec.name}.out", got["forward"])
@@ -252,9 +265,10 @@ def _observe_layer(part, case, results, obs: Observed) -> None:
                 f"{part.names['loss']} returned shape {losses.shape}; expected one loss per sample, shape ({len(case.y)},)"
             )
     t.layers[-1].grad_out = _problem_or_value(obs, f"{t.layers[-1].name}.grad_out", record["loss_grad"])
-    net = results.get("network")
-    if net is None:
-        return
+
+
+def _observe_network_probe(part, case, net, obs: Observed) -> None:
+    """forward(network, X)'s activations and the parameters after train(network, X, y)."""
     outs = _problem_or_value(obs, "network: forward", net if isinstance(net, Failed) else net["forward"])
     names = case.spec.layer_names()
     for i, name in enumerate(names):

@@ -248,7 +248,7 @@ def _extra_reference(part: Part, case: Case) -> dict[str, np.ndarray]:
         for name, rec in zip(names, case.step_trace.layers):
             ref[f"network: {name}.out"] = rec.out
     if "training_step" in part.check_names:
-        for d in dense:
+        for d in reversed(dense):  # backprop's order: the last layer's update is computed first
             for p in ("W", "b"):
                 ref[f"step: {d}.{p}"] = case.params[f"{d}.{p}"] - part.learning_rate * case.step_trace[d].grads[p]
     return ref
