@@ -45,16 +45,18 @@ class Network:
         self.dtype = np.dtype(spec.dtype)
         self.loss = make_loss(spec.loss, spec.reduction)
         dropout_rng = np.random.default_rng([seed, 1])  # apart from the init stream
-        shapes = init_params(spec, seed) if params is None else None
+        source = init_params(spec, seed) if params is None else params
         self.layers = []
         n_in = spec.n_in
         for name, ls in zip(spec.layer_names(), spec.layers):
             if ls.kind == "dense":
-                self.layers.append(Dense(name, *self._take(params or shapes, name, ("W", "b"))))
+                W, b = self._take(source, name, {"W": (n_in, ls.units), "b": (ls.units,)})
+                self.layers.append(Dense(name, W, b))
                 n_in = ls.units
             elif ls.kind == "batchnorm":
                 layer = BatchNorm(name, n_in, self.dtype, ls.convention, ls.momentum, ls.eps)
-                layer.params = dict(zip(("gamma", "beta"), self._take(params or shapes, name, ("gamma", "beta"))))
+                gamma, beta = self._take(source, name, {"gamma": (n_in,), "beta": (n_in,)})
+                layer.params = {"gamma": gamma, "beta": beta}
                 self.layers.append(layer)
             elif ls.kind == "leaky_relu":
                 self.layers.append(LeakyReLU(name, ls.alpha))
@@ -65,11 +67,16 @@ class Network:
         if params is not None:
             self.set_params(params)  # checks shapes and dtypes, copies
 
-    def _take(self, params, layer: str, names: tuple[str, ...]) -> list[np.ndarray]:
-        missing = [f"{layer}.{n}" for n in names if f"{layer}.{n}" not in params]
+    def _take(self, params, layer: str, shapes: dict[str, tuple[int, ...]]) -> list[np.ndarray]:
+        """Copies of params["<layer>.<name>"], each checked against the shape the spec gives it."""
+        missing = [f"{layer}.{n}" for n in shapes if f"{layer}.{n}" not in params]
         if missing:
             raise ShapeError(f"network: parameters {missing} missing; got {sorted(params)}")
-        return [np.array(params[f"{layer}.{n}"], dtype=self.dtype) for n in names]
+        for n, shape in shapes.items():
+            if np.shape(params[f"{layer}.{n}"]) != shape:
+                got = describe(params[f"{layer}.{n}"])
+                raise ShapeError(f"network: parameter {layer}.{n}: expected shape {shape} from the spec, got {got}")
+        return [np.array(params[f"{layer}.{n}"], dtype=self.dtype) for n in shapes]
 
     # Parameters -----------------------------------------------------------------------------
 
