@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reference.errors import LabelError, ShapeError, SpecError, describe
+from reference.errors import DTypeError, LabelError, ShapeError, SpecError, check_array, describe
 from reference.layers import softmax
 
 
@@ -36,11 +36,12 @@ def check_labels(labels: object, pred: np.ndarray, where: str) -> np.ndarray:
 
 
 def check_targets(target: object, pred: np.ndarray, where: str) -> np.ndarray:
+    """Finite targets shaped like `pred`, of its dtype."""
     if not isinstance(target, np.ndarray) or target.shape != pred.shape:
         raise ShapeError(f"{where}: expected a target array of shape {pred.shape}, got {describe(target)}")
     if target.dtype != pred.dtype:
-        raise ShapeError(f"{where}: expected a target of dtype {pred.dtype}, got {describe(target)}")
-    return target
+        raise DTypeError(f"{where}: expected a target of dtype {pred.dtype}, got {describe(target)}")
+    return check_array(target, f"{where} target", pred.dtype)  # NaN or Inf: an error, not a NaN loss
 
 
 class Loss:
