@@ -104,9 +104,16 @@ class Network:
     def _check_input(self, x: np.ndarray) -> None:
         check_array(x, f"network input (to {self.layers[0].name})", self.dtype, ndim=2, width=self.spec.n_in)
 
+    def _check_masks(self, masks: dict[str, np.ndarray] | None) -> None:
+        """A mask for a layer that is not a dropout layer would be ignored: a fresh mask, silently."""
+        dropouts = [layer.name for layer in self.layers if isinstance(layer, Dropout)]
+        if masks and not set(masks) <= set(dropouts):
+            raise ShapeError(f"network: expected masks for the dropout layers {dropouts} only, got {sorted(masks)}")
+
     def forward_cached(self, x, train=True, masks=None):
         """Outputs and caches of every layer, first to last."""
         self._check_input(x)
+        self._check_masks(masks)
         outs, caches = [], []
         h = x
         for layer in self.layers:
