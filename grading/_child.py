@@ -3,7 +3,7 @@
 Started by grading/sandbox.py as `python -I -S -B -X utf8 _child.py CONFIG` in a new session. It is
 self-contained (stdlib only until numpy is imported from the explicit sys.path): `grading` itself is
 not importable here. The grader imports this file too, for the codec (`encode`, `decode`,
-`read_frames`), so both sides share one definition of the wire format.
+`pop_frame`), so both sides share one definition of the wire format.
 
 Steps (trusted code, before any submission code runs):
   1. read CONFIG (written by the grader, outside the box);
@@ -52,7 +52,7 @@ def frame(kind: bytes, payload: bytes) -> bytes:
     return FRAME_HEADER.pack(kind, len(payload)) + payload
 
 
-def encode(value: object) -> tuple[object, list[bytes]]:
+def encode(value: object) -> tuple[object, list[memoryview]]:
     """value -> (JSON tree, [npy bytes]); raises CodecError naming the path of what cannot travel."""
     import numpy as np
 
@@ -63,7 +63,7 @@ def encode(value: object) -> tuple[object, list[bytes]]:
             raise CodecError(f"{where}: arrays of dtype {a.dtype} cannot be sent (only numbers and bools)")
         buf = io.BytesIO()
         np.save(buf, a, allow_pickle=False)
-        arrays.append(buf.getvalue())
+        arrays.append(buf.getbuffer())  # a view, not a copy
         return len(arrays) - 1
 
     def walk(v, where: str, depth: int):
@@ -176,18 +176,18 @@ def decode(tree: object, arrays: list[bytes]) -> object:
     return walk(tree, "value", 0)
 
 
-def read_frames(buf: bytearray) -> list[tuple[bytes, bytes]]:
-    """Pop every complete frame from the front of `buf` (incremental parsing of the result pipe)."""
-    out = []
-    while len(buf) >= FRAME_HEADER.size:
-        kind, n = FRAME_HEADER.unpack_from(buf)
-        if kind not in (b"J", b"A"):
-            raise CodecError(f"frame of unknown kind {kind!r}")
-        if len(buf) < FRAME_HEADER.size + n:
-            break
-        out.append((kind, bytes(buf[FRAME_HEADER.size : FRAME_HEADER.size + n])))
-        del buf[: FRAME_HEADER.size + n]
-    return out
+def pop_frame(buf: bytearray) -> tuple[bytes, bytes] | None:
+    """Remove and return the first complete frame of `buf` (the result pipe, read incrementally)."""
+    if len(buf) < FRAME_HEADER.size:
+        return None
+    kind, n = FRAME_HEADER.unpack_from(buf)
+    if kind not in (b"J", b"A"):
+        raise CodecError(f"frame of unknown kind {kind!r}")
+    if len(buf) < FRAME_HEADER.size + n:
+        return None
+    payload = bytes(buf[FRAME_HEADER.size : FRAME_HEADER.size + n])
+    del buf[: FRAME_HEADER.size + n]
+    return kind, payload
 
 
 def write_dir(path: str, value: object) -> None:
@@ -414,11 +414,16 @@ class _Channel:
     def __init__(self, fd: int):
         self.fd = fd
 
-    def send(self, message: dict, arrays: list[bytes] = ()) -> None:
-        data = frame(b"J", json.dumps(message).encode())
-        for blob in arrays:
-            data += frame(b"A", blob)
-        view = memoryview(data)
+    def send(self, message: dict, arrays: list = ()) -> None:
+        payload = json.dumps(message).encode()
+        self._write(FRAME_HEADER.pack(b"J", len(payload)))
+        self._write(payload)
+        for blob in arrays:  # written in place: no copy of a large array
+            self._write(FRAME_HEADER.pack(b"A", len(blob)))
+            self._write(blob)
+
+    def _write(self, data) -> None:
+        view = memoryview(data).cast("B")
         while view:
             view = view[os.write(self.fd, view) :]
 
@@ -478,13 +483,17 @@ def serve(cfg: dict, chan: _Channel, info: dict) -> None:
     import builtins
     import faulthandler
     import resource
+    import signal
 
     sys.path[:] = cfg["sys_path"]
     sys.meta_path.insert(0, _Blocker(cfg["forbidden"]))
     sys.dont_write_bytecode = True
     builtins.exit = builtins.quit = sys.exit  # site.py would add these; -S skips it
     try:
-        faulthandler.enable(os.fdopen(cfg["crash_fd"], "w"))
+        crash = os.fdopen(cfg["crash_fd"], "w")
+        faulthandler.enable(crash)  # SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL: where it died
+        faulthandler.register(signal.SIGXCPU, crash, chain=True)  # CPU limit: where it was, then die
+        faulthandler.register(signal.SIGUSR1, crash)  # the grader's "time is up": where it hangs
         import numpy
 
         info["numpy"] = numpy.__version__

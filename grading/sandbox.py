@@ -341,6 +341,7 @@ class _Child:
                     return
                 if self.cur is not None and self.cur < len(self.outcomes) and now > self.t0 + self.limits.wall_s:
                     self.killed_for = f"timed out after {self.limits.wall_s:g} s"
+                    self._where_it_hangs(fds)
                     return
                 if self.cur is not None and self.cur >= len(self.outcomes) and now > self.t0 + 5.0:
                     return  # every call has its outcome; the child is slow to exit: it is killed
@@ -361,6 +362,26 @@ class _Child:
                         return
         finally:
             sel.close()
+
+    def _where_it_hangs(self, fds: dict) -> None:
+        """SIGUSR1: the child's faulthandler writes the stack it is stuck in to the crash pipe."""
+        crash_fd = next(fd for fd, name in fds.items() if name == "crash")
+        try:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 0.5
+        with selectors.DefaultSelector() as sel:
+            sel.register(crash_fd, selectors.EVENT_READ)
+            while time.monotonic() < deadline and sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                try:
+                    data = os.read(crash_fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return
+                self.crash.add(data)
+                deadline = min(deadline, time.monotonic() + 0.05)  # the rest of the dump, if any
 
     def _exited(self) -> bool:
         """The child has exited (kept a zombie, so its pid and process group cannot be reused yet)."""
@@ -411,8 +432,8 @@ class _Child:
                 return
             self.buf += data
             try:
-                for kind, payload in _child.read_frames(self.buf):
-                    self._frame(kind, payload)
+                while (f := _child.pop_frame(self.buf)) is not None:  # frames before a bad one count
+                    self._frame(*f)
                     if self.killed_for or self.startup_error:
                         return
             except (_child.CodecError, ValueError, TypeError, KeyError, RecursionError) as e:
@@ -549,7 +570,8 @@ class _Child:
         if self.cur >= len(self.outcomes):
             return self.cur
         failed, phase, fresh = self.cur, self.phase, self.cur == self.first
-        crash = self.run_.shorten(self.crash.text()).strip() or None
+        crash = re.sub(r"(Current thread|Thread) 0x[0-9a-f]+ ", "Stack ", self.crash.text())
+        crash = self.run_.shorten(crash).strip() or None
         self._record(False, None, self._death_verdict(), crash, time.monotonic() - self.t0)
         if phase == "import" and fresh:
             # The import itself kills the child: every call would do the same. Say so, don't re-run.

@@ -59,7 +59,7 @@ def assert_clean_failure(outcome: Outcome, limits: Limits = LIMITS) -> None:
 # One verdict per hostile submission
 
 VERDICTS = [
-    # id, file, driver function, kwargs, limits, verdict (regex, whole line), traceback must contain
+    # id, file, driver function, kwargs, limits, verdict (regex, whole line), traceback (regex, searched)
     ("exit-at-import", "exit_at_import", "load", {}, LIMITS, r"exited with status 3 while importing", None),
     (
         "sys-exit-at-import",
@@ -68,7 +68,7 @@ VERDICTS = [
         {},
         LIMITS,
         r"called sys\.exit\(\) while importing",
-        'File "sys_exit_at_import.py", line 5, in <module>',
+        r'File "sys_exit_at_import.py", line 5, in <module>\n    sys.exit\(\)',
     ),
     (
         "name-error-at-import",
@@ -88,8 +88,24 @@ VERDICTS = [
         r"killed by signal SIGSEGV \(segmentation fault\)",
         'File "segfault.py", line 7 in crash',
     ),
-    ("busy-loop", "hang", "call", {"name": "spin"}, LIMITS, r"timed out after 5 s", None),
-    ("sleep-forever", "hang", "call", {"name": "sleep"}, LIMITS, r"timed out after 5 s", None),
+    (
+        "busy-loop",
+        "hang",
+        "call",
+        {"name": "spin"},
+        LIMITS,
+        r"timed out after 5 s",
+        r'File "hang.py", line [78] in spin',
+    ),
+    (
+        "sleep-forever",
+        "hang",
+        "call",
+        {"name": "sleep"},
+        LIMITS,
+        r"timed out after 5 s",
+        r'Stack \(most recent call first\):\n  File "hang.py", line 12 in sleep',
+    ),
     (
         "cpu-limit",
         "hang",
@@ -97,7 +113,7 @@ VERDICTS = [
         {"name": "spin"},
         Limits(wall_s=10, cpu_s=1, memory_mb=512),
         r"CPU time limit of 1 s exceeded",
-        None,
+        r'File "hang.py", line [78] in spin',
     ),
     (
         "memory-50GB-numpy",
@@ -106,7 +122,7 @@ VERDICTS = [
         {"name": "numpy_array"},
         LIMITS,
         r"memory limit of 512 MB exceeded \(MemoryError: Unable to allocate 50\.0 GiB .*\)",
-        'File "memory_hog.py", line 9, in numpy_array',
+        r'File "memory_hog.py", line 9, in numpy_array\n    return np.ones\(50 \* GB // 8\)',
     ),
     (
         "memory-50GB-bytearray",
@@ -124,7 +140,7 @@ VERDICTS = [
         {"name": "forward"},
         LIMITS,
         r"raised ValueError: shapes \(1,784\) and \(32,10\) not aligned: 784 \(dim 1\) != 32 \(dim 0\)",
-        'File "raises.py", line 9, in forward',
+        r'File "raises.py", line 9, in forward\n    return x.dot\(w\)',
     ),
     (
         "kill-the-grader",
@@ -203,8 +219,8 @@ def test_hostile_submission_gets_its_verdict(name, function, kwargs, limits, ver
     outcome = run_call(HOSTILE / f"{name}.py", DRIVER, function, kwargs, limits)
     assert_clean_failure(outcome, limits)
     assert re.fullmatch(verdict, outcome.verdict), outcome.verdict
-    if trace:
-        assert trace in (outcome.traceback or ""), outcome.traceback
+    if trace:  # where it happened, in the submission's own file
+        assert re.search(trace, outcome.traceback or ""), outcome.traceback
     assert os.getcwd() == cwd and "submission" not in sys.modules  # the grader's process is untouched
 
 
