@@ -545,14 +545,17 @@ def collect_submissions(paths: list[Path]) -> list[Path]:
 
 
 def unique_names(paths: list[Path]) -> list[str]:
-    """The results folder per submission: the file stem, with the suffix added where stems collide."""
-    stems = [p.stem for p in paths]
-    names = [s if stems.count(s) == 1 else f"{s}_{p.suffix.lstrip('.')}" for s, p in zip(stems, paths)]
-    seen: dict[str, int] = {}
+    """The results folder per submission: its file stem; a later clash gets the suffix, then a number."""
+    taken: set[str] = set()
     out = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    for p in paths:
+        name, k = p.stem, 2
+        if name in taken:
+            name = f"{p.stem}_{p.suffix.lstrip('.')}"
+        while name in taken:
+            name, k = f"{p.stem}_{k}", k + 1
+        taken.add(name)
+        out.append(name)
     return out
 
 
