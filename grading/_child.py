@@ -6,17 +6,19 @@ not importable here. The grader imports this file too, for the codec (`encode`, 
 `pop_frame`), so both sides share one definition of the wire format.
 
 Steps (trusted code, before any submission code runs):
-  1. read CONFIG (written by the grader, outside the box);
-  2. namespaces: a new mount and network namespace (as root: unshare(NEWNS|NEWNET); otherwise a
-     user namespace as well); a read-only root built from bind mounts of only what Python needs
-     (/usr, /lib*, the interpreter, site-packages, the box) plus a size-capped tmpfs as the working
-     directory, then chroot into it. No loopback is configured, so no socket can reach anything;
-  3. rlimits (CPU, AS, FSIZE, NPROC, CORE=0), then drop to the grader's unprivileged uid for this
-     run (root) or drop all capabilities (user namespace); PR_SET_NO_NEW_PRIVS;
-  4. sys.path = stdlib + site-packages only, a meta-path blocker for the grader's own packages;
-  5. import numpy and the driver, send {"ready": ...};
-  6. for each call: send {"phase": "import"}, import the submission afresh as module `submission`,
-     send {"phase": "call"}, call driver.<function>(module, **kwargs), send {"result": ...}.
+  1. read CONFIG (written by the grader, outside the box); PDEATHSIG: die with the grader;
+  2. enter(): new mount, network and pid namespaces (as root: unshare(NEWNS|NEWNET|NEWPID);
+     otherwise a user namespace as well); a read-only root built from bind mounts of only what
+     Python needs (/usr, /lib*, the interpreter, site-packages, the box) plus a size-capped tmpfs as
+     the working directory, then chroot into it. No interface is up, so no socket reaches anything;
+  3. split_pid1(): fork init (pid 1 of the namespace), which forks the runner; when init ends, the
+     kernel kills whatever the submission left in the namespace;
+  4. confine() (the runner): rlimits (CPU, AS, FSIZE, NPROC, CORE=0), then drop to the grader's
+     uid for this run (root) or drop all capabilities (user namespace); PR_SET_NO_NEW_PRIVS;
+  5. serve(): sys.path = stdlib + site-packages only, a meta-path blocker for the grader's own
+     packages; import numpy and the driver, send {"ready": ...}; then for each call: send
+     {"phase": "import"}, import the submission afresh as module `submission`, send
+     {"phase": "call"}, call driver.<function>(module, **kwargs), send {"result": ...}.
 
 Wire format (the result pipe): frames of 1 kind byte + 4-byte big-endian length + payload. Kind
 b"J": a JSON message. Kind b"A": one array as .npy bytes (np.save, allow_pickle=False). A value is
@@ -216,7 +218,7 @@ def read_dir(path: str) -> object:
 # --------------------------------------------------------------------------------------------------
 # Isolation (Linux; runs before any submission code)
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
@@ -326,23 +328,22 @@ def _user_tasks(uid: int) -> int:
     return n
 
 
-def isolate(cfg: dict) -> dict:
-    """Namespaces, chroot, rlimits, privilege drop. Returns what is in force (for the report)."""
-    import resource
-
+def enter(cfg: dict, libc: _Libc) -> dict:
+    """Namespaces (mount, network, pid) and the chroot, done by the bootstrap as root (or in a user
+    namespace). Returns what is in force (for the report)."""
     want = cfg["isolation"]
     root = os.geteuid() == 0
     drop = root and want["drop_uid"] and not want.get("userns")
-    tasks_before = 0 if drop else _user_tasks(os.getuid())  # counted while /proc is still visible
-    info = {"namespaces": False, "chroot": False, "uid": os.getuid(), "nproc": False, "caps_dropped": False}
-    libc = _Libc()
+    info = {"namespaces": False, "chroot": False, "pidns": False, "uid": os.getuid(), "nproc": False}
+    info["caps_dropped"], info["drop"] = False, drop
+    info["tasks_before"] = 0 if drop else _user_tasks(os.getuid())  # while /proc is still visible
     if want["namespaces"]:
         uid, gid = os.getuid(), os.getgid()
         try:
             if root and not want.get("userns"):
-                libc.unshare(CLONE_NEWNS | CLONE_NEWNET)
+                libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID)
             else:
-                libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET)
+                libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID)
                 with open("/proc/self/setgroups", "w") as f:
                     f.write("deny")
                 with open("/proc/self/uid_map", "w") as f:
@@ -350,7 +351,7 @@ def isolate(cfg: dict) -> dict:
                 with open("/proc/self/gid_map", "w") as f:
                     f.write(f"{gid} {gid} 1")
                 info["userns"] = True
-            info["namespaces"] = True
+            info["namespaces"] = info["pidns"] = True
         except OSError as e:
             info["namespaces_error"] = str(e)
     owner = (cfg["uid"], cfg["gid"]) if drop else (os.getuid(), os.getgid())
@@ -360,6 +361,51 @@ def isolate(cfg: dict) -> dict:
     else:  # no mount namespace: the work directory is a real directory the grader made
         os.chown(cfg["work"], *owner)
     os.chdir(cfg["work"])
+    return info
+
+
+def split_pid1(libc: _Libc) -> None:
+    """bootstrap -> init (pid 1 of the new pid namespace) -> runner; returns in the runner only.
+
+    When init ends, the kernel kills every process left in the namespace, so nothing the submission
+    starts (setsid and double fork included) outlives the run, even when the grader itself is
+    killed: the grader's death kills the bootstrap (PDEATHSIG), whose death kills init (PDEATHSIG).
+    The bootstrap ends the way the runner ended (same exit status or signal), so the grader reads
+    the runner's fate from its own child's wait status.
+    """
+    import signal
+
+    r, w = os.pipe()
+    init = os.fork()
+    if init == 0:  # init
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.close(r)
+        runner = os.fork()
+        if runner == 0:
+            os.close(w)
+            return  # the runner goes on to confine() and serve()
+        signal.signal(signal.SIGUSR1, lambda *_: os.kill(runner, signal.SIGUSR1))
+        while True:  # reap every orphan of the namespace until the runner ends
+            pid, status = os.waitpid(-1, 0)
+            if pid == runner:
+                os.write(w, struct.pack("i", status))
+                os._exit(0)
+    os.close(w)
+    signal.signal(signal.SIGUSR1, lambda *_: os.kill(init, signal.SIGUSR1))
+    os.waitpid(init, 0)
+    data = os.read(r, 4)
+    status = struct.unpack("i", data)[0] if len(data) == 4 else 0x09  # init itself killed: SIGKILL
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)  # a signal that does not terminate by default
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+def confine(cfg: dict, info: dict, libc: _Libc) -> None:
+    """rlimits, then the privilege drop (own uid as root, no capabilities in a user namespace)."""
+    import resource
 
     lim = cfg["limits"]
     mb = 1024 * 1024
@@ -369,7 +415,8 @@ def isolate(cfg: dict) -> dict:
     setrl(resource.RLIMIT_FSIZE, (lim["disk_mb"] * mb, lim["disk_mb"] * mb))
     cpu_hard = math.ceil(lim["cpu_s"]) * len(cfg["calls"]) + 5
     setrl(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
-    nproc = lim["processes"] + (0 if drop else tasks_before)
+    drop = info.pop("drop")
+    nproc = lim["processes"] + info.pop("tasks_before")
     setrl(resource.RLIMIT_NPROC, (nproc, nproc))
     info["nproc"] = drop  # root ignores RLIMIT_NPROC; another user's count includes the grader's own
     if drop:
@@ -387,8 +434,7 @@ def isolate(cfg: dict) -> dict:
         libc.drop_capabilities()
         info["caps_dropped"] = True
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
-    libc.prctl(PR_SET_PDEATHSIG, 9)  # after the uid change, which clears it: die with the grader
-    return info
+    libc.prctl(PR_SET_PDEATHSIG, 9)  # after the uid change, which clears it: die with the parent
 
 
 # --------------------------------------------------------------------------------------------------
@@ -541,8 +587,20 @@ def main() -> None:
         cfg = json.load(f)
     chan = _Channel(cfg["result_fd"])
     try:
-        info = isolate(cfg)
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the bootstrap re-raises the runner's signal
+        libc = _Libc()
+        libc.prctl(PR_SET_PDEATHSIG, 9)  # die with the grader's thread that started us
+        info = enter(cfg, libc)
     except BaseException as e:  # reported to the grader as a sandbox error
+        chan.send({"startup_error": _error(e, "isolation")})
+        os._exit(0)
+    if info["pidns"]:
+        split_pid1(libc)  # returns in the runner only
+    try:
+        confine(cfg, info, libc)
+    except BaseException as e:
         chan.send({"startup_error": _error(e, "isolation")})
         os._exit(0)
     try:

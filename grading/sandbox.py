@@ -43,6 +43,7 @@ __all__ = ["Limits", "Outcome", "SandboxError", "isolation", "run_call", "run_ca
 
 CHILD = Path(_child.__file__).resolve()
 FORBIDDEN = ("reference", "oracles", "grading", "data_loaders", "bprop")
+TMP_PREFIX = "bprop-sandbox-"  # + the grader's pid + "-" + random: a killed grader's folder is found
 STARTUP_S = 60.0  # python + numpy + driver import; not charged to any call
 UID_BASE = 0x4000_0000  # one uid per run, UID_BASE + random 24 bits: unused by any real account
 DRAIN_BYTES = 16 * 1024 * 1024  # most output read at once when attributing output to a call
@@ -189,7 +190,8 @@ class _Run:
         self.infos: list[dict] = []
 
     def run(self) -> list[Outcome]:
-        tmp = tempfile.mkdtemp(prefix="bprop-sandbox-")
+        _remove_stale_dirs_once()
+        tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-")
         try:
             os.chmod(tmp, 0o711)
             self.tmp, self.box = tmp, os.path.join(tmp, "box")
@@ -550,7 +552,7 @@ class _Child:
         rc = self.proc.returncode
         if rc < 0:
             sig = signal.Signals(-rc)
-            cpu_hard = math.ceil(self.limits.cpu_s) * len(self.outcomes) + 5  # as in _child.isolate
+            cpu_hard = math.ceil(self.limits.cpu_s) * len(self.outcomes) + 5  # as in _child.confine
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and self.cpu_used >= cpu_hard - 1):
                 return f"CPU time limit of {self.limits.cpu_s:g} s exceeded{where}"
             if sig == signal.SIGXFSZ:
@@ -589,7 +591,29 @@ def _one_line(s: object, limit: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Leftover processes of one uid
+# Leftovers: temporary folders of a killed grader, processes of one uid
+
+
+def remove_stale_dirs() -> list[str]:
+    """Remove the temporary folders of graders that were killed before their clean-up (SIGKILL)."""
+    removed = []
+    for name in os.listdir(tempfile.gettempdir()):
+        m = re.fullmatch(re.escape(TMP_PREFIX) + r"(\d+)-\w+", name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its grader is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(os.path.join(tempfile.gettempdir(), name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+_remove_stale_dirs_once = functools.lru_cache(maxsize=1)(remove_stale_dirs)
 
 
 def _live_pids(uid: int) -> list[int]:

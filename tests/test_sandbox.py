@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,13 +39,31 @@ def call(name: str, function: str, limits: Limits = LIMITS, **kwargs) -> Outcome
     return run_call(HOSTILE / f"{name}.py", DRIVER, "call", {"name": function, **kwargs}, limits)
 
 
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+def live_processes(uid: int) -> list[int]:
+    """Pids of the processes (not zombies) owned by `uid`, from /proc."""
+    pids = []
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and os.stat(f"/proc/{name}").st_uid == uid:
+                with open(f"/proc/{name}/stat") as f:
+                    if f.read().rpartition(")")[2].split()[0] not in ("Z", "X"):
+                        pids.append(int(name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return pids
+
+
+def children(pid: int) -> list[int]:
+    """Pids whose parent is `pid`, from /proc."""
+    out = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                if int(f.read().rpartition(")")[2].split()[1]) == pid:
+                    out.append(int(name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
 
 
 def assert_clean_failure(outcome: Outcome, limits: Limits = LIMITS) -> None:
@@ -111,7 +130,7 @@ VERDICTS = [
         "hang",
         "call",
         {"name": "spin"},
-        Limits(wall_s=10, cpu_s=1, memory_mb=512),
+        Limits(wall_s=20, cpu_s=1, memory_mb=512),  # wall far above: a loaded machine gives the spin little CPU
         r"CPU time limit of 1 s exceeded",
         r'File "hang.py", line [78] in spin',
     ),
@@ -288,12 +307,11 @@ def test_the_reference_is_neither_importable_nor_readable():
     assert results["numpy"] == np.__version__  # control: numpy is importable
 
 
-def test_an_orphan_that_left_the_process_group_is_killed():
+def test_an_orphan_that_left_the_session_is_killed():
     outcome = call("fork", "orphan")
     assert outcome.ok, outcome.verdict
-    pid = outcome.value
-    assert isinstance(pid, int) and pid > 0
-    assert not alive(pid), f"the setsid grandchild {pid} survived the run"
+    assert outcome.value["grandchild"] == "forked"
+    assert live_processes(outcome.value["uid"]) == [], "the setsid grandchild survived the run"
 
 
 def test_a_hanging_fork_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -301,9 +319,45 @@ def test_a_hanging_fork_leaves_nothing_behind(tmp_path, monkeypatch):
     outcome = call("fork", "fork_and_hang")
     assert_clean_failure(outcome)
     assert outcome.verdict == "timed out after 5 s"
-    pids = [int(p) for p in re.fullmatch(r"pids (\d+) (\d+)\n", outcome.stdout).groups()]
-    assert [p for p in pids if alive(p)] == []
+    uid = int(re.fullmatch(r"uid (\d+)\n", outcome.stdout).group(1))
+    assert live_processes(uid) == []
     assert list(tmp_path.iterdir()) == []  # the temporary directory is gone, even after the kill
+
+
+def test_nothing_survives_when_the_grader_itself_is_killed(tmp_path):
+    """SIGKILL the grader mid-call: its child dies with it (PDEATHSIG), and with that child the pid
+    namespace, whose teardown kills the submission's own children."""
+    if not sandbox.isolation()["pidns"]:
+        pytest.skip("no pid namespace here")
+    script = tmp_path / "grader.py"
+    script.write_text(
+        "import sys\nfrom grading.sandbox import Limits, run_call\n"
+        f"run_call({str(HOSTILE / 'fork.py')!r}, {str(DRIVER)!r}, 'call', {{'name': 'fork_and_hang'}}, Limits(wall_s=60))\n"
+    )
+    grader = subprocess.Popen([sys.executable, str(script)], cwd=PROJECT)
+    try:
+        runner = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and runner is None:  # bootstrap -> init -> runner -> its child
+            time.sleep(0.2)
+            for bootstrap in children(grader.pid):
+                for init in children(bootstrap):
+                    runner = next((r for r in children(init) if children(r)), None)
+        assert runner is not None, "the submission did not start within 60 s"
+        uid = os.stat(f"/proc/{runner}").st_uid
+        assert len(live_processes(uid)) == 2  # the hanging runner and its sleeping child
+    finally:
+        grader.kill()
+        grader.wait()
+    deadline = time.monotonic() + 10
+    while live_processes(uid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert live_processes(uid) == []
+    # its temporary folder stayed (no clean-up ran); the next grader removes it
+    stale = [p.name for p in Path(tempfile.gettempdir()).glob(f"{sandbox.TMP_PREFIX}{grader.pid}-*")]
+    assert len(stale) == 1
+    assert stale[0] in sandbox.remove_stale_dirs()
+    assert not (Path(tempfile.gettempdir()) / stale[0]).exists()
 
 
 def test_a_fork_bomb_is_stopped_by_the_process_limit():
@@ -468,7 +522,7 @@ def test_isolation_as_root_uses_namespaces_and_an_own_uid():
     info = sandbox.isolation()
     if not info["root"]:
         pytest.skip("not root: no uid of its own")
-    assert info["namespaces"] and info["chroot"] and info["nproc"]
+    assert info["namespaces"] and info["chroot"] and info["pidns"] and info["nproc"]
     assert sandbox.UID_BASE <= info["uid"] < sandbox.UID_BASE + 2**24
     assert info["network"] == "none (empty network namespace)"
 

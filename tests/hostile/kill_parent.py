@@ -1,4 +1,4 @@
-"""Hostile: tries to kill the grader."""
+"""Hostile: tries to kill its parent (the grader, or init of its pid namespace)."""
 
 import os
 import signal
