@@ -152,7 +152,8 @@ def _stable_trace(part: Part, spec, params, x, y) -> Trace:
 
 
 def build_cases(part: Part) -> list[Case]:
-    """Every case of `part` (see the module doc), each with its reference trace."""
+    """Every case of `part` (see the module doc), each with its reference trace (built once)."""
+    _PARTS[_freeze(part)] = part
     return list(_build_cases(_freeze(part)))
 
 
@@ -428,12 +429,22 @@ def default_limits(part: Part, base: Limits | None = None) -> Limits:
     return dataclasses.replace(base, **{k: type(getattr(base, k))(v) for k, v in part.limits.items()})
 
 
-def run_probes(module_path: Path, part: Part, cases: list[Case], limits: Limits) -> dict[str, list]:
-    """{probe: [per-case record or Failed]} for every probe of `part`: one sandboxed call each, run in
-    one child where the submission allows (each call imports the submission afresh)."""
-    reqs = adapters.requests(part, cases)
-    outcomes = run_calls(module_path, adapters.DRIVER, [(r.function, r.kwargs) for r in reqs], limits)
-    return {req.name: _per_case(req, outcome, len(cases)) for req, outcome in zip(reqs, outcomes)}
+def run_probes(module_path: Path, parts: list[Part], limits: Limits | None = None) -> list[dict[str, list]]:
+    """Per part, {probe: [per-case record or Failed]}: one sandboxed call per probe, all of them in
+    one child where the submission allows (each call imports the submission afresh; a call that
+    kills its child gets its verdict and the next call a new child). Parts whose limits differ run
+    in children of their own."""
+    plans = [(part, build_cases(part)) for part in parts]
+    out: list[dict[str, list]] = [{} for _ in parts]
+    groups: dict[Limits, list[int]] = {}
+    for k, part in enumerate(parts):
+        groups.setdefault(default_limits(part, limits), []).append(k)
+    for group_limits, members in groups.items():
+        reqs = [(k, r) for k in members for r in adapters.requests(plans[k][0], plans[k][1])]
+        outcomes = run_calls(module_path, adapters.DRIVER, [(r.function, r.kwargs) for _, r in reqs], group_limits)
+        for (k, req), outcome in zip(reqs, outcomes):
+            out[k][req.name] = _per_case(req, outcome, len(plans[k][1]))
+    return out
 
 
 def _per_case(req: ProbeRequest, outcome, n_cases: int) -> list:
@@ -457,15 +468,21 @@ def _per_case(req: ProbeRequest, outcome, n_cases: int) -> list:
     return per_case
 
 
-def grade_part(module_path: Path, part: Part, limits: Limits | None = None) -> tuple[list[CheckResult], list[Finding]]:
-    _PARTS[_freeze(part)] = part
+def grade_part(part: Part, probes: dict[str, list]) -> tuple[list[CheckResult], list[Finding]]:
+    """The checks of one part from its probes' results (see run_probes)."""
     cases = build_cases(part)
-    probes = run_probes(module_path, part, cases, default_limits(part, limits))
     findings: list[Finding] = []
     for i, case in enumerate(cases):
         results = {name: values[i] for name, values in probes.items() if values[i] is not None}
         findings.extend(compare_case(part, case, adapters.observe(part, case, results)))
     return [_score(part, check, [f for f in findings if f.check == check.name]) for check in part.checks], findings
+
+
+def grade_module(
+    module_path: Path, parts: list[Part], limits: Limits | None = None
+) -> list[tuple[list[CheckResult], list[Finding]]]:
+    """Every part of an assignment on an extracted submission module."""
+    return [grade_part(part, probes) for part, probes in zip(parts, run_probes(module_path, parts, limits))]
 
 
 def _score(part: Part, check, findings: list[Finding]) -> CheckResult:
@@ -492,8 +509,7 @@ def grade_submission(path: Path, assignment: Assignment, limits: Limits | None =
             return _nothing_ran(result, assignment, str(e), start)
         result.notes.append(extracted.summary())
         all_findings = []
-        for part in assignment.parts:
-            checks, findings = grade_part(module_path, part, limits)
+        for checks, findings in grade_module(module_path, list(assignment.parts), limits):
             result.checks.extend(checks)
             all_findings.extend(findings)
     _first_divergence(result, all_findings)
@@ -565,7 +581,6 @@ def grade_many(
     """Grade in parallel (each submission's calls in their own sandbox children); input order kept."""
     names = unique_names(paths)
     for part in assignment.parts:  # build the reference cases once, before the workers share them
-        _PARTS[_freeze(part)] = part
         build_cases(part)
 
     def one(i: int) -> SubmissionResult:

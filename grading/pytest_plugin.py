@@ -7,8 +7,8 @@ diverging tensor, its numbers and the diagnosis). PATH may be given several time
 (.py or .ipynb) or a folder of them. With --submission, pytest collects the submissions only (the
 project's own tests are not run); the submissions are never imported into pytest's process.
 
-Grading runs per submission and part, once per pytest process (checks of one part share it); with
-xdist, `--dist loadfile` keeps a submission's checks on one worker so nothing is graded twice.
+Grading runs once per submission and pytest process (its checks share it); with xdist,
+`--dist loadfile` keeps a submission's checks on one worker so nothing is graded twice.
 
 Without --submission the plugin is inert: two options are added and nothing is imported.
 """
@@ -132,27 +132,28 @@ class CheckItem(pytest.Item):
 
 
 def _check_result(path: Path, part_id: str, check: str):
-    """Grade (path, part) once per process, then look the check up."""
+    """Grade the submission (every part) once per process, then look the check up."""
     import tempfile
 
-    from grading.checks import CheckResult, grade_part
+    from grading.checks import CheckResult, grade_module
     from grading.notebook import SubmissionError, write_module
     from grading.sandbox import Limits
 
     assignment = _STATE["assignment"]
-    part = next(p for p in assignment.parts if p.id == part_id)
-    key = (path, part_id)
-    if key not in _STATE["graded"]:
+    if path not in _STATE["graded"]:
         if "tmp" not in _STATE:
             _STATE["tmp"] = tempfile.TemporaryDirectory(prefix="bprop-pytest-")
         folder = Path(_STATE["tmp"].name) / str(len(_STATE["graded"]))
         try:
             module_path, extracted = write_module(path, assignment.needed_names(), folder)
         except (SubmissionError, OSError, UnicodeDecodeError) as e:
-            _STATE["graded"][key] = [CheckResult(part.id, c.name, c.points, 0.0, f"not run: {e}") for c in part.checks]
+            results = [
+                CheckResult(p.id, c.name, c.points, 0.0, f"not run: {e}") for p in assignment.parts for c in p.checks
+            ]
         else:
             _STATE.setdefault("notes", {})[path] = extracted.summary()
             wall = _STATE.get("wall_s")
             limits = Limits(wall_s=wall, cpu_s=wall) if wall else None
-            _STATE["graded"][key] = grade_part(module_path, part, limits)[0]
-    return next(r for r in _STATE["graded"][key] if r.name == check)
+            results = [r for checks, _ in grade_module(module_path, list(assignment.parts), limits) for r in checks]
+        _STATE["graded"][path] = results
+    return next(r for r in _STATE["graded"][path] if r.part == part_id and r.name == check)
