@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reference.errors import DTypeError, LabelError, ShapeError, SpecError, check_array, describe
+from reference.errors import DTypeError, LabelError, NonFiniteError, ShapeError, SpecError, check_array, describe
 from reference.layers import softmax
 
 
@@ -103,6 +103,12 @@ class CrossEntropy(Loss):
         labels = self.check(probs, labels)
         rows = np.arange(probs.shape[0])
         p_y = probs[rows, labels]
+        if np.any(p_y <= 0):  # -log 0 = inf and -1/0: an error, not inf and NaN downstream
+            i = int(np.argmax(p_y <= 0))
+            raise NonFiniteError(
+                f"{self.name}: expected the label's probability > 0, got {p_y[i]} at row {i} (label {labels[i]}); "
+                "the loss would be infinite ('nll' clips, 'softmax_cross_entropy' works from logits)"
+            )
         grad = np.zeros_like(probs)
         grad[rows, labels] = -1 / p_y
         d = self._divisor(probs)
@@ -163,6 +169,12 @@ class BCE(Loss):
     def value_and_grad(self, probs, target):
         """L = -sum (t log p + (1 - t) log(1 - p)) / n;  dL/dp = (p - t) / (p (1 - p)) / n"""
         self.check(probs, target)
+        outside = (probs <= 0) | (probs >= 1)
+        if outside.any():  # log 0: an error, not inf and NaN (a float32 sigmoid is exactly 1.0 above x = 16.6)
+            i = tuple(int(k) for k in np.argwhere(outside)[0])
+            raise NonFiniteError(
+                f"{self.name}: expected probabilities in (0, 1), got {probs[i]} at index {i}; the loss would be infinite"
+            )
         d = self._divisor(probs)
         value = -(target * np.log(probs) + (1 - target) * np.log1p(-probs)).sum() / d
         return value, (probs - target) / (probs * (1 - probs)) / d
