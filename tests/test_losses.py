@@ -18,6 +18,7 @@ import pytest
 
 from oracles.compare import atol, compare_arrays, tolerance
 from oracles.numeric import numerical_gradient
+from reference.errors import NonFiniteError
 from reference.layers import Softmax, softmax
 from reference.losses import LOSSES, make_loss
 
@@ -185,3 +186,33 @@ def test_cross_entropy_gradient_is_only_on_the_label():
     expected = np.zeros_like(probs)
     expected[np.arange(4), labels] = -1 / probs[np.arange(4), labels]
     assert_close("gradient", grad, expected)
+
+
+# Outside the domain: a clear error, never inf or NaN -------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropy_of_a_zero_probability_is_an_error(dtype):
+    """-log 0 is infinite and its gradient -1/0: the loss says so instead of returning inf and NaN."""
+    probs = softmax(np.array([[0.0, 200.0, 0.0], [1.0, 2.0, 3.0]]) * (1 if dtype == "float32" else 4)).astype(dtype)
+    assert probs[0, 0] == 0.0  # float32 softmax underflows at a logit gap of ~104, float64 at ~745
+    with pytest.raises(
+        NonFiniteError, match=r"cross_entropy: expected the label's probability > 0, got 0\.0 at row 0 \(label 0\)"
+    ):
+        make_loss("cross_entropy").value_and_grad(probs, np.array([0, 2]))
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bce_of_a_saturated_probability_is_an_error(p, dtype):
+    """A sigmoid saturates to exactly 1.0 at x > 16.6 in float32 (36.7 in float64); log(1 - p) is then -inf."""
+    probs = np.array([[0.5, 0.25], [0.75, p]], dtype)
+    with pytest.raises(NonFiniteError, match=rf"bce: expected probabilities in \(0, 1\), got {p} at index \(1, 1\)"):
+        make_loss("bce").value_and_grad(probs, np.full((2, 2), 0.5, dtype))
+
+
+def test_float32_sigmoid_saturates_where_the_bce_error_says():
+    from reference.layers import Sigmoid
+
+    s, _ = Sigmoid("sigmoid_1").forward(np.array([[16.0, 17.0]], np.float32))
+    assert s[0, 0] < 1.0 and s[0, 1] == 1.0
