@@ -1,0 +1,234 @@
+"""Property-based tests (hypothesis): invariants over shapes, batch sizes 1..64 and extreme values.
+
+    softmax      rows in [0, 1] summing to 1, for logits up to +-1e4
+    sigmoid      in [0, 1], s(-x) = 1 - s(x); tanh in [-1, 1]
+    losses       finite value and gradient; softmax cross-entropy's gradient rows sum to 0 (shift
+                 invariance), so do the Softmax layer's dL/dx rows; batchnorm's dL/dx columns sum to 0
+    networks     every layer case, batch 1..64, inputs up to 1e4 in magnitude: finite everything
+    batching     the batch gradient is the mean of the per-sample ones, for any batch size
+
+Sums that should vanish are measured like every other error in the project: relative to the largest
+magnitude of the tensor they come from (oracles/compare.py's "twin" policy for the dtype). Every run
+is derandomised (the same examples each time) and capped at 50 examples, without deadlines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import numpy as np
+import pytest
+from cases import LAYER_CASES, LOSS_CASES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from oracles.compare import atol, compare_params, tolerance
+from reference.errors import NonFiniteError
+from reference.layers import BatchNorm, Sigmoid, Softmax, Tanh, softmax
+from reference.losses import make_loss
+from reference.network import Network
+
+FAST = settings(max_examples=50, deadline=None, derandomize=True, database=None)
+DTYPES = st.sampled_from(["float32", "float64"])
+
+
+@contextlib.contextmanager
+def strict_fp():
+    """Overflow, division by zero and invalid operations raise; so does any warning (underflow to 0 is fine)."""
+    with np.errstate(over="raise", divide="raise", invalid="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def arrays(dtype: str, shape, bound: float = 1e4):
+    """Arrays of `shape` with finite elements in [-bound, bound], ties and extremes included."""
+    elements = st.floats(-bound, bound, allow_nan=False, allow_infinity=False, width=32 if dtype == "float32" else 64)
+    return hnp.arrays(np.dtype(dtype), shape, elements=elements)
+
+
+matrices = st.tuples(st.integers(1, 64), st.integers(1, 12))
+
+
+def vanishes(total: np.ndarray, scale: float, dtype: str) -> bool:
+    """|total| is rounding relative to `scale` (the policy's measure), or below the policy's floor."""
+    worst = float(np.abs(total).max(initial=0.0))
+    return worst <= tolerance("twin", dtype, "gradient") * scale or worst <= atol("twin", dtype)
+
+
+# Elementwise activations -----------------------------------------------------------------------
+
+
+@FAST
+@given(data=st.data(), dtype=DTYPES, shape=matrices)
+def test_softmax_rows_are_distributions(data, dtype, shape):
+    x = data.draw(arrays(dtype, shape))
+    with strict_fp():
+        s = softmax(x)
+    assert s.dtype == np.dtype(dtype) and np.all((s >= 0) & (s <= 1))
+    assert vanishes(s.sum(axis=1) - 1, 1.0, dtype), s.sum(axis=1)
+    assert np.all(s[np.arange(len(x)), x.argmax(axis=1)] == s.max(axis=1)), (
+        "the largest logit has the largest probability"
+    )
+
+
+@FAST
+@given(data=st.data(), dtype=DTYPES, shape=matrices)
+def test_sigmoid_and_tanh_are_bounded_and_odd(data, dtype, shape):
+    x = data.draw(arrays(dtype, shape))
+    with strict_fp():
+        s, _ = Sigmoid("sigmoid_1").forward(x)
+        s_neg, _ = Sigmoid("sigmoid_1").forward(-x)
+        t, _ = Tanh("tanh_1").forward(x)
+    assert s.dtype == t.dtype == np.dtype(dtype)
+    assert np.all((s >= 0) & (s <= 1)) and np.all((t >= -1) & (t <= 1))
+    assert vanishes(s + s_neg - 1, 1.0, dtype)
+
+
+# Shift invariances -----------------------------------------------------------------------------
+
+
+@FAST
+@given(data=st.data(), dtype=DTYPES, shape=matrices, reduction=st.sampled_from(["mean", "sum"]))
+def test_softmax_cross_entropy_gradient_rows_sum_to_zero(data, dtype, shape, reduction):
+    logits = data.draw(arrays(dtype, shape))
+    labels = data.draw(hnp.arrays(np.int64, shape[0], elements=st.integers(0, shape[1] - 1)))
+    with strict_fp():
+        value, grad = make_loss("softmax_cross_entropy", reduction).value_and_grad(logits, labels)
+    assert np.isfinite(value) and value >= 0 and np.all(np.isfinite(grad))
+    assert vanishes(grad.sum(axis=1), float(np.abs(grad).max()), dtype)
+
+
+@FAST
+@given(data=st.data(), dtype=DTYPES, shape=matrices)
+def test_softmax_layer_gradient_rows_sum_to_zero(data, dtype, shape):
+    """softmax(x + c) = softmax(x), so dL/dx is orthogonal to (1, ..., 1) row by row."""
+    x = data.draw(arrays(dtype, shape))
+    g = data.draw(arrays(dtype, shape, bound=10.0))
+    layer = Softmax("softmax_1")
+    with strict_fp():
+        _, cache = layer.forward(x)
+        dx, _ = layer.backward(g, cache)
+    assert np.all(np.isfinite(dx))
+    assert vanishes(dx.sum(axis=1), float(np.abs(g).max(initial=0.0)), dtype)
+
+
+@FAST
+@given(
+    data=st.data(),
+    dtype=DTYPES,
+    shape=st.tuples(st.integers(2, 64), st.integers(1, 8)),
+    offset=st.floats(-100, 100),
+    spread=st.floats(0.1, 10),
+    convention=st.sampled_from(["torch", "keras"]),
+)
+def test_batchnorm_gradient_columns_sum_to_zero(data, dtype, shape, offset, spread, convention):
+    """Training batchnorm is invariant to a per-feature shift of its input: dL/dx columns sum to 0."""
+    z = data.draw(arrays("float64", shape, bound=3.0))
+    x = (offset + spread * z).astype(dtype)
+    g = data.draw(arrays(dtype, shape, bound=10.0))
+    layer = BatchNorm("batchnorm_1", shape[1], np.dtype(dtype), convention)
+    with strict_fp():
+        out, cache = layer.forward(x, train=True)
+        dx, _ = layer.backward(g, cache)
+    assert out.dtype == dx.dtype == np.dtype(dtype) and np.all(np.isfinite(dx))
+    # each dx element carries rounding relative to |g| gamma / sigma (1/sigma amplifies the rounding of
+    # x - mean: a constant column gives x_hat ~ 1e-3 instead of 0 in float32), so a sum of N of them
+    # vanishes relative to sum_i |g_i| / sigma
+    scale = float((np.abs(g).sum(axis=0, dtype=np.float64) / np.sqrt(cache[2] + layer.eps)).max(initial=0.0))
+    assert vanishes(dx.sum(axis=0), scale, dtype)
+
+
+# Losses at their extremes ----------------------------------------------------------------------
+
+
+@FAST
+@given(data=st.data(), dtype=DTYPES, shape=matrices, loss=st.sampled_from(sorted(LOSS_CASES)))
+def test_every_loss_of_network_outputs_is_finite(data, dtype, shape, loss):
+    """Each loss case's head (none, softmax, sigmoid) on logits up to +-40, then the loss: finite values,
+    or NonFiniteError where bce's saturated sigmoid gives p = 0 or 1 exactly (float32 above |x| = 16.6)."""
+    spec = LOSS_CASES[loss]
+    logits = data.draw(arrays(dtype, shape, bound=40.0))
+    head = spec.layers[-1].kind
+    pred = softmax(logits) if head == "softmax" else Sigmoid("s").forward(logits)[0] if head == "sigmoid" else logits
+    if spec.loss in ("softmax_cross_entropy", "cross_entropy", "nll"):
+        target = data.draw(hnp.arrays(np.int64, shape[0], elements=st.integers(0, shape[1] - 1)))
+    else:
+        target = data.draw(
+            hnp.arrays(np.dtype(dtype), shape, elements=st.floats(0, 1, width=32 if dtype == "float32" else 64))
+        )
+    loss_fn = make_loss(spec.loss, spec.reduction)
+    if spec.loss == "bce" and np.any((pred == 0) | (pred == 1)):
+        with pytest.raises(NonFiniteError, match=r"bce: expected probabilities in \(0, 1\)"):
+            loss_fn.value_and_grad(pred, target)
+        return
+    with strict_fp():
+        value, grad = loss_fn.value_and_grad(pred, target)
+    assert np.isfinite(value) and np.all(np.isfinite(grad)) and grad.dtype == np.dtype(dtype)
+
+
+# Whole networks --------------------------------------------------------------------------------
+
+ROW_CASES = sorted(LAYER_CASES)
+
+
+@FAST
+@given(
+    data=st.data(),
+    dtype=DTYPES,
+    case=st.sampled_from(ROW_CASES),
+    batch=st.integers(1, 64),
+    scale=st.sampled_from([1.0, 255.0, 1e4]),
+)
+def test_network_trace_is_finite(data, dtype, case, batch, scale):
+    spec = LAYER_CASES[case].replace(dtype=dtype)
+    if case.startswith("batchnorm") and batch == 1:
+        batch = 2
+    net = Network(spec, seed=data.draw(st.integers(0, 3)))
+    x = (scale * data.draw(arrays("float64", (batch, spec.n_in), bound=1.0))).astype(dtype)
+    y = data.draw(hnp.arrays(np.int64, batch, elements=st.integers(0, spec.n_out - 1)))
+    with strict_fp():
+        trace = net.trace(x, y)
+    bad = [name for name, a in trace.tensors() if a is not None and not np.all(np.isfinite(a))]
+    assert not bad, f"{case}: non-finite {bad}"
+
+
+@FAST
+@given(
+    data=st.data(),
+    case=st.sampled_from([c for c in LAYER_CASES if not c.startswith("batchnorm")]),
+    batch=st.integers(1, 64),
+)
+def test_batch_gradient_is_the_mean_of_sample_gradients(data, case, batch):
+    spec = LAYER_CASES[case]
+    net = Network(spec, seed=0)
+    x = data.draw(arrays("float64", (batch, spec.n_in), bound=5.0))
+    y = data.draw(hnp.arrays(np.int64, batch, elements=st.integers(0, spec.n_out - 1)))
+    masks = (
+        {"dropout_1": data.draw(hnp.arrays(np.float64, (batch, 5), elements=st.sampled_from([0.0, 1.0])))}
+        if case == "dropout"
+        else None
+    )
+    _, batched = net.loss_and_grads(x, y, masks=masks)
+    mean: dict[str, np.ndarray] = {}
+    for i in range(batch):
+        row_masks = {k: m[i : i + 1] for k, m in (masks or {}).items()}
+        _, g = net.loss_and_grads(x[i : i + 1], y[i : i + 1], masks=row_masks)
+        for k, v in g.items():
+            mean[k] = mean.get(k, 0.0) + v / batch
+    compare_params(batched, mean, oracle="twin", dtype="float64", names=("batch", "mean of samples")).assert_ok()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_extreme_softmax_cross_entropy_examples(dtype):
+    """The corners hypothesis may not draw: a single class, all-equal rows, +-1e4 mixed."""
+    for logits, labels in [
+        (np.full((3, 1), 1e4), np.zeros(3, np.int64)),
+        (np.full((2, 5), -1e4), np.array([0, 4])),
+        (np.array([[1e4, -1e4], [-1e4, 1e4]]), np.array([1, 1])),
+    ]:
+        with strict_fp():
+            value, grad = make_loss("softmax_cross_entropy").value_and_grad(logits.astype(dtype), labels)
+        assert np.isfinite(value) and np.all(np.isfinite(grad))
+        assert vanishes(grad.sum(axis=1), max(float(np.abs(grad).max()), 1.0), dtype)
