@@ -43,6 +43,7 @@ import traceback
 FRAME_HEADER = struct.Struct(">cI")  # kind, payload length
 MAX_DEPTH = 64  # nesting depth of a value
 MAX_ITEMS = 1_000_000  # JSON nodes in one value
+MAX_JSON_BYTES = 8 * 1024 * 1024  # one JSON message from the child: its Python objects cost ~10x that
 ARRAY_KINDS = "biufc"  # bool, int, uint, float, complex: no object, str or structured arrays
 
 
@@ -178,13 +179,15 @@ def decode(tree: object, arrays: list[bytes]) -> object:
     return walk(tree, "value", 0)
 
 
-def pop_frame(buf: bytearray) -> tuple[bytes, bytes] | None:
+def pop_frame(buf: bytearray, max_json: int | None = MAX_JSON_BYTES) -> tuple[bytes, bytes] | None:
     """Remove and return the first complete frame of `buf` (the result pipe, read incrementally)."""
     if len(buf) < FRAME_HEADER.size:
         return None
     kind, n = FRAME_HEADER.unpack_from(buf)
     if kind not in (b"J", b"A"):
         raise CodecError(f"frame of unknown kind {kind!r}")
+    if kind == b"J" and max_json is not None and n > max_json:
+        raise CodecError(f"a message of {n:,} bytes (at most {max_json:,}: arrays travel as .npy, not in JSON)")
     if len(buf) < FRAME_HEADER.size + n:
         return None
     payload = bytes(buf[FRAME_HEADER.size : FRAME_HEADER.size + n])
@@ -214,7 +217,7 @@ def read_inputs(path: str) -> list[tuple[object, list[bytes]]]:
     with open(path, "rb") as f:
         buf = bytearray(f.read())
     calls: list[tuple[object, list[bytes]]] = []
-    while (f := pop_frame(buf)) is not None:
+    while (f := pop_frame(buf, max_json=None)) is not None:  # the grader's own data
         kind, payload = f
         if kind == b"J":
             msg = json.loads(payload)
@@ -318,7 +321,7 @@ def build_root(libc: _Libc, cfg: dict, owner: tuple[int, int]) -> None:
         if os.path.isdir(new + path):
             libc.mount("tmpfs", new + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
     uid, gid = owner
-    size = f"size={cfg['limits']['disk_mb']}m,nr_inodes=4096,mode=0700,uid={uid},gid={gid}"
+    size = f"size={int(cfg['limits']['disk_mb'] * 1024 * 1024)},nr_inodes=4096,mode=0700,uid={uid},gid={gid}"
     libc.mount("tmpfs", new + cfg["work"], "tmpfs", MS_NOSUID | MS_NODEV, size)
     libc.mount(None, new, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
     os.chdir(new)
@@ -423,12 +426,13 @@ def confine(cfg: dict, info: dict, libc: _Libc) -> None:
     mb = 1024 * 1024
     setrl = resource.setrlimit
     setrl(resource.RLIMIT_CORE, (0, 0))
-    setrl(resource.RLIMIT_AS, (lim["memory_mb"] * mb, lim["memory_mb"] * mb))
-    setrl(resource.RLIMIT_FSIZE, (lim["disk_mb"] * mb, lim["disk_mb"] * mb))
+    memory, disk = int(lim["memory_mb"] * mb), int(lim["disk_mb"] * mb)
+    setrl(resource.RLIMIT_AS, (memory, memory))
+    setrl(resource.RLIMIT_FSIZE, (disk, disk))
     cpu_hard = math.ceil(lim["cpu_s"]) * len(cfg["calls"]) + 5
     setrl(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
     drop = info.pop("drop")
-    nproc = lim["processes"] + info.pop("tasks_before")
+    nproc = int(lim["processes"]) + info.pop("tasks_before")
     setrl(resource.RLIMIT_NPROC, (nproc, nproc))
     info["nproc"] = drop  # root ignores RLIMIT_NPROC; another user's count includes the grader's own
     if drop:
@@ -469,6 +473,8 @@ class _Blocker:
 
 
 class _Channel:
+    """The result pipe, child side: frames written whole, arrays without a copy."""
+
     def __init__(self, fd: int):
         self.fd = fd
 
@@ -497,7 +503,7 @@ def _load(name: str, path: str):
 
 
 def _error(exc: BaseException, phase: str) -> dict:
-
+    """An exception -> the facts the grader turns into a verdict (the child's own frames dropped)."""
     te = traceback.TracebackException(type(exc), exc, exc.__traceback__, limit=60)
     for t in _chain(te):
         keep = [f for f in t.stack if f.filename != __file__ and not f.filename.startswith("<frozen importlib")]
@@ -508,7 +514,7 @@ def _error(exc: BaseException, phase: str) -> dict:
     out = {"phase": phase, "type": type(exc).__name__, "message": message[:500], "traceback": text[-20000:]}
     if isinstance(exc, SystemExit):
         out["exit"] = exc.code if isinstance(exc.code, (int, str, type(None))) else repr(exc.code)
-    out["memory"] = isinstance(exc, MemoryError)
+    out["memory"] = isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == 12)  # ENOMEM
     return out
 
 
@@ -516,8 +522,9 @@ def _report(chan: _Channel, i: int, exc: BaseException, phase: str) -> None:
     _flush()
     try:
         error = _error(exc, phase)
-    except BaseException:  # e.g. MemoryError while formatting: send the bare facts
-        error = {"phase": phase, "type": type(exc).__name__, "message": "", "traceback": "", "memory": True}
+    except BaseException:  # MemoryError while formatting, a __str__ that raises: send the bare facts
+        memory = isinstance(exc, MemoryError)
+        error = {"phase": phase, "type": type(exc).__name__, "message": "", "traceback": "", "memory": memory}
     chan.send({"result": i, "ok": False, "error": error})
 
 

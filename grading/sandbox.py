@@ -8,11 +8,12 @@ clock); a call that kills its child (hang, exit, crash) gets its verdict and the
 child. Everything the grader compares happens here, in the grader's process.
 
 The child (grading/_child.py) is `sys.executable -I -S` in a new session, with a minimal
-environment, started in a temporary directory that is removed afterwards. It isolates itself before
-any submission code runs: new mount + network namespaces, a read-only chroot of only what Python
+environment, started in a temporary folder that is removed afterwards. It isolates itself before any
+submission code runs: new mount, network and pid namespaces, a read-only chroot of only what Python
 needs, a size-capped tmpfs as working directory, rlimits, and (as root) a uid of its own for this run
-so that file permissions and RLIMIT_NPROC apply and every process it leaves behind can be found and
-killed. See `isolation()` for what is in force on this machine.
+so that file permissions and RLIMIT_NPROC apply. Nothing it starts outlives it: the pid namespace
+dies with it, and the grader kills the process group and every process of that uid. See
+`isolation()` for what is in force on this machine, notes/SANDBOX_API.md for the whole contract.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def run_calls(
     *,
     _isolation: dict | None = None,
 ) -> list[Outcome]:
-    """Several calls, each on a freshly imported module, in as few children as the submission allows."""
+    """Several calls, each on a freshly imported module, in as few children as the submission allows.
+
+    `_isolation` is for tests only: {"namespaces": False} or {"userns": True} forces a weaker mode."""
     return _Run(Path(submission), Path(driver), list(calls), limits, _isolation or {}).run()
 
 
@@ -192,7 +195,10 @@ class _Run:
             raise ValueError(f"driver {driver}: no such file")
         for k, call in enumerate(calls):
             if not (
-                isinstance(call, tuple) and len(call) == 2 and isinstance(call[0], str) and isinstance(call[1], dict)
+                isinstance(call, (tuple, list))
+                and len(call) == 2
+                and isinstance(call[0], str)
+                and isinstance(call[1], dict)
             ):
                 raise TypeError(f"calls[{k}]: expected (function name, kwargs dict), got {call!r:.80}")
             if not call[0].isidentifier():
