@@ -55,48 +55,66 @@ def frame(kind: bytes, payload: bytes) -> bytes:
     return FRAME_HEADER.pack(kind, len(payload)) + payload
 
 
+_PLAIN = (type(None), bool, int, str)  # exact types that are their own JSON
+
+
+def _where(path: tuple) -> str:
+    """("weights", 0) -> "value['weights'][0]": formatted only for an error message."""
+    return "value" + "".join(f"[{k!r}]" for k in path)
+
+
 def encode(value: object) -> tuple[object, list[memoryview]]:
     """value -> (JSON tree, [npy bytes]); raises CodecError naming the path of what cannot travel."""
     import numpy as np
 
-    arrays: list[bytes] = []
+    arrays: list[memoryview] = []
 
-    def npy(a, where: str) -> int:
+    def npy(a, path: tuple) -> int:
         if a.dtype.kind not in ARRAY_KINDS or a.dtype.fields is not None:
-            raise CodecError(f"{where}: arrays of dtype {a.dtype} cannot be sent (only numbers and bools)")
+            raise CodecError(f"{_where(path)}: arrays of dtype {a.dtype} cannot be sent (only numbers and bools)")
         buf = io.BytesIO()
         np.save(buf, a, allow_pickle=False)
         arrays.append(buf.getbuffer())  # a view, not a copy
         return len(arrays) - 1
 
-    def walk(v, where: str, depth: int):
+    def items(seq, path: tuple, depth: int) -> list:
+        out = []
+        for i, x in enumerate(seq):  # plain numbers inline: a list of a million floats stays fast
+            t = type(x)
+            if (t is float and math.isfinite(x)) or t in _PLAIN:
+                out.append(x)
+            else:
+                out.append(walk(x, (*path, i), depth + 1))
+        return out
+
+    def walk(v, path: tuple, depth: int):
         if depth > MAX_DEPTH:
-            raise CodecError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+            raise CodecError(f"{_where(path)}: nested deeper than {MAX_DEPTH} levels")
         if v is None or isinstance(v, (bool, int, str)):
             return v
         if isinstance(v, float):
             return v if math.isfinite(v) else {"$f": repr(v)}
         if isinstance(v, np.ndarray):
-            return {"$nd": npy(v, where)}
+            return {"$nd": npy(v, path)}
         if isinstance(v, np.generic):
-            return {"$sc": npy(np.asarray(v), where)}
+            return {"$sc": npy(np.asarray(v), path)}
         if isinstance(v, tuple):
-            return {"$tuple": [walk(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v)]}
+            return {"$tuple": items(v, path, depth)}
         if isinstance(v, list):
-            return [walk(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v)]
+            return items(v, path, depth)
         if isinstance(v, dict):
-            items = []
+            pairs = []
             for k, x in v.items():
                 if not isinstance(k, (str, int)) or isinstance(k, bool):
-                    raise CodecError(f"{where}: dict key {k!r} of type {type(k).__name__} (expected str or int)")
-                items.append([k, walk(x, f"{where}[{k!r}]", depth + 1)])
-            return {"$dict": items}
+                    raise CodecError(f"{_where(path)}: dict key {k!r} of type {type(k).__name__} (expected str or int)")
+                pairs.append([k, walk(x, (*path, k), depth + 1)])
+            return {"$dict": pairs}
         raise CodecError(
-            f"{where}: a value of type {type(v).__module__}.{type(v).__qualname__} cannot be sent "
+            f"{_where(path)}: a value of type {type(v).__module__}.{type(v).__qualname__} cannot be sent "
             "(expected numpy arrays, numbers, bools, str, None, or lists/tuples/dicts of them)"
         )
 
-    return walk(value, "value", 0), arrays
+    return walk(value, (), 0), arrays
 
 
 def load_npy(blob: bytes, where: str):
@@ -134,49 +152,54 @@ def decode(tree: object, arrays: list[bytes]) -> object:
     used: set[int] = set()
     count = 0
 
-    def array(k, where: str):
+    def array(k, path: tuple):
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(arrays) or k in used:
-            raise CodecError(f"{where}: bad array reference {k!r}")
+            raise CodecError(f"{_where(path)}: bad array reference {k!r}")
         used.add(k)
-        return load_npy(arrays[k], where)
+        return load_npy(arrays[k], _where(path))
 
-    def walk(v, where: str, depth: int):
+    def items(seq: list, path: tuple, depth: int) -> list:
         nonlocal count
-        count += 1
-        if depth > MAX_DEPTH or count > MAX_ITEMS:
-            raise CodecError(f"{where}: nested deeper than {MAX_DEPTH} levels or more than {MAX_ITEMS} items")
-        if v is None or isinstance(v, (bool, int, str)):
-            return v
-        if isinstance(v, float):
+        count += len(seq)
+        if count > MAX_ITEMS:
+            raise CodecError(f"{_where(path)}: more than {MAX_ITEMS} items")
+        return [
+            x if type(x) in _PLAIN or type(x) is float else walk(x, (*path, i), depth + 1) for i, x in enumerate(seq)
+        ]
+
+    def walk(v, path: tuple, depth: int):
+        if depth > MAX_DEPTH:
+            raise CodecError(f"{_where(path)}: nested deeper than {MAX_DEPTH} levels")
+        if v is None or isinstance(v, (bool, int, str, float)):
             return v
         if isinstance(v, list):
-            return [walk(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(v)]
+            return items(v, path, depth)
         if isinstance(v, dict) and len(v) == 1:
             ((tag, body),) = v.items()
             if tag == "$nd":
-                return array(body, where)
+                return array(body, path)
             if tag == "$sc":
-                a = array(body, where)
+                a = array(body, path)
                 if a.shape != ():
-                    raise CodecError(f"{where}: a numpy scalar must be 0-d, got shape {a.shape}")
+                    raise CodecError(f"{_where(path)}: a numpy scalar must be 0-d, got shape {a.shape}")
                 return a[()]
             if tag == "$f" and body in ("nan", "inf", "-inf"):
                 return float(body)
             if tag == "$tuple" and isinstance(body, list):
-                return tuple(walk(x, f"{where}[{i}]", depth + 1) for i, x in enumerate(body))
+                return tuple(items(body, path, depth))
             if tag == "$dict" and isinstance(body, list):
                 out = {}
                 for item in body:
                     if not (isinstance(item, list) and len(item) == 2):
-                        raise CodecError(f"{where}: a dict item must be [key, value], got {str(item)[:80]}")
+                        raise CodecError(f"{_where(path)}: a dict item must be [key, value], got {str(item)[:80]}")
                     k, x = item
                     if not isinstance(k, (str, int)) or isinstance(k, bool):
-                        raise CodecError(f"{where}: dict key {str(k)[:80]} (expected str or int)")
-                    out[k] = walk(x, f"{where}[{k!r}]", depth + 1)
+                        raise CodecError(f"{_where(path)}: dict key {str(k)[:80]} (expected str or int)")
+                    out[k] = walk(x, (*path, k), depth + 1)
                 return out
-        raise CodecError(f"{where}: unexpected {type(v).__name__} {str(v)[:80]}")
+        raise CodecError(f"{_where(path)}: unexpected {type(v).__name__} {str(v)[:80]}")
 
-    return walk(tree, "value", 0)
+    return walk(tree, (), 0)
 
 
 def pop_frame(buf: bytearray, max_json: int | None = MAX_JSON_BYTES) -> tuple[bytes, bytes] | None:
@@ -478,8 +501,10 @@ class _Channel:
     def __init__(self, fd: int):
         self.fd = fd
 
-    def send(self, message: dict, arrays: list = ()) -> None:
-        payload = json.dumps(message).encode()
+    def send(self, message: dict) -> None:
+        self.send_encoded(json.dumps(message).encode())
+
+    def send_encoded(self, payload: bytes, arrays: list = ()) -> None:
         self._write(FRAME_HEADER.pack(b"J", len(payload)))
         self._write(payload)
         for blob in arrays:  # written in place: no copy of a large array
@@ -594,11 +619,17 @@ def serve(cfg: dict, chan: _Channel, info: dict) -> None:
             continue
         try:
             tree, arrays = encode(value)
+            message = json.dumps({"result": i, "ok": True, "value": tree, "arrays": len(arrays)}).encode()
+            if len(message) > MAX_JSON_BYTES:
+                raise CodecError(
+                    f"its structure takes {len(message) / 2**20:.1f} MB as JSON (at most {MAX_JSON_BYTES // 2**20} MB): "
+                    "return numpy arrays rather than long lists of numbers"
+                )
         except BaseException as e:  # CodecError, or MemoryError while copying
             _report(chan, i, e, "send")
             continue
         _flush()
-        chan.send({"result": i, "ok": True, "value": tree, "arrays": len(arrays)}, arrays)
+        chan.send_encoded(message, arrays)
         del value, tree, arrays, module
 
 

@@ -188,6 +188,16 @@ VERDICTS = [
         None,
     ),
     (
+        "returns-a-long-list",
+        "bad_values",
+        "call",
+        {"name": "long_list"},
+        LIMITS,
+        r"returned a value that cannot be sent back: its structure takes 9\.5 MB as JSON \(at most 8 MB\): "
+        r"return numpy arrays rather than long lists of numbers",
+        None,
+    ),
+    (
         "result-too-large",
         "bad_values",
         "call",

@@ -20,6 +20,10 @@ def sixteen_mb():
     return np.zeros(2 * 2**20)  # 16 MB of float64
 
 
+def long_list():
+    return [0.5] * 2_000_000  # ~10 MB as JSON
+
+
 def nan_array():
     return np.array([np.nan, np.inf, 1.0])
 
