@@ -12,8 +12,8 @@ Two kinds of preset:
   `min_agree_steps` long for every twin, and, over several seeds, each twin's mean final accuracy
   is within three standard errors of the reference's (the spread pooled over all frameworks).
 
-Accuracy floors apply to full runs only (all the data, the preset's number of epochs): a --limit
-or --epochs run reports them as n/a. Everything else applies to every run.
+Accuracy floors are set per number of epochs and apply to runs on all the data (a --limit run
+reports them as n/a). Everything else applies to every run.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bprop.divergence import DIVERGENCE_BAR
+from bprop.jobs import NUDGED
 from oracles.compare import tolerance
 
 # float32 parity: largest allowed |accuracy difference| between a twin and the reference, each epoch.
@@ -33,7 +34,9 @@ FLOAT32_ACCURACY_GAP = 0.0005  # 0.05 percentage points (the validation issue)
 @dataclass(frozen=True)
 class Acceptance:
     mode: str  # "parity" | "chaotic"
-    min_accuracy: float | None = None  # after the last epoch, every framework and seed (full runs)
+    # Accuracy floors by number of epochs: after the last epoch, every framework and every seed;
+    # full-data runs only (a --limit run reports n/a).
+    min_accuracy: dict[int, float] = field(default_factory=dict)
     min_agree_steps: dict[str, int] = field(default_factory=dict)  # chaotic: by dtype
     claim: str = ""  # where the numbers come from, quoted in the report
 
@@ -46,20 +49,23 @@ ACCEPTANCE: dict[str, Acceptance] = {
     ),
     "mnist-relu-deep": Acceptance(
         mode="parity",
-        min_accuracy=0.97,
+        min_accuracy={3: 0.97},
         claim="at least 97 % after 3 epochs in all three frameworks (validation issue)",
     ),
     "mnist-sigmoid-per-sample": Acceptance(
         mode="chaotic",
-        min_accuracy=0.50,
-        min_agree_steps={"float64": 150, "float32": 50},
+        min_accuracy={3: 0.50},
+        min_agree_steps={"float64": 50, "float32": 10},
         claim="the homework raises accuracy 'from ~10% to ~70%' in 3 epochs; the trajectories are "
         "chaotic, so twins agree to 1e-9 (float64) only over a first stretch of steps",
     ),
     "digits-sigmoid-per-sample": Acceptance(
         mode="parity",
-        claim="the digits lab (seed 003) reaches 77 % test accuracy after 3 epochs and 91.5 % after 15 "
-        "with its own code (lr 0.001, sigmoid output); see the report on what the preset differs in",
+        min_accuracy={3: 0.40, 15: 0.89},
+        claim="seed 003's log: 16.7 / 42.2 / 77.0 % test accuracy after epochs 1-3 and 91.5 % after 15 "
+        "(its own code: sigmoid output, lr 0.001 in the cell shown); this preset over seeds 0-4 "
+        "(reference, float64): 13.6 / 30.3 / 61.3 % (3 epochs: 46.8 to 73.8 %), 15 epochs 91.4 % "
+        "(90.3 to 92.2 %). Floors: 40 % after 3 epochs, 89 % after 15 (`--epochs 15`)",
     ),
 }
 
@@ -167,10 +173,16 @@ def check_accuracy_gap(entry: dict, gap: float = FLOAT32_ACCURACY_GAP) -> Check:
     return Check(f"accuracies within {100 * gap:.2f} pp (float32)", "fail" if problems else "pass", detail)
 
 
-def check_min_accuracy(entry: dict, floor: float, full_run: bool) -> Check:
-    name = f"accuracy >= {_pct(floor)} after {entry['spec']['epochs']} epochs"
-    if not full_run:
-        return Check(name, "n/a", "applies to full runs only (all the data, the preset's epochs)")
+def check_min_accuracy(entry: dict, floors: dict[int, float], full_data: bool) -> Check:
+    """Every framework and seed at or above the preset's floor for this number of epochs."""
+    epochs = entry.get("epochs", entry["spec"]["epochs"])
+    floor = floors.get(epochs)
+    if floor is None:
+        known = ", ".join(f"{f:.0%} after {e}" for e, f in sorted(floors.items()))
+        return Check(f"accuracy floor after {epochs} epochs", "n/a", f"floors exist for: {known}")
+    name = f"accuracy >= {_pct(floor)} after {epochs} epochs"
+    if not full_data:
+        return Check(name, "n/a", "applies to runs on all the data only (not --limit)")
     problems, lowest = [], 1.0
     for kind in _frameworks(entry):
         for run in entry[kind]["runs"]:
@@ -181,25 +193,56 @@ def check_min_accuracy(entry: dict, floor: float, full_run: bool) -> Check:
     return Check(name, "fail" if problems else "pass", "; ".join(problems) or f"lowest {_pct(lowest)}")
 
 
-def check_agreement_stretch(entry: dict, min_steps: int) -> Check:
-    """Chaotic presets: every twin's trajectory within the bar for at least `min_steps` steps."""
-    bar = DIVERGENCE_BAR[entry["dtype"]]
-    name = f"trajectories agree to {bar:.0e} for >= {min_steps} steps"
+EARLY_STEPS = 10
+
+
+def check_early_steps(entry: dict, steps: int = EARLY_STEPS) -> Check:
+    """Chaotic presets: over the first steps, before any amplification, the parameters agree within
+    the twin policy (relative to each tensor's largest magnitude), as they would in a non-chaotic run."""
+    tol = tolerance("twin", entry["dtype"], "parameters")
+    name = f"first {steps} steps within the twin policy ({tol:.0e})"
     div = entry.get("divergence") or {}
+    twins = [k for k in _twins(entry) if k in div and "rel" in div[k]]
+    if not twins:
+        return Check(name, "n/a", "no divergence run (--divergence-steps 0)")
+    problems, worst = [], 0.0
+    for k in twins:
+        rel = np.asarray(div[k]["rel"][:steps], np.float64)
+        worst = max(worst, float(rel.max(initial=0.0)))
+        bad = np.flatnonzero(~(rel <= tol))
+        if bad.size:
+            problems.append(f"{k}: step {bad[0] + 1}: relative difference {rel[bad[0]]:.3g} > {tol:.0e}")
+    return Check(name, "fail" if problems else "pass", "; ".join(problems) or f"worst {worst:.3g}")
+
+
+def check_agreement_stretch(entry: dict, min_steps: int, control_share: float = 0.5) -> Check:
+    """Chaotic presets: every twin's trajectory within the bar for at least `min_steps` steps and at
+    least `control_share` of the control's stretch (the reference against itself nudged by one ulp:
+    how long this very trajectory tolerates a rounding-level difference)."""
+    bar = DIVERGENCE_BAR[entry["dtype"]]
+    div = entry.get("divergence") or {}
+    control = div.get(NUDGED, {}).get("agree_steps")
+    needed = max(min_steps, int(control_share * control)) if control is not None else min_steps
+    name = f"trajectories agree to {bar:.0e} for >= {min_steps} steps and >= {control_share:g} x the 1-ulp control's"
     twins = [k for k in _twins(entry) if k in div and "agree_steps" in div[k]]
     if not twins:
         return Check(name, "n/a", "no divergence run (--divergence-steps 0)")
     available = min(div[k]["steps"] for k in twins)
-    if available < min_steps:
+    if available < needed:
         return Check(name, "n/a", f"only {available} steps measured (--divergence-steps or --limit)")
-    problems = [
-        f"{k}: only {div[k]['agree_steps']} steps (max |param difference| {div[k]['max_abs'][div[k]['agree_steps']]:.3g} "
-        f"after step {div[k]['agree_steps'] + 1})"
-        for k in twins
-        if div[k]["agree_steps"] < min_steps
-    ]
+    control_text = (
+        f"the control (reference nudged by 1 ulp) {control} steps" if control is not None else "no control run"
+    )
+    problems = []
+    for k in twins:
+        n = div[k]["agree_steps"]
+        if n < needed:
+            after = div[k]["max_abs"][n] if n < len(div[k]["max_abs"]) else float("nan")
+            problems.append(
+                f"{k}: only {n} steps (max |param difference| {after:.3g} after step {n + 1}; needed {needed})"
+            )
     detail = "; ".join(problems) or ", ".join(f"{k} {div[k]['agree_steps']} steps" for k in twins)
-    return Check(name, "fail" if problems else "pass", detail)
+    return Check(name, "fail" if problems else "pass", f"{detail}; {control_text}")
 
 
 def check_seed_distribution(entry: dict) -> Check:
@@ -225,8 +268,8 @@ def check_seed_distribution(entry: dict) -> Check:
     return Check(name, "fail" if problems else "pass", detail)
 
 
-def assess(entry: dict, full_run: bool) -> list[Check]:
-    """Every check that applies to this preset and dtype."""
+def assess(entry: dict, full_data: bool) -> list[Check]:
+    """Every check that applies to this preset and dtype (`full_data`: not a --limit run)."""
     rules = acceptance_for(entry["preset"], entry["spec"]["batch_size"])
     checks = [check_ran(entry)]
     if "reference" not in entry or not entry["reference"].get("runs"):
@@ -238,8 +281,9 @@ def assess(entry: dict, full_run: bool) -> list[Check]:
         else:
             checks.append(check_accuracy_gap(entry))
     else:
+        checks.append(check_early_steps(entry))
         checks.append(check_agreement_stretch(entry, rules.min_agree_steps.get(entry["dtype"], 0)))
         checks.append(check_seed_distribution(entry))
-    if rules.min_accuracy is not None:
-        checks.append(check_min_accuracy(entry, rules.min_accuracy, full_run))
+    if rules.min_accuracy:
+        checks.append(check_min_accuracy(entry, rules.min_accuracy, full_data))
     return checks

@@ -11,7 +11,9 @@
         "nudged": the reference against itself started one ulp away (the rounding-level control).
 
 The twins train with their own fast `train_epoch`; an epoch is fed in `chunks` calls so the progress
-bar moves (same batches, same order: the chunks are whole batches, the optimiser state persists).
+bar moves: train_epoch(x[chunk], y[chunk], arange(len(chunk))) for consecutive slices `chunk` of the
+epoch's order, each a whole number of batches, gives exactly the batches of train_epoch(x, y, order)
+(the optimiser state persists between calls).
 Progress goes to `report_progress`, which the runner points at a queue (or a local callback).
 """
 
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,23 +87,25 @@ _DATA_CACHE: dict[tuple, tuple] = {}
 
 
 def load_data(spec: ModelSpec, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, y_train, x_test, y_test) for `spec` (dataset, preprocessing, dtype), the first
-    `limit` rows of each split if given. One entry is cached per process (MNIST in float64 is 0.4 GB)."""
+    """(x_train, y_train, x_test, y_test) for `spec` (dataset, preprocessing, dtype) from
+    data_loaders.load_for_spec, the first `limit` rows of each split if given. Cached per process
+    (a worker meets every preset; MNIST in float64 is 0.4 GB, all of them together about 1.2 GB)."""
     key = (spec.dataset, spec.preprocess, spec.dtype, limit)
     if key not in _DATA_CACHE:
-        from data_loaders import load_for_spec
+        full = (spec.dataset, spec.preprocess, spec.dtype, None)
+        if full not in _DATA_CACHE:
+            from data_loaders import load_for_spec
 
-        x, y, xt, yt = load_for_spec(spec)
-        if limit is not None:
-            x, y, xt, yt = x[:limit], y[:limit], xt[:limit], yt[:limit]
-        for name, a in (("x_train", x), ("x_test", xt)):
-            if a.dtype != np.dtype(spec.dtype) or a.ndim != 2 or a.shape[1] != spec.n_in:
-                raise ValueError(
-                    f"load_for_spec({spec.name}): {name} should be ({spec.dtype}, (n, {spec.n_in})), "
-                    f"got ({a.dtype}, {a.shape})"
-                )
-        _DATA_CACHE.clear()
-        _DATA_CACHE[key] = (x, y.astype(np.int64), xt, yt.astype(np.int64))
+            x, y, xt, yt = load_for_spec(spec)
+            for name, a in (("x_train", x), ("x_test", xt)):
+                if a.dtype != np.dtype(spec.dtype) or a.ndim != 2 or a.shape[1] != spec.n_in:
+                    raise ValueError(
+                        f"load_for_spec({spec.name}): {name} should be ({spec.dtype}, (n, {spec.n_in})), "
+                        f"got ({a.dtype}, {a.shape})"
+                    )
+            _DATA_CACHE[full] = (x, y.astype(np.int64), xt, yt.astype(np.int64))
+        x, y, xt, yt = _DATA_CACHE[full]
+        _DATA_CACHE[key] = (x[:limit], y[:limit], xt[:limit], yt[:limit])
     return _DATA_CACHE[key]
 
 
@@ -139,32 +144,56 @@ class ReferenceModel:
         return self.net.forward(x, train=False)
 
 
-_THREADS_LIMITED = False
+_IN_WORKER = False  # set in worker processes, which keep their settings for their whole life
+_RESTORE: list[Callable[[], None]] = []  # undo the framework settings made by _prepare_framework
 
 
-def limit_framework_threads() -> None:
-    """One thread per framework in a worker process: the workers share the machine's cores."""
-    global _THREADS_LIMITED
-    _THREADS_LIMITED = True
+def mark_worker_process() -> None:
+    global _IN_WORKER
+    _IN_WORKER = True
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """numpy's BLAS, torch and the torch twin on one thread inside the block, restored after.
+
+    Two jobs run at once on 2 cores (or a job beside pytest-xdist's other worker): one thread each
+    is fastest, and more is harmful. The torch twin picks 2 threads for batched steps; two OpenMP
+    threads per process on 2 busy cores spin at every barrier (measured: 450 ms a step instead of
+    ~10). TensorFlow's thread pools can only be set before its runtime starts: worker processes only.
+    """
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(1)
+    with threadpool_limits(1):
+        try:
+            yield
+        finally:
+            while _RESTORE:
+                _RESTORE.pop()()
 
 
 def _prepare_framework(kind: str) -> None:
-    if not _THREADS_LIMITED:
-        return
     if kind == "torch":
         import torch
 
+        from oracles import torch_twin
+
+        saved = (torch.get_num_threads(), torch_twin.THREADS_PER_SAMPLE, torch_twin.THREADS_BATCHED)
+
+        def restore() -> None:
+            torch.set_num_threads(saved[0])
+            torch_twin.THREADS_PER_SAMPLE, torch_twin.THREADS_BATCHED = saved[1:]
+
+        _RESTORE.append(restore)
         torch.set_num_threads(1)
-    elif kind == "keras":
+        torch_twin.THREADS_PER_SAMPLE = torch_twin.THREADS_BATCHED = 1
+    elif kind == "keras" and _IN_WORKER:
         import tensorflow as tf
 
         try:
             tf.config.threading.set_intra_op_parallelism_threads(1)
             tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:  # the runtime is already initialised in this process: keep its threads
+        except RuntimeError:  # the runtime already started in this process: keep its threads
             pass
 
 
@@ -238,7 +267,10 @@ def run_train(job: TrainJob) -> dict:
         total = 0.0
         for chunk in epoch_chunks(order, spec.batch_size, job.chunks):
             n = -(-len(chunk) // spec.batch_size)
-            loss = float(model.train_epoch(x, y, chunk, spec.batch_size))
+            # The chunk's rows, in order: the same batches as train_epoch(x, y, chunk), without
+            # handing all of x to a framework that copies it per call (keras: 0.4 GB in float64).
+            rows = np.arange(len(chunk))
+            loss = float(model.train_epoch(x[chunk], y[chunk], rows, spec.batch_size))
             total += loss * n
             step += n
             rec["train_loss_chunks"].append((step, loss))

@@ -102,7 +102,7 @@ def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         for ax in (ax_loss, ax_acc):
             ax.set_xlabel("epoch (0 = initial weights)")
             ax.set_xticks(range(epochs + 1))
-        if epochs >= 1:
+        if epochs >= 2:
             final = [100 * entry[k]["test_accuracy"][-1] for k in _frameworks(entry)]
             low = min([100 * entry[k]["test_accuracy"][0] for k in _frameworks(entry)])
             inset = ax_acc.inset_axes([0.45, 0.12, 0.5, 0.45])

@@ -14,24 +14,24 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import threading
-import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from bprop import jobs as J
 
-# Rough milliseconds per optimiser step on one core, measured here (only used to order the jobs).
+# Rough milliseconds per optimiser step on one busy core, measured here (only used to order the jobs).
 _MS_PER_STEP = {
-    ("reference", 1): 0.6,
-    ("torch", 1): 0.3,
-    ("keras", 1): 0.5,
-    ("reference", 32): 0.5,
-    ("torch", 32): 0.3,
-    ("keras", 32): 0.6,
-    ("reference", 128): 1.5,
-    ("torch", 128): 0.8,
-    ("keras", 128): 1.2,
+    ("reference", 1): 0.7,
+    ("torch", 1): 2.0,
+    ("keras", 1): 0.45,
+    ("reference", 32): 4.0,
+    ("torch", 32): 8.0,
+    ("keras", 32): 4.5,
+    ("reference", 128): 12.0,
+    ("torch", 128): 25.0,
+    ("keras", 128): 16.0,
 }
 _DATASET_ROWS = {"mnist": 60_000, "digits": 1_500}
 
@@ -50,7 +50,7 @@ def estimated_seconds(job) -> float:
     spec = J.preset(job.preset, dtype=job.dtype)
     if isinstance(job, J.DivergenceJob):
         kind = "reference" if job.framework == J.NUDGED else job.framework
-        per_step = _MS_PER_STEP.get((kind, 1), 1.0) * 3 + 0.6  # step() is the slow path, plus the reference
+        per_step = _MS_PER_STEP.get((kind, 1), 1.0) * 3 + 0.7  # step() is the slow path, plus the reference
         return job.steps * per_step / 1e3
     rows = min(job.limit or 10**9, _DATASET_ROWS.get(spec.dataset, 60_000))
     steps = job.epochs * -(-rows // spec.batch_size)
@@ -59,7 +59,8 @@ def estimated_seconds(job) -> float:
 
 
 def _execute(job):
-    return J.run_divergence(job) if isinstance(job, J.DivergenceJob) else J.run_train(job)
+    with J.single_threaded():
+        return J.run_divergence(job) if isinstance(job, J.DivergenceJob) else J.run_train(job)
 
 
 def _execute_safely(job):
@@ -116,7 +117,7 @@ class Bars:
 
 
 def _init_worker(queue) -> None:
-    J.limit_framework_threads()
+    J.mark_worker_process()
     pid = os.getpid()
     J.report_progress = lambda event, payload: queue.put((pid, event, payload))
 
@@ -159,7 +160,11 @@ def run_jobs(jobs: list, workers: int = 2, progress: bool | None = None) -> list
             ) as pool:
                 futures = {pool.submit(_execute_safely, jobs[i]): i for i in order}
                 for future in as_completed(futures):
-                    results[futures[future]] = future.result()
+                    job = jobs[futures[future]]
+                    try:
+                        results[futures[future]] = future.result()
+                    except BrokenProcessPool as e:  # a worker died (killed, out of memory, crashed)
+                        results[futures[future]] = JobError(job, f"worker process died: {e}", "")
                     bars.job_done()
         finally:
             queue.put(None)
@@ -167,9 +172,3 @@ def run_jobs(jobs: list, workers: int = 2, progress: bool | None = None) -> list
         return results
     finally:
         bars.close()
-
-
-def timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0

@@ -95,10 +95,6 @@ def build_jobs(options: Options) -> tuple[list, list]:
     return train, divergence
 
 
-def is_full_run(options: Options, preset_name: str) -> bool:
-    return options.limit is None and (options.epochs is None or options.epochs == preset(preset_name).epochs)
-
-
 def versions() -> dict[str, str]:
     from importlib import metadata
 
@@ -147,7 +143,7 @@ def collect(options: Options, train_jobs, train_results, div_jobs, div_results) 
                 if job.preset == name and job.dtype == dtype
             }
             entry = summarise(name, dtype, train, div, frameworks)
-            checks = assess(entry, is_full_run(options, name))
+            checks = assess(entry, full_data=options.limit is None)
             entry["acceptance"] = {"passed": not any(c.failed for c in checks), "checks": [c.to_dict() for c in checks]}
             for c in checks:
                 counts[c.status] += 1
