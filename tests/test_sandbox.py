@@ -129,7 +129,7 @@ VERDICTS = [
         "hang",
         "call",
         {"name": "spin"},
-        Limits(wall_s=20, cpu_s=1, memory_mb=512),  # wall far above: a loaded machine gives the spin little CPU
+        Limits(wall_s=30, cpu_s=1, memory_mb=512),  # wall far above: a loaded machine gives the spin little CPU
         r"CPU time limit of 1 s exceeded",
         r'File "hang.py", line [78] in spin',
     ),
