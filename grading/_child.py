@@ -23,8 +23,10 @@ Steps (trusted code, before any submission code runs):
 Wire format (the result pipe): frames of 1 kind byte + 4-byte big-endian length + payload. Kind
 b"J": a JSON message. Kind b"A": one array as .npy bytes (np.save, allow_pickle=False). A value is
 a JSON tree in which arrays and numpy scalars are {"$nd": k} / {"$sc": k} (the k-th following array
-frame), tuples {"$tuple": [...]}, dicts {"$dict": [[key, value], ...]} (keys str or int). Nothing
-is pickled and decoding never executes anything.
+frame), tuples {"$tuple": [...]}, dicts {"$dict": [[key, value], ...]} (keys str or int), floats
+that JSON cannot hold {"$f": "nan"}. Nothing is pickled and decoding never executes anything. The
+kwargs of all calls travel the other way in one file of the same frames (`write_inputs`), so that
+a whole run costs a handful of file operations.
 """
 
 from __future__ import annotations
