@@ -238,9 +238,14 @@ def _extra_reference(part: Part, case: Case) -> dict[str, np.ndarray]:
             for p in ("W", "b"):
                 ref[f"unchanged by {part.names['forward']}: {d}.{p}"] = case.params[f"{d}.{p}"]
         for k, d in enumerate(dense[:-1], start=1):
-            s = sigmoid(t[d].out)
-            ref[f"{part.names['activation']}(z_{k})"] = s
-            ref[f"{part.names['derivative']}(z_{k})"] = s * (1 - s)
+            z = t[d].out  # (1, n_hidden)
+            a, da = {
+                "sigmoid": lambda z: (sigmoid(z), sigmoid(z) * (1 - sigmoid(z))),
+                "tanh": lambda z: (np.tanh(z), 1 - np.tanh(z) ** 2),
+                "relu": lambda z: (np.maximum(z, 0), (z > 0).astype(z.dtype)),
+            }[part.activations[k - 1]](z)
+            ref[f"{part.names['activation']}(z_{k})"] = a
+            ref[f"{part.names['derivative']}(z_{k})"] = da
         ref["softmax(z_out)"] = softmax(t.layers[-1].out)
         with np.errstate(divide="ignore"):
             ref["cross_entropy_loss(y, p)"] = np.asarray(-np.log(ref["softmax(z_out)"][0, case.y[0]]))
