@@ -2,7 +2,8 @@
 
     net = Network(spec, seed=0)                 # or Network(spec, params={"dense_1.W": ..., ...})
     trace = net.trace(x, y)                     # loss and every per-layer tensor (reference/trace.py)
-    loss, grads = net.loss_and_grads(x, y)      # the same numbers, only what training needs
+    loss, grads = net.loss_and_grads(x, y)      # the same numbers by the same code, only what training
+                                                # needs (no records, no dL/d(network input))
     out = net.forward(x)                        # inference (dropout off, batchnorm running stats)
 
 Parameters are named "<layer>.<param>" ("dense_1.W", "dense_1.b", "batchnorm_1.gamma"), W is
@@ -66,6 +67,7 @@ class Network:
                 self.layers.append(ACTIVATIONS[ls.kind](name))
         if params is not None:
             self.set_params(params)  # checks shapes and dtypes, copies
+        self._first_with_params = next(i for i, layer in enumerate(self.layers) if layer.params)
 
     def _take(self, params, layer: str, shapes: dict[str, tuple[int, ...]]) -> list[np.ndarray]:
         """Copies of params["<layer>.<name>"], each checked against the shape the spec gives it."""
@@ -110,9 +112,10 @@ class Network:
         if masks and not set(masks) <= set(dropouts):
             raise ShapeError(f"network: expected masks for the dropout layers {dropouts} only, got {sorted(masks)}")
 
-    def forward_cached(self, x, train=True, masks=None):
-        """Outputs and caches of every layer, first to last."""
-        self._check_input(x)
+    def forward_cached(self, x, train=True, masks=None, check_input=True):
+        """Outputs and caches of every layer, first to last (check_input=False: the caller checked x)."""
+        if check_input:
+            self._check_input(x)
         self._check_masks(masks)
         outs, caches = [], []
         h = x
@@ -141,18 +144,42 @@ class Network:
         outs, caches = self.forward_cached(x, train, masks)
         loss, g = self._loss_and_grad(outs[-1], y)
         records = [LayerTrace(layer.name, out=out) for layer, out in zip(self.layers, outs)]
-        for layer, cache, rec in zip(reversed(self.layers), reversed(caches), reversed(records)):
-            rec.grad_out = g
-            g, rec.grads = layer.backward(g, cache)
-            if self.spec.l2 and isinstance(layer, Dense):
-                rec.grads["W"] = rec.grads["W"] + 2 * self.spec.l2 * layer.params["W"]
-            rec.grad_in = g
+        self._backward(g, caches, records)
         return Trace(loss=loss, layers=records)
 
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, train: bool = True, masks=None):
-        """(loss, {"dense_1.W": dL/dW, ...}): the numbers of `trace`, for training loops."""
-        t = self.trace(x, y, train, masks)
-        return t.loss, {f"{rec.name}.{k}": v for rec in t.layers for k, v in rec.grads.items()}
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, train: bool = True, masks=None, check_input: bool = True):
+        """(loss, {"dense_2.W": dL/dW, ...}): the numbers of `trace`, for training loops.
+
+        check_input=False skips the scan of x for dtype, shape and NaN/Inf: train_epoch scans the
+        whole training set once instead of every batch.
+        """
+        outs, caches = self.forward_cached(x, train, masks, check_input)
+        loss, g = self._loss_and_grad(outs[-1], y)
+        return loss, self._backward(g, caches)
+
+    def _backward(self, g: np.ndarray, caches: list, records: list[LayerTrace] | None = None) -> dict[str, np.ndarray]:
+        """From g = dL/d(network output) back through the layers: {"<layer>.<param>": gradient}.
+
+        With `records` (trace) each layer's grad_out, grads and grad_in are recorded. Without
+        (training), the walk stops at the first layer with parameters and skips its dL/dx, which
+        only the trace reports. One loop for both, so training and trace give the same numbers.
+        """
+        grads: dict[str, np.ndarray] = {}
+        stop = 0 if records is not None else self._first_with_params
+        for i in range(len(self.layers) - 1, stop - 1, -1):
+            layer = self.layers[i]
+            if records is None and i == stop:
+                grad_in, layer_grads = None, layer.param_grads(g, caches[i])
+            else:
+                grad_in, layer_grads = layer.backward(g, caches[i])
+            if self.spec.l2 and isinstance(layer, Dense):
+                layer_grads["W"] = layer_grads["W"] + 2 * self.spec.l2 * layer.params["W"]
+            if records is not None:
+                records[i].grad_out, records[i].grads, records[i].grad_in = g, layer_grads, grad_in
+            for k, v in layer_grads.items():
+                grads[f"{layer.name}.{k}"] = v
+            g = grad_in
+        return grads
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predicted class per row (argmax of the last layer's output)."""
