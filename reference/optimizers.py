@@ -28,6 +28,7 @@ class Optimizer:
         self.spec = spec
         self.lr = spec.lr
         self.state: dict[str, dict[str, np.ndarray]] = {}
+        self.buffers: dict[str, np.ndarray] = {}  # scratch space for in-place updates, not state
         self.t = 0  # steps taken
 
     def _decays(self, name: str) -> bool:
@@ -48,13 +49,22 @@ class Optimizer:
         raise NotImplementedError
 
     def _slot(self, name: str, key: str, like: np.ndarray) -> np.ndarray:
-        return self.state.setdefault(name, {}).setdefault(key, np.zeros_like(like))
+        """State `key` of parameter `name`, zeros of `like`'s shape and dtype the first time."""
+        slots = self.state.setdefault(name, {})
+        if key not in slots:  # not setdefault(key, zeros_like(...)): that allocates on every call
+            slots[key] = np.zeros_like(like)
+        return slots[key]
 
 
 class SGD(Optimizer):
     def update(self, name, p, g):
         """p <- p - lr g"""
-        p -= self.lr * g
+        # p -= lr * g, with lr * g written into a buffer kept from step to step (no allocation)
+        lr_g = self.buffers.get(name)
+        if lr_g is None:
+            lr_g = self.buffers[name] = np.empty_like(p)
+        np.multiply(g, self.lr, out=lr_g)
+        p -= lr_g
 
 
 class Momentum(Optimizer):
