@@ -1,0 +1,142 @@
+"""The reference's faster forms, each pinned to the plain form it replaces.
+
+Where the reference computes something in a less obvious way for speed, the plain form is written
+next to it in a comment and checked here on random inputs, batch 1 included, against the twin
+policy of oracles/compare.py (the same function computed another way is exactly what a twin is):
+
+    Dense.param_grads      np.dot(x.T, g)             == x.T @ g
+    SGD.update             multiply into a buffer     == p - lr * g
+    Network.loss_and_grads no trace, no first dL/dx   == the gradients of Network.trace, bit for bit
+    train_epoch            checks x once per epoch    == still a clear error for NaN / Inf / dtype
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cases import BATCH_SIZES, DTYPES, LAYER_CASES, OPTIMIZER_CASES, make_batch
+
+from oracles.compare import atol, compare_arrays, tolerance
+from reference import DTypeError, Network, NonFiniteError, ShapeError, make_optimizer, preset
+from reference.layers import Dense
+from reference.optimizers import SGD
+from reference.spec import PRESETS, OptimizerSpec
+from reference.train import train_epoch, train_step
+
+
+def assert_twin_close(name: str, fast: np.ndarray, plain: np.ndarray, quantity: str) -> None:
+    """fast vs plain within the twin policy for their dtype (the dtype must be the same)."""
+    dtype = plain.dtype
+    row = compare_arrays(name, fast, plain, tolerance("twin", dtype, quantity), atol=atol("twin", dtype))
+    assert row.passed, row.describe(("fast", "plain"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
+@pytest.mark.parametrize(("n_in", "n_out"), [(784, 32), (32, 10), (5, 3)], ids=lambda n: str(n))
+def test_dense_weight_gradient_is_x_transposed_times_g(dtype, batch, n_in, n_out):
+    rng = np.random.default_rng(batch * 1000 + n_in)
+    x, g = rng.normal(size=(batch, n_in)).astype(dtype), rng.normal(size=(batch, n_out)).astype(dtype)
+    W, b = rng.normal(size=(n_in, n_out)).astype(dtype), np.zeros(n_out, dtype)
+    grads = Dense("dense_1", W, b).param_grads(g, x)
+    assert grads["W"].shape == (n_in, n_out) and grads["W"].dtype == np.dtype(dtype)
+    assert_twin_close("dW", grads["W"], x.T @ g, "gradient")
+    assert_twin_close("db", grads["b"], g.sum(axis=0), "gradient")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(784, 32), (32,), (1, 10)], ids=str)
+def test_sgd_buffered_update_is_p_minus_lr_g(dtype, shape):
+    rng = np.random.default_rng(len(shape))
+    p0 = rng.normal(size=shape).astype(dtype)
+    opt, p = SGD(OptimizerSpec("sgd", lr=0.003)), p0.copy()
+    plain = p0.copy()
+    for step in range(3):  # the buffer is reused from the second step on
+        g = rng.normal(size=shape).astype(dtype)
+        opt.step({"w": p}, {"w": g})
+        plain = plain - 0.003 * g
+        np.testing.assert_array_equal(p, plain, err_msg=f"step {step}")
+    assert p.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+@pytest.mark.parametrize("batch", (1, 7), ids=lambda b: f"batch{b}")
+def test_loss_and_grads_are_the_trace_gradients_bit_for_bit(case, batch):
+    spec = LAYER_CASES[case].replace(dtype="float64")
+    x, y = make_batch(spec, batch if "batchnorm" not in case or batch > 1 else 2, seed=3)
+    traced, trained = Network(spec, seed=1), Network(spec, seed=1)  # same seed: same dropout masks
+    trace = traced.trace(x, y)
+    loss, grads = trained.loss_and_grads(x, y)
+    expected = {f"{rec.name}.{k}": v for rec in trace.layers for k, v in rec.grads.items()}
+    assert set(grads) == set(expected)
+    assert loss == trace.loss
+    for name, g in grads.items():
+        np.testing.assert_array_equal(g, expected[name], err_msg=name)
+
+
+def trace_step(net: Network, opt, x: np.ndarray, y: np.ndarray) -> None:
+    """One optimiser step from the gradients of a full trace (the slow, plain path)."""
+    grads = {f"{rec.name}.{k}": v for rec in net.trace(x, y).layers for k, v in rec.grads.items()}
+    opt.step(net.params, grads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_train_step_gives_the_trace_path_parameters_bit_for_bit(name, dtype):
+    spec = preset(name, dtype=dtype)
+    x, y = make_batch(spec, 5 * spec.batch_size, seed=4)
+    fast, plain = Network(spec, seed=0), Network(spec, seed=0)
+    opt_fast, opt_plain = make_optimizer(spec.optimizer), make_optimizer(spec.optimizer)
+    for start in range(0, len(x), spec.batch_size):
+        rows = slice(start, start + spec.batch_size)
+        train_step(fast, opt_fast, x[rows], y[rows])
+        trace_step(plain, opt_plain, x[rows], y[rows])
+    for k, v in fast.params.items():
+        np.testing.assert_array_equal(v, plain.params[k], err_msg=k)
+
+
+@pytest.mark.parametrize("opt_case", ["momentum-torch", "adam-keras-decoupled", "rmsprop-torch-coupled"])
+def test_train_epoch_gives_the_trace_path_parameters_with_stateful_optimisers(opt_case):
+    spec = LAYER_CASES["batchnorm_torch"].replace(optimizer=OPTIMIZER_CASES[opt_case])
+    x, y = make_batch(spec, 24, seed=5)
+    order = np.random.default_rng(6).permutation(24)
+    fast, plain = Network(spec, seed=0), Network(spec, seed=0)
+    opt_fast, opt_plain = make_optimizer(spec.optimizer), make_optimizer(spec.optimizer)
+    train_epoch(fast, opt_fast, x, y, order, batch_size=8)
+    for start in range(0, 24, 8):
+        idx = order[start : start + 8]
+        trace_step(plain, opt_plain, x[idx], y[idx])
+    for k, v in fast.params.items():
+        np.testing.assert_array_equal(v, plain.params[k], err_msg=k)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("batch_size", [1, 4], ids=lambda b: f"batch{b}")
+def test_train_epoch_still_rejects_non_finite_input(bad, batch_size):
+    spec = LAYER_CASES["sigmoid"]  # a sigmoid turns an Inf input into a finite loss: only the check catches it
+    x, y = make_batch(spec, 12, seed=7)
+    x[9, 2] = bad
+    net, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    before = net.get_params()
+    with pytest.raises(NonFiniteError, match=r"train_epoch: training inputs x: expected finite values.*\(9, 2\)"):
+        train_epoch(net, opt, x, y, np.arange(12), batch_size)
+    for k, v in net.params.items():  # checked before the first step: nothing was trained
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_train_epoch_rejects_inputs_of_the_wrong_dtype_or_width():
+    spec = LAYER_CASES["dense"]  # float64
+    x, y = make_batch(spec, 6, seed=8)
+    net, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    with pytest.raises(DTypeError, match="train_epoch: training inputs x: expected dtype float64, got float32"):
+        train_epoch(net, opt, x.astype(np.float32), y, np.arange(6), 2)
+    with pytest.raises(ShapeError, match=r"train_epoch: training inputs x: expected shape \(batch, 6\)"):
+        train_epoch(net, opt, x[:, :5], y, np.arange(6), 2)
+
+
+def test_train_step_alone_still_checks_its_input():
+    spec = LAYER_CASES["relu"]
+    x, y = make_batch(spec, 3, seed=9)
+    x[1, 0] = np.nan
+    with pytest.raises(NonFiniteError, match=r"network input \(to dense_1\): expected finite values.*\(1, 0\)"):
+        train_step(Network(spec, seed=0), make_optimizer(spec.optimizer), x, y)
