@@ -152,6 +152,24 @@ VERDICTS = [
         'File "memory_hog.py", line 13, in python_bytes',
     ),
     (
+        "one-1GB-file",
+        "disk_filler",
+        "call",
+        {"name": "one_big_file"},
+        Limits(wall_s=5, memory_mb=512, disk_mb=16),
+        r"raised OSError: \[Errno 27\] File too large",  # RLIMIT_FSIZE (Python ignores SIGXFSZ)
+        r'File "disk_filler.py", line 9, in one_big_file',
+    ),
+    (
+        "1000-files-of-1MB",
+        "disk_filler",
+        "call",
+        {"name": "many_files"},
+        Limits(wall_s=5, memory_mb=512, disk_mb=16),
+        r"raised OSError: \[Errno 28\] No space left on device",  # the working directory's tmpfs
+        r'File "disk_filler.py", line 15, in many_files',
+    ),
+    (
         "shape-error",
         "raises",
         "call",
