@@ -102,8 +102,10 @@ class LeakyReLU(Layer):
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """s = 1 / (1 + exp(-x)), computed from exp(-|x|) so no exp ever overflows."""
-    z = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + z), z / (1 + z))
+    z = np.exp(-np.abs(x))  # in (0, 1]
+    # x >= 0: 1 / (1 + exp(-x));  x < 0: exp(x) / (1 + exp(x)). One division for both branches:
+    # the same numbers as np.where(x >= 0, 1 / (1 + z), z / (1 + z)) with 2 fewer numpy calls.
+    return np.where(x >= 0, 1, z) / (1 + z)
 
 
 class Sigmoid(Layer):
