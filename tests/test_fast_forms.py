@@ -5,9 +5,11 @@ next to it in a comment and checked here on random inputs, batch 1 included, aga
 policy of oracles/compare.py (the same function computed another way is exactly what a twin is):
 
     Dense.param_grads      np.dot(x.T, g)             == x.T @ g
+    sigmoid                where(x >= 0, 1, z)/(1+z)  == where(x >= 0, 1/(1+z), z/(1+z)), bit for bit
     SGD.update             multiply into a buffer     == p - lr * g
     Network.loss_and_grads no trace, no first dL/dx   == the gradients of Network.trace, bit for bit
     train_epoch            checks x once per epoch    == still a clear error for NaN / Inf / dtype
+    check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from cases import BATCH_SIZES, DTYPES, LAYER_CASES, OPTIMIZER_CASES, make_batch
 
 from oracles.compare import atol, compare_arrays, tolerance
 from reference import DTypeError, Network, NonFiniteError, ShapeError, make_optimizer, preset
-from reference.layers import Dense
+from reference.layers import Dense, sigmoid
 from reference.optimizers import SGD
 from reference.spec import PRESETS, OptimizerSpec
-from reference.train import train_epoch, train_step
+from reference.train import check_inputs, train_epoch, train_step
 
 
 def assert_twin_close(name: str, fast: np.ndarray, plain: np.ndarray, quantity: str) -> None:
@@ -42,6 +44,20 @@ def test_dense_weight_gradient_is_x_transposed_times_g(dtype, batch, n_in, n_out
     assert grads["W"].shape == (n_in, n_out) and grads["W"].dtype == np.dtype(dtype)
     assert_twin_close("dW", grads["W"], x.T @ g, "gradient")
     assert_twin_close("db", grads["b"], g.sum(axis=0), "gradient")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
+def test_sigmoid_is_the_two_branch_form_bit_for_bit(dtype, batch):
+    info = np.finfo(dtype)
+    edges = [0.0, -0.0, info.tiny, -info.tiny, 1.0, -1.0, 40.0, -40.0, 88.7, -88.7, 745.0, -745.0, info.max, -info.max]
+    x = np.random.default_rng(batch).normal(0.0, 30.0, size=(batch, 32)).astype(dtype)
+    x.flat[: len(edges)] = np.array(edges, dtype)[: x.size]
+    z = np.exp(-np.abs(x))
+    plain = np.where(x >= 0, 1 / (1 + z), z / (1 + z))
+    fast = sigmoid(x)
+    assert fast.dtype == plain.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(fast.view(f"u{fast.itemsize}"), plain.view(f"u{plain.itemsize}"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -140,3 +156,19 @@ def test_train_step_alone_still_checks_its_input():
     x[1, 0] = np.nan
     with pytest.raises(NonFiniteError, match=r"network input \(to dense_1\): expected finite values.*\(1, 0\)"):
         train_step(Network(spec, seed=0), make_optimizer(spec.optimizer), x, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_check_inputs_lets_a_finite_set_with_an_overflowing_sum_through(dtype):
+    spec = LAYER_CASES["dense"].replace(dtype=dtype)
+    x = np.full((4, spec.n_in), np.finfo(dtype).max / 2, dtype)  # finite, but the sum is inf
+    check_inputs(Network(spec, seed=0), x, "probe")  # no error: check_array looked closer
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_check_inputs_names_the_element_when_infs_cancel_to_nan(dtype):
+    spec = LAYER_CASES["dense"].replace(dtype=dtype)
+    x = np.zeros((4, spec.n_in), dtype)
+    x[1, 2], x[3, 4] = np.inf, -np.inf  # the sum is nan, with no RuntimeWarning
+    with pytest.raises(NonFiniteError, match=r"probe: expected finite values, got inf at index \(1, 2\)"):
+        check_inputs(Network(spec, seed=0), x, "probe")
