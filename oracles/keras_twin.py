@@ -1,0 +1,569 @@
+"""KerasTwin: the numpy reference's model rebuilt in Keras 3 (TensorFlow backend) from the same weights.
+
+The contract is the twin API (oracles/__init__.py, make_twin): built from a ModelSpec and the
+reference's parameters, it answers trace(x, y) with the same Trace the reference returns, steps and
+trains with Keras' OWN optimiser (keras.optimizers.*) and TensorFlow's autodiff, never a hand-written
+update. A spec feature Keras cannot express exactly raises NotImplementedError saying which and why.
+
+How each part is matched, and why (every claim here is tested in tests/test_keras_twin.py):
+
+- Layout. A Keras Dense kernel is W itself, (n_in, n_out); the bias is b (n_out,). No transpose.
+- Layers are called one by one: Dense, then a separate Activation layer (Dense(activation=...) would
+  hide the pre-activation), so a GradientTape sees every intermediate and gives dL/d(every output).
+- dtype. `keras.config.set_floatx` alone is silently ignored once the dtype policy has been read,
+  and a layer-level dtype leaves the loss and the optimiser's learning rate in float32
+  (0.10000000149 for 0.1, a 3e-9 drift per epoch in float64). So every layer, the loss and the
+  optimiser are built inside `floatx_scope(spec.dtype)`, which sets floatx AND the dtype policy and
+  restores both afterwards (to "unset" if they were), and every layer and loss also gets the dtype
+  explicitly. Every public method runs in the same scope, so a float32 and a float64 twin live side
+  by side in one process without leaking global state into each other or into the caller.
+- leaky_relu. TensorFlow's LeakyRelu op keeps its slope in a float32 attribute: in float64,
+  keras.layers.LeakyReLU(0.1) has slope 0.10000000149 (1.5e-8 off). It is used where its slope is
+  exactly the spec's (float32, or a slope float32 represents); otherwise the layer is the same
+  function written with keras.ops: where(x > 0, x, alpha * x).
+- dropout shares the reference's keep-mask: out = x * (mask / (1 - rate)), computed in the graph as
+  the reference computes it. keras.layers.Dropout draws its own mask from Keras' seed generator (a
+  mask cannot be handed to it), so it could never be compared element by element. Without masks
+  the twin draws them the reference's way, from numpy.random.default_rng([seed, 1]), so a twin and
+  a Network with the same seed drop the same units.
+- batchnorm is keras.layers.BatchNormalization: momentum 0.99, epsilon 1e-3, running statistics
+  m * running + (1 - m) * batch_stat with the biased batch variance (tf.nn.moments) -- the
+  reference's "keras" convention exactly. The "torch" convention raises NotImplementedError: Keras
+  can match torch's momentum (momentum = 1 - 0.1) and epsilon, hence every training-mode output and
+  gradient, but its running variance always takes the biased batch variance, never torch's unbiased
+  n / (n - 1) one, so running_var and everything evaluated after training would differ.
+- losses, with Keras' own loss classes where they define the reference's number:
+    softmax_cross_entropy  keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    mse, l1                keras.losses.MeanSquaredError / MeanAbsoluteError on (batch * n_out, 1)
+                           views: Keras averages over the last axis first, so on the flat view its
+                           "sum" is the reference's sum over every element and its mean divides by
+                           batch * n_out once, as the reference does
+    cross_entropy, nll     ProbabilityCrossEntropy below: -log p_y (nll: clipped to [1e-7, 1-1e-7]).
+                           keras.losses.CategoricalCrossentropy is a different function of the
+                           probabilities: on a softmax output it silently takes the logits (the
+                           `_keras_logits` attribute in eager mode, the op type "Softmax" in a
+                           graph) and never differentiates through p; on other tensors it
+                           renormalises p / sum(p) and clips every p, which adds 1/d to every entry
+                           of dL/dp (d = batch for "mean"): invisible in dL/dlogits (the softmax
+                           Jacobian annihilates constant rows), visible in the softmax layer's
+                           grad_out.
+    bce                    BinaryCrossEntropy below: -(t log p + (1 - t) log1p(-p)), unclipped.
+                           keras.losses.BinaryCrossentropy takes the logits of a sigmoid output the
+                           same way, and otherwise clips p to [1e-7, 1 - 1e-7] and uses log(1 - p).
+  Reductions: "mean" is Keras' "sum_over_batch_size" (sum / batch; sum / elements for mse, l1 and
+  bce, whose per-element values are reduced), "sum" is "sum".
+- l2 is keras.regularizers.L2(l2) on each Dense kernel (l2 * sum W^2, added to the loss).
+- optimisers: keras.optimizers.SGD (momentum, nesterov), RMSprop, Adam, AdamW; the reference's
+  convention="keras" rules. convention="torch" is accepted where the two define the same sequence
+  of parameters (SGD; momentum and Nesterov with a constant learning rate, v_keras = -lr v_torch),
+  and raises NotImplementedError for RMSprop and Adam (torch puts eps elsewhere). Decoupled weight
+  decay is Keras' `weight_decay=` (p <- p - lr wd p before the rule). Coupled weight decay
+  (g <- g + wd p) has no Keras optimiser option; it is expressed exactly through the training
+  objective: objective = loss + (wd / 2) * sum p^2 over the decayed parameters, whose gradient
+  adds wd * p (rounded once, as the reference's). It enters step()/train_epoch() only: trace()
+  and the returned losses are the reference's loss, which does not include it.
+- speed. train_epoch runs the whole epoch in one compiled tf.function: a tf.while_loop over the
+  steps gathers each batch by index from the epoch's tensors and runs the very step that step()
+  runs (the same Python function traced into the loop body). No XLA: jit_compile=True breaks
+  float32 parity (7e-4 after one epoch, measured in issue 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+from keras.src.backend.common import global_state  # private: the only way to restore "unset"
+
+from reference.errors import DTypeError, ShapeError, SpecError, check_array, describe
+from reference.losses import check_labels, check_targets
+from reference.spec import ModelSpec, OptimizerSpec
+from reference.trace import LayerTrace, Trace
+from reference.train import batches
+
+if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the environment
+    raise ImportError(f"oracles.keras_twin needs the TensorFlow backend of Keras, got {keras.backend.backend()!r}")
+
+CLASSIFICATION_LOSSES = ("softmax_cross_entropy", "cross_entropy", "nll")
+REDUCTIONS = {"mean": "sum_over_batch_size", "sum": "sum"}
+
+
+# dtype ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def floatx_scope(dtype: str) -> Iterator[None]:
+    """Keras' floatx and global dtype policy set to `dtype` inside; both restored on exit."""
+    saved_floatx = keras.config.floatx()
+    saved_policy = global_state.get_global_attribute("dtype_policy", None)  # None: never read yet
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(saved_floatx)
+        global_state.set_global_attribute("dtype_policy", saved_policy)
+
+
+def _in_scope(method: Callable) -> Callable:
+    """Run a KerasTwin method inside floatx_scope(self.spec.dtype)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with floatx_scope(self.spec.dtype):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+# Losses ---------------------------------------------------------------------------------------
+
+
+class ProbabilityCrossEntropy(keras.losses.Loss):
+    """L_i = -log p_{i, y_i}; with clip: -log clip(p_{i, y_i}, eps, 1 - eps), eps = keras.config.epsilon()."""
+
+    def __init__(self, clip: bool, reduction: str, dtype: str, name: str) -> None:
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.clip = clip
+
+    def call(self, y_true, y_pred):
+        labels = ops.cast(y_true, "int32")  # Loss.__call__ cast the integer labels to the float dtype
+        p_y = ops.take_along_axis(y_pred, ops.expand_dims(labels, 1), axis=1)[:, 0]  # (batch,)
+        if self.clip:
+            eps = keras.config.epsilon()
+            p_y = ops.clip(p_y, eps, 1 - eps)  # gradient passes inside [eps, 1 - eps], 0 outside
+        return -ops.log(p_y)
+
+
+class BinaryCrossEntropy(keras.losses.Loss):
+    """L_ij = -(t log p + (1 - t) log1p(-p)), element-wise and unclipped."""
+
+    def call(self, y_true, y_pred):
+        return -(y_true * ops.log(y_pred) + (1 - y_true) * ops.log1p(-y_pred))  # (batch, n_out)
+
+
+class FlatElementwise:
+    """A Keras loss that averages over the last axis, applied to (batch * n_out, 1) views."""
+
+    def __init__(self, loss: keras.losses.Loss) -> None:
+        self.loss = loss
+
+    def __call__(self, y_true, y_pred):
+        return self.loss(ops.reshape(y_true, (-1, 1)), ops.reshape(y_pred, (-1, 1)))
+
+
+def make_keras_loss(spec: ModelSpec) -> Callable:
+    """loss(y_true, y_pred) -> scalar: the reference's spec.loss with spec.reduction, in spec.dtype."""
+    kw = {"reduction": REDUCTIONS[spec.reduction], "dtype": spec.dtype}
+    if spec.loss == "softmax_cross_entropy":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, **kw)
+    if spec.loss in ("cross_entropy", "nll"):
+        return ProbabilityCrossEntropy(clip=spec.loss == "nll", name=spec.loss, **kw)
+    if spec.loss == "mse":
+        return FlatElementwise(keras.losses.MeanSquaredError(**kw))
+    if spec.loss == "l1":
+        return FlatElementwise(keras.losses.MeanAbsoluteError(**kw))
+    if spec.loss == "bce":
+        return BinaryCrossEntropy(name="bce", **kw)
+    raise SpecError(f"keras twin: no Keras loss for {spec.loss!r}")
+
+
+# Optimisers -----------------------------------------------------------------------------------
+
+
+def hyperparameter(dtype: str) -> Callable[[float], float]:
+    """How a scalar hyper-parameter is handed to Keras so that it arrives exactly in `dtype`.
+
+    Keras casts hyper-parameters with tf.cast (SGD momentum, Adam's betas, weight decay, the L2
+    factor), and tf.cast turns a Python float into a float32 tensor first: tf.cast(0.9, float64) is
+    0.8999999762. A numpy float64 is still a Python float to Keras' checks, and tf.cast keeps it
+    exact. In float32 a Python float is what users pass, and it rounds once, as numpy's does.
+    """
+    return np.float64 if dtype == "float64" else float
+
+
+def make_keras_optimizer(opt: OptimizerSpec, dtype: str) -> keras.optimizers.Optimizer:
+    """keras.optimizers.* for `opt` (coupled weight decay is not an optimiser option: see KerasTwin)."""
+    h = hyperparameter(dtype)
+    if opt.convention == "torch" and opt.name in ("rmsprop", "adam"):
+        where = "sqrt(s) + eps vs sqrt(s + eps)" if opt.name == "rmsprop" else "sqrt(v_hat) + eps vs sqrt(v) + eps"
+        raise NotImplementedError(
+            f"keras twin: optimizer {opt.name!r} with convention 'torch' puts eps elsewhere than "
+            f"keras.optimizers does ({where}); use convention='keras'"
+        )
+    keras_defaults = {"rho": 0.9, "eps": 1e-7}
+    kw: dict = {"learning_rate": h(opt.lr)}
+    if opt.weight_decay and opt.decay_mode == "decoupled":
+        kw["weight_decay"] = h(opt.weight_decay)
+    eps = opt.eps if opt.eps is not None else keras_defaults["eps"]
+    if opt.name == "sgd":
+        return keras.optimizers.SGD(**kw)
+    if opt.name in ("momentum", "nesterov"):
+        return keras.optimizers.SGD(momentum=h(opt.momentum), nesterov=opt.name == "nesterov", **kw)
+    if opt.name == "rmsprop":
+        rho = opt.rho if opt.rho is not None else keras_defaults["rho"]
+        # momentum=0: the reference does not model RMSprop's optional momentum.
+        return keras.optimizers.RMSprop(rho=h(rho), epsilon=h(eps), momentum=0.0, **kw)
+    if opt.name == "adam":
+        cls = keras.optimizers.AdamW if "weight_decay" in kw else keras.optimizers.Adam
+        return cls(beta_1=h(opt.beta1), beta_2=h(opt.beta2), epsilon=h(eps), **kw)
+    raise SpecError(f"keras twin: no Keras optimizer for {opt.name!r}")
+
+
+# Layers ---------------------------------------------------------------------------------------
+
+
+def _float32_exact(value: float) -> bool:
+    return float(np.float32(value)) == value
+
+
+def _build_layer(name: str, kind: str, ls, spec: ModelSpec, width: int) -> keras.layers.Layer | None:
+    """The Keras layer for one LayerSpec (None for dropout, applied as a mask in the graph)."""
+    policy = keras.DTypePolicy(spec.dtype)
+    if kind == "dense":
+        reg = None
+        if spec.l2:
+            reg = keras.regularizers.L2(spec.l2)
+            reg.l2 = hyperparameter(spec.dtype)(spec.l2)  # L2() stores float(l2), which tf.cast rounds
+        layer = keras.layers.Dense(ls.units, kernel_regularizer=reg, dtype=policy, name=name)
+        layer.build((None, width))
+        return layer
+    if kind in ("relu", "sigmoid", "tanh", "softmax"):
+        return keras.layers.Activation(kind, dtype=policy, name=name)
+    if kind == "leaky_relu":
+        if ls.alpha >= 0 and (spec.dtype == "float32" or _float32_exact(ls.alpha)):
+            return keras.layers.LeakyReLU(negative_slope=ls.alpha, dtype=policy, name=name)
+        alpha = ls.alpha  # TF's LeakyRelu op would round the slope to float32: the same function in ops
+        return keras.layers.Activation(lambda x: ops.where(x > 0, x, alpha * x), dtype=policy, name=name)
+    if kind == "dropout":
+        return None
+    if kind == "batchnorm":
+        if ls.convention != "keras":
+            raise NotImplementedError(
+                f"keras twin: {name} uses the 'torch' batchnorm convention, whose running variance "
+                "takes the unbiased batch variance (n/(n-1)); keras.layers.BatchNormalization always "
+                "takes the biased one. Keras matches torch's momentum (1 - 0.1) and eps, so training-mode "
+                "outputs and gradients would agree, but running_var and evaluation after training would not"
+            )
+        momentum = 0.99 if ls.momentum is None else ls.momentum
+        eps = 1e-3 if ls.eps is None else ls.eps
+        layer = keras.layers.BatchNormalization(momentum=momentum, epsilon=eps, dtype=policy, name=name)
+        layer.build((None, width))
+        return layer
+    raise SpecError(f"keras twin: no Keras layer for {kind!r}")
+
+
+# The twin -------------------------------------------------------------------------------------
+
+
+class KerasTwin:
+    """The spec's model in Keras, holding exactly the given parameters (canonical numpy layout)."""
+
+    kind = "keras"
+
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0) -> None:
+        if not isinstance(spec, ModelSpec):
+            raise SpecError(f"keras twin: expected a ModelSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self.dtype = np.dtype(spec.dtype)
+        self.names = spec.layer_names()
+        self.classification = spec.loss in CLASSIFICATION_LOSSES
+        self._rng = np.random.default_rng([seed, 1])  # the reference's dropout stream
+        with floatx_scope(spec.dtype):
+            self._build()
+        self.set_params(params)
+
+    def _build(self) -> None:
+        spec = self.spec
+        self.layers: dict[str, keras.layers.Layer | None] = {}
+        self._widths: dict[str, int] = {}  # the width of each layer's input
+        self._dropouts: list[tuple[str, float, int]] = []  # (name, rate, width) of active dropouts
+        self._vars: dict[str, keras.Variable] = {}  # canonical name -> variable, in layer order
+        width = spec.n_in
+        for name, ls in zip(self.names, spec.layers):
+            self._widths[name] = width
+            layer = _build_layer(name, ls.kind, ls, spec, width)
+            self.layers[name] = layer
+            if ls.kind == "dense":
+                self._vars[f"{name}.W"], self._vars[f"{name}.b"] = layer.kernel, layer.bias
+                width = ls.units
+            elif ls.kind == "batchnorm":
+                self._vars[f"{name}.gamma"], self._vars[f"{name}.beta"] = layer.gamma, layer.beta
+            elif ls.kind == "dropout" and ls.rate > 0:
+                self._dropouts.append((name, ls.rate, width))
+        self.n_out = width
+        self.loss_fn = make_keras_loss(spec)
+        self.optimizer = make_keras_optimizer(spec.optimizer, spec.dtype)
+        variables = list(self._vars.values())
+        opt = spec.optimizer
+        self._decayed = [v for k, v in self._vars.items() if opt.decay_biases or k.endswith(".W")]
+        if opt.weight_decay and opt.decay_mode == "decoupled" and not opt.decay_biases:
+            self.optimizer.exclude_from_weight_decay(var_list=[v for v in variables if v not in self._decayed])
+        self._coupled_decay = float(opt.weight_decay) if opt.weight_decay and opt.decay_mode == "coupled" else 0.0
+        self.optimizer.build(variables)  # slots now: variables cannot be created inside the epoch loop
+        label = (
+            tf.TensorSpec((None,), tf.int64) if self.classification else tf.TensorSpec((None, self.n_out), self.dtype)
+        )
+        mask_specs = tuple(tf.TensorSpec((None, w), self.dtype) for _, _, w in self._dropouts)
+        x_spec = tf.TensorSpec((None, spec.n_in), self.dtype)
+        self._step_fn = tf.function(
+            self._train_step, input_signature=[x_spec, label, mask_specs], autograph=False, jit_compile=False
+        )
+        index = tf.TensorSpec((None,), tf.int64)
+        self._epoch_fn = tf.function(
+            self._train_loop,
+            input_signature=[x_spec, label, index, tf.TensorSpec((), tf.int64), mask_specs],
+            autograph=False,
+            jit_compile=False,
+        )
+
+    # Parameters and state -------------------------------------------------------------------
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        return list(self._vars.values())
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return {k: np.array(v.numpy(), copy=True) for k, v in self._vars.items()}
+
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        if not isinstance(params, dict) or set(params) != set(self._vars):
+            got = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ShapeError(f"keras twin: expected parameters {sorted(self._vars)}, got {got}")
+        for k, v in params.items():
+            var = self._vars[k]
+            if not isinstance(v, np.ndarray) or v.shape != tuple(var.shape):
+                raise ShapeError(f"keras twin: parameter {k}: expected shape {tuple(var.shape)}, got {describe(v)}")
+            if v.dtype != self.dtype:
+                raise DTypeError(f"keras twin: parameter {k}: expected dtype {self.dtype}, got {describe(v)}")
+            var.assign(v)
+
+    def _state_vars(self) -> dict[str, keras.Variable]:
+        out = {}
+        for name, layer in self.layers.items():
+            if isinstance(layer, keras.layers.BatchNormalization):
+                out[f"{name}.running_mean"], out[f"{name}.running_var"] = layer.moving_mean, layer.moving_variance
+        return out
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {k: np.array(v.numpy(), copy=True) for k, v in self._state_vars().items()}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        live = self._state_vars()
+        if not isinstance(state, dict) or set(state) != set(live):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ShapeError(f"keras twin: expected state {sorted(live)}, got {got}")
+        for k, v in state.items():
+            if not isinstance(v, np.ndarray) or v.shape != tuple(live[k].shape) or v.dtype != self.dtype:
+                raise ShapeError(
+                    f"keras twin: state {k}: expected {self.dtype} array of shape {tuple(live[k].shape)}, got {describe(v)}"
+                )
+            live[k].assign(v)
+
+    # Inputs ----------------------------------------------------------------------------------
+
+    def _check_x(self, x: np.ndarray, train: bool) -> None:
+        check_array(x, f"keras twin input (to {self.names[0]})", self.dtype, ndim=2, width=self.spec.n_in)
+        if train and x.shape[0] < 2 and any(ls.kind == "batchnorm" for ls in self.spec.layers):
+            raise ShapeError(f"keras twin: batchnorm in training mode needs a batch of at least 2, got {describe(x)}")
+
+    def _labels(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Labels as int64 (classification) or targets as they are, checked as the reference checks them."""
+        proxy = np.empty((x.shape[0], self.n_out), self.dtype)  # the shape the predictions will have
+        if self.classification:
+            return check_labels(y, proxy, f"keras twin loss ({self.spec.loss})").astype(np.int64)
+        return check_targets(y, proxy, f"keras twin loss ({self.spec.loss})")
+
+    def _masks(self, x: np.ndarray, masks: dict[str, np.ndarray] | None) -> tuple[np.ndarray, ...]:
+        """One 0/1 keep-mask per active dropout layer: the given ones, else drawn as the reference draws."""
+        if masks is None:
+            return self._draw_masks(x.shape[0])
+        out = []
+        for name, _, width in self._dropouts:
+            m = masks.get(name)
+            if not isinstance(m, np.ndarray) or m.shape != (x.shape[0], width):
+                raise ShapeError(
+                    f"keras twin: {name}: expected a mask of shape {(x.shape[0], width)}, got {describe(m)}"
+                )
+            out.append(m.astype(self.dtype))
+        return tuple(out)
+
+    def _draw_masks(self, batch: int) -> tuple[np.ndarray, ...]:
+        """Keep-masks from the twin's generator, layer by layer, as reference Dropout.draw_mask draws them."""
+        return tuple((self._rng.random((batch, width)) >= rate).astype(self.dtype) for _, rate, width in self._dropouts)
+
+    # The computation (shared by trace, step and the epoch loop) -------------------------------
+
+    def _forward(self, x, training: bool, masks) -> list:
+        """Every layer's output, first to last; dropout multiplies by mask / (1 - rate) in training."""
+        outs, h = [], x
+        mask_of = dict(zip([name for name, _, _ in self._dropouts], masks or ()))
+        for name, ls in zip(self.names, self.spec.layers):
+            layer = self.layers[name]
+            if ls.kind == "dropout":
+                if training and name in mask_of:
+                    h = h * (mask_of[name] / tf.constant(1 - ls.rate, self.dtype))
+            elif ls.kind == "batchnorm":
+                h = layer(h, training=training)
+            else:
+                h = layer(h)
+            outs.append(h)
+        return outs
+
+    def _loss(self, y, out):
+        """The reference's loss: the data loss plus the kernels' L2 penalty."""
+        loss = self.loss_fn(y, out)
+        for name, ls in zip(self.names, self.spec.layers):
+            if ls.kind == "dense" and self.spec.l2:
+                loss = loss + tf.add_n(self.layers[name].losses)  # l2 * sum(W^2)
+        return loss
+
+    def _objective(self, loss):
+        """What the optimiser minimises: the loss, plus (wd / 2) sum p^2 for coupled weight decay."""
+        if not self._coupled_decay:
+            return loss
+        return loss + (0.5 * self._coupled_decay) * tf.add_n([tf.reduce_sum(tf.square(v)) for v in self._decayed])
+
+    def _train_step(self, x, y, masks):
+        """One optimiser step by keras' optimiser on TensorFlow's gradients; returns the loss before it."""
+        variables = self.variables
+        with tf.GradientTape() as tape:
+            loss = self._loss(y, self._forward(x, True, masks)[-1])
+            objective = self._objective(loss)
+        grads = tape.gradient(objective, variables)
+        self.optimizer.apply(grads, variables)
+        return loss
+
+    def _train_loop(self, x, y, order, batch_size, masks):
+        """Every step of an epoch in one graph: batch i is order[i*bs : (i+1)*bs] (the last may be short)."""
+        n = tf.shape(order, out_type=tf.int64)[0]
+        n_steps = (n + batch_size - 1) // batch_size
+
+        def body(i, losses):
+            start = i * batch_size
+            end = tf.minimum(start + batch_size, n)
+            idx = order[start:end]
+            loss = self._train_step(tf.gather(x, idx), tf.gather(y, idx), tuple(m[start:end] for m in masks))
+            return i + 1, losses.write(tf.cast(i, tf.int32), loss)
+
+        losses = tf.TensorArray(self.dtype, size=tf.cast(n_steps, tf.int32))
+        _, losses = tf.while_loop(lambda i, _: i < n_steps, body, (tf.constant(0, tf.int64), losses))
+        return losses.stack()
+
+    # The twin API -----------------------------------------------------------------------------
+
+    @_in_scope
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        self._check_x(x, train)
+        masks = self._masks(x, None) if train else ()
+        return self._forward(tf.constant(x), train, masks)[-1].numpy()
+
+    @_in_scope
+    def trace(
+        self, x: np.ndarray, y: np.ndarray, train: bool = True, masks: dict[str, np.ndarray] | None = None
+    ) -> Trace:
+        """Loss and every per-layer tensor, from one GradientTape watching the input and each output."""
+        self._check_x(x, train)
+        y = self._labels(x, y)
+        drop = self._masks(x, masks) if train else ()
+        x_t = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x_t)
+            outs = self._forward(x_t, train, drop)
+            loss = self._loss(tf.constant(y), outs[-1])
+        hs = [x_t, *outs]  # hs[k] is the input of layer k, hs[k + 1] its output
+        variables = self.variables
+        d_hs, d_vars = tape.gradient(loss, (hs, variables))
+        d_hs = [np.zeros(h.shape, self.dtype) if g is None else g.numpy() for h, g in zip(hs, d_hs)]
+        grads = dict(zip(self._vars, (g.numpy() for g in d_vars)))
+        records = []
+        for k, (name, ls) in enumerate(zip(self.names, self.spec.layers)):
+            pnames = {"dense": ("W", "b"), "batchnorm": ("gamma", "beta")}.get(ls.kind, ())
+            records.append(
+                LayerTrace(
+                    name,
+                    out=outs[k].numpy(),
+                    grad_out=d_hs[k + 1],
+                    grad_in=d_hs[k],
+                    grads={p: grads[f"{name}.{p}"] for p in pnames},
+                )
+            )
+        return Trace(loss=np.asarray(loss.numpy()), layers=records)
+
+    @_in_scope
+    def step(self, x: np.ndarray, y: np.ndarray, masks: dict[str, np.ndarray] | None = None) -> float:
+        self._check_x(x, True)
+        y = self._labels(x, y)
+        return float(self._step_fn(tf.constant(x), tf.constant(y), self._masks(x, masks)))
+
+    @_in_scope
+    def train_epoch(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        order: np.ndarray,
+        batch_size: int,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> float:
+        """One epoch over x[order] in batches; the mean of the per-step losses.
+
+        Without on_step the epoch runs in one compiled loop (self.last_losses holds its per-step
+        losses). With on_step every step is a separate step() call, so on_step sees the twin after
+        that step. For progress reports at full speed, call train_epoch on consecutive slices of
+        `order` whose lengths are multiples of batch_size: the batches, hence the numbers, are the same.
+        """
+        order = np.asarray(order)
+        if order.ndim != 1 or len(order) == 0 or len(order) > len(x) or order.dtype.kind not in "iu":
+            raise ShapeError(
+                f"train_epoch: expected an order of 1..{len(x)} integer row indices, got {describe(order)}"
+            )
+        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ShapeError(f"train_epoch: expected batch_size >= 1, got {batch_size!r}")
+        if on_step is not None:
+            losses = []
+            for i, idx in enumerate(batches(order, batch_size)):
+                losses.append(self.step(x[idx], y[idx]))
+                on_step(i, losses[-1])
+        else:
+            self._check_x(x, False)
+            smallest = min(batch_size, len(order) - (len(order) - 1) // batch_size * batch_size)
+            self._check_x(x[:smallest], True)  # a batch of one: batchnorm raises as the reference does
+            labels = self._labels(x, y)
+            masks = self._epoch_masks(order, batch_size)
+            out = self._epoch_fn(tf.constant(x), tf.constant(labels), tf.constant(order, tf.int64), batch_size, masks)
+            losses = [float(v) for v in out.numpy()]
+        self.last_losses = np.asarray(losses)
+        total = 0.0
+        for loss in losses:  # the reference's sum, in its order
+            total += loss
+        return total / len(losses)
+
+    def _epoch_masks(self, order: np.ndarray, batch_size: int) -> tuple[np.ndarray, ...]:
+        """The keep-masks of every step, drawn in the reference's order, rows aligned with `order`."""
+        if not self._dropouts:
+            return ()
+        per_step = [self._draw_masks(len(idx)) for idx in batches(order, batch_size)]
+        return tuple(np.concatenate([step[k] for step in per_step]) for k in range(len(self._dropouts)))
+
+    @_in_scope
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 10_000) -> tuple[float, float]:
+        """(mean loss per sample, accuracy) in inference mode, as reference.train.evaluate defines them."""
+        self._check_x(x, False)
+        labels = self._labels(x, y)
+        total_loss, correct = 0.0, 0
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], labels[start : start + batch_size]
+            out = self._forward(tf.constant(xb), False, ())[-1]
+            value = float(self.loss_fn(tf.constant(yb), out))
+            total_loss += value * (len(xb) if self.spec.reduction == "mean" else 1)
+            if self.classification:
+                correct += int((out.numpy().argmax(axis=1) == yb).sum())
+        return total_loss / len(x), correct / len(x)
