@@ -198,21 +198,26 @@ EARLY_STEPS = 10
 
 def check_early_steps(entry: dict, steps: int = EARLY_STEPS) -> Check:
     """Chaotic presets: over the first steps, before any amplification, the parameters agree within
-    the twin policy (relative to each tensor's largest magnitude), as they would in a non-chaotic run."""
+    the twin policy of oracles.compare (relative to each tensor's largest magnitude, or under the
+    absolute floor), as they would in a non-chaotic run."""
     tol = tolerance("twin", entry["dtype"], "parameters")
     name = f"first {steps} steps within the twin policy ({tol:.0e})"
     div = entry.get("divergence") or {}
-    twins = [k for k in _twins(entry) if k in div and "rel" in div[k]]
+    twins = [k for k in _twins(entry) if k in div and "policy" in div[k]]
     if not twins:
         return Check(name, "n/a", "no divergence run (--divergence-steps 0)")
     problems, worst = [], 0.0
     for k in twins:
-        rel = np.asarray(div[k]["rel"][:steps], np.float64)
-        worst = max(worst, float(rel.max(initial=0.0)))
-        bad = np.flatnonzero(~(rel <= tol))
+        ratio = np.asarray(div[k]["policy"][:steps], np.float64)  # <= 1: within the policy
+        worst = max(worst, float(np.asarray(div[k]["rel"][:steps]).max(initial=0.0)))
+        bad = np.flatnonzero(~(ratio <= 1.0))
         if bad.size:
-            problems.append(f"{k}: step {bad[0] + 1}: relative difference {rel[bad[0]]:.3g} > {tol:.0e}")
-    return Check(name, "fail" if problems else "pass", "; ".join(problems) or f"worst {worst:.3g}")
+            s = int(bad[0])
+            problems.append(
+                f"{k}: step {s + 1}: relative difference {div[k]['rel'][s]:.3g} > {tol:.0e} "
+                f"and max |difference| {div[k]['max_abs'][s]:.3g} above the floor"
+            )
+    return Check(name, "fail" if problems else "pass", "; ".join(problems) or f"worst relative difference {worst:.3g}")
 
 
 def check_agreement_stretch(entry: dict, min_steps: int, control_share: float = 0.5) -> Check:

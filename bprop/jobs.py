@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oracles.compare import rel_error
+from oracles.compare import atol, tolerance
 from reference.network import Network, init_params
 from reference.optimizers import make_optimizer
 from reference.spec import ModelSpec, preset
@@ -311,16 +311,25 @@ def run_divergence(job: DivergenceJob) -> dict:
     else:
         other = make_model(job.framework, spec, params0, job.seed)
     names = sorted(params0)
-    max_abs = np.empty(steps)
-    rel = np.empty(steps)
+    tol, floor = tolerance("twin", spec.dtype, "parameters"), atol("twin", spec.dtype)
+    max_abs = np.empty(steps)  # max |a - b| over every parameter
+    rel = np.empty(steps)  # the worst tensor's max |a - b| / max(|a|, |b|)  (oracles.compare.rel_error)
+    policy = np.empty(steps)  # the worst tensor's min(rel / tolerance, max |a - b| / floor): <= 1 passes
     t0 = time.perf_counter()
     for s in range(steps):
         idx = order[s * spec.batch_size : (s + 1) * spec.batch_size]
         ref.step(x[idx], y[idx])
         other.step(x[idx], y[idx])
         mine, theirs = ref.net.params, other.get_params()
-        max_abs[s] = max(float(np.abs(mine[k] - theirs[k]).max()) for k in names)
-        rel[s] = max(rel_error(mine[k], theirs[k]) for k in names)
+        diffs, rels = [], []
+        for k in names:
+            a, b = mine[k].astype(np.float64, copy=False), theirs[k].astype(np.float64, copy=False)
+            d = float(np.abs(a - b).max())
+            scale = max(float(np.abs(a).max()), float(np.abs(b).max()))
+            diffs.append(d)
+            rels.append(d / scale if scale > 0 else (0.0 if d == 0 else np.inf))
+        max_abs[s], rel[s] = max(diffs), max(rels)
+        policy[s] = max(min(r / tol, d / floor) for d, r in zip(diffs, rels))
         if (s + 1) % 100 == 0 or s + 1 == steps:
             report_progress("advance", 100 if (s + 1) % 100 == 0 else (s + 1) % 100)
     report_progress("done", None)
@@ -329,6 +338,7 @@ def run_divergence(job: DivergenceJob) -> dict:
         "steps": steps,
         "max_abs": max_abs,
         "rel": rel,
+        "policy": policy,
         "step_s": (time.perf_counter() - t0) / steps,
         "wall_s": time.perf_counter() - t_job,
     }

@@ -138,28 +138,47 @@ def pick_digits(preds: dict[str, np.ndarray], y: np.ndarray, n: int = 10) -> lis
     return picked
 
 
+SHORT = {"reference": "numpy", "torch": "torch", "keras": "keras"}
+
+
 def digit_grid(
     title: str, images: np.ndarray, y: np.ndarray, preds: dict[str, np.ndarray], path: Path, n: int = 10
 ) -> Path:
-    """A row of test digits, each captioned with the label and the three frameworks' predictions."""
+    """A grid of test digits, each captioned with its label and the three frameworks' predictions."""
     idx = pick_digits(preds, y, n)
-    side = round(np.sqrt(images.shape[1]))
+    side = round(float(np.sqrt(images.shape[1])))
     cols = min(5, len(idx)) or 1
     rows = -(-len(idx) // cols) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.75 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.9 * rows + 0.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), idx):
         ax.imshow(images[i].reshape(side, side), cmap="gray_r", interpolation="nearest")
-        parts = []
-        for kind, p in preds.items():
-            parts.append(f"{kind[:5]}: {p[i]}")
         ok = all(p[i] == y[i] for p in preds.values())
         same = len({int(p[i]) for p in preds.values()}) == 1
-        color = "#1a7f37" if ok else ("#b35900" if not same else "#c62828")
-        ax.set_title(f"#{i} label {y[i]}\n" + "\n".join(parts), fontsize=8.5, color=color, family="monospace")
-    fig.suptitle(title + "\n(green: all right, red: all agree but wrong, orange: the frameworks disagree)", fontsize=10)
-    fig.tight_layout()
+        color = "#1a7f37" if ok else ("#c62828" if same else "#b35900")
+        ax.set_title(f"test #{i}, label {y[i]}", fontsize=9, color=color, pad=3)
+        caption = "\n".join(f"{SHORT.get(k, k):>5}: {p[i]}{'' if p[i] == y[i] else ' ✗'}" for k, p in preds.items())
+        ax.text(
+            0.5,
+            -0.04,
+            caption,
+            transform=ax.transAxes,
+            ha="center",
+            va="top",
+            fontsize=8.5,
+            family="monospace",
+            color=color,
+        )
+    fig.suptitle(title, fontsize=10.5)
+    fig.text(
+        0.5,
+        0.005,
+        "green: all three right · red: all three agree, wrong · orange: the frameworks disagree",
+        ha="center",
+        fontsize=8.5,
+    )
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97), h_pad=4.5)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return Path(path)

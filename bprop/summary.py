@@ -163,5 +163,6 @@ def summarise(
                 "wall_s": rec["wall_s"],
                 "max_abs": [float(v) for v in rec["max_abs"]],
                 "rel": [float(v) for v in rec["rel"]],
+                "policy": [float(v) for v in rec["policy"]],
             }
     return entry

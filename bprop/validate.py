@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bprop import jobs as J
-from bprop.acceptance import assess
+from bprop.acceptance import acceptance_for, assess
 from bprop.report import terminal_table, write_json, write_markdown
 from bprop.runner import JobError, run_jobs
 from bprop.summary import summarise
@@ -144,7 +144,13 @@ def collect(options: Options, train_jobs, train_results, div_jobs, div_results) 
             }
             entry = summarise(name, dtype, train, div, frameworks)
             checks = assess(entry, full_data=options.limit is None)
-            entry["acceptance"] = {"passed": not any(c.failed for c in checks), "checks": [c.to_dict() for c in checks]}
+            rules = acceptance_for(name, entry["spec"]["batch_size"])
+            entry["acceptance"] = {
+                "passed": not any(c.failed for c in checks),
+                "mode": rules.mode,
+                "claim": rules.claim,
+                "checks": [c.to_dict() for c in checks],
+            }
             for c in checks:
                 counts[c.status] += 1
                 if c.failed:

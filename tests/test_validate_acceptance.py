@@ -105,7 +105,12 @@ def _with_divergence(e: dict, agree: dict[str, int], steps: int = 1000) -> dict:
     e["divergence"] = {}
     for kind, n in agree.items():
         max_abs = np.r_[np.full(n, 1e-15), np.full(steps - n, 1e-3)]
-        e["divergence"][kind] = {**analyse(max_abs, e["dtype"]), "max_abs": max_abs.tolist(), "rel": max_abs.tolist()}
+        e["divergence"][kind] = {
+            **analyse(max_abs, e["dtype"]),
+            "max_abs": max_abs.tolist(),
+            "rel": max_abs.tolist(),
+            "policy": (max_abs / 1e-12).tolist(),
+        }
     return e
 
 
@@ -139,9 +144,11 @@ def test_early_steps_must_be_within_the_twin_policy():
     accs = {k: [[0.6]] for k in ("reference", "torch", "keras")}
     e = _with_divergence(entry("mnist-sigmoid-per-sample", "float64", accs), {"torch": 500, "keras": 500})
     assert A.check_early_steps(e).status == "pass"
-    e["divergence"]["keras"]["rel"][5] = 3e-12  # a float32 learning rate in a float64 twin does this
+    keras = e["divergence"]["keras"]
+    keras["rel"][5], keras["max_abs"][5], keras["policy"][5] = 3e-12, 3e-12, 3.0  # as a float32 lr would
     check = A.check_early_steps(e)
-    assert check.failed and check.detail == "keras: step 6: relative difference 3e-12 > 1e-12"
+    assert check.failed
+    assert check.detail == "keras: step 6: relative difference 3e-12 > 1e-12 and max |difference| 3e-12 above the floor"
 
 
 def test_min_accuracy_has_floors_for_some_epoch_counts_only():

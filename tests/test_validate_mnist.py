@@ -1,0 +1,89 @@
+"""The main job as tests: `bprop validate` of every preset and dtype on the real data (`--mnist`).
+
+Each test is one `bprop validate --preset P --dtype D` (all the data, 3 epochs, seed 0, the three
+frameworks, in the test's process), so pytest-xdist spreads them over the cores. The exit status is
+the acceptance of bprop.acceptance; the asserts below restate the validation issue's figures on the
+JSON, so a change of the acceptance code cannot quietly weaken them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+
+from bprop.cli import main  # noqa: E402
+from oracles.compare import tolerance  # noqa: E402
+from reference.spec import PRESETS  # noqa: E402
+
+pytestmark = pytest.mark.mnist
+FRAMEWORKS = ("reference", "torch", "keras")
+
+
+def validate(preset_name: str, dtype: str, out, capsys) -> tuple[int, dict]:
+    code = main(
+        ["validate", "--preset", preset_name, "--dtype", dtype, "--out", str(out), "--workers", "1", "--no-progress"]
+    )
+    printed = capsys.readouterr().out
+    with capsys.disabled():
+        print(printed)  # the table, in the test log
+    return code, json.loads((out / "results.json").read_text())["presets"][preset_name][dtype]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_relu_batched(dtype, tmp_path, capsys):
+    code, e = validate("mnist-relu-batched", dtype, tmp_path, capsys)
+    assert code == 0, e["acceptance"]
+    ref = e["reference"]["test_accuracy"]
+    assert len(ref) == 3 and e["n_train"] == 60_000 and e["n_test"] == 10_000
+    for twin in ("torch", "keras"):
+        acc = e[twin]["test_accuracy"]
+        if dtype == "float64":
+            assert acc == ref
+            assert max(e[twin]["vs_reference"]["param_rel_error"]) <= tolerance("twin", "float64", "parameters")
+        else:
+            assert max(abs(a - b) for a, b in zip(acc, ref)) <= 0.0005  # 0.05 percentage points
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_relu_deep_reaches_97_percent(dtype, tmp_path, capsys):
+    code, e = validate("mnist-relu-deep", dtype, tmp_path, capsys)
+    assert code == 0, e["acceptance"]
+    for kind in FRAMEWORKS:
+        assert e[kind]["test_accuracy"][-1] >= 0.97, kind
+
+
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sigmoid_per_sample_homework(dtype, tmp_path, capsys):
+    code, e = validate("mnist-sigmoid-per-sample", dtype, tmp_path, capsys)
+    assert code == 0, e["acceptance"]
+    for kind in FRAMEWORKS:
+        assert e[kind]["initial_test_accuracy"] < 0.2  # "from ~10% ..."
+        assert e[kind]["test_accuracy"][-1] >= 0.5  # "... to ~70%" (one seed of a chaotic run)
+    div = e["divergence"]
+    for twin in ("torch", "keras"):
+        assert div[twin]["steps"] == 3000
+        assert div[twin]["agree_steps"] >= max(div["nudged"]["agree_steps"] // 2, 10)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_digits_lab(dtype, tmp_path, capsys):
+    code, e = validate("digits-sigmoid-per-sample", dtype, tmp_path, capsys)
+    assert code == 0, e["acceptance"]
+    ref = e["reference"]["test_accuracy"]
+    for twin in ("torch", "keras"):
+        assert e[twin]["test_accuracy"] == ref
+    assert ref[-1] >= 0.40
+
+
+def test_every_preset_is_validated_here():
+    assert set(PRESETS) == {
+        "mnist-relu-batched",
+        "mnist-relu-deep",
+        "mnist-sigmoid-per-sample",
+        "digits-sigmoid-per-sample",
+    }
