@@ -30,7 +30,7 @@ from reference.layers import LeakyReLU, ReLU, Sigmoid
 from reference.network import Network
 from reference.spec import PRESETS, ModelSpec, preset
 
-KINK_MARGIN = 1e-4  # 10 finite-difference steps: no ReLU input or L1 residual closer to 0 than this
+KINK_MARGIN = 1e-4  # 5x the widest difference step (2h = 2e-5): no ReLU input or L1 residual closer to 0
 SMALL_N_IN = 5  # the presets' layer structure on a narrow input, so differences stay cheap
 
 
