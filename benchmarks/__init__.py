@@ -1,0 +1,27 @@
+"""Speed of the numpy reference against its torch and keras twins, measured side by side in one run.
+
+    python -m benchmarks --out bench.json              # the full run (a few minutes on 2 cores)
+    python -m benchmarks --out bench.json --quick      # a smoke test of the same code (seconds)
+
+What is timed, for float32 and float64, on real MNIST (the 8x8 digits for the digits preset):
+
+    batched_epoch_s      one epoch, 784-128-10 ReLU (preset mnist-relu-batched), batch 128, 60,000
+                         rows in one seeded order: reference.train.train_epoch vs each twin's
+                         train_epoch (its framework's own optimiser), and gemm_limit: only the matrix
+                         products that epoch needs, back to back (benchmarks/gemm.py)
+    per_sample_step_us   10,000 steps of the per-sample homework (preset mnist-sigmoid-per-sample,
+                         784-32-32-10 sigmoid, batch 1), per step
+    forward_backward_ms  one forward + backward of a batch of 128 through each preset, recording
+                         every tensor (Network.trace vs twin.trace), per preset
+
+Every contender starts each repetition from the same parameters. Repetitions are interleaved: each
+round runs every (dtype, task, contender) once, so machine noise falls on all of them alike; round 0
+warms up (keras compiles its training loop, caches fill) and is dropped. Medians are reported. The
+numpy BLAS runs on --threads threads (threadpoolctl); the torch twin picks its own thread count per
+mode (oracles/torch_twin.py), TensorFlow its default. The JSON also holds the machine (CPU, cores,
+load before and after, library versions, BLAS) and every repetition's time.
+"""
+
+from benchmarks.run import run
+
+__all__ = ["run"]

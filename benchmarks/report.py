@@ -1,0 +1,58 @@
+"""The benchmark's results as a README-ready markdown table, with the machine it ran on."""
+
+from __future__ import annotations
+
+from benchmarks.run import DTYPES
+
+ROWS = (("batched_epoch_s", "batched epoch (s)"), ("per_sample_step_us", "per-sample step (µs)"))
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
+
+
+def machine_line(doc: dict) -> str:
+    m, setup = doc["machine"], doc["setup"]
+    blas = ", ".join(f"{b['internal_api']} {b['version']} ({b['architecture']})" for b in m["blas"]) or "?"
+    threads = m.get("threads", {})
+    quick = " QUICK (smoke-test sizes, not comparable)" if setup["quick"] else ""
+    return (
+        f"{m['cpu']}, {m['cores_usable']} cores; load average {m['load_average_before'][0]:.2f} before, "
+        f"{m['load_average_after'][0]:.2f} after; numpy {m['numpy']} with {blas}; torch {m['torch']}; "
+        f"tensorflow {m['tensorflow']}, keras {m['keras']}; python {m['python']}; threads {threads}; "
+        f"medians of {setup['repeats']} interleaved repetitions{quick}"
+    )
+
+
+def table(doc: dict) -> str:
+    """| dtype | measure | reference | torch | keras | GEMM limit | ref/torch | ref/keras | ref/limit |"""
+    head = "| dtype | measure | reference | torch | keras | GEMM limit | ref/torch | ref/keras | ref/limit |"
+    lines = [head, "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for dtype in DTYPES:
+        res = doc[dtype]
+        for task, label in ROWS:
+            m = res[task]
+            ref = m.get("reference")
+            lines.append(
+                f"| {dtype} | {label} | {fmt(ref)} | {fmt(m.get('torch'))} | {fmt(m.get('keras'))} | "
+                f"{fmt(m.get('gemm_limit'))} | {ratio(ref, m.get('torch'))} | {ratio(ref, m.get('keras'))} | "
+                f"{ratio(ref, m.get('gemm_limit'))} |"
+            )
+        fb = res["forward_backward_ms"]
+        for name in fb.get("reference", {}):
+            ref, t, k = (fb.get(c, {}).get(name) for c in ("reference", "torch", "keras"))
+            lines.append(
+                f"| {dtype} | fwd+bwd, batch 128, {name} (ms) | {fmt(ref)} | {fmt(t)} | {fmt(k)} | – | "
+                f"{ratio(ref, t)} | {ratio(ref, k)} | – |"
+            )
+    return "\n".join(lines)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "–" if a is None or b is None else f"{a / b:.2f}"
+
+
+def markdown(doc: dict) -> str:
+    return f"{table(doc)}\n\nMachine: {machine_line(doc)}."

@@ -1,0 +1,246 @@
+"""Build the workloads and contenders, run them interleaved, and collect medians (see __init__)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from benchmarks.gemm import gemm_epoch
+from benchmarks.machine import machine_info
+from reference import Network, init_params, make_optimizer, preset
+from reference.spec import PRESETS, ModelSpec
+from reference.train import train_epoch
+
+DTYPES = ("float32", "float64")
+CONTENDERS = ("reference", "torch", "keras")
+BATCHED, PER_SAMPLE = "mnist-relu-batched", "mnist-sigmoid-per-sample"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    batched_rows: int = 60_000  # one MNIST epoch
+    per_sample_steps: int = 10_000
+    fb_batch: int = 128
+    fb_calls: int = 20  # forward+backward calls per repetition (one call is too short to time alone)
+    repeats: int = 5
+
+
+QUICK = Sizes(batched_rows=1_024, per_sample_steps=200, fb_calls=2, repeats=1)
+
+
+@dataclass
+class Job:
+    """One timed thing: `run()` once per round, after `reset()` (untimed); `per` turns s into the unit."""
+
+    dtype: str
+    task: str  # "batched_epoch_s" | "per_sample_step_us" | "forward_backward_ms"
+    contender: str  # "reference" | "torch" | "keras" | "gemm_limit"
+    run: Callable[[], object]
+    reset: Callable[[], None] = lambda: None
+    per: float = 1.0  # value = seconds * per
+    preset: str | None = None  # forward_backward_ms: which preset
+    times: list[float] = field(default_factory=list)
+
+
+def load_data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Canonical uint8 training sets: {"mnist": (x, y), "digits": (x, y)}; labels int64."""
+    from data_loaders import load_digits, load_mnist
+
+    (xm, ym), _ = load_mnist()
+    (xd, yd), _ = load_digits()
+    return {"mnist": (xm, ym.astype(np.int64)), "digits": (xd, yd.astype(np.int64))}
+
+
+def rows(data, spec: ModelSpec, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first n rows of the spec's dataset, preprocessed as the spec says, in its dtype."""
+    from data_loaders import preprocess
+
+    x, y = data[spec.dataset]
+    return preprocess(x[:n], spec.preprocess, spec.dtype), y[:n]
+
+
+def make_contender(kind: str, spec: ModelSpec, params: dict[str, np.ndarray]):
+    """(trainer, reset) for "reference" or a twin: trainer(x, y, order, batch_size), reset() to params."""
+    if kind == "reference":
+        net, opt = Network(spec, params=params), make_optimizer(spec.optimizer)
+        return net, (lambda x, y, order, bs: train_epoch(net, opt, x, y, order, bs)), (lambda: net.set_params(params))
+    from oracles import make_twin
+
+    twin = make_twin(kind, spec, params)
+    return twin, twin.train_epoch, (lambda: twin.set_params(params))
+
+
+def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[str, str]) -> list[Job]:
+    jobs: list[Job] = []
+    order_rng = np.random.default_rng(0)
+    batched_order = order_rng.permutation(sizes.batched_rows)
+    per_sample_order = order_rng.permutation(sizes.per_sample_steps)
+    for dtype in DTYPES:
+        for name, task, n_rows, order, bs, per in (
+            (BATCHED, "batched_epoch_s", sizes.batched_rows, batched_order, 128, 1.0),
+            (
+                PER_SAMPLE,
+                "per_sample_step_us",
+                sizes.per_sample_steps,
+                per_sample_order,
+                1,
+                1e6 / len(per_sample_order),
+            ),
+        ):
+            spec = preset(name, dtype=dtype)
+            x, y = rows(data, spec, n_rows)
+            params = init_params(spec, seed=0)
+            for kind in contenders:
+                try:
+                    _, train, reset = make_contender(kind, spec, params)
+                except (ImportError, NotImplementedError) as e:
+                    skipped[f"{dtype}/{task}/{kind}"] = f"{type(e).__name__}: {e}"
+                    continue
+                jobs.append(Job(dtype, task, kind, lambda t=train, x=x, y=y, o=order, b=bs: t(x, y, o, b), reset, per))
+            if task == "batched_epoch_s":
+                jobs.append(Job(dtype, task, "gemm_limit", gemm_epoch(spec, order, bs)))
+        for name in PRESETS:
+            spec = preset(name, dtype=dtype)
+            x, y = rows(data, spec, sizes.fb_batch)
+            params = init_params(spec, seed=0)
+            for kind in contenders:
+                try:
+                    model, _, reset = make_contender(kind, spec, params)
+                except (ImportError, NotImplementedError) as e:
+                    skipped[f"{dtype}/forward_backward_ms/{name}/{kind}"] = f"{type(e).__name__}: {e}"
+                    continue
+
+                def many(m=model, x=x, y=y, n=sizes.fb_calls):
+                    for _ in range(n):
+                        m.trace(x, y)
+
+                jobs.append(Job(dtype, "forward_backward_ms", kind, many, reset, 1e3 / sizes.fb_calls, preset=name))
+    return jobs
+
+
+def run_rounds(jobs: list[Job], repeats: int, progress: Callable[[str], None] = print) -> None:
+    """Round 0 warms up and is dropped; rounds 1..repeats each time every job once, in turn."""
+    for r in range(repeats + 1):
+        start = time.perf_counter()
+        for job in jobs:
+            job.reset()
+            t0 = time.perf_counter()
+            job.run()
+            elapsed = time.perf_counter() - t0
+            if r > 0:
+                job.times.append(elapsed)
+        what = "warm-up" if r == 0 else f"round {r}/{repeats}"
+        progress(f"  {what}: {time.perf_counter() - start:.1f} s, load {os.getloadavg()[0]:.2f}")
+
+
+def collect(jobs: list[Job]) -> dict:
+    """{dtype: {task: {contender: median (or {preset: median})}}} plus every repetition."""
+    results: dict = {
+        dtype: {"batched_epoch_s": {}, "per_sample_step_us": {}, "forward_backward_ms": {}} for dtype in DTYPES
+    }
+    runs: dict = {dtype: {} for dtype in DTYPES}
+    for job in jobs:
+        values = [t * job.per for t in job.times]
+        median = statistics.median(values)
+        key = f"{job.task}/{job.contender}" + (f"/{job.preset}" if job.preset else "")
+        runs[job.dtype][key] = values
+        if job.preset:
+            results[job.dtype][job.task].setdefault(job.contender, {})[job.preset] = median
+        else:
+            results[job.dtype][job.task][job.contender] = median
+    return {**results, "repetitions": runs}
+
+
+def ratios(results: dict) -> dict:
+    """reference/torch, reference/keras and reference/gemm_limit, per dtype and task."""
+    out = {}
+    for dtype in DTYPES:
+        r = {}
+        for task in ("batched_epoch_s", "per_sample_step_us"):
+            medians = results[dtype][task]
+            for other in ("torch", "keras", "gemm_limit"):
+                if "reference" in medians and other in medians:
+                    r[f"{task} reference/{other}"] = medians["reference"] / medians[other]
+        fb = results[dtype]["forward_backward_ms"]
+        for other in ("torch", "keras"):
+            for name, value in fb.get("reference", {}).items():
+                if name in fb.get(other, {}):
+                    r[f"forward_backward_ms {name} reference/{other}"] = value / fb[other][name]
+        out[dtype] = r
+    return out
+
+
+def run(
+    quick: bool = False,
+    repeats: int | None = None,
+    threads: int = 1,
+    contenders: tuple[str, ...] = CONTENDERS,
+    progress: Callable[[str], None] = print,
+) -> dict:
+    """The whole benchmark; returns the JSON document (see benchmarks/__init__.py)."""
+    from threadpoolctl import threadpool_limits
+
+    sizes = QUICK if quick else Sizes()
+    repeats = repeats or sizes.repeats
+    skipped: dict[str, str] = {}
+    with threadpool_limits(threads, user_api="blas"):
+        info = machine_info()
+        info["threads"] = set_framework_threads(threads, contenders)
+        progress(f"loading data and building contenders ({', '.join(contenders)}) ...")
+        jobs = build_jobs(load_data(), sizes, contenders, skipped)
+        progress(f"{len(jobs)} timed jobs, {repeats} rounds after a warm-up round")
+        run_rounds(jobs, repeats, progress)
+    info["load_average_after"] = list(os.getloadavg())
+    results = collect(jobs)
+    return {
+        "machine": info,
+        "setup": {
+            "quick": quick,
+            "repeats": repeats,
+            "batched": {"preset": BATCHED, "rows": sizes.batched_rows, "batch_size": 128},
+            "per_sample": {"preset": PER_SAMPLE, "steps": sizes.per_sample_steps, "batch_size": 1},
+            "forward_backward": {
+                "batch": sizes.fb_batch,
+                "calls_per_repetition": sizes.fb_calls,
+                "call": "trace(x, y)",
+            },
+            "skipped": skipped,
+        },
+        **results,
+        "ratios": ratios(results),
+    }
+
+
+def set_framework_threads(threads: int, contenders: tuple[str, ...]) -> dict[str, object]:
+    """One thread budget for everyone: numpy's BLAS (set by the caller), torch, the torch twin's
+    per-mode setting (its module constants, which its train_epoch reads) and TensorFlow."""
+    done: dict[str, object] = {"numpy_blas": threads}
+    if "torch" in contenders:
+        try:
+            import torch
+
+            from oracles import torch_twin
+        except ImportError as e:
+            done["torch"] = f"not imported: {e}"
+        else:
+            torch.set_num_threads(threads)
+            torch_twin.THREADS_BATCHED = torch_twin.THREADS_PER_SAMPLE = threads
+            done["torch"] = torch.get_num_threads()
+    if "keras" in contenders:
+        try:
+            import tensorflow as tf
+        except ImportError as e:
+            done["tensorflow"] = f"not imported: {e}"
+        else:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+                done["tensorflow"] = {"intra_op": threads, "inter_op": threads}
+            except RuntimeError as e:  # TensorFlow already initialised its thread pools
+                done["tensorflow"] = f"not set: {e}"
+    return done

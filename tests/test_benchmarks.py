@@ -1,0 +1,77 @@
+"""`python -m benchmarks` runs and writes the JSON its README section promises (schema, not speed).
+
+Timings are never asserted (COMMON: speed figures are measured in benchmarks, not tested).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ("batched_epoch_s", "per_sample_step_us", "forward_backward_ms")
+PRESETS = ("mnist-sigmoid-per-sample", "mnist-relu-batched", "mnist-relu-deep", "digits-sigmoid-per-sample")
+
+
+def run_quick(tmp_path: Path, only: str) -> dict:
+    pytest.importorskip("threadpoolctl")
+    data_loaders = pytest.importorskip("data_loaders")
+    try:
+        data_loaders.load_mnist(), data_loaders.load_digits()
+    except (ImportError, data_loaders.DataError) as e:
+        pytest.skip(f"the benchmark runs on real MNIST and digits: {type(e).__name__}: {e}")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", only, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| dtype | measure | reference |" in proc.stdout, proc.stdout[-3000:]
+    return json.loads(out.read_text())
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def check_schema(doc: dict, contenders: tuple[str, ...]) -> None:
+    for key in ("cpu", "cores", "numpy", "blas", "load_average_before", "load_average_after", "threads"):
+        assert key in doc["machine"], key
+    assert doc["setup"]["quick"] is True
+    for dtype in ("float32", "float64"):
+        assert set(doc[dtype]) == set(TASKS), doc[dtype].keys()
+        assert set(doc[dtype]["batched_epoch_s"]) == {*contenders, "gemm_limit"}
+        assert set(doc[dtype]["per_sample_step_us"]) == set(contenders)
+        assert set(doc[dtype]["forward_backward_ms"]) == set(contenders)
+        for contender in contenders:
+            assert positive(doc[dtype]["batched_epoch_s"][contender])
+            assert positive(doc[dtype]["per_sample_step_us"][contender])
+            per_preset = doc[dtype]["forward_backward_ms"][contender]
+            assert set(per_preset) == set(PRESETS) and all(positive(v) for v in per_preset.values())
+        assert positive(doc[dtype]["batched_epoch_s"]["gemm_limit"])
+        assert positive(doc["ratios"][dtype]["batched_epoch_s reference/gemm_limit"])
+
+
+def test_quick_benchmark_writes_the_promised_json(tmp_path):
+    """The reference alone (seconds): every dtype, task and the GEMM limit, in the promised layout."""
+    check_schema(run_quick(tmp_path, "reference"), ("reference",))
+
+
+@pytest.mark.slow
+def test_quick_benchmark_with_both_twins(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("keras")
+    doc = run_quick(tmp_path, "reference,torch,keras")
+    check_schema(doc, ("reference", "torch", "keras"))
+    assert not doc["setup"]["skipped"]
+    for dtype in ("float32", "float64"):
+        assert positive(doc["ratios"][dtype]["batched_epoch_s reference/torch"])
+        assert positive(doc["ratios"][dtype]["per_sample_step_us reference/keras"])
