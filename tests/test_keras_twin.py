@@ -25,7 +25,7 @@ from cases import BATCH_SIZES, DTYPES, LAYER_CASES, LOSS_CASES, OPTIMIZER_CASES,
 
 from oracles import make_twin  # noqa: E402
 from oracles.compare import compare, compare_arrays, compare_params, tolerance  # noqa: E402
-from oracles.keras_twin import KerasTwin, floatx_scope  # noqa: E402
+from oracles.keras_twin import KerasTwin, floatx_scope, limit_tensorflow_threads  # noqa: E402
 from oracles.numeric import draw_masks  # noqa: E402
 from reference import train as ref_train  # noqa: E402
 from reference.errors import DTypeError, LabelError, ShapeError  # noqa: E402
@@ -36,6 +36,7 @@ from reference.optimizers import make_optimizer  # noqa: E402
 from reference.spec import LayerSpec, ModelSpec, preset  # noqa: E402
 
 pytestmark = pytest.mark.keras
+limit_tensorflow_threads(1)  # tiny models: faster on one thread (a no-op if TensorFlow already ran here)
 
 
 @pytest.fixture(autouse=True, scope="module")
