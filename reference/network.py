@@ -108,8 +108,10 @@ class Network:
 
     def _check_masks(self, masks: dict[str, np.ndarray] | None) -> None:
         """A mask for a layer that is not a dropout layer would be ignored: a fresh mask, silently."""
+        if not masks:
+            return
         dropouts = [layer.name for layer in self.layers if isinstance(layer, Dropout)]
-        if masks and not set(masks) <= set(dropouts):
+        if not set(masks) <= set(dropouts):
             raise ShapeError(f"network: expected masks for the dropout layers {dropouts} only, got {sorted(masks)}")
 
     def forward_cached(self, x, train=True, masks=None, check_input=True):
