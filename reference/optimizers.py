@@ -32,13 +32,14 @@ class Optimizer:
         self.t = 0  # steps taken
 
     def _decays(self, name: str) -> bool:
-        return self.spec.weight_decay != 0 and (self.spec.decay_biases or name.endswith(".W"))
+        """Whether a non-zero weight decay applies to parameter `name`."""
+        return self.spec.decay_biases or name.endswith(".W")
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         self.t += 1
         for name, p in params.items():
             g = grads[name]
-            if self._decays(name):
+            if self.spec.weight_decay != 0 and self._decays(name):
                 if self.spec.decay_mode == "coupled":
                     g = g + self.spec.weight_decay * p
                 else:
