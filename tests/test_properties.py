@@ -119,14 +119,22 @@ def test_softmax_layer_gradient_rows_sum_to_zero(data, dtype, shape):
     data=st.data(),
     dtype=DTYPES,
     shape=st.tuples(st.integers(2, 64), st.integers(1, 8)),
-    offset=st.floats(-100, 100),
-    spread=st.floats(0.1, 10),
+    shift=st.floats(-10, 10),
+    spread=st.floats(0.1, 100),
     convention=st.sampled_from(["torch", "keras"]),
 )
-def test_batchnorm_gradient_columns_sum_to_zero(data, dtype, shape, offset, spread, convention):
-    """Training batchnorm is invariant to a per-feature shift of its input: dL/dx columns sum to 0."""
-    z = data.draw(arrays("float64", shape, bound=3.0))
-    x = (offset + spread * z).astype(dtype)
+def test_batchnorm_gradient_columns_sum_to_zero(data, dtype, shape, shift, spread, convention):
+    """Training batchnorm is invariant to a per-feature shift of its input: dL/dx columns sum to 0.
+
+    The columns are kept well conditioned (a ramp over the rows plus a perturbation, offset within 10
+    spreads): x - mean loses eps |mean| / std of relative precision, and 1/sqrt(var + eps) amplifies
+    it, so an ill-conditioned column fails any fixed bound in float32 (mean 16, std 0.2: 1e-5; a
+    constant column of 222.46: x_hat ~ 5e-3 instead of 0). That is the data's conditioning, not the
+    layer's; hypothesis found both when the columns were free.
+    """
+    ramp = np.linspace(-1.0, 1.0, shape[0])[:, None]  # std >= 0.58 before the perturbation
+    z = ramp + data.draw(arrays("float64", shape, bound=0.25))
+    x = (spread * (shift + z)).astype(dtype)
     g = data.draw(arrays(dtype, shape, bound=10.0))
     layer = BatchNorm("batchnorm_1", shape[1], np.dtype(dtype), convention)
     with strict_fp():
