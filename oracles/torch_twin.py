@@ -1,0 +1,437 @@
+"""TorchTwin: the reference's model rebuilt in PyTorch from the very same weights.
+
+The contract (notes/TWIN_API.md, shared with the keras twin):
+
+    twin = TorchTwin(spec, params, seed=0)       spec.dtype model, `params` copied in, torch.optim built
+    twin.trace(x, y, train=True, masks=None)     -> Trace: loss, per layer out, grad_out, grad_in, grads
+    twin.step(x, y, masks=None) -> float         one torch.optim step; the loss before it
+    twin.train_epoch(x, y, order, batch_size)    one epoch in reference.train.batches order
+    twin.evaluate(x, y) -> (loss, accuracy)      as reference.train.evaluate
+    twin.get_params() / set_params(p)            canonical layout; numpy -> twin -> numpy is bit-exact
+    twin.get_state() / set_state(s)              batchnorm running statistics
+
+Layout. torch's `nn.Linear.weight` is (n_out, n_in), the canonical W is (n_in, n_out): the one
+transpose lives in `_to_torch` / `_to_numpy` below. Copying a transpose is exact, so round trips are.
+
+Gradients. Every layer output gets `retain_grad()` and the input `requires_grad`, so one
+`loss.backward()` fills dL/d(out) of every layer, dL/d(input) of the first, and `.grad` of every
+parameter: torch's own autograd, nothing hand-differentiated.
+
+What torch expresses exactly, and what it cannot (NotImplementedError says which, at build time):
+- Layers: dense = nn.Linear, relu/leaky_relu/sigmoid/tanh = nn.*, softmax = nn.Softmax(dim=1),
+  batchnorm = nn.BatchNorm1d, dropout = x * (mask / (1 - rate)) with the caller's 0/1 keep-mask
+  (torch's own nn.Dropout draws from torch's RNG and could not share the reference's mask). Without
+  a mask the twin draws one from numpy.random.default_rng([seed, 1]) exactly as the reference does,
+  so a twin and a reference built with the same seed and driven in lockstep drop the same units.
+- BatchNorm, "torch" convention: nn.BatchNorm1d(momentum=m, eps=eps) is the reference's rule.
+  "keras" convention: momentum 1 - m and eps 1e-3 give the same training-mode outputs and gradients,
+  the same running_mean, and the same eval-mode results from given statistics. torch cannot match
+  keras' running_var: it always folds in the *unbiased* batch variance (n/(n-1) var, hard-coded in
+  torch's batch_norm), keras the biased one. After a training-mode forward through such a layer,
+  get_state() and every eval-mode computation raise NotImplementedError until set_state();
+  `torch_state()` still returns torch's own buffers.
+- Losses (each checked against reference/losses.py's docstring):
+    softmax_cross_entropy   F.cross_entropy(logits, y)               -log softmax(z)_y
+    cross_entropy           F.nll_loss(log p, y)                     -log p_y, no clipping
+    nll                     F.nll_loss(log clamp(p, eps, 1-eps), y)  keras' clip; torch's nll_loss has
+                            none, so torch.clamp adds it (its gradient is 0 outside [eps, 1-eps],
+                            the boundary included, as in the reference)
+    mse, l1                 F.mse_loss, F.l1_loss                    mean over all elements
+    bce                     F.binary_cross_entropy                   the reference's formula, except
+                            that torch clamps log(p) and log(1-p) at -100 and p(1-p) at 1e-12 in the
+                            gradient: they differ only for p within ~1e-12 of 0 or 1, where the
+                            reference itself produces inf.
+  `spec.l2` adds l2 * sum(W**2) over the dense kernels to the loss, in torch (autograd adds 2 l2 W).
+- Optimisers: torch.optim.SGD (momentum, nesterov), RMSprop, Adam, AdamW, each hyper-parameter
+  resolved as the reference resolves it. Weight decay "coupled" is torch's weight_decay=;
+  "decoupled" is AdamW for adam, and for plain SGD the same maths as coupled
+  (p - lr wd p - lr g, either way). torch has no decoupled form for momentum, Nesterov or RMSprop:
+  NotImplementedError. decay_biases=False puts the biases and batchnorm parameters in a parameter
+  group with weight_decay=0.
+  convention="keras": SGD is the same rule. Momentum and Nesterov are torch's SGD: keras' velocity
+  is -lr times torch's buffer (v_k = mu v_k - lr g  <=>  v_t = mu v_t + g with v_k = -lr v_t), so the
+  parameters are the same numbers up to rounding. Adam: keras adds eps to the uncorrected sqrt(v),
+  which is torch's Adam with eps_t = eps / sqrt(1 - b2^t); the twin sets that per step on the
+  param groups (as an LR scheduler sets lr). RMSprop: keras puts eps inside the square root,
+  sqrt(s + eps), torch outside, sqrt(s) + eps: NotImplementedError.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reference.errors import DTypeError, ShapeError, check_array, describe
+from reference.losses import check_labels, check_targets, make_loss
+from reference.spec import ModelSpec, OptimizerSpec
+from reference.trace import LayerTrace, Trace
+from reference.train import batches
+
+TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+CLASSIFICATION = ("softmax_cross_entropy", "cross_entropy", "nll")
+
+# Measured in benchmarks (see the module's report): the per-sample preset is dispatch-bound, one
+# thread is fastest; at batch 128 the 784x128 matmuls gain a little from two.
+THREADS_PER_SAMPLE = 1
+THREADS_BATCHED = 2
+FOREACH = False  # torch.optim's single-tensor loop: fastest for 6 small tensors (measured)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with torch.set_num_threads(n), restoring the caller's setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class SharedMaskDropout(nn.Module):
+    """Inverted dropout with a given 0/1 keep-mask: out = x * (mask / (1 - rate))."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            return x
+        # (1 - rate) rounded to the dtype first, then one division: the reference's exact numbers.
+        return x * (mask / torch.tensor(1 - self.rate, dtype=x.dtype))  # (batch, n)
+
+
+def _to_torch(name: str, value: np.ndarray) -> torch.Tensor:
+    """Canonical numpy -> torch layout: dense W (n_in, n_out) becomes nn.Linear.weight (n_out, n_in)."""
+    return torch.from_numpy(value.T if name.endswith(".W") else value)
+
+
+def _to_numpy(name: str, value: torch.Tensor) -> np.ndarray:
+    """torch -> canonical numpy layout, a fresh C-contiguous array (the transpose undone for W)."""
+    a = value.detach().numpy()
+    return np.ascontiguousarray(a.T if name.endswith(".W") else a).copy()
+
+
+def build_optimizer(opt: OptimizerSpec, named: dict[str, nn.Parameter]) -> tuple[torch.optim.Optimizer, float | None]:
+    """torch.optim for `opt` over `named` parameters; also keras-Adam's eps (None: no eps schedule)."""
+    keras = opt.convention == "keras"
+    wd = opt.weight_decay
+    decoupled = wd != 0 and opt.decay_mode == "decoupled"
+    where = f"torch twin: optimizer {opt.name!r} (convention {opt.convention!r})"
+    if decoupled and opt.name in ("momentum", "nesterov", "rmsprop"):
+        raise NotImplementedError(
+            f"{where}: decoupled weight decay (p -= lr*wd*p before the rule) has no torch.optim form for "
+            f"{opt.name}; torch's weight_decay= is coupled (g += wd*p, which then enters the "
+            f"{'momentum buffer' if opt.name != 'rmsprop' else 'square average'}), only AdamW decouples"
+        )
+    if keras and opt.name == "rmsprop":
+        raise NotImplementedError(
+            f"{where}: keras' RMSprop divides by sqrt(s + eps) (eps inside the root), torch.optim.RMSprop "
+            "by sqrt(s) + eps; no setting of torch's optimiser gives keras' rule"
+        )
+    decay_all = opt.decay_biases or wd == 0
+    weights = [p for n, p in named.items() if decay_all or n.endswith(".W")]
+    others = [p for n, p in named.items() if not (decay_all or n.endswith(".W"))]
+    groups: list[dict] = [{"params": weights, "weight_decay": wd}]
+    if others:
+        groups.append({"params": others, "weight_decay": 0.0})
+    if opt.name in ("sgd", "momentum", "nesterov"):
+        # Plain SGD: decoupled p - lr wd p - lr g is coupled p - lr (g + wd p), the same maths.
+        mu = 0.0 if opt.name == "sgd" else opt.momentum
+        nesterov = opt.name == "nesterov" and mu > 0  # mu = 0: the reference's Nesterov is plain SGD
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=mu, nesterov=nesterov, foreach=FOREACH), None
+    if opt.name == "rmsprop":
+        rho = 0.99 if opt.rho is None else opt.rho
+        eps = 1e-8 if opt.eps is None else opt.eps
+        return torch.optim.RMSprop(groups, lr=opt.lr, alpha=rho, eps=eps, foreach=FOREACH), None
+    if opt.name == "adam":
+        eps = (1e-7 if keras else 1e-8) if opt.eps is None else opt.eps
+        cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+        built = cls(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=eps, foreach=FOREACH)
+        return built, (eps if keras else None)
+    raise NotImplementedError(f"{where}: unknown optimizer")
+
+
+class TorchTwin:
+    kind = "torch"
+
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0) -> None:
+        self.spec = spec
+        self.dtype = np.dtype(spec.dtype)
+        self.tdtype = TORCH_DTYPES[spec.dtype]
+        self.names = spec.layer_names()
+        self.rng = np.random.default_rng([seed, 1])  # the reference's dropout stream
+        self.modules: list[nn.Module] = []
+        self.named: dict[str, nn.Parameter] = {}  # canonical name -> torch parameter
+        self.batchnorms: dict[str, tuple[nn.BatchNorm1d, str]] = {}  # name -> (module, convention)
+        self.kernels: list[nn.Parameter] = []  # dense weights, for spec.l2
+        n = spec.n_in
+        for name, ls in zip(self.names, spec.layers):
+            self.modules.append(self._build_layer(name, ls, n))
+            n = ls.units if ls.kind == "dense" else n
+        self.has_dropout = any(ls.kind == "dropout" and ls.rate > 0 for ls in spec.layers)
+        self._keras_bn_stale: set[str] = set()  # keras-convention batchnorms torch has updated
+        self.loss_fn = self._build_loss()
+        self.set_params(params)
+        self.optimizer, self._keras_adam_eps = build_optimizer(spec.optimizer, self.named)
+        self.steps_taken = 0
+
+    # Building -----------------------------------------------------------------------------------
+
+    def _build_layer(self, name: str, ls, n_in: int) -> nn.Module:
+        if ls.kind == "dense":
+            # skip_init: no draw from torch's global RNG; set_params fills every value.
+            lin = nn.utils.skip_init(nn.Linear, n_in, ls.units, dtype=self.tdtype)
+            self.named[f"{name}.W"], self.named[f"{name}.b"] = lin.weight, lin.bias
+            self.kernels.append(lin.weight)
+            return lin
+        if ls.kind == "batchnorm":
+            m0, e0 = {"torch": (0.1, 1e-5), "keras": (0.99, 1e-3)}[ls.convention]
+            m = m0 if ls.momentum is None else ls.momentum
+            eps = e0 if ls.eps is None else ls.eps
+            # keras' running = m r + (1-m) s is torch's (1-m') r + m' s with m' = 1 - m.
+            bn = nn.BatchNorm1d(n_in, eps=eps, momentum=m if ls.convention == "torch" else 1 - m, dtype=self.tdtype)
+            self.named[f"{name}.gamma"], self.named[f"{name}.beta"] = bn.weight, bn.bias
+            self.batchnorms[name] = (bn, ls.convention)
+            return bn
+        if ls.kind == "dropout":
+            return SharedMaskDropout(ls.rate)
+        return {
+            "relu": nn.ReLU,
+            "leaky_relu": lambda: nn.LeakyReLU(ls.alpha),
+            "sigmoid": nn.Sigmoid,
+            "tanh": nn.Tanh,
+            "softmax": lambda: nn.Softmax(dim=1),
+        }[ls.kind]()
+
+    def _build_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        name, red = self.spec.loss, self.spec.reduction
+        if name == "softmax_cross_entropy":
+            return lambda z, y: F.cross_entropy(z, y, reduction=red)
+        if name == "cross_entropy":
+            return lambda p, y: F.nll_loss(torch.log(p), y, reduction=red)
+        if name == "nll":
+            eps = make_loss("nll").eps  # the reference's clip (keras' 1e-7)
+            return lambda p, y: F.nll_loss(torch.log(torch.clamp(p, eps, 1 - eps)), y, reduction=red)
+        if name == "mse":
+            return lambda p, t: F.mse_loss(p, t, reduction=red)
+        if name == "l1":
+            return lambda p, t: F.l1_loss(p, t, reduction=red)
+        if name == "bce":
+            return lambda p, t: F.binary_cross_entropy(p, t, reduction=red)
+        raise NotImplementedError(f"torch twin: loss {name!r} has no torch counterpart here")
+
+    # Parameters and state ---------------------------------------------------------------------
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return {k: _to_numpy(k, p) for k, p in self.named.items()}
+
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        if set(params) != set(self.named):
+            raise ShapeError(f"torch twin: expected parameters {sorted(self.named)}, got {sorted(params)}")
+        for k, v in params.items():
+            shape = tuple(self.named[k].shape[::-1] if k.endswith(".W") else self.named[k].shape)
+            if not isinstance(v, np.ndarray) or v.shape != shape:
+                raise ShapeError(f"torch twin: parameter {k}: expected shape {shape}, got {describe(v)}")
+            if v.dtype != self.dtype:
+                raise DTypeError(f"torch twin: parameter {k}: expected dtype {self.dtype}, got {describe(v)}")
+        with torch.no_grad():
+            for k, v in params.items():
+                self.named[k].copy_(_to_torch(k, v))
+
+    def torch_state(self) -> dict[str, np.ndarray]:
+        """torch's own running statistics, whatever the convention (see the module docstring)."""
+        out = {}
+        for name, (bn, _) in self.batchnorms.items():
+            out[f"{name}.running_mean"] = bn.running_mean.numpy().copy()
+            out[f"{name}.running_var"] = bn.running_var.numpy().copy()
+        return out
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        self._check_state_exact("get_state")
+        return self.torch_state()
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        expected = set(self.torch_state())
+        if set(state) != expected:
+            raise ShapeError(f"torch twin: expected state {sorted(expected)}, got {sorted(state)}")
+        with torch.no_grad():
+            for key, v in state.items():
+                name, stat = key.rsplit(".", 1)
+                buf = getattr(self.batchnorms[name][0], stat)
+                if not isinstance(v, np.ndarray) or v.shape != tuple(buf.shape) or v.dtype != self.dtype:
+                    raise ShapeError(
+                        f"torch twin: state {key}: expected {self.dtype} array of shape {tuple(buf.shape)}, "
+                        f"got {describe(v)}"
+                    )
+                buf.copy_(torch.from_numpy(v))
+        self._keras_bn_stale.clear()
+
+    def _check_state_exact(self, what: str) -> None:
+        if self._keras_bn_stale:
+            names = sorted(self._keras_bn_stale)
+            raise NotImplementedError(
+                f"torch twin: {what}: {names} (keras convention) were updated by torch in training mode; "
+                "torch folds the unbiased batch variance n/(n-1)*var into running_var, keras (and the "
+                "reference's keras convention) the biased one, so the running statistics no longer match. "
+                "Outputs and gradients in training mode and running_mean do match; call set_state() "
+                "to evaluate from given statistics, or torch_state() for torch's own buffers"
+            )
+
+    # Forward, loss, backward ------------------------------------------------------------------
+
+    def _inputs(self, x: np.ndarray, y: np.ndarray, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked numpy (x, y) as torch tensors: labels int64, targets in the model's dtype."""
+        check_array(x, f"torch twin {where}: input", self.dtype, ndim=2, width=self.spec.n_in)
+        like = np.broadcast_to(np.zeros((), self.dtype), (x.shape[0], self.spec.n_out))  # no memory
+        if self.spec.loss in CLASSIFICATION:
+            check_labels(y, like, f"torch twin {where}: labels")
+            return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64, copy=False))
+        check_targets(y, like, f"torch twin {where}: targets")
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    def _mask(self, name: str, shape: tuple[int, ...], masks: dict[str, np.ndarray] | None) -> torch.Tensor:
+        mask = (masks or {}).get(name)
+        if mask is None:  # the reference's draw: rng.random(shape) >= rate
+            rate = self.spec.layers[self.names.index(name)].rate
+            mask = (self.rng.random(shape) >= rate).astype(self.dtype)
+        elif mask.shape != shape:
+            raise ShapeError(f"torch twin: {name}: expected a mask of shape {shape}, got {describe(mask)}")
+        return torch.from_numpy(mask.astype(self.dtype, copy=False))
+
+    def _set_mode(self, train: bool, batch: int) -> None:
+        for name, (bn, convention) in self.batchnorms.items():
+            bn.train(train)
+            if train and batch < 2:
+                raise ShapeError(f"torch twin: {name}: training mode needs a batch of at least 2, got {batch}")
+            if train and convention == "keras":
+                self._keras_bn_stale.add(name)
+        if not train:
+            self._check_state_exact("eval-mode forward")
+
+    def _forward(self, x: torch.Tensor, train: bool, masks=None, retain: bool = False) -> list[torch.Tensor]:
+        """Every layer's output, first to last; `retain` keeps their gradients for the trace."""
+        self._set_mode(train, x.shape[0])
+        outs, h = [], x
+        for name, module in zip(self.names, self.modules):
+            if isinstance(module, SharedMaskDropout):
+                h = module(h, self._mask(name, tuple(h.shape), masks) if train and module.rate > 0 else None)
+            else:
+                h = module(h)
+            if retain and h.requires_grad:
+                h.retain_grad()
+            outs.append(h)
+        return outs
+
+    def _loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The data loss, plus l2 * sum W^2 over the dense kernels when spec.l2 is set."""
+        loss = self.loss_fn(out, target)
+        if self.spec.l2:
+            loss = loss + self.spec.l2 * sum((w * w).sum() for w in self.kernels)
+        return loss
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        check_array(x, "torch twin forward: input", self.dtype, ndim=2, width=self.spec.n_in)
+        with torch.no_grad():
+            return self._forward(torch.from_numpy(x), train)[-1].numpy().copy()
+
+    def trace(self, x: np.ndarray, y: np.ndarray, train: bool = True, masks=None) -> Trace:
+        """Loss and every per-layer tensor by one torch backward pass; parameters unchanged."""
+        xt, yt = self._inputs(x, y, "trace")
+        xt = xt.clone().requires_grad_(True)
+        for p in self.named.values():
+            p.grad = None
+        with torch.enable_grad():
+            outs = self._forward(xt, train, masks, retain=True)
+            loss = self._loss(outs[-1], yt)
+            loss.backward()
+        records = []
+        for k, (name, out) in enumerate(zip(self.names, outs)):
+            before = xt if k == 0 else outs[k - 1]
+            rec = LayerTrace(name, out=_np(out), grad_out=_np(out.grad), grad_in=_np(before.grad))
+            prefix = f"{name}."
+            rec.grads = {q[len(prefix) :]: _to_numpy(q, p.grad) for q, p in self.named.items() if q.startswith(prefix)}
+            records.append(rec)
+        for p in self.named.values():
+            p.grad = None
+        return Trace(loss=_np(loss), layers=records)
+
+    # Training ---------------------------------------------------------------------------------
+
+    def _optimizer_step(self) -> None:
+        """torch.optim's step; keras-convention Adam first gets this step's eps (module docstring)."""
+        self.steps_taken += 1
+        if self._keras_adam_eps is not None:
+            eps_t = self._keras_adam_eps / math.sqrt(1 - self.spec.optimizer.beta2**self.steps_taken)
+            for group in self.optimizer.param_groups:
+                group["eps"] = eps_t
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _train_step(self, xt: torch.Tensor, yt: torch.Tensor, masks=None) -> torch.Tensor:
+        loss = self._loss(self._forward(xt, True, masks)[-1], yt)
+        loss.backward()
+        self._optimizer_step()
+        return loss.detach()
+
+    def step(self, x: np.ndarray, y: np.ndarray, masks=None) -> float:
+        xt, yt = self._inputs(x, y, "step")
+        with torch.enable_grad():
+            return float(self._train_step(xt, yt, masks))
+
+    def train_epoch(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        order: np.ndarray,
+        batch_size: int,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> float:
+        """One epoch over x[order], one torch.optim step per batch; the mean of the per-step losses."""
+        order = np.asarray(order)
+        if order.ndim != 1 or len(order) == 0 or len(order) > len(x) or order.dtype.kind not in "iu":
+            raise ShapeError(f"torch twin train_epoch: expected an order of 1..{len(x)} row indices, got {describe(order)}")
+        if order.min() < 0 or order.max() >= len(x):
+            raise ShapeError(f"torch twin train_epoch: order indices must lie in [0, {len(x)}), got {order.min()}..{order.max()}")
+        xt, yt = self._inputs(x, y, "train_epoch")  # checked once, shared memory, no copy
+        order_t = torch.from_numpy(order.astype(np.int64, copy=False))
+        threads = THREADS_PER_SAMPLE if batch_size == 1 else THREADS_BATCHED
+        losses = []
+        with torch_threads(threads), torch.enable_grad():
+            # Chunks of whole batches gathered once: each step then takes a view, not a gather.
+            chunk = batch_size * max(1, 4096 // batch_size)
+            for start in range(0, len(order), chunk):
+                idx = order_t[start : start + chunk]
+                xc, yc = xt.index_select(0, idx), yt.index_select(0, idx)
+                for b in range(0, len(idx), batch_size):
+                    loss = self._train_step(xc[b : b + batch_size], yc[b : b + batch_size])
+                    losses.append(loss)
+                    if on_step is not None:
+                        on_step(len(losses) - 1, float(loss))
+        return float(torch.stack(losses).to(torch.float64).sum()) / len(losses)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 10_000) -> tuple[float, float]:
+        """(mean loss per sample, accuracy) in inference mode; the data loss, as the reference's."""
+        xt, yt = self._inputs(x, y, "evaluate")
+        total_loss, correct = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(xt), batch_size):
+                xb, yb = xt[start : start + batch_size], yt[start : start + batch_size]
+                out = self._forward(xb, train=False)[-1]
+                value = float(self.loss_fn(out, yb))
+                total_loss += value * (len(xb) if self.spec.reduction == "mean" else 1)
+                if self.spec.loss in CLASSIFICATION:
+                    correct += int((out.argmax(dim=1) == yb).sum())
+        return total_loss / len(xt), correct / len(xt)
+
+
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
+    """A detached numpy copy (None stays None)."""
+    return None if t is None else t.detach().numpy().copy()
