@@ -310,12 +310,10 @@ class KerasTwin:
     def _build(self) -> None:
         spec = self.spec
         self.layers: dict[str, keras.layers.Layer | None] = {}
-        self._widths: dict[str, int] = {}  # the width of each layer's input
         self._dropouts: list[tuple[str, float, int]] = []  # (name, rate, width) of active dropouts
         self._vars: dict[str, keras.Variable] = {}  # canonical name -> variable, in layer order
         width = spec.n_in
         for name, ls in zip(self.names, spec.layers):
-            self._widths[name] = width
             layer = _build_layer(name, ls.kind, ls, spec, width)
             self.layers[name] = layer
             if ls.kind == "dense":
@@ -409,23 +407,17 @@ class KerasTwin:
             return check_labels(y, proxy, f"keras twin loss ({self.spec.loss})").astype(np.int64)
         return check_targets(y, proxy, f"keras twin loss ({self.spec.loss})")
 
-    def _masks(self, x: np.ndarray, masks: dict[str, np.ndarray] | None) -> tuple[np.ndarray, ...]:
-        """One 0/1 keep-mask per active dropout layer: the given ones, else drawn as the reference draws."""
-        if masks is None:
-            return self._draw_masks(x.shape[0])
+    def _masks(self, batch: int, masks: dict[str, np.ndarray] | None) -> tuple[np.ndarray, ...]:
+        """One 0/1 keep-mask per active dropout layer: the given one, else drawn as the reference draws."""
         out = []
-        for name, _, width in self._dropouts:
-            m = masks.get(name)
-            if not isinstance(m, np.ndarray) or m.shape != (x.shape[0], width):
-                raise ShapeError(
-                    f"keras twin: {name}: expected a mask of shape {(x.shape[0], width)}, got {describe(m)}"
-                )
+        for name, rate, width in self._dropouts:
+            m = (masks or {}).get(name)
+            if m is None:  # as reference Dropout.draw_mask does, layer by layer, from the same stream
+                m = self._rng.random((batch, width)) >= rate
+            elif not isinstance(m, np.ndarray) or m.shape != (batch, width):
+                raise ShapeError(f"keras twin: {name}: expected a mask of shape {(batch, width)}, got {describe(m)}")
             out.append(m.astype(self.dtype))
         return tuple(out)
-
-    def _draw_masks(self, batch: int) -> tuple[np.ndarray, ...]:
-        """Keep-masks from the twin's generator, layer by layer, as reference Dropout.draw_mask draws them."""
-        return tuple((self._rng.random((batch, width)) >= rate).astype(self.dtype) for _, rate, width in self._dropouts)
 
     # The computation (shared by trace, step and the epoch loop) -------------------------------
 
@@ -490,7 +482,7 @@ class KerasTwin:
     @_in_scope
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         self._check_x(x, train)
-        masks = self._masks(x, None) if train else ()
+        masks = self._masks(x.shape[0], None) if train else ()
         return self._forward(tf.constant(x), train, masks)[-1].numpy()
 
     @_in_scope
@@ -500,7 +492,7 @@ class KerasTwin:
         """Loss and every per-layer tensor, from one GradientTape watching the input and each output."""
         self._check_x(x, train)
         y = self._labels(x, y)
-        drop = self._masks(x, masks) if train else ()
+        drop = self._masks(x.shape[0], masks) if train else ()
         x_t = tf.constant(x)
         with tf.GradientTape() as tape:
             tape.watch(x_t)
@@ -532,7 +524,7 @@ class KerasTwin:
         if self._step_graph is None:
             # Calling the concrete function skips tf.function's per-call dispatch (about 1 ms a step here).
             self._step_graph = self._step_fn.get_concrete_function()
-        return float(self._step_graph(tf.constant(x), tf.constant(y), self._masks(x, masks)))
+        return float(self._step_graph(tf.constant(x), tf.constant(y), self._masks(x.shape[0], masks)))
 
     @_in_scope
     def train_epoch(
@@ -581,7 +573,7 @@ class KerasTwin:
         """The keep-masks of every step, drawn in the reference's order, rows aligned with `order`."""
         if not self._dropouts:
             return ()
-        per_step = [self._draw_masks(len(idx)) for idx in batches(order, batch_size)]
+        per_step = [self._masks(len(idx), None) for idx in batches(order, batch_size)]
         return tuple(np.concatenate([step[k] for step in per_step]) for k in range(len(self._dropouts)))
 
     @_in_scope

@@ -191,7 +191,8 @@ def test_dropout_without_masks_draws_the_references_masks(dtype):
     twin = KerasTwin(spec, net.get_params(), seed=7)
     for seed in range(3):
         x, y = make_batch(spec, 9, seed=seed)
-        assert_same_trace(net, twin, x, y)
+        masks = None if seed else {}  # a dict without the layer's mask draws it too, as Network does
+        assert_same_trace(net, twin, x, y, masks=masks)
     x, y = make_batch(spec, 9)
     assert not np.array_equal(twin.forward(x, train=True), twin.forward(x, train=True)), "masks must change"
 
@@ -413,6 +414,20 @@ def test_keras_categorical_crossentropy_is_another_function_of_the_probabilities
         p = keras.activations.softmax(z)
         loss = cce(onehot, p)
     assert tape.gradient(loss, p) is None
+
+
+def test_keras_binary_crossentropy_clips_the_probabilities():
+    """keras.losses.BinaryCrossentropy clips p to [1e-7, 1 - 1e-7]; the reference and the twin do not."""
+    spec = LOSS_CASES["bce-sum"]
+    p, t = np.array([[1e-9, 0.5, 0.25]]), np.array([[1.0, 0.0, 1.0]])
+    ref_value, _ = make_loss("bce", "sum").value_and_grad(p, t)
+    with floatx_scope("float64"):
+        twin_value = KerasTwin(spec, Network(spec).get_params()).loss_fn(t, tf.constant(p))
+        keras_value = keras.losses.BinaryCrossentropy(reduction="sum", dtype="float64")(t, tf.identity(p))
+    tol = tolerance("twin", "float64", "loss")
+    assert compare_arrays("bce", np.asarray(twin_value), ref_value, tol).passed
+    clipped = -(np.log(1e-7) + np.log(0.5) + np.log(0.25)) / 3  # Keras also averages over the last axis
+    assert compare_arrays("keras bce", np.asarray(keras_value), np.asarray(clipped), tol).passed
 
 
 def test_keras_leaky_relu_rounds_its_slope_to_float32():
