@@ -34,6 +34,8 @@ FLOAT32_ACCURACY_GAP = 0.0005  # 0.05 percentage points (the validation issue)
 @dataclass(frozen=True)
 class Acceptance:
     mode: str  # "parity" | "chaotic"
+    # parity, float32: largest |twin - reference| test accuracy after every epoch (None: not claimed)
+    float32_accuracy_gap: float | None = FLOAT32_ACCURACY_GAP
     # Accuracy floors by number of epochs: after the last epoch, every framework and every seed;
     # full-data runs only (a --limit run reports n/a).
     min_accuracy: dict[int, float] = field(default_factory=dict)
@@ -49,8 +51,12 @@ ACCEPTANCE: dict[str, Acceptance] = {
     ),
     "mnist-relu-deep": Acceptance(
         mode="parity",
-        min_accuracy={3: 0.97},
-        claim="at least 97 % after 3 epochs in all three frameworks (validation issue)",
+        float32_accuracy_gap=None,
+        min_accuracy={3: 0.97, 25: 0.97},
+        claim="at least 97 % after 3 epochs in all three frameworks (validation issue); seed 004 "
+        "claims '>97%' after its 25 epochs (`--epochs 25`). Not claimed, and not so: float32 "
+        "accuracies within 0.05 pp (float32 rounding flips ReLU kinks and the run separates within the "
+        "first epoch, the reference nudged by one ulp alike: see its row)",
     ),
     "mnist-sigmoid-per-sample": Acceptance(
         mode="chaotic",
@@ -104,7 +110,7 @@ def _frameworks(entry: dict) -> list[str]:
 
 
 def check_ran(entry: dict) -> Check:
-    errors = [f"{k}: {entry[k]['error']}" for k in _frameworks(entry) if entry[k].get("error")]
+    errors = [f"{k}: {entry[k]['error']}" for k in (*_frameworks(entry), NUDGED) if entry.get(k, {}).get("error")]
     errors += [f"divergence {k}: {d['error']}" for k, d in entry.get("divergence", {}).items() if "error" in d]
     if errors:
         return Check("every framework ran", "fail", "; ".join(errors))
@@ -283,8 +289,8 @@ def assess(entry: dict, full_data: bool) -> list[Check]:
     if rules.mode == "parity":
         if entry["dtype"] == "float64":
             checks += [check_identical_accuracies(entry), check_params_within_policy(entry)]
-        else:
-            checks.append(check_accuracy_gap(entry))
+        elif rules.float32_accuracy_gap is not None:
+            checks.append(check_accuracy_gap(entry, rules.float32_accuracy_gap))
     else:
         checks.append(check_early_steps(entry))
         checks.append(check_agreement_stretch(entry, rules.min_agree_steps.get(entry["dtype"], 0)))

@@ -1,7 +1,8 @@
 """The units of work of `bprop validate`, each runnable in a worker process and returning plain data.
 
     TrainJob(preset, dtype, seed, framework, epochs, limit)  -> run_train(job) -> dict
-        One framework ("reference", "torch", "keras") trained for `epochs` from init_params(spec,
+        One framework ("reference", "torch", "keras", or "nudged": the reference started one ulp
+        away, the control of how sensitive the run itself is) trained for `epochs` from init_params(spec,
         seed) over data_loaders.epoch_orders(n, epochs, seed): the same start and the same batches
         for every framework. After each epoch (and once before training): test loss and accuracy,
         the test predictions and a copy of the parameters, which the parent compares.
@@ -35,7 +36,7 @@ from reference.train import evaluate, train_epoch, train_step
 
 FRAMEWORKS = ("reference", "torch", "keras")
 TWINS = ("torch", "keras")
-NUDGED = "nudged"  # the control trajectory of a divergence run: the reference, one ulp away
+NUDGED = "nudged"  # the control: the reference started with every weight one ulp away
 
 # (event, payload) -> None; events: ("start", (label, total)), ("advance", n), ("done", None).
 ProgressFn = Callable[[str, object], None]
@@ -198,8 +199,11 @@ def _prepare_framework(kind: str) -> None:
 
 
 def make_model(kind: str, spec: ModelSpec, params: dict[str, np.ndarray], seed: int):
+    """A framework's model holding `params` ("nudged": the reference, every weight one ulp away)."""
     if kind == "reference":
         return ReferenceModel(spec, params, seed)
+    if kind == NUDGED:
+        return ReferenceModel(spec, nudged(params), seed)
     if kind not in TWINS:
         raise ValueError(f"unknown framework {kind!r}; frameworks are {FRAMEWORKS}")
     _prepare_framework(kind)
@@ -306,10 +310,7 @@ def run_divergence(job: DivergenceJob) -> dict:
 
     params0 = init_params(spec, job.seed)
     ref = ReferenceModel(spec, params0, job.seed)
-    if job.framework == NUDGED:
-        other = ReferenceModel(spec, nudged(params0), job.seed)
-    else:
-        other = make_model(job.framework, spec, params0, job.seed)
+    other = make_model(job.framework, spec, params0, job.seed)
     names = sorted(params0)
     tol, floor = tolerance("twin", spec.dtype, "parameters"), atol("twin", spec.dtype)
     max_abs = np.empty(steps)  # max |a - b| over every parameter

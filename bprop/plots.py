@@ -36,6 +36,7 @@ LABEL = {
     NUDGED: "reference nudged 1 ulp",
 }
 DPI = 110
+FLOOR = 1e-18  # log plots: an exact zero is drawn here
 
 
 def _line(ax, x, y, kind: str, label: str | None = None, markers: bool = True, **extra) -> None:
@@ -59,42 +60,52 @@ def _frameworks(entry: dict) -> list[str]:
 
 
 def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
-    """Rows: dtypes. Columns: training loss (mean over each tenth of an epoch), test loss, test accuracy."""
+    """Rows: dtypes. Columns: training loss (mean over each tenth of an epoch), test loss, test
+    accuracy, and each twin's largest parameter difference to the reference after every epoch."""
+    from oracles.compare import tolerance
+
     dtypes = list(entries)
-    fig, axes = plt.subplots(len(dtypes), 3, figsize=(14, 3.6 * len(dtypes)), squeeze=False)
+    fig, axes = plt.subplots(len(dtypes), 4, figsize=(18, 3.7 * len(dtypes)), squeeze=False)
     for row, dtype in enumerate(dtypes):
         entry = entries[dtype]
         epochs = entry.get("epochs", 0)
         several = len(entry.get("seeds", [])) > 1
-        ax_train, ax_loss, ax_acc = axes[row]
+        ax_train, ax_loss, ax_acc, ax_diff = axes[row]
         steps_per_epoch = np.mean(entry.get("steps_per_epoch") or [1])
+        e = np.arange(epochs + 1)
+        mean = " (mean over seeds)" if several else ""
         for kind in _frameworks(entry):
             fw = entry[kind]
             for i, run in enumerate(fw["runs"]):
                 chunks = np.asarray(run["train_loss_chunks"], np.float64)
+                extra = {"alpha": 0.5} if several else {}
                 label = LABEL[kind] if i == 0 else None
-                alpha = 0.5 if several else None
-                extra = {"alpha": alpha} if alpha else {}
                 _line(ax_train, chunks[:, 0] / steps_per_epoch, chunks[:, 1], kind, label, markers=False, **extra)
                 if several:
-                    e = np.arange(epochs + 1)
-                    ax_acc.plot(
-                        e,
-                        100 * np.r_[run["initial_test_accuracy"], run["test_accuracy"]],
-                        color=STYLE[kind]["color"],
-                        lw=0.6,
-                        alpha=0.35,
-                    )
-            e = np.arange(epochs + 1)
-            mean = " (mean over seeds)" if several else ""
-            _line(
-                ax_loss,
-                e,
-                np.r_[np.mean([r["initial_test_loss"] for r in fw["runs"]]), fw["test_loss"]],
-                kind,
-                LABEL[kind] + mean,
-            )
+                    acc = 100 * np.r_[run["initial_test_accuracy"], run["test_accuracy"]]
+                    ax_acc.plot(e, acc, color=STYLE[kind]["color"], lw=0.6, alpha=0.35)
+            test_loss = np.r_[np.mean([r["initial_test_loss"] for r in fw["runs"]]), fw["test_loss"]]
+            _line(ax_loss, e, test_loss, kind, LABEL[kind] + mean)
             _line(ax_acc, e, 100 * np.r_[fw["initial_test_accuracy"], fw["test_accuracy"]], kind, LABEL[kind] + mean)
+        for kind in ("torch", "keras", NUDGED):
+            vs = entry.get(kind, {}).get("vs_reference")
+            if vs:
+                rel = np.maximum(np.asarray(vs["param_rel_error"], np.float64), FLOOR)
+                _line(ax_diff, np.arange(1, epochs + 1), rel, kind, f"{LABEL[kind]} vs reference")
+        tol = tolerance("twin", dtype, "parameters")
+        ax_diff.axhline(tol, color="k", lw=0.8, ls="--")
+        ax_diff.text(
+            0.98, tol * 2, f"twin policy {tol:.0e}", transform=ax_diff.get_yaxis_transform(), ha="right", fontsize=8
+        )
+        ax_diff.set_yscale("log")
+        ax_diff.set_ylim(FLOOR / 3, 10)
+        ax_diff.set_xlim(0.7, epochs + 0.3)
+        ax_diff.set_xticks(range(1, epochs + 1))
+        ax_diff.set_xlabel("epoch")
+        worst_seed = " (worst seed)" if several else ""
+        ax_diff.set_title(f"{dtype}: parameter difference to the reference{worst_seed}", fontsize=10)
+        if ax_diff.get_legend_handles_labels()[0]:
+            ax_diff.legend(fontsize=8, loc="lower right")
         ax_train.set_title(f"{dtype}: training loss (mean over each tenth of an epoch)", fontsize=10)
         ax_train.set_xlabel("epoch")
         ax_loss.set_title(f"{dtype}: test loss", fontsize=10)
@@ -103,21 +114,26 @@ def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
             ax.set_xlabel("epoch (0 = initial weights)")
             ax.set_xticks(range(epochs + 1))
         if epochs >= 2:
-            final = [100 * entry[k]["test_accuracy"][-1] for k in _frameworks(entry)]
-            low = min([100 * entry[k]["test_accuracy"][0] for k in _frameworks(entry)])
-            inset = ax_acc.inset_axes([0.45, 0.12, 0.5, 0.45])
+            inset = ax_acc.inset_axes([0.42, 0.1, 0.53, 0.45])
+            values = []
             for kind in _frameworks(entry):
-                _line(inset, np.arange(1, epochs + 1), 100 * np.asarray(entry[kind]["test_accuracy"]), kind)
-            span = max(final) - min(final)
+                acc = 100 * np.asarray(entry[kind]["test_accuracy"])
+                values.extend(acc)
+                _line(inset, np.arange(1, epochs + 1), acc, kind)
+            pad = max(0.2, 0.1 * (max(values) - min(values)))
+            inset.set_ylim(min(values) - pad, max(values) + pad)
             inset.set_title(f"epochs 1..{epochs}, zoomed", fontsize=8)
             inset.tick_params(labelsize=7)
             inset.set_xticks(range(1, epochs + 1))
-            if span < 0.5 and min(final) > low:
-                inset.set_ylim(low - 0.3, max(final) + 0.3)
+            inset.grid(alpha=0.3)
         for ax in axes[row]:
             ax.grid(alpha=0.3)
         ax_loss.legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"{preset_name}: reference, torch twin and keras twin from identical weights and batches", fontsize=12)
+    fig.suptitle(
+        f"{preset_name}: reference, torch twin and keras twin from identical weights and batches\n"
+        f"(parameter difference: the worst tensor's max|a - b| / max|a|; an exact 0 is drawn at {FLOOR:.0e})",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -184,40 +200,40 @@ def digit_grid(
     return Path(path)
 
 
-FLOOR = 1e-18  # log plot: an exact zero is drawn here
-
-
 def divergence(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
-    """max |parameter difference| after each step, per pair, log scale; one panel per dtype."""
+    """max |parameter difference| after each step, per pair, log scale; one panel per dtype, zoomed
+    on the separation (the rest of the run is a flat plateau, said in the panel)."""
     dtypes = [d for d in entries if entries[d].get("divergence")]
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(7.2 * len(dtypes), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(7.2 * len(dtypes), 4.8), squeeze=False)
     for ax, dtype in zip(axes[0], dtypes):
         div = entries[dtype]["divergence"]
         bar = DIVERGENCE_BAR[dtype]
-        for kind in ("torch", "keras", NUDGED):
-            d = div.get(kind)
-            if not d or "max_abs" not in d:
-                continue
-            v = np.maximum(np.asarray(d["max_abs"]), FLOOR)
-            steps = np.arange(1, len(v) + 1)
-            _line(
-                ax,
-                steps,
-                v,
-                kind,
-                f"{LABEL[kind]} vs reference: within {bar:.0e} for {d['agree_steps']} steps",
-                markers=False,
-            )
-            if d["agree_steps"] < len(v):
+        shown = {k: div[k] for k in ("torch", "keras", NUDGED) if k in div and "max_abs" in div[k]}
+        if not shown:
+            continue
+        n_steps = max(len(d["max_abs"]) for d in shown.values())
+        # Up to twice the step where the last pair passed 1e-3: after that the curves are flat.
+        apart = [d["first_above"].get("1e-03") for d in shown.values() if d["first_above"].get("1e-03")]
+        x_max = min(n_steps, max(200, 2 * max(apart))) if apart else n_steps
+        for kind, d in shown.items():
+            v = np.maximum(np.asarray(d["max_abs"][:x_max]), FLOOR)
+            label = f"{LABEL[kind]} vs reference: within {bar:.0e} for {d['agree_steps']} steps"
+            _line(ax, np.arange(1, len(v) + 1), v, kind, label, markers=False)
+            if d["agree_steps"] < x_max:
                 ax.axvline(d["agree_steps"] + 1, color=STYLE[kind]["color"], lw=0.8, alpha=0.5)
         ax.axhline(bar, color="k", lw=0.8, ls="--")
-        ax.text(len(v) * 0.99, bar * 2, f"bar {bar:.0e}", ha="right", fontsize=8)
+        ax.text(x_max * 0.99, bar * 2, f"bar {bar:.0e}", ha="right", fontsize=8)
+        if x_max < n_steps:
+            final = " / ".join(f"{d['final']:.0e}" for d in shown.values())
+            note = f"steps {x_max + 1}..{n_steps} not drawn: flat, {final} at step {n_steps}"
+            ax.text(0.02, 0.97, note, transform=ax.transAxes, fontsize=8, va="top")
         ax.set_yscale("log")
-        ax.set_ylim(FLOOR / 3, 1)
+        ax.set_ylim(FLOOR / 3, 3)
+        ax.set_xlim(0, x_max)
         ax.set_xlabel("optimiser step (one sample each)")
         ax.set_ylabel("max |parameter difference|")
         ax.set_title(f"{dtype}", fontsize=10)
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3, which="major")
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(
         f"{preset_name}: trajectories from identical weights and samples agree, then separate exponentially"

@@ -33,8 +33,12 @@ def sci(v: float | None) -> str:
     return "0" if v == 0 else f"{v:.1e}"
 
 
-def frameworks_of(entry: dict) -> list[str]:
-    return [k for k in FRAMEWORK_ORDER if k in entry]
+def frameworks_of(entry: dict, controls: bool = False) -> list[str]:
+    """The frameworks present, in order; with `controls`, the 1-ulp reference too."""
+    return [k for k in (*FRAMEWORK_ORDER, *((NUDGED,) if controls else ())) if k in entry]
+
+
+ROW_NAMES = {"reference": "reference", "torch": "torch", "keras": "keras", NUDGED: "ref + 1 ulp"}
 
 
 # Rows -------------------------------------------------------------------------------------------
@@ -47,12 +51,12 @@ def table_rows(entry: dict) -> tuple[list[str], list[list[str]]]:
     head = ["framework", "start"] + [f"epoch {e + 1}" for e in range(epochs)]
     head += ["test loss", "train loss", "wall s", "ms/step", "Δparam rel", "Δparam abs", "≠ preds"]
     rows = []
-    for kind in frameworks_of(entry):
+    for kind in frameworks_of(entry, controls=True):
         fw = entry[kind]
         if fw.get("error") and not fw.get("runs"):
-            rows.append([kind, f"FAILED: {fw['error']}"])
+            rows.append([ROW_NAMES[kind], f"FAILED: {fw['error']}"])
             continue
-        row = [kind + (" (mean)" if several else ""), pct(fw["initial_test_accuracy"])]
+        row = [ROW_NAMES[kind] + (" (mean)" if several else ""), pct(fw["initial_test_accuracy"])]
         row += [pct(a) for a in fw["test_accuracy"]]
         row += [
             f"{fw['test_loss'][-1]:.4f}",
@@ -231,7 +235,9 @@ def markdown(results: dict, plots: dict) -> str:
         "own autodiff and optimiser. After every epoch: test accuracy and loss, the largest parameter "
         "difference to the reference (relative to each tensor's largest magnitude, the worst tensor, "
         "and absolute), and the number of test images whose predicted class differs from the "
-        "reference's. `start` is the accuracy of the initial weights.",
+        "reference's. `start` is the accuracy of the initial weights. `ref + 1 ulp` is the control: "
+        "the reference itself started with every weight one ulp away, so its difference to the "
+        "reference is what rounding alone does to this run (the yardstick for the twins' figures).",
         "",
     ]
     if acc["failures"]:
@@ -273,12 +279,12 @@ def markdown(results: dict, plots: dict) -> str:
 def _per_epoch_md(entry: dict) -> list[str]:
     """The twins against the reference after every epoch (the tables show the last epoch)."""
     rows = []
-    for kind in frameworks_of(entry):
+    for kind in frameworks_of(entry, controls=True):
         vs = entry[kind].get("vs_reference")
         if not vs:
             continue
         for e, (rel, ab, dp) in enumerate(zip(vs["param_rel_error"], vs["param_max_abs"], vs["differing_predictions"])):
-            rows.append([kind, str(e + 1), sci(rel), sci(ab), str(dp)])
+            rows.append([ROW_NAMES[kind], str(e + 1), sci(rel), sci(ab), str(dp)])
     if not rows:
         return []
     head = ["twin", "epoch", "Δparam rel (worst tensor)", "Δparam max abs", "test predictions ≠ reference"]

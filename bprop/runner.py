@@ -84,6 +84,7 @@ class Bars:
         self.enabled = enabled
         self.total = tqdm(total=n_jobs, desc="validate", unit="job", position=0, disable=enabled is False)
         self.slots: dict[int, object] = {}
+        self.positions: dict[int, int] = {}  # pid -> the bar's line (1, 2, ...)
         self.n_slots = workers
         self.lock = threading.Lock()
 
@@ -92,7 +93,9 @@ class Bars:
             if event == "start":
                 label, total = payload
                 self.close_slot(pid)
-                position = 1 + len(self.slots) % max(1, self.n_slots)
+                taken = set(self.positions.values())
+                position = next(p for p in range(1, len(taken) + 2) if p not in taken)
+                self.positions[pid] = position
                 self.slots[pid] = self._tqdm(
                     total=total, desc=label, unit="step", position=position, leave=False, disable=self.enabled is False
                 )
@@ -102,6 +105,7 @@ class Bars:
                 self.close_slot(pid)
 
     def close_slot(self, pid: int) -> None:
+        self.positions.pop(pid, None)
         bar = self.slots.pop(pid, None)
         if bar is not None:
             bar.close()

@@ -11,6 +11,8 @@
                                  "param_rel_error_by_tensor"} per epoch, the worst over the seeds,
         "error": null or "what failed",
     }
+    entry["nudged"]: the same for the reference started one ulp away (parity presets): how far rounding
+        alone moves this run, the yardstick for the twins' differences
     entry["divergence"] = {twin kind or "nudged": analyse(...) + per-step arrays}
 
 Parameter differences: oracles.compare.rel_error (max|a - b| over the tensor's largest magnitude),
@@ -23,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from bprop.divergence import analyse
-from bprop.jobs import FRAMEWORKS
+from bprop.jobs import FRAMEWORKS, NUDGED
 from bprop.runner import JobError
 from oracles.compare import rel_error
 
@@ -141,8 +143,8 @@ def summarise(
     seeds = sorted({seed for _, seed in train})
     entry: dict = {"preset": preset_name, "dtype": dtype, "spec": spec.to_dict(), "seeds": seeds}
     ref_runs = {seed: train[("reference", seed)] for seed in seeds if ("reference", seed) in train}
-    for kind in FRAMEWORKS:
-        if kind not in frameworks:
+    for kind in (*FRAMEWORKS, NUDGED):
+        if kind not in frameworks or not any(k == kind for k, _ in train):
             continue
         runs = {seed: train[(kind, seed)] for seed in seeds if (kind, seed) in train}
         entry[kind] = summarise_framework(kind, runs, ref_runs)

@@ -63,8 +63,8 @@ class Options:
             raise ValueError(f"--epochs: expected at least 1, got {self.epochs}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit: expected at least 1 row, got {self.limit}")
-        if not self.seeds:
-            raise ValueError("--seeds: expected at least one seed")
+        if not self.seeds or min(self.seeds) < 0:
+            raise ValueError(f"--seed: expected seeds >= 0, got {self.seeds}")
         if self.workers < 1:
             raise ValueError(f"--workers: expected at least 1, got {self.workers}")
         if self.divergence_steps < 0:
@@ -84,8 +84,9 @@ def build_jobs(options: Options) -> tuple[list, list]:
         spec = preset(name)
         epochs = options.epochs or spec.epochs
         for dtype in options.dtypes:
+            controls = (J.NUDGED,) if acceptance_for(name, spec.batch_size).mode == "parity" else ()
             for seed in options.seeds:
-                for kind in frameworks:
+                for kind in (*frameworks, *controls):
                     train.append(J.TrainJob(name, dtype, seed, kind, epochs, options.limit))
             if spec.batch_size == 1 and options.divergence_steps:
                 rows = options.limit or 10**9
@@ -142,7 +143,7 @@ def collect(options: Options, train_jobs, train_results, div_jobs, div_results) 
                 for job, res in zip(div_jobs, div_results)
                 if job.preset == name and job.dtype == dtype
             }
-            entry = summarise(name, dtype, train, div, frameworks)
+            entry = summarise(name, dtype, train, div, (*frameworks, J.NUDGED))
             checks = assess(entry, full_data=options.limit is None)
             rules = acceptance_for(name, entry["spec"]["batch_size"])
             entry["acceptance"] = {

@@ -55,6 +55,11 @@ def test_bad_options_exit_2_with_the_reason(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_negative_seed_exits_2(capsys, tmp_path):
+    assert cli.main(["validate", "--seed", "-1", "--out", str(tmp_path)]) == 2
+    assert "--seed: expected seeds >= 0, got [-1]" in capsys.readouterr().err
+
+
 def test_negative_divergence_steps_exit_2(capsys, tmp_path):
     code = cli.main(["validate", "--divergence-steps", "-1", "--out", str(tmp_path)])
     assert code == 2

@@ -216,3 +216,24 @@ def test_epoch_chunks_are_whole_batches_in_order(n, batch_size, chunks):
     np.testing.assert_array_equal(np.concatenate(pieces), order)
     assert all(len(p) % batch_size == 0 for p in pieces[:-1])
     assert len(pieces) <= chunks
+
+
+def test_several_seeds_give_a_distribution(tmp_path, capsys):
+    """--seeds 2: per framework the runs of each seed, mean and spread, a seeds table and plot."""
+    argv = ["validate", "--preset", "digits-sigmoid-per-sample", "--dtype", "float64", "--seeds", "2", "--epochs", "1"]
+    argv += ["--limit", "200", "--workers", "1", "--out", str(tmp_path), "--no-progress", "--divergence-steps", "50"]
+    code, out = _run(argv, capsys)
+    assert code == 0, out
+    e = json.loads((tmp_path / "results.json").read_text())["presets"]["digits-sigmoid-per-sample"]["float64"]
+    assert e["seeds"] == [0, 1]
+    for kind in ("reference", "torch", "keras"):
+        runs = e[kind]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        finals = [r["test_accuracy"][-1] for r in runs]
+        assert e[kind]["final_accuracy"]["values"] == finals
+        assert e[kind]["final_accuracy"]["mean"] == pytest.approx(np.mean(finals))
+        assert e[kind]["test_accuracy"] == pytest.approx([np.mean(finals)])
+    assert runs[0]["test_accuracy"] != runs[1]["test_accuracy"] or runs[0]["train_loss"] != runs[1]["train_loss"]
+    assert "Final test accuracy over the seeds:" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "seeds-digits-sigmoid-per-sample.png").stat().st_size > 10_000
+    assert "seeds 0..1" in out and "mean" in out
