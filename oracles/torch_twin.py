@@ -37,10 +37,11 @@ What torch expresses exactly, and what it cannot (NotImplementedError says which
                             none, so torch.clamp adds it (its gradient is 0 outside [eps, 1-eps],
                             the boundary included, as in the reference)
     mse, l1                 F.mse_loss, F.l1_loss                    mean over all elements
-    bce                     F.binary_cross_entropy                   the reference's formula, except
-                            that torch clamps log(p) and log(1-p) at -100 and p(1-p) at 1e-12 in the
-                            gradient: they differ only for p within ~1e-12 of 0 or 1, where the
-                            reference itself produces inf.
+    bce                     -(t log p + (1-t) log1p(-p)) in torch ops, the reference's formula.
+                            F.binary_cross_entropy is a different function near 0 and 1: it clamps
+                            log p and log(1-p) at -100 and divides its gradient by max(p(1-p), 1e-12),
+                            so for 0 < p(1-p) < 1e-12 (p = 1 - 1e-13 in float64, say) it is off by
+                            up to 10x where the reference is finite; elsewhere it is the same number.
   `spec.l2` adds l2 * sum(W**2) over the dense kernels to the loss, in torch (autograd adds 2 l2 W).
 - Optimisers: torch.optim.SGD (momentum, nesterov), RMSprop, Adam, AdamW, each hyper-parameter
   resolved as the reference resolves it. Weight decay "coupled" is torch's weight_decay=;
@@ -71,7 +72,6 @@ from reference.errors import DTypeError, ShapeError, check_array, describe
 from reference.losses import check_labels, check_targets, make_loss
 from reference.spec import ModelSpec, OptimizerSpec
 from reference.trace import LayerTrace, Trace
-from reference.train import batches
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CLASSIFICATION = ("softmax_cross_entropy", "cross_entropy", "nll")
@@ -176,7 +176,7 @@ class TorchTwin:
         for name, ls in zip(self.names, spec.layers):
             self.modules.append(self._build_layer(name, ls, n))
             n = ls.units if ls.kind == "dense" else n
-        self.has_dropout = any(ls.kind == "dropout" and ls.rate > 0 for ls in spec.layers)
+        self.dropouts = [name for name, ls in zip(self.names, spec.layers) if ls.kind == "dropout"]
         self._keras_bn_stale: set[str] = set()  # keras-convention batchnorms torch has updated
         self.loss_fn = self._build_loss()
         self.set_params(params)
@@ -225,7 +225,7 @@ class TorchTwin:
         if name == "l1":
             return lambda p, t: F.l1_loss(p, t, reduction=red)
         if name == "bce":
-            return lambda p, t: F.binary_cross_entropy(p, t, reduction=red)
+            return lambda p, t: _reduce(-(t * torch.log(p) + (1 - t) * torch.log1p(-p)), red)
         raise NotImplementedError(f"torch twin: loss {name!r} has no torch counterpart here")
 
     # Parameters and state ---------------------------------------------------------------------
@@ -316,8 +316,16 @@ class TorchTwin:
         if not train:
             self._check_state_exact("eval-mode forward")
 
+    def _check_masks(self, masks: dict[str, np.ndarray] | None) -> None:
+        """A mask for a layer that is not a dropout layer would be ignored: an error, as in Network."""
+        if masks and not set(masks) <= set(self.dropouts):
+            raise ShapeError(
+                f"torch twin: expected masks for the dropout layers {self.dropouts} only, got {sorted(masks)}"
+            )
+
     def _forward(self, x: torch.Tensor, train: bool, masks=None, retain: bool = False) -> list[torch.Tensor]:
         """Every layer's output, first to last; `retain` keeps their gradients for the trace."""
+        self._check_masks(masks)
         self._set_mode(train, x.shape[0])
         outs, h = [], x
         for name, module in zip(self.names, self.modules):
@@ -397,9 +405,13 @@ class TorchTwin:
         """One epoch over x[order], one torch.optim step per batch; the mean of the per-step losses."""
         order = np.asarray(order)
         if order.ndim != 1 or len(order) == 0 or len(order) > len(x) or order.dtype.kind not in "iu":
-            raise ShapeError(f"torch twin train_epoch: expected an order of 1..{len(x)} row indices, got {describe(order)}")
+            raise ShapeError(
+                f"torch twin train_epoch: expected an order of 1..{len(x)} row indices, got {describe(order)}"
+            )
         if order.min() < 0 or order.max() >= len(x):
-            raise ShapeError(f"torch twin train_epoch: order indices must lie in [0, {len(x)}), got {order.min()}..{order.max()}")
+            raise ShapeError(
+                f"torch twin train_epoch: order indices must lie in [0, {len(x)}), got {order.min()}..{order.max()}"
+            )
         xt, yt = self._inputs(x, y, "train_epoch")  # checked once, shared memory, no copy
         order_t = torch.from_numpy(order.astype(np.int64, copy=False))
         threads = THREADS_PER_SAMPLE if batch_size == 1 else THREADS_BATCHED
@@ -430,6 +442,11 @@ class TorchTwin:
                 if self.spec.loss in CLASSIFICATION:
                     correct += int((out.argmax(dim=1) == yb).sum())
         return total_loss / len(xt), correct / len(xt)
+
+
+def _reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Element-wise losses -> their sum, or their mean over every element."""
+    return losses.sum() if reduction == "sum" else losses.mean()
 
 
 def _np(t: torch.Tensor | None) -> np.ndarray | None:
