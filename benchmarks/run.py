@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from benchmarks.floor import straight_epoch
 from benchmarks.gemm import gemm_epoch
 from benchmarks.machine import machine_info
 from reference import Network, init_params, make_optimizer, preset
@@ -18,6 +20,7 @@ from reference.train import train_epoch
 
 DTYPES = ("float32", "float64")
 CONTENDERS = ("reference", "torch", "keras")
+TASKS = ("batched_epoch_s", "per_sample_step_us", "forward_backward_ms")
 BATCHED, PER_SAMPLE = "mnist-relu-batched", "mnist-sigmoid-per-sample"
 
 
@@ -44,7 +47,8 @@ class Job:
     reset: Callable[[], None] = lambda: None
     per: float = 1.0  # value = seconds * per
     preset: str | None = None  # forward_backward_ms: which preset
-    times: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # wall-clock seconds per repetition
+    cpu: list[float] = field(default_factory=list)  # this process's CPU seconds (all its threads)
 
 
 def load_data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -73,6 +77,12 @@ def make_contender(kind: str, spec: ModelSpec, params: dict[str, np.ndarray]):
 
     twin = make_twin(kind, spec, params)
     return twin, twin.train_epoch, (lambda: twin.set_params(params))
+
+
+def copy_into(live: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
+    """Reset arrays someone holds on to (the floor's) to `params`, in place."""
+    for k, v in params.items():
+        live[k][...] = v
 
 
 def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[str, str]) -> list[Job]:
@@ -104,6 +114,13 @@ def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[st
                 jobs.append(Job(dtype, task, kind, lambda t=train, x=x, y=y, o=order, b=bs: t(x, y, o, b), reset, per))
             if task == "batched_epoch_s":
                 jobs.append(Job(dtype, task, "gemm_limit", gemm_epoch(spec, order, bs)))
+            else:
+                live = {k: v.copy() for k, v in params.items()}
+                straight = straight_epoch(live, spec.optimizer.lr)
+                reset = functools.partial(copy_into, live, params)
+                jobs.append(
+                    Job(dtype, task, "numpy_floor", lambda f=straight, x=x, y=y, o=order: f(x, y, o), reset, per)
+                )
         for name in PRESETS:
             spec = preset(name, dtype=dtype)
             x, y = rows(data, spec, sizes.fb_batch)
@@ -129,31 +146,38 @@ def run_rounds(jobs: list[Job], repeats: int, progress: Callable[[str], None] = 
         start = time.perf_counter()
         for job in jobs:
             job.reset()
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             job.run()
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             if r > 0:
                 job.times.append(elapsed)
+                job.cpu.append(cpu)
         what = "warm-up" if r == 0 else f"round {r}/{repeats}"
         progress(f"  {what}: {time.perf_counter() - start:.1f} s, load {os.getloadavg()[0]:.2f}")
 
 
 def collect(jobs: list[Job]) -> dict:
-    """{dtype: {task: {contender: median (or {preset: median})}}} plus every repetition."""
-    results: dict = {
-        dtype: {"batched_epoch_s": {}, "per_sample_step_us": {}, "forward_backward_ms": {}} for dtype in DTYPES
-    }
+    """{dtype: {task: {contender: median (or {preset: median})}}}, the same of CPU time, every repetition.
+
+    CPU time is this process's (every thread's) CPU seconds in the unit of the task: on a loaded
+    machine it is closer than wall time to what an idle machine would show, for one thread.
+    """
+    results: dict = {dtype: {task: {} for task in TASKS} for dtype in DTYPES}
+    cpu: dict = {dtype: {task: {} for task in TASKS} for dtype in DTYPES}
     runs: dict = {dtype: {} for dtype in DTYPES}
     for job in jobs:
         values = [t * job.per for t in job.times]
-        median = statistics.median(values)
         key = f"{job.task}/{job.contender}" + (f"/{job.preset}" if job.preset else "")
-        runs[job.dtype][key] = values
-        if job.preset:
-            results[job.dtype][job.task].setdefault(job.contender, {})[job.preset] = median
-        else:
-            results[job.dtype][job.task][job.contender] = median
-    return {**results, "repetitions": runs}
+        runs[job.dtype][key] = {"wall": values, "cpu": [t * job.per for t in job.cpu]}
+        for target, median in (
+            (results, statistics.median(values)),
+            (cpu, statistics.median(runs[job.dtype][key]["cpu"])),
+        ):
+            if job.preset:
+                target[job.dtype][job.task].setdefault(job.contender, {})[job.preset] = median
+            else:
+                target[job.dtype][job.task][job.contender] = median
+    return {**results, "cpu_time": cpu, "repetitions": runs}
 
 
 def ratios(results: dict) -> dict:
@@ -163,7 +187,7 @@ def ratios(results: dict) -> dict:
         r = {}
         for task in ("batched_epoch_s", "per_sample_step_us"):
             medians = results[dtype][task]
-            for other in ("torch", "keras", "gemm_limit"):
+            for other in ("torch", "keras", "gemm_limit", "numpy_floor"):
                 if "reference" in medians and other in medians:
                     r[f"{task} reference/{other}"] = medians["reference"] / medians[other]
         fb = results[dtype]["forward_backward_ms"]
@@ -213,6 +237,7 @@ def run(
         },
         **results,
         "ratios": ratios(results),
+        "cpu_time_ratios": ratios(results["cpu_time"]),
     }
 
 

@@ -11,7 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from benchmarks.floor import straight_epoch
+from reference import Network, init_params, make_optimizer, preset
+from reference.train import train_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("batched_epoch_s", "per_sample_step_us", "forward_backward_ms")
@@ -49,7 +54,7 @@ def check_schema(doc: dict, contenders: tuple[str, ...]) -> None:
     for dtype in ("float32", "float64"):
         assert set(doc[dtype]) == set(TASKS), doc[dtype].keys()
         assert set(doc[dtype]["batched_epoch_s"]) == {*contenders, "gemm_limit"}
-        assert set(doc[dtype]["per_sample_step_us"]) == set(contenders)
+        assert set(doc[dtype]["per_sample_step_us"]) == {*contenders, "numpy_floor"}
         assert set(doc[dtype]["forward_backward_ms"]) == set(contenders)
         for contender in contenders:
             assert positive(doc[dtype]["batched_epoch_s"][contender])
@@ -57,7 +62,9 @@ def check_schema(doc: dict, contenders: tuple[str, ...]) -> None:
             per_preset = doc[dtype]["forward_backward_ms"][contender]
             assert set(per_preset) == set(PRESETS) and all(positive(v) for v in per_preset.values())
         assert positive(doc[dtype]["batched_epoch_s"]["gemm_limit"])
+        assert positive(doc[dtype]["per_sample_step_us"]["numpy_floor"])
         assert positive(doc["ratios"][dtype]["batched_epoch_s reference/gemm_limit"])
+        assert positive(doc["ratios"][dtype]["per_sample_step_us reference/numpy_floor"])
 
 
 def test_quick_benchmark_writes_the_promised_json(tmp_path):
@@ -75,3 +82,20 @@ def test_quick_benchmark_with_both_twins(tmp_path):
     for dtype in ("float32", "float64"):
         assert positive(doc["ratios"][dtype]["batched_epoch_s reference/torch"])
         assert positive(doc["ratios"][dtype]["per_sample_step_us reference/keras"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_per_sample_floor_trains_the_reference_numbers_bit_for_bit(dtype):
+    """benchmarks/floor.py is the same SGD step written straight: a bar, only if it is the same maths."""
+    spec = preset("mnist-sigmoid-per-sample", dtype=dtype)
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 256, (40, 784)) * (rng.random((40, 784)) < 0.2) / 40).astype(dtype)  # unsaturated
+    y, order = rng.integers(0, 10, 40), rng.permutation(40)
+    start = init_params(spec, seed=0)
+    net = Network(spec, params=start)
+    train_epoch(net, make_optimizer(spec.optimizer), x, y, order, 1)
+    floor = {k: v.copy() for k, v in start.items()}
+    straight_epoch(floor, spec.optimizer.lr)(x, y, order)
+    for k, v in net.params.items():
+        assert not np.array_equal(v, start[k]), f"{k} did not move: the comparison would prove nothing"
+        np.testing.assert_array_equal(floor[k], v, err_msg=k)
