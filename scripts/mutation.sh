@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Mutation testing of the numpy core: does the test suite catch wrong backprop?
+#
+#   scripts/mutation.sh              mutate reference/layers.py, losses.py, optimizers.py; run the tests
+#   scripts/mutation.sh results      list the surviving mutants of the last run
+#   scripts/mutation.sh show NAME    the diff of one mutant
+#
+# mutmut 3 changes the code one small edit at a time (a + for a -, 1 for 0, < for <=, a dropped
+# argument ...) and runs, for each mutant, the tests that exercise the mutated function: the fast
+# parity and finite-difference suites listed in TESTS (not the golden baselines, which would catch
+# any change of a number and so say nothing about the checks themselves). A mutant that passes them
+# all "survives". Each survivor is either killed by a test in tests/test_mutants.py or explained as
+# equivalent (it changes no result) in README "Regression checks".
+#
+# It runs in a scratch copy of the committed tree (git archive HEAD) at $MUTATION_DIR (default
+# /tmp/bprop-mutation), so the shared work tree is never touched and mutants/ never lands in it;
+# commit first what you want mutated and tested. The mutmut settings are written to the copy's
+# setup.cfg (mutmut reads [tool.mutmut] from pyproject.toml first, if someone adds it there).
+set -euo pipefail
+
+ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+WORK=${MUTATION_DIR:-/tmp/bprop-mutation}
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+MUTMUT=${MUTMUT:-$(dirname "$PYTHON")/mutmut}
+TESTS=(
+    tests/test_numeric.py
+    tests/test_layers.py
+    tests/test_losses.py
+    tests/test_optimizers.py
+    tests/test_torch_twin.py
+    tests/test_fast_forms.py
+    tests/test_mutants.py
+)
+
+case "${1:-run}" in
+    results) cd "$WORK" && exec "$MUTMUT" results ;;
+    show) cd "$WORK" && exec "$MUTMUT" show "$2" ;;
+    run) ;;
+    *) echo "usage: $0 [run | results | show MUTANT]" >&2; exit 2 ;;
+esac
+
+rm -rf "$WORK"
+mkdir -p "$WORK"
+git -C "$ROOT" archive HEAD | tar -x -C "$WORK"
+cd "$WORK"
+present=()
+for t in "${TESTS[@]}"; do
+    if [[ -f $t ]]; then present+=("$t"); else echo "mutation.sh: $t not in HEAD, skipped" >&2; fi
+done
+{
+    echo "[mutmut]"
+    echo "source_paths = reference/"
+    echo "process_isolation = forkserver"  # torch is not fork-safe
+    echo "only_mutate ="
+    printf '    %s\n' reference/layers.py reference/losses.py reference/optimizers.py
+    echo "also_copy ="
+    printf '    %s\n' oracles/ data_loaders/ tests/
+    echo "pytest_add_cli_args_test_selection ="
+    printf '    %s\n' "${present[@]}"
+    echo "pytest_add_cli_args ="
+    printf '    %s\n' -p no:cacheprovider -p no:xdist -m "not slow and not mnist" --timeout=300
+} > setup.cfg
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONHASHSEED=0
+start=$(date +%s)
+"$MUTMUT" run --max-children "${MUTATION_JOBS:-2}"
+echo "mutation.sh: $(( $(date +%s) - start )) s; survivors: $0 results; one diff: $0 show NAME"
