@@ -105,7 +105,7 @@ def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         worst_seed = " (worst seed)" if several else ""
         ax_diff.set_title(f"{dtype}: parameter difference to the reference{worst_seed}", fontsize=10)
         if ax_diff.get_legend_handles_labels()[0]:
-            ax_diff.legend(fontsize=8, loc="lower right")
+            ax_diff.legend(fontsize=8, loc="best")
         ax_train.set_title(f"{dtype}: training loss (mean over each tenth of an epoch)", fontsize=10)
         ax_train.set_xlabel("epoch")
         ax_loss.set_title(f"{dtype}: test loss", fontsize=10)
@@ -205,6 +205,7 @@ def divergence(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
     on the separation (the rest of the run is a flat plateau, said in the panel)."""
     dtypes = [d for d in entries if entries[d].get("divergence")]
     fig, axes = plt.subplots(1, len(dtypes), figsize=(7.2 * len(dtypes), 4.8), squeeze=False)
+    separated = False
     for ax, dtype in zip(axes[0], dtypes):
         div = entries[dtype]["divergence"]
         bar = DIVERGENCE_BAR[dtype]
@@ -221,6 +222,7 @@ def divergence(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
             _line(ax, np.arange(1, len(v) + 1), v, kind, label, markers=False)
             if d["agree_steps"] < x_max:
                 ax.axvline(d["agree_steps"] + 1, color=STYLE[kind]["color"], lw=0.8, alpha=0.5)
+            separated = separated or d["agree_steps"] < len(d["max_abs"])
         ax.axhline(bar, color="k", lw=0.8, ls="--")
         ax.text(x_max * 0.99, bar * 2, f"bar {bar:.0e}", ha="right", fontsize=8)
         if x_max < n_steps:
@@ -234,9 +236,14 @@ def divergence(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         ax.set_ylabel("max |parameter difference|")
         ax.set_title(f"{dtype}", fontsize=10)
         ax.grid(alpha=0.3, which="major")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
+    what = (
+        "agree, then separate exponentially"
+        if separated
+        else "stay together: no pair leaves its bar (this run is not chaotic)"
+    )
     fig.suptitle(
-        f"{preset_name}: trajectories from identical weights and samples agree, then separate exponentially"
+        f"{preset_name}: trajectories from identical weights and samples {what}"
         f"\n(an exact 0 is drawn at {FLOOR:.0e}; vertical lines: first step above the bar)",
         fontsize=10,
     )
