@@ -1,7 +1,7 @@
 """The pytest plugin: `pytest --submission PATH --assignment NAME`, one test per check per submission.
 
-Run as a real pytest in a subprocess (-p grading.pytest_plugin, as the pytest11 entry point will
-load it), with xdist and --junitxml, on a correct and a buggy submission.
+Run as a real pytest in a subprocess (the plugin loads through its pytest11 entry point in
+pyproject.toml), with xdist and --junitxml, on a correct and a buggy submission.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ SUBMISSIONS = Path(__file__).parent / "submissions"
 
 def run_pytest(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "pytest", "-p", "grading.pytest_plugin", "-p", "no:cacheprovider", *args]
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -499,11 +499,15 @@ def test_run_calls_imports_the_submission_afresh_for_each_call():
 
 
 def test_run_calls_wall_limit_is_per_call():
-    limits = Limits(wall_s=2, memory_mb=512)
-    calls = [("call", {"name": "nap", "seconds": 1.2})] * 2  # 2.4 s in all, over the 2 s limit of one call
+    # 7 s in all, over the 6 s limit of one call: both complete only if the limit is per call. Each
+    # call's wall_s includes the submission's import (about 1 s on a loaded machine), hence the margin;
+    # no upper bound on wall_s is asserted (a timing bound is noise; a call over its limit is killed).
+    limits = Limits(wall_s=6, memory_mb=512)
+    calls = [("call", {"name": "nap", "seconds": 3.5})] * 2
     outcomes = run_calls(HOSTILE / "mixed.py", DRIVER, calls, limits)
-    assert [o.value for o in outcomes] == [1.2] * 2
-    assert all(1.2 <= o.wall_s < 2 for o in outcomes)
+    assert [o.verdict for o in outcomes] == [None, None]
+    assert [o.value for o in outcomes] == [3.5] * 2
+    assert all(o.wall_s >= 3.5 for o in outcomes)
 
 
 def test_a_deadly_import_is_not_rerun_for_every_call():
