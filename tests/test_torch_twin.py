@@ -48,6 +48,20 @@ from reference.train import batches, evaluate, train_epoch, train_step  # noqa: 
 
 pytestmark = pytest.mark.torch
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """The reference's matmuls on one BLAS thread: on 2 busy cores OpenBLAS' spinning threads make
+    the MNIST epochs many times slower (tests/test_keras_twin.py measured 30-300x)."""
+    try:
+        import threadpoolctl
+    except ImportError:  # only speed is at stake
+        yield
+        return
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        yield
+
+
 TRACE_CASES = {**LAYER_CASES, **LOSS_CASES}
 # dense-tanh-dense with an L2 penalty: every parameter has a gradient. (Not batchnorm for the
 # adaptive optimisers: the bias of a dense layer feeding a batchnorm has a true gradient of 0, and
@@ -618,9 +632,10 @@ def test_batched_preset_trajectory_float32(name, check, worst_errors, request):
 
 # The per-sample homework on raw 0..255 pixels is chaotic: the reference against itself with one ulp
 # added to every dense_1 weight parts by 1e-12 at step 42, 1e-9 at 86, 1e-3 at 216 (float64). The
-# twin against the reference: 1e-12 at step 56, 1e-9 at 96, 1e-6 at 158, 1e-3 at 236 (measured,
-# seed 0, epoch order seed 0). The policy is asserted over the first PER_SAMPLE_STEPS steps.
-PER_SAMPLE_STEPS = 45
+# twin against the reference (seed 0, epoch order seed 0; max relative error over the tensors):
+# float64 1e-12 at step 56, 1e-9 at 96, 1e-6 at 158, 1e-3 at 236; float32 1e-5 at step 15 (a bias,
+# within the 1e-7 floor) and the policy itself at step 42. Asserted over the steps before that.
+PER_SAMPLE_STEPS = {"float64": 45, "float32": 30}
 
 
 @pytest.mark.mnist
@@ -630,7 +645,7 @@ def test_per_sample_preset_step_by_step_over_the_stretch_it_agrees(dtype, check)
     x, y, order = mnist_for(spec)
     net, twin = built(spec)
     opt = make_optimizer(spec.optimizer)
-    for step, idx in enumerate(batches(order[:PER_SAMPLE_STEPS], 1)):
+    for step, idx in enumerate(batches(order[: PER_SAMPLE_STEPS[dtype]], 1)):
         ref_loss, twin_loss = train_step(net, opt, x[idx], y[idx]), twin.step(x[idx], y[idx])
         check(Comparison([loss_row("loss", twin_loss, ref_loss, dtype)]), dtype, "loss")
         check(compare_params(net.get_params(), twin.get_params(), title=f"after step {step + 1}"), dtype)
