@@ -76,11 +76,15 @@ from reference.trace import LayerTrace, Trace
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CLASSIFICATION = ("softmax_cross_entropy", "cross_entropy", "nll")
 
-# Measured in benchmarks (see the module's report): the per-sample preset is dispatch-bound, one
-# thread is fastest; at batch 128 the 784x128 matmuls gain a little from two.
+# Threads for train_epoch, measured on 2 cores shared with other jobs (CPU time per step, medians of
+# interleaved rounds, real MNIST): per-sample 784-32-32-10 is dispatch-bound, 1 thread 497 us vs 2
+# threads 507 us (float32); at batch 128 (784-128-10) 2 threads spin against the other jobs: 2.3 ms
+# vs 44 ms per step (float32), 3.9 ms vs 30 ms (float64). One thread for both.
 THREADS_PER_SAMPLE = 1
-THREADS_BATCHED = 2
-FOREACH = False  # torch.optim's single-tensor loop: fastest for 6 small tensors (measured)
+THREADS_BATCHED = 1
+# torch.optim's single-tensor loop (foreach=False): within noise of foreach=True for 4-6 small
+# tensors (497 vs 477 us per-sample float32, 593 vs 654 us float64); the simpler code path.
+FOREACH = False
 
 
 @contextmanager
@@ -180,6 +184,7 @@ class TorchTwin:
         self._keras_bn_stale: set[str] = set()  # keras-convention batchnorms torch has updated
         self.loss_fn = self._build_loss()
         self.set_params(params)
+        self.params = list(self.named.values())
         self.optimizer, self._keras_adam_eps = build_optimizer(spec.optimizer, self.named)
         self.steps_taken = 0
 
@@ -381,7 +386,8 @@ class TorchTwin:
             for group in self.optimizer.param_groups:
                 group["eps"] = eps_t
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:  # optimizer.zero_grad(set_to_none=True), without its profiler hooks
+            p.grad = None
 
     def _train_step(self, xt: torch.Tensor, yt: torch.Tensor, masks=None) -> torch.Tensor:
         loss = self._loss(self._forward(xt, True, masks)[-1], yt)

@@ -50,16 +50,20 @@ pytestmark = pytest.mark.torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """The reference's matmuls on one BLAS thread: on 2 busy cores OpenBLAS' spinning threads make
-    the MNIST epochs many times slower (tests/test_keras_twin.py measured 30-300x)."""
+def one_thread():
+    """numpy's BLAS and torch on one thread each: on 2 busy cores spinning threads made a batch-128
+    step 10-20 times slower, in numpy and torch alike (measured; see oracles/torch_twin.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         import threadpoolctl
     except ImportError:  # only speed is at stake
         yield
-        return
-    with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        yield
+    else:
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 TRACE_CASES = {**LAYER_CASES, **LOSS_CASES}
