@@ -25,7 +25,7 @@ import numpy as np
 
 from bprop.divergence import DIVERGENCE_BAR
 from bprop.jobs import NUDGED
-from oracles.compare import tolerance
+from oracles.compare import atol, tolerance
 
 # float32 parity: largest allowed |accuracy difference| between a twin and the reference, each epoch.
 FLOAT32_ACCURACY_GAP = 0.0005  # 0.05 percentage points (the validation issue)
@@ -212,10 +212,11 @@ def check_early_steps(entry: dict, steps: int = EARLY_STEPS) -> Check:
     twins = [k for k in _twins(entry) if k in div and "policy" in div[k]]
     if not twins:
         return Check(name, "n/a", "no divergence run (--divergence-steps 0)")
-    problems, worst = [], 0.0
+    problems, worst, worst_ratio = [], 0.0, 0.0
     for k in twins:
         ratio = np.asarray(div[k]["policy"][:steps], np.float64)  # <= 1: within the policy
         worst = max(worst, float(np.asarray(div[k]["rel"][:steps]).max(initial=0.0)))
+        worst_ratio = max(worst_ratio, float(ratio.max(initial=0.0)))
         bad = np.flatnonzero(~(ratio <= 1.0))
         if bad.size:
             s = int(bad[0])
@@ -223,7 +224,12 @@ def check_early_steps(entry: dict, steps: int = EARLY_STEPS) -> Check:
                 f"{k}: step {s + 1}: relative difference {div[k]['rel'][s]:.3g} > {tol:.0e} "
                 f"and max |difference| {div[k]['max_abs'][s]:.3g} above the floor"
             )
-    return Check(name, "fail" if problems else "pass", "; ".join(problems) or f"worst relative difference {worst:.3g}")
+    floor = atol("twin", entry["dtype"])
+    detail = "; ".join(problems) or (
+        f"worst relative difference {worst:.3g}; worst tensor at {worst_ratio:.2f} of the policy "
+        f"(relative <= {tol:.0e} or max |difference| <= {floor:.0e})"
+    )
+    return Check(name, "fail" if problems else "pass", detail)
 
 
 def check_agreement_stretch(entry: dict, min_steps: int, control_share: float = 0.5) -> Check:

@@ -157,6 +157,18 @@ def terminal_table(results: dict) -> str:
         f"{results['acceptance']['n_na']} n/a · total wall time {meta['wall_s']:.0f} s "
         f"({meta['workers']} worker processes) · report: {meta['out_dir']}/report.md"
     )
+    matrix = meta["timing"].get("by_preset_and_framework", {})
+    if matrix:
+        per_framework: dict[str, float] = {}
+        for m in matrix.values():
+            for k, v in m.items():
+                per_framework[k] = per_framework.get(k, 0.0) + v
+        total = max(meta["timing"]["job_s"], 1e-9)
+        spent = ", ".join(
+            f"{ROW_NAMES.get(k, k)} {v:.0f} s ({100 * v / total:.0f} %)"
+            for k, v in sorted(per_framework.items(), key=lambda kv: -kv[1])
+        )
+        lines.append(f"work: {total:.0f} s in all: {spent}")
     for failure in results["acceptance"]["failures"]:
         lines.append(f"  FAIL {failure}")
     return "\n".join(lines)
@@ -287,7 +299,13 @@ def _per_epoch_md(entry: dict) -> list[str]:
             rows.append([ROW_NAMES[kind], str(e + 1), sci(rel), sci(ab), str(dp)])
     if not rows:
         return []
-    head = ["twin", "epoch", "Δparam rel (worst tensor)", "Δparam max abs", "test predictions ≠ reference"]
+    head = [
+        "against the reference",
+        "epoch",
+        "Δparam rel (worst tensor)",
+        "Δparam max abs",
+        "test predictions ≠ reference",
+    ]
     suffix = " (the worst seed)" if len(entry.get("seeds", [])) > 1 else ""
     return [
         f"<details><summary>Against the reference, epoch by epoch{suffix}</summary>",
@@ -305,15 +323,30 @@ def _timing_md(results: dict) -> list[str]:
         [name, f"{v['wall_s']:.1f}", f"{100 * v['wall_s'] / max(t['job_s'], 1e-9):.0f} %"]
         for name, v in sorted(t["by_group"].items(), key=lambda kv: -kv[1]["wall_s"])
     ]
+    matrix = t.get("by_preset_and_framework", {})
+    columns = [
+        c for c in ("reference", "torch", "keras", NUDGED, "divergence runs") if any(c in m for m in matrix.values())
+    ]
+    head = ["seconds of work", *[ROW_NAMES.get(c, c) for c in columns], "total"]
+    grid = [[p, *[f"{m.get(c, 0.0):.0f}" for c in columns], f"{sum(m.values()):.0f}"] for p, m in matrix.items()]
+    totals = [sum(m.get(c, 0.0) for m in matrix.values()) for c in columns]
+    grid.append(["total", *[f"{v:.0f} ({100 * v / max(t['job_s'], 1e-9):.0f} %)" for v in totals], f"{t['job_s']:.0f}"])
     return [
         "## Where the time goes",
         "",
         f"{t['job_s']:.0f} s of work in {results['meta']['wall_s']:.0f} s of wall time on "
         f"{results['meta']['workers']} worker processes (parallel efficiency "
         f"{100 * t['job_s'] / max(results['meta']['wall_s'] * results['meta']['workers'], 1e-9):.0f} %); "
-        "other processes on the machine slow every figure down alike.",
+        "other processes on the machine slow every figure down alike. Each job trains one framework "
+        "(setup, training and the evaluations after each epoch included).",
+        "",
+        *_md_table(head, grid),
+        "",
+        "<details><summary>Every job group</summary>",
         "",
         *_md_table(["job group", "seconds", "share"], rows),
+        "",
+        "</details>",
         "",
     ]
 

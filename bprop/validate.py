@@ -111,6 +111,7 @@ def versions() -> dict[str, str]:
 def _timing(train_jobs, train_results, div_jobs, div_results) -> dict:
     """Seconds of work per group: preset, dtype and framework (and the divergence runs)."""
     groups: dict[str, dict] = {}
+    matrix: dict[str, dict[str, float]] = {}  # preset -> framework (or "divergence runs") -> seconds
     total = 0.0
     for job, res in [*zip(train_jobs, train_results), *zip(div_jobs, div_results)]:
         if isinstance(res, JobError):
@@ -121,7 +122,10 @@ def _timing(train_jobs, train_results, div_jobs, div_results) -> dict:
         g["wall_s"] += res["wall_s"]
         g["jobs"] += 1
         total += res["wall_s"]
-    return {"job_s": total, "by_group": groups}
+        column = job.framework if kind == "train" else "divergence runs"
+        cell = matrix.setdefault(job.preset, {})
+        cell[column] = cell.get(column, 0.0) + res["wall_s"]
+    return {"job_s": total, "by_group": groups, "by_preset_and_framework": matrix}
 
 
 def collect(options: Options, train_jobs, train_results, div_jobs, div_results) -> dict:
