@@ -55,6 +55,12 @@ What torch expresses exactly, and what it cannot (NotImplementedError says which
   which is torch's Adam with eps_t = eps / sqrt(1 - b2^t); the twin sets that per step on the
   param groups (as an LR scheduler sets lr). RMSprop: keras puts eps inside the square root,
   sqrt(s + eps), torch outside, sqrt(s) + eps: NotImplementedError.
+
+Speed. train_epoch is the plain eager loop (forward, loss.backward(), optimizer.step()) on one
+thread, each batch a view into a chunk of rows gathered once. Measured on the per-sample preset
+(2 busy cores, CPU time per step): foreach=True and fused=True within noise of the default,
+calling torch.func.grad then optimizer.step() 2x slower, torch.compile of the step 2x slower per
+step after an 87 s compile; torch's per-op dispatch (about 35 ops a step) is the floor.
 """
 
 from __future__ import annotations
@@ -409,6 +415,8 @@ class TorchTwin:
         on_step: Callable[[int, float], None] | None = None,
     ) -> float:
         """One epoch over x[order], one torch.optim step per batch; the mean of the per-step losses."""
+        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ShapeError(f"torch twin train_epoch: expected a batch size >= 1, got {batch_size!r}")
         order = np.asarray(order)
         if order.ndim != 1 or len(order) == 0 or len(order) > len(x) or order.dtype.kind not in "iu":
             raise ShapeError(

@@ -92,32 +92,31 @@ WORST_ENV = "BPROP_TORCH_TWIN_WORST"
 
 
 class WorstErrors:
-    """The largest error seen per (quantity, dtype): relative, and absolute for floor-passing tensors.
+    """The largest error seen per (test function, quantity, dtype).
 
     A tensor whose true value is 0 (the bias gradient of a dense layer feeding a batchnorm) passes on
-    the absolute floor ATOL; its relative error is meaningless (rounding / rounding) and is kept
-    apart, as its max abs error.
+    the absolute floor ATOL; its relative error is meaningless (rounding / rounding), so it is kept
+    apart, as its max abs error ("abs_on_floor").
     """
 
     def __init__(self) -> None:
-        self.rel: dict[tuple[str, str], dict] = {}
-        self.floor: dict[tuple[str, str], dict] = {}
+        self.worst: dict[tuple[str, str, str, str], dict] = {}
 
-    def add(self, comparison: Comparison, dtype: str, where: str, quantity: str | None = None) -> None:
+    def add(self, comparison: Comparison, dtype: str, test: str, quantity: str | None = None) -> None:
+        group = test.split("[")[0]
         for row in comparison.rows:
             if row.worst_index is None:
                 continue
-            key = (quantity or quantity_of(row.name), np.dtype(dtype).name)
             on_floor = row.rel > row.tol and row.passed
-            table, value = (self.floor, row.max_abs) if on_floor else (self.rel, row.rel)
-            if value > table.get(key, {}).get("value", -1.0):
-                table[key] = {"value": value, "tensor": row.name, "test": where}
+            kind, value = ("abs_on_floor", row.max_abs) if on_floor else ("rel", row.rel)
+            key = (group, quantity or quantity_of(row.name), np.dtype(dtype).name, kind)
+            if value > self.worst.get(key, {}).get("value", -1.0):
+                self.worst[key] = {"value": value, "tensor": row.name, "test": test}
 
     def dump(self, path: str) -> None:
         rows = [
-            {"quantity": q, "dtype": d, "kind": kind, **entry}
-            for kind, table in (("rel", self.rel), ("abs_on_floor", self.floor))
-            for (q, d), entry in table.items()
+            {"group": g, "quantity": q, "dtype": d, "kind": kind, **entry}
+            for (g, q, d, kind), entry in self.worst.items()
         ]
         with open(path, "a") as f:
             f.write(json.dumps(rows) + "\n")
@@ -582,6 +581,8 @@ def test_bad_inputs_are_named():
         twin.set_params({k: v for k, v in params.items() if k != "dense_2.b"})
     with pytest.raises(ShapeError, match=r"order indices must lie in \[0, 7\)"):
         twin.train_epoch(x, y, np.array([0, 7]), 1)
+    with pytest.raises(ShapeError, match="expected a batch size >= 1, got 0"):
+        twin.train_epoch(x, y, np.arange(7), 0)
     with pytest.raises(ShapeError, match="expected state"):
         twin.set_state({"batchnorm_1.running_mean": np.zeros(5)})
 
@@ -637,19 +638,20 @@ def test_batched_preset_trajectory_float32(name, check, worst_errors, request):
 # The per-sample homework on raw 0..255 pixels is chaotic: the reference against itself with one ulp
 # added to every dense_1 weight parts by 1e-12 at step 42, 1e-9 at 86, 1e-3 at 216 (float64). The
 # twin against the reference (seed 0, epoch order seed 0; max relative error over the tensors):
-# float64 1e-12 at step 56, 1e-9 at 96, 1e-6 at 158, 1e-3 at 236; float32 1e-5 at step 15 (a bias,
-# within the 1e-7 floor) and the policy itself at step 42. Asserted over the steps before that.
-PER_SAMPLE_STEPS = {"float64": 45, "float32": 30}
+# float64 1e-12 at step 56, 1e-9 at 96, 1e-6 at 158, 1e-3 at 236: the policy is asserted over the
+# first 45. float32 is not tested here: dense_1.b is 9.9e-6 apart (relative) after 10 steps, at the
+# policy's edge from the start, and the policy fails at step 42.
+PER_SAMPLE_STEPS = 45
 
 
 @pytest.mark.mnist
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_per_sample_preset_step_by_step_over_the_stretch_it_agrees(dtype, check):
+def test_per_sample_preset_float64_step_by_step_over_the_stretch_it_agrees(check):
+    dtype = "float64"
     spec = preset("mnist-sigmoid-per-sample", dtype=dtype)
     x, y, order = mnist_for(spec)
     net, twin = built(spec)
     opt = make_optimizer(spec.optimizer)
-    for step, idx in enumerate(batches(order[: PER_SAMPLE_STEPS[dtype]], 1)):
+    for step, idx in enumerate(batches(order[:PER_SAMPLE_STEPS], 1)):
         ref_loss, twin_loss = train_step(net, opt, x[idx], y[idx]), twin.step(x[idx], y[idx])
         check(Comparison([loss_row("loss", twin_loss, ref_loss, dtype)]), dtype, "loss")
         check(compare_params(net.get_params(), twin.get_params(), title=f"after step {step + 1}"), dtype)
@@ -658,26 +660,32 @@ def test_per_sample_preset_step_by_step_over_the_stretch_it_agrees(dtype, check)
 # The table of worst errors ----------------------------------------------------------------------
 
 
-def worst_table(paths: list[str]) -> str:
-    """Markdown: quantity, dtype, policy, worst observed (over every process's record)."""
-    best: dict[tuple[str, str, str], dict] = {}
+def worst_table(paths: list[str], by_test: bool = False) -> str:
+    """Markdown: quantity, dtype, policy, worst observed, over every process's record (and by test)."""
+    best: dict[tuple, dict] = {}
     for path in paths:
         with open(path) as f:
             for line in f:
                 for row in json.loads(line):
-                    key = (row["quantity"], row["dtype"], row["kind"])
+                    key = (row["group"] if by_test else "", row["quantity"], row["dtype"], row["kind"])
                     if row["value"] > best.get(key, {}).get("value", -1.0):
                         best[key] = row
-    lines = ["| quantity | dtype | policy (rel / abs floor) | worst observed | tensor, test |", "|---|---|---|---|---|"]
-    for (quantity, dtype, kind), row in sorted(best.items()):
+    head = "| test | " if by_test else "| "
+    lines = [
+        head + "quantity | dtype | policy (rel / abs floor) | worst observed | tensor, test |",
+        "|---" * (6 if by_test else 5) + "|",
+    ]
+    for (group, quantity, dtype, kind), row in sorted(best.items()):
         q = quantity if quantity != "trajectory" else "parameters"
         policy = f"{tolerance('twin', dtype, q):.0e} / {atol('twin', dtype):.0e}"
         what = "rel" if kind == "rel" else "abs (true value 0)"
+        first = f"| {group} | " if by_test else "| "
         lines.append(
-            f"| {quantity} | {dtype} | {policy} | {row['value']:.3g} {what} | {row['tensor']}, {row['test']} |"
+            f"{first}{quantity} | {dtype} | {policy} | {row['value']:.3g} {what} | {row['tensor']}, {row['test']} |"
         )
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(worst_table(sys.argv[1:]))
+if __name__ == "__main__":  # python tests/test_torch_twin.py [--by-test] worst.jsonl ...
+    by_test = "--by-test" in sys.argv
+    print(worst_table([a for a in sys.argv[1:] if a != "--by-test"], by_test))
