@@ -1,7 +1,7 @@
 """The oracles the reference is checked against: torch and keras twins, finite differences.
 
-    twin = make_twin("torch" | "keras", spec, params)     the same model in a framework
-    twin.trace(x, y) -> Trace                             the same record as the reference
+twin = make_twin("torch" | "keras", spec, params)     the same model in a framework
+twin.trace(x, y) -> Trace                             the same record as the reference
 """
 
 from __future__ import annotations
