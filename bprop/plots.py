@@ -76,11 +76,9 @@ def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         mean = " (mean over seeds)" if several else ""
         for kind in _frameworks(entry):
             fw = entry[kind]
-            for i, run in enumerate(fw["runs"]):
-                chunks = np.asarray(run["train_loss_chunks"], np.float64)
-                extra = {"alpha": 0.5} if several else {}
-                label = LABEL[kind] if i == 0 else None
-                _line(ax_train, chunks[:, 0] / steps_per_epoch, chunks[:, 1], kind, label, markers=False, **extra)
+            chunks = np.mean([np.asarray(run["train_loss_chunks"], np.float64) for run in fw["runs"]], axis=0)
+            _line(ax_train, chunks[:, 0] / steps_per_epoch, chunks[:, 1], kind, LABEL[kind] + mean, markers=False)
+            for run in fw["runs"]:
                 if several:
                     acc = 100 * np.r_[run["initial_test_accuracy"], run["test_accuracy"]]
                     ax_acc.plot(e, acc, color=STYLE[kind]["color"], lw=0.6, alpha=0.35)
@@ -106,7 +104,8 @@ def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         ax_diff.set_title(f"{dtype}: parameter difference to the reference{worst_seed}", fontsize=10)
         if ax_diff.get_legend_handles_labels()[0]:
             ax_diff.legend(fontsize=8, loc="best")
-        ax_train.set_title(f"{dtype}: training loss (mean over each tenth of an epoch)", fontsize=10)
+        over = ", seed mean" if several else ""
+        ax_train.set_title(f"{dtype}: training loss, per tenth of an epoch{over}", fontsize=10)
         ax_train.set_xlabel("epoch")
         ax_loss.set_title(f"{dtype}: test loss", fontsize=10)
         ax_acc.set_title(f"{dtype}: test accuracy (%)", fontsize=10)
