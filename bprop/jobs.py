@@ -231,7 +231,7 @@ def epoch_chunks(order: np.ndarray, batch_size: int, chunks: int) -> list[np.nda
 
 def run_train(job: TrainJob) -> dict:
     """Train one framework; the per-epoch record the parent compares and reports (see the module doc)."""
-    t_job = time.perf_counter()
+    t_job, cpu_job = time.perf_counter(), time.process_time()
     spec = job_spec(job.preset, job.dtype, job.epochs)
     x, y, xt, yt = load_data(spec, job.limit)
     t_data = time.perf_counter() - t_job
@@ -289,6 +289,7 @@ def run_train(job: TrainJob) -> dict:
         rec["eval_s"].append(time.perf_counter() - t0)
         rec["params"].append(model.get_params())
     rec["wall_s"] = time.perf_counter() - t_job
+    rec["cpu_s"] = time.process_time() - cpu_job  # this process's CPU time: what other load does not inflate
     report_progress("done", None)
     return rec
 
@@ -300,7 +301,7 @@ def nudged(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def run_divergence(job: DivergenceJob) -> dict:
     """Reference and `job.framework` stepped together; max |param difference| after every step."""
-    t_job = time.perf_counter()
+    t_job, cpu_job = time.perf_counter(), time.process_time()
     spec = preset(job.preset, dtype=job.dtype)
     x, y, _, _ = load_data(spec, job.limit)
     epochs_needed = -(-job.steps * spec.batch_size // len(x))
@@ -342,4 +343,5 @@ def run_divergence(job: DivergenceJob) -> dict:
         "policy": policy,
         "step_s": (time.perf_counter() - t0) / steps,
         "wall_s": time.perf_counter() - t_job,
+        "cpu_s": time.process_time() - cpu_job,
     }

@@ -168,7 +168,8 @@ def terminal_table(results: dict) -> str:
             f"{ROW_NAMES.get(k, k)} {v:.0f} s ({100 * v / total:.0f} %)"
             for k, v in sorted(per_framework.items(), key=lambda kv: -kv[1])
         )
-        lines.append(f"work: {total:.0f} s in all: {spent}")
+        cpu = meta["timing"].get("cpu_s", 0.0)
+        lines.append(f"work: {total:.0f} s of job wall time ({cpu:.0f} s CPU): {spent}")
     for failure in results["acceptance"]["failures"]:
         lines.append(f"  FAIL {failure}")
     return "\n".join(lines)
@@ -320,14 +321,14 @@ def _per_epoch_md(entry: dict) -> list[str]:
 def _timing_md(results: dict) -> list[str]:
     t = results["meta"]["timing"]
     rows = [
-        [name, f"{v['wall_s']:.1f}", f"{100 * v['wall_s'] / max(t['job_s'], 1e-9):.0f} %"]
+        [name, f"{v['wall_s']:.1f}", f"{v.get('cpu_s', 0.0):.1f}", f"{100 * v['wall_s'] / max(t['job_s'], 1e-9):.0f} %"]
         for name, v in sorted(t["by_group"].items(), key=lambda kv: -kv[1]["wall_s"])
     ]
     matrix = t.get("by_preset_and_framework", {})
     columns = [
         c for c in ("reference", "torch", "keras", NUDGED, "divergence runs") if any(c in m for m in matrix.values())
     ]
-    head = ["seconds of work", *[ROW_NAMES.get(c, c) for c in columns], "total"]
+    head = ["wall seconds of work", *[ROW_NAMES.get(c, c) for c in columns], "total"]
     grid = [[p, *[f"{m.get(c, 0.0):.0f}" for c in columns], f"{sum(m.values()):.0f}"] for p, m in matrix.items()]
     totals = [sum(m.get(c, 0.0) for m in matrix.values()) for c in columns]
     grid.append(["total", *[f"{v:.0f} ({100 * v / max(t['job_s'], 1e-9):.0f} %)" for v in totals], f"{t['job_s']:.0f}"])
@@ -337,14 +338,15 @@ def _timing_md(results: dict) -> list[str]:
         f"{t['job_s']:.0f} s of work in {results['meta']['wall_s']:.0f} s of wall time on "
         f"{results['meta']['workers']} worker processes (parallel efficiency "
         f"{100 * t['job_s'] / max(results['meta']['wall_s'] * results['meta']['workers'], 1e-9):.0f} %); "
-        "other processes on the machine slow every figure down alike. Each job trains one framework "
-        "(setup, training and the evaluations after each epoch included).",
+        f"the jobs' own CPU time was {t.get('cpu_s', 0.0):.0f} s: the difference is time their processes "
+        "waited for a core (other processes on the machine slow every wall-time figure alike). Each job "
+        "trains one framework (setup, training and the evaluations after each epoch included).",
         "",
         *_md_table(head, grid),
         "",
         "<details><summary>Every job group</summary>",
         "",
-        *_md_table(["job group", "seconds", "share"], rows),
+        *_md_table(["job group", "wall s", "CPU s", "share of wall"], rows),
         "",
         "</details>",
         "",

@@ -112,20 +112,22 @@ def _timing(train_jobs, train_results, div_jobs, div_results) -> dict:
     """Seconds of work per group: preset, dtype and framework (and the divergence runs)."""
     groups: dict[str, dict] = {}
     matrix: dict[str, dict[str, float]] = {}  # preset -> framework (or "divergence runs") -> seconds
-    total = 0.0
+    total = cpu = 0.0
     for job, res in [*zip(train_jobs, train_results), *zip(div_jobs, div_results)]:
         if isinstance(res, JobError):
             continue
         kind = "train" if isinstance(job, J.TrainJob) else "divergence"
         key = f"{job.preset} {job.dtype} {job.framework}" + (" (divergence)" if kind == "divergence" else "")
-        g = groups.setdefault(key, {"wall_s": 0.0, "jobs": 0})
+        g = groups.setdefault(key, {"wall_s": 0.0, "cpu_s": 0.0, "jobs": 0})
         g["wall_s"] += res["wall_s"]
+        g["cpu_s"] += res.get("cpu_s", 0.0)
         g["jobs"] += 1
         total += res["wall_s"]
+        cpu += res.get("cpu_s", 0.0)
         column = job.framework if kind == "train" else "divergence runs"
         cell = matrix.setdefault(job.preset, {})
         cell[column] = cell.get(column, 0.0) + res["wall_s"]
-    return {"job_s": total, "by_group": groups, "by_preset_and_framework": matrix}
+    return {"job_s": total, "cpu_s": cpu, "by_group": groups, "by_preset_and_framework": matrix}
 
 
 def collect(options: Options, train_jobs, train_results, div_jobs, div_results) -> dict:
