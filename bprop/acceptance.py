@@ -53,17 +53,21 @@ ACCEPTANCE: dict[str, Acceptance] = {
         mode="parity",
         float32_accuracy_gap=None,
         min_accuracy={3: 0.97, 25: 0.97},
-        claim="at least 97 % after 3 epochs in all three frameworks (validation issue); seed 004 "
-        "claims '>97%' after its 25 epochs (`--epochs 25`). Not claimed, and not so: float32 "
-        "accuracies within 0.05 pp (float32 rounding flips ReLU kinks and the run separates within the "
-        "first epoch, the reference nudged by one ulp alike: see its row)",
+        claim="at least 97 % after 3 epochs in all three frameworks (validation issue; measured with the "
+        "reference: 96.95 % for seed 0, 96.33 to 96.99 % for seeds 1-5, so this floor fails as the preset "
+        "stands); seed 004 claims '>97%' after its 25 epochs (`--epochs 25`). Not claimed, and not so: "
+        "float32 accuracies within 0.05 pp (float32 rounding flips ReLU kinks and the run separates "
+        "within the first epoch, the reference nudged by one ulp alike: see its row)",
     ),
     "mnist-sigmoid-per-sample": Acceptance(
         mode="chaotic",
         min_accuracy={3: 0.50},
         min_agree_steps={"float64": 50, "float32": 10},
-        claim="the homework raises accuracy 'from ~10% to ~70%' in 3 epochs; the trajectories are "
-        "chaotic, so twins agree to 1e-9 (float64) only over a first stretch of steps",
+        claim="the homework raises accuracy 'from ~10% to ~70%' in 3 epochs: every run at least 50 % "
+        "(measured: 30 runs, 5 seeds x 3 frameworks x 2 dtypes, 54.0 to 73.8 %). The trajectories are "
+        "chaotic, so the twins are held to agreement over the first stretch of steps (1e-9 in float64, "
+        "1e-5 in float32; at least half as long as the reference nudged by one ulp) and, with --seeds, "
+        "to the reference's mean accuracy within three standard errors",
     ),
     "digits-sigmoid-per-sample": Acceptance(
         mode="parity",
