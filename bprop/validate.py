@@ -3,8 +3,10 @@
     code = run(Options(presets=[...], dtypes=[...], seeds=[0], ...))    0: accepted, 1: not
 
 For every preset, dtype and seed, each framework trains from init_params(spec, seed) over
-epoch_orders(n, epochs, seed) (bprop.jobs); per-sample presets also get a step-by-step divergence
-run of each twin (and of the reference nudged by one ulp) against the reference. The results are
+epoch_orders(n, epochs, seed) (bprop.jobs); parity presets also train the control (the reference
+nudged by one ulp), and per-sample presets get a step-by-step divergence run of each twin and of
+the control against the reference (the first seed). The jobs run in worker processes, longest
+first (bprop.runner). The results are
 summarised (bprop.summary), judged (bprop.acceptance) and written out (bprop.report, bprop.plots):
 a table on stdout, OUT/report.md, OUT/results.json and the PNGs.
 """
@@ -14,13 +16,10 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from bprop import jobs as J
 from bprop.acceptance import acceptance_for, assess
@@ -253,9 +252,4 @@ def run(options: Options, stdout=None) -> int:
     return 0 if results["acceptance"]["passed"] else 1
 
 
-def _quote(argv: list[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
-
-
 __all__ = ["DEFAULT_OUT", "Options", "run"]
-_ = np  # numpy is imported for the types of the records this module passes on
