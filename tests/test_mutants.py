@@ -1,0 +1,207 @@
+"""Tests written to kill the mutants that survived the rest of the suite (scripts/mutation.sh).
+
+Each test pins a contract the other suites left open: what a default is, what dtype a layer keeps,
+what an optimiser's state holds, a gradient formula on a value the other tests never used (gamma
+not 1 in eval-mode batchnorm), an error message's row. The mutant each one kills is named in its
+docstring (mutmut names: reference.<module>.x<function>__mutmut_<n>). The survivors that change no
+result (equivalent mutants) are listed in README "Regression checks", with the reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cases import LAYER_CASES, make_batch
+
+from oracles.compare import compare
+from oracles.numeric import numeric_trace
+from reference.errors import NonFiniteError, ShapeError
+from reference.layers import BatchNorm, Dense, Dropout, ReLU, softmax
+from reference.losses import LOSSES, CrossEntropy, SoftmaxCrossEntropy, one_hot
+from reference.network import Network
+from reference.optimizers import make_optimizer
+from reference.spec import LayerSpec, ModelSpec, OptimizerSpec
+
+L = LayerSpec
+
+
+def test_training_a_network_that_starts_with_batchnorm_uses_the_trace_gradients():
+    """Layer.param_grads (the default, for a first parametrised layer that is not Dense): mutants 1-5."""
+    spec = ModelSpec(n_in=6, layers=(L("batchnorm"), L("dense", units=5), L("tanh"), L("dense", units=3)))
+    x, y = make_batch(spec, 7, seed=1)
+    trace = Network(spec, seed=2).trace(x, y)
+    _, grads = Network(spec, seed=2).loss_and_grads(x, y)
+    expected = {f"{rec.name}.{k}": v for rec in trace.layers for k, v in rec.grads.items()}
+    assert (
+        set(grads)
+        == set(expected)
+        == {"batchnorm_1.gamma", "batchnorm_1.beta", *(f"dense_{i}.{p}" for i in (1, 2) for p in "Wb")}
+    )
+    for name, g in grads.items():
+        np.testing.assert_array_equal(g, expected[name], err_msg=name)
+
+
+def test_layer_repr_names_the_class_the_layer_and_its_parameter_shapes():
+    """Layer.__repr__: mutants 1-9."""
+    dense = Dense("dense_1", np.zeros((3, 2)), np.zeros(2))
+    assert repr(dense) == "Dense(dense_1, W(3, 2), b(2,))"
+    assert repr(ReLU("relu_1")) == "ReLU(relu_1)"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dropout_mask_is_zero_one_in_the_asked_dtype_keeping_1_minus_rate(dtype):
+    """Dropout.draw_mask: astype(None) would hand a twin a float64 mask (mutant 1)."""
+    mask = Dropout("dropout_1", 0.3, np.random.default_rng(0)).draw_mask((400, 50), np.dtype(dtype))
+    assert mask.dtype == np.dtype(dtype)
+    assert set(np.unique(mask)) == {0.0, 1.0}
+    assert abs(mask.mean() - 0.7) < 4 * np.sqrt(0.7 * 0.3 / mask.size)  # 4 sigma of 20,000 draws
+
+
+def test_forward_defaults_to_training_mode():
+    """Dropout.forward and BatchNorm.forward with train=False as the default: mutants 1 of each."""
+    x = np.random.default_rng(0).normal(size=(8, 5))
+    dropped, _ = Dropout("dropout_1", 0.5, np.random.default_rng(1)).forward(x)
+    expected, _ = Dropout("dropout_1", 0.5, np.random.default_rng(1)).forward(x, train=True)
+    np.testing.assert_array_equal(dropped, expected)
+    assert (dropped == 0).any()
+    bn = BatchNorm("batchnorm_1", 5, np.float64)
+    out, _ = bn.forward(x)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-12)  # batch statistics, not running ones
+    np.testing.assert_array_equal(bn.state["running_mean"], 0.1 * x.mean(axis=0))
+
+
+def test_dropout_of_rate_zero_is_the_identity_and_draws_nothing():
+    """Dropout.forward: `rate == 1` for `rate == 0` draws a mask of ones, moving the shared stream (mutant 5)."""
+    rng = np.random.default_rng(3)
+    before = rng.bit_generator.state
+    x = np.random.default_rng(4).normal(size=(6, 4))
+    out, cache = Dropout("dropout_1", 0.0, rng).forward(x, train=True)
+    np.testing.assert_array_equal(out, x)
+    assert cache is None
+    assert rng.bit_generator.state == before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_parameters_and_statistics_keep_the_dtype(dtype):
+    """BatchNorm.__init__: gamma or beta created as float64 (mutants 20, 22, 26, 28)."""
+    bn = BatchNorm("batchnorm_1", 4, dtype)
+    for name, a in {**bn.params, **bn.state}.items():
+        assert a.dtype == dtype, name
+    np.testing.assert_array_equal(bn.params["gamma"], np.ones(4))
+    np.testing.assert_array_equal(bn.params["beta"], np.zeros(4))
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", ["batchnorm_torch", "batchnorm_keras"])
+def test_batchnorm_with_gamma_and_beta_not_one_and_zero_matches_finite_differences(case, train):
+    """BatchNorm.backward: dL/dx = g * gamma / sigma in eval mode; `/ gamma` passes while gamma == 1 (mutant 24)."""
+    net = Network(LAYER_CASES[case], seed=1)
+    bn = next(layer for layer in net.layers if isinstance(layer, BatchNorm))
+    rng = np.random.default_rng(5)
+    bn.params["gamma"][...] = rng.uniform(0.5, 2.0, bn.params["gamma"].shape)
+    bn.params["beta"][...] = rng.normal(size=bn.params["beta"].shape)
+    bn.state["running_mean"][...] = rng.normal(size=bn.state["running_mean"].shape)
+    bn.state["running_var"][...] = rng.uniform(0.5, 2.0, bn.state["running_var"].shape)
+    x, y = make_batch(net.spec, 6, seed=6)
+    numeric = numeric_trace(net, x, y, train=train)
+    compare(net.trace(x, y, train=train), numeric, oracle="numeric", names=("reference", "numeric")).assert_ok()
+
+
+@pytest.mark.parametrize("mode", ["coupled", "decoupled"])
+def test_a_weight_decay_of_exactly_one_still_decays(mode):
+    """Optimizer.step: `weight_decay != 1` in place of `!= 0` (mutant 7)."""
+    p0 = np.random.default_rng(7).normal(size=(3, 2))
+    g = np.random.default_rng(8).normal(size=(3, 2))
+    p = p0.copy()
+    make_optimizer(OptimizerSpec("sgd", lr=0.1, weight_decay=1.0, decay_mode=mode)).step(
+        {"dense_1.W": p}, {"dense_1.W": g}
+    )
+    expected = p0 - 0.1 * (g + 1.0 * p0) if mode == "coupled" else (p0 - 0.1 * 1.0 * p0) - 0.1 * g
+    np.testing.assert_array_equal(p, expected)
+
+
+def test_sgd_keeps_one_buffer_per_parameter():
+    """SGD.update: the fast form promises no allocation per step; a fresh buffer every step (mutants 1, 2)."""
+    opt = make_optimizer(OptimizerSpec("sgd", lr=0.1))
+    p, g = np.ones((4, 3)), np.full((4, 3), 0.5)
+    opt.step({"dense_1.W": p}, {"dense_1.W": g})
+    buffer = opt.buffers["dense_1.W"]
+    opt.step({"dense_1.W": p}, {"dense_1.W": g})
+    assert opt.buffers["dense_1.W"] is buffer
+    np.testing.assert_array_equal(p, 1.0 - 0.1 * 0.5 - 0.1 * 0.5)
+
+
+def state_after_one_step(name: str, convention: str, g: np.ndarray) -> dict[str, np.ndarray]:
+    spec = OptimizerSpec(name, lr=0.1, momentum=0.9 if name in ("momentum", "nesterov") else 0.0, convention=convention)
+    opt = make_optimizer(spec)
+    opt.step({"dense_1.W": np.zeros_like(g)}, {"dense_1.W": g})
+    return opt.state["dense_1.W"]
+
+
+G = np.random.default_rng(9).normal(size=(3, 2))
+STATE_AFTER_ONE_STEP = {
+    # the state each rule's docstring names, after one step from zeros with gradient G
+    ("momentum", "torch"): {"v": G},  # v <- mu v + g
+    ("momentum", "keras"): {"v": -(0.1 * G)},  # v <- mu v - lr g
+    ("nesterov", "torch"): {"v": G},
+    ("nesterov", "keras"): {"v": -(0.1 * G)},
+    ("rmsprop", "torch"): {"s": (1 - 0.99) * G * G},  # s <- rho s + (1 - rho) g^2, rho 0.99
+    ("rmsprop", "keras"): {"s": (1 - 0.9) * G * G},  # rho 0.9
+    ("adam", "torch"): {"m": (1 - 0.9) * G, "v": (1 - 0.999) * G * G},
+    ("adam", "keras"): {"m": (1 - 0.9) * G, "v": (1 - 0.999) * G * G},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "convention"), STATE_AFTER_ONE_STEP, ids=[f"{n}-{c}" for n, c in STATE_AFTER_ONE_STEP]
+)
+def test_optimizer_state_holds_what_its_rule_names(name, convention):
+    """Momentum/Nesterov: the torch and keras rules swapped (`!=`, "TORCH") give the same parameters
+    up to rounding but not the same velocity; every optimiser: a state slot under another key."""
+    state = state_after_one_step(name, convention, G)
+    expected = STATE_AFTER_ONE_STEP[(name, convention)]
+    assert set(state) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(state[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_the_default_reduction_is_the_mean(name):
+    """Loss.__init__ and NLL.__init__ defaults "XXmeanXX" / "MEAN" (mutants 1, 2 of each)."""
+    assert LOSSES[name]().reduction == "mean"
+
+
+def test_predictions_that_are_not_a_batch_of_rows_are_named_in_the_error():
+    """Loss.check: the message of ShapeError(None) or describe(None) (mutants 3, 4)."""
+    with pytest.raises(
+        ShapeError,
+        match=r"softmax_cross_entropy: expected predictions of shape \(batch, n_out\), got float64 array of shape \(3,\)",
+    ):
+        SoftmaxCrossEntropy().value_and_grad(np.zeros(3), np.zeros(3, np.int64))
+
+
+def test_one_hot():
+    """one_hot, used by no other code: mutants 1-10."""
+    out = one_hot(np.array([2, 0, 1]), 4, np.float32)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[0, 0, 1, 0], [1, 0, 0, 0], [0, 1, 0, 0]])
+
+
+def test_a_zero_label_probability_is_named_by_its_row():
+    """CrossEntropy.value_and_grad: the row found by argmax(None), `< 0`, `<= 1`, and the message (mutants 15-20)."""
+    probs = np.full((4, 3), 1 / 3)
+    probs[2] = [0.5, 0.0, 0.5]
+    with pytest.raises(
+        NonFiniteError, match=r"got 0\.0 at row 2 \(label 1\); the loss would be infinite \('nll' clips"
+    ):
+        CrossEntropy().value_and_grad(probs, np.array([0, 1, 1, 2]))
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 5)], ids=["one-row", "3-d"])
+def test_softmax_works_along_the_last_axis_of_any_rank(shape):
+    """softmax: `axis=+1` for `axis=-1` is the same on (batch, n) only (mutants 8, 16)."""
+    x = np.random.default_rng(10).normal(size=shape)
+    rows = x.reshape(-1, 5)
+    expected = np.exp(rows - rows.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_array_equal(softmax(x), expected.reshape(shape))
