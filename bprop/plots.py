@@ -112,13 +112,12 @@ def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         for ax in (ax_loss, ax_acc):
             ax.set_xlabel("epoch (0 = initial weights)")
             ax.set_xticks(range(epochs + 1))
-        if epochs >= 2:
+        values = [100 * a for kind in _frameworks(entry) for a in entry[kind]["test_accuracy"]]
+        low, high = ax_acc.get_ylim()
+        if epochs >= 2 and max(values) - min(values) < 0.3 * (high - low):  # a zoom shows something new
             inset = ax_acc.inset_axes([0.42, 0.1, 0.53, 0.45])
-            values = []
             for kind in _frameworks(entry):
-                acc = 100 * np.asarray(entry[kind]["test_accuracy"])
-                values.extend(acc)
-                _line(inset, np.arange(1, epochs + 1), acc, kind)
+                _line(inset, np.arange(1, epochs + 1), 100 * np.asarray(entry[kind]["test_accuracy"]), kind)
             pad = max(0.2, 0.1 * (max(values) - min(values)))
             inset.set_ylim(min(values) - pad, max(values) + pad)
             inset.set_title(f"epochs 1..{epochs}, zoomed", fontsize=8)
