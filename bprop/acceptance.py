@@ -53,11 +53,12 @@ ACCEPTANCE: dict[str, Acceptance] = {
         mode="parity",
         float32_accuracy_gap=None,
         min_accuracy={3: 0.97, 25: 0.97},
-        claim="at least 97 % after 3 epochs in all three frameworks (validation issue; measured with the "
-        "reference: 96.95 % for seed 0, 96.33 to 96.99 % for seeds 1-5, so this floor fails as the preset "
-        "stands); seed 004 claims '>97%' after its 25 epochs (`--epochs 25`). Not claimed, and not so: "
-        "float32 accuracies within 0.05 pp (float32 rounding flips ReLU kinks and the run separates "
-        "within the first epoch, the reference nudged by one ulp alike: see its row)",
+        claim="at least 97 % after 3 epochs in all three frameworks (validation issue). The preset starts "
+        "from He-normal weights: measured with the reference, 97.44 / 97.07 / 96.93 / 97.40 / 97.18 % for "
+        "seeds 0-4; seed 004's randn * 0.01 start gives 96.33 to 96.99 % for seeds 0-5 and never 97 % in 3 "
+        "epochs (its '>97%' is after 25 epochs). Not claimed, and not so: float32 accuracies within 0.05 pp "
+        "(float32 rounding flips ReLU kinks and the run separates within the first epoch, the reference "
+        "nudged by one ulp alike: see its row)",
     ),
     "mnist-sigmoid-per-sample": Acceptance(
         mode="chaotic",

@@ -190,16 +190,21 @@ PRESETS: dict[str, ModelSpec] = {
         description="784-128-10 ReLU, softmax cross-entropy (mean), N(0, (1/n_in)^2) weights, "
         "SGD lr 0.1, batch 128, pixels / 255",
     ),
-    # The deeper ReLU net: 784-100-200-10, batch 32, lr 0.1, randn * 0.01.
+    # The deeper ReLU net: 784-100-200-10, batch 32, lr 0.1, He-normal weights. Seed 004 starts it
+    # from randn * 0.01 and claims '>97%' after 25 epochs; the validation issue asks 97 % after 3.
+    # Measured with the reference (real MNIST, 3 epochs): randn * 0.01 gives 96.33 to 96.99 % over
+    # seeds 0-5 (never 97); He-normal, seeds 0-4: 97.44 / 97.07 / 96.93 / 97.40 / 97.18 %. He init is the seed's
+    # own suggested next step ("Option I: initialization"); preset(..., init="small_normal") is
+    # the seed's start exactly.
     "mnist-relu-deep": ModelSpec(
         n_in=784,
         layers=_mlp([784, 100, 200, 10], "relu"),
-        init="small_normal",
+        init="he_normal",
         optimizer=OptimizerSpec("sgd", lr=0.1),
         batch_size=32,
         preprocess="scale255",
         name="mnist-relu-deep",
-        description="784-100-200-10 ReLU, softmax cross-entropy (mean), randn * 0.01 weights, "
+        description="784-100-200-10 ReLU, softmax cross-entropy (mean), He-normal weights N(0, 2/n_in), "
         "SGD lr 0.1, batch 32, pixels / 255",
     ),
     # The digits lab: 64-32-10, sigmoid hidden, softmax output layer, summed NLL, per-sample.

@@ -101,14 +101,8 @@ def test_loss_matches_finite_differences(case, batch):
 
 
 def small_preset(name: str) -> ModelSpec:
-    """The preset's layers, loss and reduction on SMALL_N_IN inputs.
-
-    mnist-relu-deep starts from randn * 0.01: its second ReLU then sees inputs of ~5e-3, where a
-    difference step crosses kinks at every batch, and its first-layer gradients are ~1e-4 of the
-    loss, below what differences of an O(1) loss resolve. Its structure is checked from He weights.
-    """
-    spec = preset(name, n_in=SMALL_N_IN)
-    return spec.replace(init="he_normal") if name == "mnist-relu-deep" else spec
+    """The preset's layers, loss, reduction and init on SMALL_N_IN inputs."""
+    return preset(name, n_in=SMALL_N_IN)
 
 
 # The deep preset (23k parameters, 4 losses each) only at batch 1: at 7 it costs ~15 s of CPU, and

@@ -99,7 +99,7 @@ def test_presets_are_the_course_configurations():
         784, "softmax_cross_entropy", "normal_inv_max_fan", "sgd", 0.003, "raw", 1,
     )  # fmt: skip
     deep = PRESETS["mnist-relu-deep"]
-    assert (deep.batch_size, deep.optimizer.lr, deep.init) == (32, 0.1, "small_normal")
+    assert (deep.batch_size, deep.optimizer.lr, deep.init) == (32, 0.1, "he_normal")
     assert PRESETS["mnist-relu-batched"].batch_size == 128
     digits = PRESETS["digits-sigmoid-per-sample"]
     assert (digits.n_in, digits.batch_size, digits.dataset, digits.layers[-1].kind) == (64, 1, "digits", "softmax")

@@ -52,30 +52,20 @@ def test_relu_batched(dtype, tmp_path, capsys):
             assert max(abs(a - b) for a, b in zip(acc, ref)) <= 0.0005  # 0.05 percentage points
 
 
-DEEP_FLOOR = "accuracy >= 97.00 % after 3 epochs"
-
-
-def test_relu_deep(tmp_path, capsys):
-    """float64 parity and every check but the 97 % floor must pass; the floor, measured to fail on this
-    preset, is reported as an expected failure with the figures (until the preset or the figure changes)."""
-    code = main(["validate", "--preset", "mnist-relu-deep", "--out", str(tmp_path), "--workers", "1", "--no-progress"])
-    with capsys.disabled():
-        print(capsys.readouterr().out)
-    by_dtype = json.loads((tmp_path / "results.json").read_text())["presets"]["mnist-relu-deep"]
-    e = by_dtype["float64"]
-    for twin in ("torch", "keras"):
-        assert e[twin]["test_accuracy"] == e["reference"]["test_accuracy"]
-        assert max(e[twin]["vs_reference"]["param_rel_error"]) <= tolerance("twin", "float64", "parameters")
-    for dtype in ("float64", "float32"):
-        others = {k: v for k, v in statuses(by_dtype[dtype]).items() if k != DEEP_FLOOR}
-        assert set(others.values()) == {"pass"}, others
-    finals = {(d, k): by_dtype[d][k]["test_accuracy"][-1] for d in by_dtype for k in FRAMEWORKS}
-    if code != 0 or min(finals.values()) < 0.97:
-        pytest.xfail(
-            "the validation issue's 97 % after 3 epochs is not reached by this preset: "
-            + ", ".join(f"{d} {k} {100 * a:.2f} %" for (d, k), a in finals.items())
-            + " (seed 004 claims '>97%' after its 25 epochs); reported for a decision"
-        )
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_relu_deep(dtype, tmp_path, capsys):
+    """At least 97 % after 3 epochs in all three frameworks; float64 identical, with parameters within
+    the twin policy (float32 runs part after a ReLU kink flips, as the 1-ulp control does)."""
+    code, e = validate("mnist-relu-deep", dtype, tmp_path, capsys)
+    assert code == 0, e["acceptance"]
+    assert set(statuses(e).values()) == {"pass"}, statuses(e)
+    for framework in FRAMEWORKS:
+        accuracy = e[framework]["test_accuracy"]
+        assert len(accuracy) == 3 and accuracy[-1] >= 0.97, (framework, accuracy)
+    if dtype == "float64":
+        for twin in ("torch", "keras"):
+            assert e[twin]["test_accuracy"] == e["reference"]["test_accuracy"]
+            assert max(e[twin]["vs_reference"]["param_rel_error"]) <= tolerance("twin", "float64", "parameters")
 
 
 @pytest.mark.timeout(3600)
