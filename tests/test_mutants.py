@@ -16,7 +16,7 @@ from cases import LAYER_CASES, make_batch
 from oracles.compare import compare
 from oracles.numeric import numeric_trace
 from reference.errors import NonFiniteError, ShapeError
-from reference.layers import BatchNorm, Dense, Dropout, ReLU, softmax
+from reference.layers import BatchNorm, Dense, Dropout, ReLU, Softmax, softmax
 from reference.losses import LOSSES, CrossEntropy, SoftmaxCrossEntropy, one_hot
 from reference.network import Network
 from reference.optimizers import make_optimizer
@@ -205,3 +205,37 @@ def test_softmax_works_along_the_last_axis_of_any_rank(shape):
     expected = np.exp(rows - rows.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_array_equal(softmax(x), expected.reshape(shape))
+
+
+def test_softmax_layer_backward_works_along_the_last_axis_of_any_rank():
+    """Softmax.backward: `sum(axis=+1)` for `axis=-1` is the same on (batch, n) only (mutant 8).
+
+    dL/dx = J^T g row by row, J = diag(s) - s s^T, written out with the Jacobian per row."""
+    rng = np.random.default_rng(11)
+    x, g = rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5))
+    layer = Softmax("softmax_1")
+    out, cache = layer.forward(x)
+    grad_in, grads = layer.backward(g, cache)
+    expected = np.empty_like(x)
+    for i in np.ndindex(*x.shape[:-1]):
+        s = out[i]
+        expected[i] = (np.diag(s) - np.outer(s, s)).T @ g[i]
+    assert grads == {}
+    np.testing.assert_allclose(grad_in, expected, rtol=1e-12, atol=1e-15)
+
+
+class _Draws:
+    """A stand-in for numpy.random.Generator whose random() returns the values it was given."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def random(self, shape):
+        return self.values.reshape(shape)
+
+
+def test_dropout_keeps_a_unit_whose_draw_equals_the_rate():
+    """Dropout.draw_mask: keep iff u >= rate with u ~ U[0, 1) makes P(keep) exactly 1 - rate; `>`
+    drops u == rate too (mutant 3). The draws 0.25 and 0.5 are exact in binary, so the boundary is hit."""
+    layer = Dropout("dropout_1", 0.25, _Draws(np.array([0.0, 0.2499999, 0.25, 0.2500001, 0.5])))
+    np.testing.assert_array_equal(layer.draw_mask((1, 5), np.float64), [[0, 0, 1, 1, 1]])
