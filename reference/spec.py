@@ -193,9 +193,9 @@ PRESETS: dict[str, ModelSpec] = {
     # The deeper ReLU net: 784-100-200-10, batch 32, lr 0.1, He-normal weights. Seed 004 starts it
     # from randn * 0.01 and claims '>97%' after 25 epochs; the validation issue asks 97 % after 3.
     # Measured with the reference (real MNIST, 3 epochs): randn * 0.01 gives 96.33 to 96.99 % over
-    # seeds 0-5 (never 97); He-normal, seeds 0-4: 97.44 / 97.07 / 96.93 / 97.40 / 97.18 %. He init is the seed's
-    # own suggested next step ("Option I: initialization"); preset(..., init="small_normal") is
-    # the seed's start exactly.
+    # seeds 0-5 (never 97); He-normal 97.44 / 97.07 / 96.93 / 97.40 / 97.18 % over seeds 0-4.
+    # He init is the seed's own suggested next step ("Option I: initialization");
+    # preset("mnist-relu-deep", init="small_normal") is the seed's start exactly.
     "mnist-relu-deep": ModelSpec(
         n_in=784,
         layers=_mlp([784, 100, 200, 10], "relu"),
