@@ -1,48 +1,83 @@
-"""Adapters: each submission format's plain values -> the reference's Trace, in the GRADER's process.
+"""Adapters: what each format's probes send, what the reference expects back, what came back.
 
-    requests(part, cases) -> [ProbeRequest]          what to ask the driver (grading/drivers/api.py)
-    observe(part, i, case, results) -> Observed      case i's tensors from the probes' results
+    plan_case(part, case, rng)                 fills case.probes and case.expected (in the GRADER)
+    requests(part, cases) -> [ProbeRequest]    one sandboxed driver call per student function
+    observe(part, case, results) -> {Key: ndarray | Problem}   case's answers, from the calls' results
 
-The driver only sets weights, calls the student's API and returns arrays; everything here is plain
-numpy on returned values. Gradients of code that updates its parameters in place are read back:
-with known weights and a known learning rate lr, dL/dW = (W_before - W_after) / lr.
+No expected answer ever crosses into the sandbox. Every function is probed with inputs of its own:
+each layer of the layer format gets an input and a dL/d(output) drawn at random for it alone (not
+the reference chain's activations or gradients), the loss functions get random logits, the function
+format's sigmoid / dsigmoid / softmax / cross_entropy_loss get random z, logits and probabilities,
+and LogisticRegression.grad_loss gets random predictions. Whole-model calls (feed_forward_sample,
+NeuralNet.forward, train ...) get only what their API takes: weights, inputs and labels. The
+reference runs on the same probe inputs here, in the grader's process, and only here (Expected).
 
-Observed.trace uses the reference's layer names, with None where the format does not reveal a
-tensor (the function API never shows per-layer outputs); Observed.extras holds what is not part
-of a Trace ("step: dense_1.W", "sigmoid(z_1)", "network: relu_1.out"); Observed.problems says why a
-tensor is missing (the call raised, timed out, returned the wrong kind of value).
+Each driver call covers one student function (Dense.backward, grad_loss, train ...) over every
+case, so a crash, hang or kill costs only the tensors that function produces; the sandbox gives
+the next call a fresh child. Each compared tensor has a typed name, Key(check, function, tensor,
+layer, field), instead of a string parsed back by prefix: `tensor` is what the feedback shows
+("dense_2.dW", "step: dense_1.W", "sigmoid(z_1)"), `function` the student function that computed it.
+
+Gradients of code that updates its parameters in place are read back: with known weights and a
+known learning rate lr, dL/dW = (W_before - W_after) / lr.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from reference.trace import LayerTrace, Trace
+from grading.diagnose import RefView
+from reference.layers import softmax
+from reference.losses import SoftmaxCrossEntropy, one_hot
+from reference.network import ACTIVATIONS, Network
 
 DRIVER = Path(__file__).parent / "drivers" / "api.py"
 PROBE_LR = 1.0  # the rate gradients are read back at: old - new is dL/dW itself
+STABILITY_LOGIT = 1e3
+
+
+@dataclass(frozen=True)
+class Key:
+    """The typed name of one compared tensor."""
+
+    check: str  # the check it counts for (the stability case counts everything for "stability")
+    function: str  # the student function whose call produced it: "Dense.backward", "NeuralNet.grad_loss"
+    tensor: str  # what the feedback calls it: "dense_2.dW", "step: dense_1.W", "softmax(z_out)"
+    layer: str | None = None  # the reference layer it belongs to ("dense_2"), None for a whole-model value
+    field: str | None = None  # "out", "grad_in", "grad_out", "dW", "db", "W", "b", "loss", ...
+
+    def __str__(self) -> str:
+        return self.tensor
+
+
+@dataclass
+class Expected:
+    """The reference's value of one tensor on the probe's inputs, and what its diagnosis needs."""
+
+    key: Key
+    value: np.ndarray
+    view: RefView | None  # the reference quantities the hypotheses are computed from; None: none apply
+    quantity: str  # the tolerance policy's quantity (oracles/compare.py)
+    finite_only: bool = False  # stability with a loss of probabilities: only finiteness is required
+
+
+class Problem(str):
+    """Why a tensor has no usable answer (the call raised, was killed, returned the wrong thing)."""
 
 
 @dataclass(frozen=True)
 class ProbeRequest:
-    name: str  # "layers", "network", "forward", "train", "grad"
+    name: str  # the student function it calls ("Dense.backward"): Key.function of what it produces
     function: str  # the driver function
     kwargs: dict
     cases: tuple[int, ...]  # indices of the cases it covers, in order
 
 
-@dataclass
-class Observed:
-    trace: Trace
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
-    problems: dict[str, str] = field(default_factory=dict)
-
-
 class Failed:
-    """A whole probe that produced nothing for a case (the sandbox's verdict, or a missing probe)."""
+    """A whole call that produced nothing (the sandbox's verdict)."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -51,359 +86,450 @@ class Failed:
         return f"Failed({self.reason!r})"
 
 
-def _dense_names(case) -> list[str]:
-    return [n for n, ls in zip(case.spec.layer_names(), case.spec.layers) if ls.kind == "dense"]
+def _dense_names(spec) -> list[str]:
+    return [n for n, ls in zip(spec.layer_names(), spec.layers) if ls.kind == "dense"]
 
 
-def _problem_or_value(obs: Observed, name: str, result, what: str | None = None):
-    """The array in `result` or None, recording the reason under `name` when there is none."""
-    if isinstance(result, Failed):
-        obs.problems[name] = result.reason
-        return None
-    if result is None:
-        obs.problems[name] = f"{what or name}: no result"
-        return None
-    if "error" in result:
-        obs.problems[name] = result["error"]
-        return None
-    return result["value"]
+def _probe(case, label: str, driver: str, common: dict, item) -> None:
+    case.probes.setdefault(label, (driver, common, []))[2].append(item)
 
 
-# Requests -------------------------------------------------------------------------------------
+def _view(case, which: str = "main", lr: float = PROBE_LR, part=None) -> RefView:
+    if which == "step":
+        return RefView(case.spec, case.params, case.step_x, case.step_y, case.step_trace, lr, case.dtype)
+    return RefView(case.spec, case.params, case.x, case.y, case.trace, lr, case.dtype)
 
 
-def requests(part, cases: list) -> list[ProbeRequest]:
-    names = dict(part.names)
-    idx = tuple(range(len(cases)))
-    main = tuple(i for i, c in enumerate(cases) if c.kind != "stability")
-    if part.format == "layer":
-        layer_cases = [_layer_case(c) for c in cases]
-        out = [ProbeRequest("layers", "layer_layers", {"names": names, "lr": PROBE_LR, "cases": layer_cases}, idx)]
-        if {"network_forward", "training_step"} & set(part.check_names):
-            net_cases = [
-                {
-                    "layers": [
-                        {k: v for k, v in spec.items() if k not in ("x", "grad_out")}
-                        for spec in _layer_case(cases[i])["layers"]
-                    ],
-                    "x": cases[i].step_x,
-                    "y": cases[i].step_y,
-                    "lr": part.learning_rate,
-                }
-                for i in main
-            ]
-            out.append(ProbeRequest("network", "layer_network", {"names": names, "cases": net_cases}, main))
-        return out
-    if part.format == "function":
-        return [
-            ProbeRequest(
-                "forward", "function_forward", {"names": names, "cases": [_function_case(c) for c in cases]}, idx
-            ),
-            ProbeRequest(
-                "train",
-                "function_train",
-                {
-                    "names": names,
-                    "cases": [{**_function_case(c), "rates": [PROBE_LR, part.learning_rate]} for c in cases],
-                },
-                idx,
-            ),
-        ]
-    driver = "class_probe" if part.format == "class" else "logistic_probe"
-    out = [
-        ProbeRequest(
-            "forward",
-            driver,
-            {"names": names, "calls": ["forward", "loss"], "cases": [_class_case(part, c) for c in cases]},
-            idx,
-        ),
-        ProbeRequest(
-            "grad", driver, {"names": names, "calls": ["grad"], "cases": [_class_case(part, c) for c in cases]}, idx
-        ),
-    ]
-    if part.format == "class" and "training_step" in part.check_names:
-        out.append(
-            ProbeRequest(
-                "train",
-                driver,
-                {"names": names, "calls": ["train"], "cases": [_class_case(part, cases[i]) for i in main]},
-                main,
-            )
-        )
-    return out
+def _local_view(case, name: str, kind: str, x, out, grad_out, grad_in, grads) -> RefView:
+    """One layer alone on its own probe input: the trace of that layer only."""
+    from reference.trace import LayerTrace, Trace
+
+    trace = Trace(loss=None, layers=[LayerTrace(name, out, grad_out, grad_in, dict(grads))])
+    return RefView(case.spec, case.params, x, None, trace, PROBE_LR, case.dtype, local=((name, kind),))
 
 
-def _layer_case(case) -> dict:
-    layers = []
-    x = case.x
-    for ls, name, rec in zip(case.spec.layers, case.spec.layer_names(), case.trace.layers):
-        spec = {"name": name, "kind": ls.kind, "x": x, "grad_out": rec.grad_out}
+def _rand(rng, shape, dtype, kind: str = "any") -> np.ndarray:
+    """A probe input: relu inputs kept 0.1 away from the kink; others O(1)."""
+    v = rng.normal(0.0, 1.0, shape)
+    if kind == "relu":
+        v = np.sign(v) * np.maximum(np.abs(v), 0.1)
+    elif kind in ("sigmoid", "tanh"):
+        v = 1.5 * v
+    elif kind == "after":  # the input of a dense layer that follows an activation
+        v = rng.uniform(0.0, 1.0, shape)
+    return v.astype(dtype)
+
+
+def _random_logits(rng, batch: int, n: int, dtype, stable: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of their own, with labels; the stability case's reach +-1e3, labels on the smallest."""
+    z = rng.normal(0.0, 2.0, (batch, n))
+    y = rng.integers(0, n, batch)
+    if stable:
+        z = z * (STABILITY_LOGIT / z.flat[np.abs(z).argmax()])  # the largest becomes +1e3: exp overflows
+        y = np.argmin(z, axis=1)
+    return z.astype(dtype), y.astype(np.int64)
+
+
+# Planning: inputs and expected values per case ------------------------------------------------------
+
+
+def plan_case(part, case, rng: np.random.Generator) -> None:
+    {"layer": _plan_layer, "function": _plan_function, "class": _plan_class, "logistic": _plan_class}[part.format](
+        part, case, rng
+    )
+
+
+def _plan_layer(part, case, rng) -> None:
+    n = part.names
+    stab = case.kind == "stability"
+    B = case.x.shape[0]
+    net = Network(case.spec, case.params)
+    names, specs = case.spec.layer_names(), case.spec.layers
+    layer_specs, forwards, backwards = [], [], []  # in computation order: forward, loss, back from the loss
+    for i, (name, ls, layer) in enumerate(zip(names, specs, net.layers)):
+        cls = n[ls.kind]
+        width = case.x.shape[1] if i == 0 else layer_specs[-1]["n_out"]
+        if i == 0:
+            x = case.x
+        else:
+            x = _rand(rng, (B, width), case.dtype, ls.kind if ls.kind != "dense" else "after")
+        out, cache = layer.forward(x)
+        g = (_rand(rng, out.shape, case.dtype) / B).astype(case.dtype)
+        grad_in, grads = layer.backward(g, cache)
+        item = {"name": name, "kind": ls.kind, "n_out": out.shape[1]}
         if ls.kind == "dense":
-            W = case.params[f"{name}.W"]
-            spec.update(n_in=W.shape[0], n_out=W.shape[1], W=W, b=case.params[f"{name}.b"])
-        layers.append(spec)
-        x = rec.out
-    return {"layers": layers, "logits": case.trace.layers[-1].out, "labels": case.y}
+            item.update(n_in=width, W=case.params[f"{name}.W"], b=case.params[f"{name}.b"])
+        layer_specs.append(item)
+        _probe(case, f"{cls}.forward", "layer_forward", {"names": dict(n), "lr": PROBE_LR}, {**item, "x": x})
+        _probe(
+            case,
+            f"{cls}.backward",
+            "layer_backward",
+            {"names": dict(n), "lr": PROBE_LR},
+            {**item, "x": x, "grad_out": g},
+        )
+        view = _local_view(case, name, ls.kind, x, out, g, grad_in, grads)
+        forwards.append(Expected(Key("forward", f"{cls}.forward", f"{name}.out", name, "out"), out, view, "forward"))
+        back = []
+        if ls.kind == "dense":
+            for p, check in (("W", "weight_gradients"), ("b", "bias_gradients")):
+                key = Key(check, f"{cls}.backward", f"{name}.d{p}", name, f"d{p}")
+                back.append(Expected(key, grads[p], view, "gradient"))
+        key = Key("backward", f"{cls}.backward", f"{name}.grad_in", name, "grad_in")
+        backwards.append([*back, Expected(key, grad_in, view, "gradient")])
+    last = names[-1]
+    logits, labels = _random_logits(rng, B, case.spec.n_out, case.dtype, stab)
+    value, grad = SoftmaxCrossEntropy(part.reduction).value_and_grad(logits, labels)
+    args = {"logits": logits, "labels": labels}
+    _probe(case, n["loss"], "loss_call", {"name": n["loss"]}, args)
+    _probe(case, n["loss_grad"], "loss_call", {"name": n["loss_grad"]}, args)
+    view = _local_view(case, last, specs[-1].kind, logits, logits, grad, None, {})
+    case.expected += [
+        *forwards,
+        Expected(Key("loss", n["loss"], "loss", None, "loss"), np.asarray(value), None, "loss"),
+        Expected(Key("loss_gradient", n["loss_grad"], f"{last}.grad_out", last, "grad_out"), grad, view, "gradient"),
+        *(e for layer in reversed(backwards) for e in layer),
+    ]
+    if stab or not {"network_forward", "training_step"} & set(part.check_names):
+        return
+    net_case = {"layers": layer_specs, "x": case.step_x, "y": case.step_y, "lr": part.learning_rate}
+    fwd, train = f"{n['forward']}(network, X)", f"{n['train']}(network, X, y)"
+    view = _view(case, "step", part.learning_rate)
+    if "network_forward" in part.check_names:
+        _probe(case, fwd, "layer_network_forward", {"names": dict(n)}, net_case)
+        for name, rec in zip(names, case.step_trace.layers):
+            key = Key("network_forward", fwd, f"network: {name}.out", name, "out")
+            case.expected.append(Expected(key, rec.out, view, "forward"))
+    if "training_step" in part.check_names:
+        _probe(case, train, "layer_train", {"names": dict(n)}, net_case)
+        for d in reversed(_dense_names(case.spec)):  # backprop's order: the last layer's update first
+            for p in ("W", "b"):
+                new = case.params[f"{d}.{p}"] - part.learning_rate * case.step_trace[d].grads[p]
+                case.expected.append(
+                    Expected(Key("training_step", train, f"step: {d}.{p}", d, p), new, view, "parameters")
+                )
 
 
-def _function_case(case) -> dict:
-    dense = _dense_names(case)
+def _plan_function(part, case, rng) -> None:
+    n = part.names
+    stab = case.kind == "stability"
+    dense = _dense_names(case.spec)
     t = case.trace
-    return {
+    model = {
         "W": [case.params[f"{d}.W"] for d in dense],
         "b": [case.params[f"{d}.b"].reshape(1, -1) for d in dense],  # the notebook's (1, n) biases
         "x": case.x[0],
         "y": int(case.y[0]),
-        "z_hidden": [t[d].out for d in dense[:-1]],
-        "logits": t[dense[-1]].out,
-        "one_hot": _one_hot(case.y, t[dense[-1]].out.shape[1], case.dtype)[0],
-        "probs": case.extra_ref["softmax(z_out)"],
     }
+    ff, train = n["forward"], n["train"]
+    main = _view(case)
+    _probe(case, ff, "function_feed_forward", {"names": dict(n)}, model)
+    n_out = t.layers[-1].out.shape[1]
+    prediction = np.eye(n_out, dtype=case.dtype)[int(np.argmax(t.layers[-1].out[0]))]
+    case.expected.append(Expected(Key("forward", ff, "prediction", None, "prediction"), prediction, None, "forward"))
+    if not (stab and n["loss"] in part.provided):  # at +-1e3 the given loss's NaN is not the student's
+        loss = np.asarray(t.loss) if t.loss is not None else np.asarray(np.inf)
+        case.expected.append(Expected(Key("loss", ff, "loss", None, "loss"), loss, main, "loss", finite_only=stab))
+    for d in dense:
+        for p in ("W", "b"):
+            key = Key("forward", ff, f"unchanged by {ff}: {d}.{p}", d, p)
+            case.expected.append(Expected(key, case.params[f"{d}.{p}"], main, "parameters"))
+    kinds = part.activations
+    z = [_rand(rng, (1, case.params[f"{d}.W"].shape[1]), case.dtype, kinds[k]) for k, d in enumerate(dense[:-1])]
+    for fn, key_check, what in ((n["activation"], "forward", "value"), (n["derivative"], "activation_derivative", "d")):
+        if fn in part.provided:
+            continue
+        for k, zk in enumerate(z):
+            _probe(case, fn, "unit_call", {"name": fn}, [zk])
+            layer = ACTIVATIONS[kinds[k]](f"act_{k + 1}")
+            a, cache = layer.forward(zk)
+            value = a if what == "value" else layer.backward(np.ones_like(zk), cache)[0]
+            case.expected.append(Expected(Key(key_check, fn, f"{fn}(z_{k + 1})", None, what), value, None, "forward"))
+    if n["softmax"] not in part.provided:
+        logits, _ = _random_logits(rng, 1, n_out, case.dtype, stab)
+        _probe(case, n["softmax"], "unit_call", {"name": n["softmax"]}, [logits])
+        key = Key("forward", n["softmax"], "softmax(z_out)", None, "softmax")
+        case.expected.append(Expected(key, softmax(logits), None, "forward"))
+    if n["loss"] not in part.provided:
+        logits, labels = _random_logits(rng, 1, n_out, case.dtype, stab)
+        probs = softmax(logits)
+        onehot = one_hot(labels, n_out, case.dtype)[0]
+        _probe(case, n["loss"], "unit_call", {"name": n["loss"]}, [onehot, probs])
+        with np.errstate(divide="ignore"):
+            value = np.asarray(-np.log(probs[0, labels[0]]))  # -log p_y: the reference CrossEntropy, summed
+        key = Key("loss", n["loss"], f"{n['loss']}(y, p)", None, "loss")
+        case.expected.append(Expected(key, value, None, "loss", finite_only=stab and not np.isfinite(value)))
+    rates = [PROBE_LR] if stab else [PROBE_LR, part.learning_rate]
+    if stab or "training_step" not in part.check_names:
+        rates = [PROBE_LR]
+    _probe(case, train, "function_train", {"names": dict(n)}, {**model, "rates": rates})
+    for d in reversed(dense):  # backprop's order
+        for p, check in (("W", "weight_gradients"), ("b", "bias_gradients")):
+            key = Key(check, train, f"{d}.d{p}", d, f"d{p}")
+            case.expected.append(Expected(key, t[d].grads[p], main, "gradient"))
+    if len(rates) > 1:
+        step = _view(case, "step", part.learning_rate)
+        for d in reversed(dense):
+            for p in ("W", "b"):
+                new = case.params[f"{d}.{p}"] - part.learning_rate * case.step_trace[d].grads[p]
+                case.expected.append(
+                    Expected(Key("training_step", train, f"step: {d}.{p}", d, p), new, step, "parameters")
+                )
 
 
-def _class_case(part, case) -> dict:
-    dense = _dense_names(case)
-    if part.format == "class":
-        keys = {"W_h": f"{dense[0]}.W", "b_h": f"{dense[0]}.b", "W_o": f"{dense[1]}.W", "b_o": f"{dense[1]}.b"}
-    else:
-        keys = {"W": f"{dense[0]}.W", "b": f"{dense[0]}.b"}
+CLASS_KEYS = {"class": ("W_h", "b_h", "W_o", "b_o"), "logistic": ("W", "b")}
+
+
+def _plan_class(part, case, rng) -> None:
+    n = part.names
+    stab = case.kind == "stability"
+    dense = _dense_names(case.spec)
+    keys = CLASS_KEYS[part.format]
+    targets = [(dense[i // 2], "W" if i % 2 == 0 else "b") for i in range(len(keys))]
     sizes = [case.spec.n_in] + [case.params[f"{d}.W"].shape[1] for d in dense]
-    probs = case.trace.layers[-1].out
-    return {
-        "sizes": sizes,
-        "params": {k: case.params[v] for k, v in keys.items()},
-        "X": case.x,
-        "y": case.y,
-        "one_hot": _one_hot(case.y, probs.shape[1], case.dtype),
-        "probs": probs,
-        "x_row": case.step_x[0],
-        "y_row": int(case.step_y[0]),
-        "lr": part.learning_rate,
-    }
+    model = {"sizes": sizes, "params": {k: case.params[f"{d}.{p}"] for k, (d, p) in zip(keys, targets)}}
+    cls = n["class"]
+    label = {call: f"{cls}.{n[call]}" for call in ("forward", "loss", "grad")}
+    main = _view(case)
+    last = case.spec.layer_names()[-1]
+    _probe(case, label["forward"], "class_call", {"names": dict(n), "call": "forward"}, {**model, "X": case.x})
+    key = Key("forward", label["forward"], f"{last}.out", last, "out")
+    case.expected.append(Expected(key, case.trace.layers[-1].out, main, "forward"))
+    _probe(case, label["loss"], "class_call", {"names": dict(n), "call": "loss"}, {**model, "X": case.x, "y": case.y})
+    loss = np.asarray(case.trace.loss) if case.trace.loss is not None else np.asarray(np.inf)
+    case.expected.append(
+        Expected(Key("loss", label["loss"], "loss", None, "loss"), loss, main, "loss", finite_only=stab)
+    )
+    if part.format == "class":
+        _probe(
+            case, label["grad"], "class_call", {"names": dict(n), "call": "grad"}, {**model, "X": case.x, "y": case.y}
+        )
+        grads = {(d, p): case.trace[d].grads[p] for d, p in targets}
+        views = dict.fromkeys(targets, main)
+    else:  # grad_loss(X, y_true, y_pred): predictions of its own, not the reference's probabilities
+        logits, _ = _random_logits(rng, len(case.y), case.spec.n_out, case.dtype, stab)
+        y_pred = softmax(logits)
+        onehot = one_hot(case.y, case.spec.n_out, case.dtype)
+        # dL/d(logits) at predictions p: p - onehot (the reference's softmax cross-entropy from the logits)
+        _, g = SoftmaxCrossEntropy(part.reduction).value_and_grad(logits, case.y)
+        layer = Network(case.spec, case.params).layers[0]
+        _, cache = layer.forward(case.x)
+        _, layer_grads = layer.backward(g, cache)
+        item = {**model, "X": case.x, "y_true": onehot, "y_pred": y_pred}
+        _probe(case, label["grad"], "class_call", {"names": dict(n), "call": "grad"}, item)
+        grads = {(dense[0], p): layer_grads[p] for p in ("W", "b")}
+        view = _local_view(case, dense[0], "dense", case.x, None, g, None, layer_grads)
+        views = dict.fromkeys(targets, view)
+    for d, p in reversed(targets):  # backprop's order: the output layer first
+        key = Key("weight_gradients" if p == "W" else "bias_gradients", label["grad"], f"{d}.d{p}", d, f"d{p}")
+        case.expected.append(Expected(key, grads[(d, p)], views[(d, p)], "gradient"))
+    if part.format != "class" or stab or "training_step" not in part.check_names:
+        return
+    train = f"{cls}.{n['train']}"
+    item = {**model, "x_row": case.step_x[0], "y_row": int(case.step_y[0]), "lr": part.learning_rate}
+    _probe(case, train, "class_call", {"names": dict(n), "call": "train"}, item)
+    step = _view(case, "step", part.learning_rate)
+    for d, p in reversed(targets):
+        new = case.params[f"{d}.{p}"] - part.learning_rate * case.step_trace[d].grads[p]
+        case.expected.append(Expected(Key("training_step", train, f"step: {d}.{p}", d, p), new, step, "parameters"))
 
 
-def _one_hot(y: np.ndarray, n: int, dtype: str) -> np.ndarray:
-    out = np.zeros((len(y), n), dtype)
-    out[np.arange(len(y)), y] = 1
+# Requests ---------------------------------------------------------------------------------------
+
+
+def requests(part, cases: list) -> list[ProbeRequest]:
+    """One driver call per student function, over every case that probes it (in first-use order)."""
+    order: dict[str, tuple[str, dict]] = {}
+    for case in cases:
+        for label, (driver, common, _) in case.probes.items():
+            order.setdefault(label, (driver, common))
+    out = []
+    for label, (driver, common) in order.items():
+        idx = tuple(i for i, c in enumerate(cases) if label in c.probes)
+        items = [cases[i].probes[label][2] for i in idx]
+        out.append(ProbeRequest(label, driver, {**common, "cases": items}, idx))
     return out
 
 
-# Observing ------------------------------------------------------------------------------------
+# Observing --------------------------------------------------------------------------------------
 
 
-def empty_trace(case) -> Trace:
-    return Trace(loss=None, layers=[LayerTrace(name) for name in case.spec.layer_names()])
+def observe(part, case, results: dict[str, object]) -> dict[Key, object]:
+    """{Key: what came back (an ndarray, or anything hostile) | Problem}, for every expected Key.
+
+    `results` is {call label: this case's record (a list, one entry per item sent) | Failed}. A key
+    with no entry in the answer is the compare step's "no answer", never a pass."""
+    got: dict[Key, object] = {}
+    items: dict[str, int] = {}
+    for exp in case.expected:
+        key = exp.key
+        record = results.get(key.function)
+        if record is None:
+            got[key] = Problem(f"{key.function}: not run")
+            continue
+        if isinstance(record, Failed):
+            got[key] = Problem(f"{key.function}: {record.reason}")
+            continue
+        got[key] = _extract(part, case, exp, record, items)
+    return got
 
 
-def observe(part, case, results: dict[str, object]) -> Observed:
-    """Case `case`'s tensors, from {probe name: the driver's record for this case, or Failed}."""
-    obs = Observed(trace=empty_trace(case))
-    {"layer": _observe_layer, "function": _observe_function, "class": _observe_class, "logistic": _observe_class}[
-        part.format
-    ](part, case, results, obs)
-    return obs
+def _result(entry, what: str):
+    """A driver result {"value": ...} | {"error": ...}: the value, or a Problem."""
+    if not isinstance(entry, dict):
+        return Problem(f"{what}: the driver returned {type(entry).__name__}, expected a result record")
+    if "error" in entry:
+        return Problem(str(entry["error"]))
+    if "value" not in entry:
+        return Problem(f"{what}: no result")
+    return entry["value"]
 
 
-def _read_back(obs: Observed, name: str, before: np.ndarray, after, lr: float, squeeze: bool = False):
-    """dL/dp = (before - after) / lr, after checking `after` has the parameter's shape."""
-    if after is None:
-        obs.problems[name] = f"{name}: the parameter could not be read back after the update"
-        return None
-    after = np.asarray(after)
+def _entry(record, i: int, what: str):
+    if not isinstance(record, list) or i >= len(record):
+        return Problem(f"{what}: the driver returned no entry {i} ({type(record).__name__})")
+    return record[i]
+
+
+def _index(case, key: Key) -> int:
+    """The position of a layer's item among the items its call was sent for this case."""
+    items = case.probes[key.function][2]
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == key.layer:
+            return i
+    return 0
+
+
+def _read_back(key: Key, before: np.ndarray, after, lr: float, squeeze: bool = False):
+    """dL/dp = (before - after) / lr, after checking `after` is a numeric array of the parameter's shape."""
+    if isinstance(after, Problem):
+        return after
+    if not isinstance(after, np.ndarray) or after.dtype.kind not in "iuf":
+        what = type(after).__name__ if not isinstance(after, np.ndarray) else f"an array of dtype {after.dtype}"
+        return Problem(f"{key.tensor}: after the update the parameter is {what}, expected an array of numbers")
     if squeeze and after.size == before.size:
         after = after.reshape(before.shape)
     if after.shape != before.shape:
-        obs.problems[name] = f"{name}: after the update the parameter has shape {after.shape}, expected {before.shape}"
-        return None
+        return Problem(f"{key.tensor}: after the update the parameter has shape {after.shape}, expected {before.shape}")
     return (before.astype(np.float64) - after.astype(np.float64)) / lr
 
 
-def _observe_layer(part, case, results, obs: Observed) -> None:
-    _observe_layers_probe(part, case, results.get("layers"), obs)
-    if results.get("network") is not None:
-        _observe_network_probe(part, case, results["network"], obs)
+def _param(value, p: str, key: Key):
+    """{"W": ..., "b": ...} -> value[p]; anything else a Problem."""
+    if isinstance(value, Problem):
+        return value
+    if not isinstance(value, dict) or p not in value:
+        return Problem(f"{key.tensor}: the parameters read back are {type(value).__name__} without {p!r}")
+    return value[p]
 
 
-def _revealed_by_layers(case) -> list[str]:
-    """The tensors the layer format reveals: outputs, dL/d(input), dW, db, the loss and its gradient."""
-    names = []
-    for name, ls in zip(case.spec.layer_names(), case.spec.layers):
-        names += [f"{name}.out", f"{name}.grad_in"] + ([f"{name}.dW", f"{name}.db"] if ls.kind == "dense" else [])
-    return [*names, "loss", f"{case.spec.layer_names()[-1]}.grad_out"]
+def _extract(part, case, exp: Expected, record, items: dict[str, int]):
+    key = exp.key
+    fmt = part.format
+    if fmt == "layer":
+        if key.function.endswith(".forward") and key.field == "out" and not key.tensor.startswith("network: "):
+            return _result(_entry(record, _index(case, key), key.function), key.function)
+        if key.field in ("grad_in", "dW", "db") and key.function.endswith(".backward"):
+            entry = _entry(record, _index(case, key), key.function)
+            if isinstance(entry, Problem) or not isinstance(entry, dict):
+                return entry if isinstance(entry, Problem) else Problem(f"{key.function}: no result record")
+            backward = _result(entry.get("backward"), key.function)
+            if key.field == "grad_in" or isinstance(backward, Problem):
+                return backward
+            params = _result(entry.get("params"), "reading parameters")
+            p = key.field[1:]
+            return _read_back(key, case.params[f"{key.layer}.{p}"], _param(params, p, key), PROBE_LR)
+        if key.field == "loss":
+            losses = _result(_entry(record, 0, key.function), key.function)
+            if isinstance(losses, Problem):
+                return losses
+            if not isinstance(losses, np.ndarray) or losses.shape != (len(case.y),):
+                shape = losses.shape if isinstance(losses, np.ndarray) else type(losses).__name__
+                return Problem(f"{key.function} returned {shape}; expected one loss per sample, shape ({len(case.y)},)")
+            if losses.dtype.kind not in "iuf":
+                return Problem(f"{key.function} returned dtype {losses.dtype}, expected numbers")
+            return losses.mean() if part.reduction == "mean" else losses.sum()
+        if key.field == "grad_out":
+            return _result(_entry(record, 0, key.function), key.function)
+        if key.tensor.startswith("network: "):
+            outs = _result(_entry(record, 0, key.function), key.function)
+            if isinstance(outs, Problem):
+                return outs
+            names = case.spec.layer_names()
+            if not isinstance(outs, list | tuple) or len(outs) != len(names):
+                count = len(outs) if isinstance(outs, list | tuple) else type(outs).__name__
+                return Problem(f"{key.function} returned {count} activations for {len(names)} layers")
+            return outs[names.index(key.layer)]
+        # training step: the parameters of every layer after train(network, X, y)
+        params = _result(_entry(record, 0, key.function), key.function)
+        if isinstance(params, Problem):
+            return params
+        i = case.spec.layer_names().index(key.layer)
+        if not isinstance(params, list) or i >= len(params):
+            return Problem(f"{key.function}: the parameters after the step could not be read back")
+        return _param(_result(params[i], "reading parameters"), key.field, key)
+    if fmt == "function":
+        if key.function == part.names["forward"]:
+            ff = _result(_entry(record, 0, key.function), key.function)
+            if isinstance(ff, Problem):
+                return ff
+            if key.field == "prediction":
+                return _reshaped(_field(ff, "guess", key), exp.value)
+            if key.field == "loss":
+                return _field(ff, "loss", key)
+            after = ff.get("params_after") if isinstance(ff, dict) else None
+            after = _result(after, "reading weights and biases")
+            return _nth_param(part, case, key, after, "W" if key.field == "W" else "b", exp.value)
+        if key.function == part.names["train"]:
+            per_rate = _entry(record, 0, key.function)
+            rate = 1 if key.tensor.startswith("step: ") else 0
+            got = _result(_entry(per_rate, rate, key.function), key.function)
+            if isinstance(got, Problem):
+                return got
+            p = key.field[-1]
+            before = case.params[f"{key.layer}.{p}"]
+            value = _nth_param(part, case, key, got, p, before)
+            if rate == 1 or isinstance(value, Problem):
+                return value
+            return _read_back(key, before, value, PROBE_LR, squeeze=True)
+        # unit functions: one entry per item sent, in order
+        k = items.get(key.function, 0)
+        items[key.function] = k + 1
+        return _result(_entry(record, k, key.function), key.function)
+    # class / logistic
+    got = _result(_entry(record, 0, key.function), key.function)
+    if isinstance(got, Problem) or key.field in ("out", "loss"):
+        return got
+    keys = CLASS_KEYS[fmt]
+    dense = _dense_names(case.spec)
+    which = keys[dense.index(key.layer) * 2 + (0 if key.field in ("dW", "W") else 1)]
+    if not isinstance(got, dict) or which not in got:
+        return Problem(f"{key.function}: no {part.names[which]!r} in what came back ({type(got).__name__})")
+    return got[which]
 
 
-def _observe_layers_probe(part, case, record, obs: Observed) -> None:
-    t = obs.trace
-    if isinstance(record, Failed) or record is None:
-        for name in _revealed_by_layers(case):
-            obs.problems[name] = record.reason if record is not None else "not run"
-        return
-    for ls, rec, got in zip(case.spec.layers, t.layers, record["layers"]):
-        rec.out = _problem_or_value(obs, f"{rec.name}.out", got["forward"])
-        rec.grad_in = _problem_or_value(obs, f"{rec.name}.grad_in", got["backward"])
-        if ls.kind != "dense":
-            continue
-        after = got.get("params_after_backward")
-        if "error" in got["backward"]:
-            for p in ("dW", "db"):
-                obs.problems[f"{rec.name}.{p}"] = got["backward"]["error"]
-            continue
-        values = _problem_or_value(obs, f"{rec.name}.dW", after)
-        if values is None:
-            obs.problems[f"{rec.name}.db"] = obs.problems[f"{rec.name}.dW"]
-            continue
-        for p, key in (("W", "W"), ("b", "b")):
-            g = _read_back(obs, f"{rec.name}.d{p}", case.params[f"{rec.name}.{p}"], values[key], PROBE_LR)
-            if g is not None:
-                rec.grads[p] = g
-    losses = _problem_or_value(obs, "loss", record["loss"])
-    if losses is not None:
-        if losses.shape == (len(case.y),):
-            t.loss = losses.mean() if part.reduction == "mean" else losses.sum()
-        else:
-            obs.problems["loss"] = (
-                f"{part.names['loss']} returned shape {losses.shape}; expected one loss per sample, shape ({len(case.y)},)"
-            )
-    t.layers[-1].grad_out = _problem_or_value(obs, f"{t.layers[-1].name}.grad_out", record["loss_grad"])
+def _field(value, name: str, key: Key):
+    if not isinstance(value, dict) or name not in value:
+        return Problem(f"{key.function}: no {name} in what came back ({type(value).__name__})")
+    return value[name]
 
 
-def _observe_network_probe(part, case, net, obs: Observed) -> None:
-    """forward(network, X)'s activations and the parameters after train(network, X, y)."""
-    outs = _problem_or_value(obs, "network: forward", net if isinstance(net, Failed) else net["forward"])
-    names = case.spec.layer_names()
-    for i, name in enumerate(names):
-        key = f"network: {name}.out"
-        if outs is None:
-            obs.problems[key] = obs.problems["network: forward"]
-        elif len(outs) != len(names):
-            obs.problems[key] = (
-                f"{part.names['forward']}(network, X) returned {len(outs)} activations for {len(names)} layers"
-            )
-        else:
-            obs.extras[key] = outs[i]
-    obs.problems.pop("network: forward", None)
-    trained = _problem_or_value(obs, "step", net if isinstance(net, Failed) else net["train"])
-    for i, (name, ls) in enumerate(zip(names, case.spec.layers)):
-        if ls.kind != "dense":
-            continue
-        for p in ("W", "b"):
-            key = f"step: {name}.{p}"
-            if trained is None and "step" in obs.problems:
-                obs.problems[key] = obs.problems["step"]
-                continue
-            got = _problem_or_value(obs, key, net["params"][i])
-            if got is not None:
-                obs.extras[key] = got[p] if got[p] is not None else np.full(1, np.nan)
-    obs.problems.pop("step", None)
+def _reshaped(value, like: np.ndarray):
+    """The notebook's (1, n) rows accepted for an (n,) tensor: the same numbers."""
+    if isinstance(value, np.ndarray) and value.shape != like.shape and value.size == like.size and value.ndim == 2:
+        return value.reshape(like.shape)
+    return value
 
 
-def _observe_function(part, case, results, obs: Observed) -> None:
-    t = obs.trace
-    dense = _dense_names(case)
-    fwd = results.get("forward")
-    if isinstance(fwd, Failed):
-        fwd = {
-            "feed_forward": {"error": fwd.reason},
-            "params_after": {"error": fwd.reason},
-            "activation": None,
-            "derivative": None,
-            "softmax": None,
-            "loss": None,
-            "_failed": fwd.reason,
-        }
-    ff = _problem_or_value(obs, "loss", fwd["feed_forward"])
-    if ff is not None:
-        t.loss = ff["loss"]
-        guess = ff["guess"]
-        obs.extras["prediction"] = guess.reshape(-1) if guess.size == case.extra_ref["prediction"].size else guess
-    else:
-        obs.problems["prediction"] = obs.problems["loss"]
-    after = _problem_or_value(obs, "after forward", fwd["params_after"])
-    for i, d in enumerate(dense):
-        for p, key in (("W", "W"), ("b", "b")):
-            name = f"unchanged by {part.names['forward']}: {d}.{p}"
-            if after is None:
-                obs.problems[name] = obs.problems["after forward"]
-            elif i >= len(after[key]):
-                obs.problems[name] = (
-                    f"{part.names['weights' if p == 'W' else 'biases']} has {len(after[key])} entries, expected {len(dense)}"
-                )
-            else:
-                obs.extras[name] = (
-                    after[key][i].reshape(-1)
-                    if p == "b" and after[key][i].size == case.params[f"{d}.b"].size
-                    else after[key][i]
-                )
-    obs.problems.pop("after forward", None)
-    for key, label, count in (
-        ("activation", "{act}(z_{k})", len(dense) - 1),
-        ("derivative", "{der}(z_{k})", len(dense) - 1),
-        ("softmax", "softmax(z_out)", 1),
-        ("loss", "cross_entropy_loss(y, p)", 1),
-    ):
-        for k in range(count):
-            name = label.format(act=part.names["activation"], der=part.names["derivative"], k=k + 1)
-            got = fwd.get(key)
-            if got is None:
-                obs.problems[name] = fwd.get("_failed", "not run")
-                continue
-            value = _problem_or_value(obs, name, got[k])
-            if value is not None:
-                obs.extras[name] = value
-    train = results.get("train")
-    per_rate = [train, train] if isinstance(train, Failed) else train["train"]
-    for rate_index, (lr, prefix) in enumerate(((PROBE_LR, ""), (part.learning_rate, "step: "))):
-        got = _problem_or_value(obs, "train", per_rate[rate_index])
-        for i, d in enumerate(dense):
-            for p, key in (("W", "W"), ("b", "b")):
-                name = f"{d}.d{p}" if not prefix else f"step: {d}.{p}"
-                if got is None:
-                    obs.problems[name] = obs.problems["train"]
-                    continue
-                if i >= len(got[key]):
-                    obs.problems[name] = (
-                        f"{part.names['weights' if p == 'W' else 'biases']} has {len(got[key])} entries after training, expected {len(dense)}"
-                    )
-                    continue
-                before = case.params[f"{d}.{p}"]
-                if prefix:
-                    value = got[key][i]
-                    obs.extras[name] = value.reshape(before.shape) if value.size == before.size else value
-                else:
-                    g = _read_back(obs, name, before, got[key][i], lr, squeeze=True)
-                    if g is not None:
-                        t[d].grads[p] = g
-        obs.problems.pop("train", None)
-
-
-def _observe_class(part, case, results, obs: Observed) -> None:
-    t = obs.trace
-    dense = _dense_names(case)
-    keys = ["W_h", "b_h", "W_o", "b_o"] if part.format == "class" else ["W", "b"]
-    targets = [(dense[i // 2], "W" if i % 2 == 0 else "b") for i in range(len(keys))]
-
-    def record(probe: str, call: str):
-        got = results.get(probe)
-        if got is None:
-            return None
-        return got if isinstance(got, Failed) else got[call]
-
-    t.layers[-1].out = _problem_or_value(obs, f"{t.layers[-1].name}.out", record("forward", "forward"))
-    loss = _problem_or_value(obs, "loss", record("forward", "loss"))
-    t.loss = loss
-    grads = _problem_or_value(obs, "grads", record("grad", "grad"))
-    for key, (d, p) in zip(keys, targets):
-        if grads is None:
-            obs.problems[f"{d}.d{p}"] = obs.problems["grads"]
-        else:
-            t[d].grads[p] = grads[key]
-    obs.problems.pop("grads", None)
-    if "train" not in results:
-        return
-    trained = _problem_or_value(obs, "train", record("train", "train"))
-    for key, (d, p) in zip(keys, targets):
-        if trained is None:
-            obs.problems[f"step: {d}.{p}"] = obs.problems["train"]
-        else:
-            obs.extras[f"step: {d}.{p}"] = trained[key]
-    obs.problems.pop("train", None)
+def _nth_param(part, case, key: Key, got, p: str, like: np.ndarray):
+    """weights[i] / biases[i] of the function format, for the key's layer."""
+    if isinstance(got, Problem):
+        return got
+    listed = got.get(p) if isinstance(got, dict) else None
+    i = _dense_names(case.spec).index(key.layer)
+    what = part.names["weights" if p == "W" else "biases"]
+    if not isinstance(listed, list):
+        return Problem(f"{what} could not be read back ({type(listed).__name__})")
+    if i >= len(listed):
+        return Problem(f"{what} has {len(listed)} entries, expected {len(_dense_names(case.spec))}")
+    return _reshaped(listed[i], like)

@@ -20,10 +20,17 @@ more `[[parts]]`, each with:
     dtypes         ["float64", "float32"]
     preprocess     "raw" | "scale255" for the MNIST rows
     names          optional table renaming the API (defaults in DEFAULT_NAMES)
+    provided       optional list of the API's function names the instructor gives (the notebook's
+                   own helpers): they are not graded and cost nothing; only the function format's
+                   helpers can be (activation, derivative, softmax, loss)
     limits         optional {wall_s, cpu_s, memory_mb} per sandboxed call
-    checks         [{name, points}] from CHECKS[format]
+    checks         [{name, points, scoring}] from CHECKS[format]; scoring is "all_or_nothing"
+                   (the default, and the built-ins': the points when every comparison agrees, else
+                   0) or "fraction" (the points times the fraction of comparisons that agree)
 
 Check names are fixed per format (CHECKS); what each covers is written in grading/checks.py.
+Besides small_sizes, every check runs on a sweep of shapes (`Part.sweep`: all square, all different,
+a width of 1 with a batch of 1, odd sizes), so that a bug that shows only on some shapes shows.
 """
 
 from __future__ import annotations
@@ -114,10 +121,15 @@ class AssignmentError(ValueError):
     """An assignment file that cannot be used; the message names the file and the field."""
 
 
+SCORING = ("all_or_nothing", "fraction")
+PROVIDABLE = {"function": ("activation", "derivative", "softmax", "loss")}  # keys of DEFAULT_NAMES
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
     points: float
+    scoring: str = "all_or_nothing"
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,32 @@ class Part:
     names: dict[str, str]
     checks: tuple[Check, ...]
     limits: dict[str, float] = field(default_factory=dict)
+    provided: tuple[str, ...] = ()  # function names given by the instructor: not graded
+
+    def sweep(self) -> list[tuple[str, tuple[int, ...], int]]:
+        """(label, sizes, batch) of the synthetic cases: the part's own small shapes, then shapes
+        chosen so each shape-dependent bug shows on one: every layer square, every size (and the
+        batch) different, a width of 1 with a batch of 1, odd sizes with an odd batch. The function
+        format keeps its notebook's 784 inputs and 10 outputs and varies the hidden widths."""
+        small = self.small_sizes or self.sizes
+        n = len(small)
+        out = [("small", small, self.batch)]
+        if self.format == "function":
+            h, first, last = n - 2, small[0], small[-1]
+            shapes = [
+                ("square", (first, *[5] * h, last), 1),
+                ("distinct", (first, *range(h + 5, 5, -1), last), 1),
+                ("width1", (first, *[1] * h, last), 1),
+                ("odd", (first, *range(2 * h + 1, 1, -2), last), 1),
+            ]
+        else:
+            shapes = [
+                ("square", (5,) * n, 3),
+                ("distinct", tuple(range(n + 4, 4, -1)) if n > 1 else (5,), 2),
+                ("width1", (1, 3) if n == 2 else (3, *[1] * (n - 2), 3), 1),
+                ("odd", tuple(range(2 * n + 1, 1, -2)), 5 if n > 2 else 3),
+            ]
+        return out + [s for s in shapes if s[1] != small or s[2] != self.batch]
 
     def spec(self, sizes: tuple[int, ...], dtype: str) -> ModelSpec:
         """The reference model: dense layers of `sizes`, the activations between, softmax on top for
@@ -170,7 +208,7 @@ class Part:
             if "network_forward" in self.check_names or "training_step" in self.check_names:
                 names += [n["forward"], n["train"]]
             return tuple(names)
-        if self.format == "function":
+        if self.format == "function":  # provided helpers too: the graded functions call them
             return tuple(
                 n[k] for k in ("weights", "biases", "forward", "train", "activation", "derivative", "softmax", "loss")
             )
@@ -289,12 +327,24 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
             points = need(c, "points", f"{where}.checks[{j}]", (int, float))
             if points < 0:
                 raise AssignmentError(f"{source}: {where}.checks[{j}].points: expected >= 0, got {points}")
-            checks.append(Check(cname, float(points)))
+            scoring = c.get("scoring", "all_or_nothing")
+            if scoring not in SCORING:
+                raise AssignmentError(
+                    f"{source}: {where}.checks[{j}].scoring: expected one of {SCORING}, got {scoring!r}"
+                )
+            checks.append(Check(cname, float(points), scoring))
         limits = dict(p.get("limits", {}))
         bad = set(limits) - {"wall_s", "cpu_s", "memory_mb"}
         if bad:
             raise AssignmentError(
                 f"{source}: {where}.limits: unknown keys {sorted(bad)}; known wall_s, cpu_s, memory_mb"
+            )
+        provided = p.get("provided", [])
+        allowed = {names[k] for k in PROVIDABLE.get(fmt, ())}
+        if not isinstance(provided, list) or any(f not in allowed for f in provided):
+            raise AssignmentError(
+                f"{source}: {where}.provided: expected a list of the {fmt} format's helper functions "
+                f"{sorted(allowed) or '(none can be provided)'}, got {provided!r}"
             )
         parts.append(
             Part(
@@ -312,6 +362,7 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
                 names=names,
                 checks=tuple(checks),
                 limits=limits,
+                provided=tuple(provided),
             )
         )
     ids = [p.id for p in parts]

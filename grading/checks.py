@@ -3,27 +3,33 @@
     result = grade_submission(path, assignment)                  # SubmissionResult
     results = grade_many(paths, assignment, workers=2)           # in input order, one per path
 
-Cases (built once per assignment part, in the grader): known weights and inputs, and the reference
-Network's Trace on them (reference/network.py), for
-    small-<dtype>      synthetic inputs on the part's small shapes (the full shapes for the function
-                       format, whose notebook fixes 784 inputs)
+Cases (built once per distinct assignment part, in the grader; the cache key is every field of the
+part): known weights, inputs and labels on
+    small-<dtype>      the part's own small shapes (the full shapes for the function format)
+    square-, distinct-, width1-, odd-float64
+                       the shape sweep (Part.sweep): every layer square; every size and the batch
+                       different; a width of 1 with a batch of 1; odd sizes with an odd batch
     mnist-<dtype>      real MNIST test rows (data_loaders.load_mnist), preprocessed as the part says;
                        left out, with a note, when MNIST is not available on this machine
     stability-float64  the last layer scaled so the logits reach +-1e3, labels on the smallest logit
 Known weights put every pre-activation at O(1) (no saturated derivative hides a bug) and biases
-are non-zero (a dropped bias shows). Each probe (grading/adapters.py) is one sandboxed call of the
-driver covering every case; the adapters turn what came back into a Trace and extra tensors, and
-oracles.compare.compare(..., oracle="submission") decides each tensor. A check's score is its
-points times the fraction of its (case, tensor) comparisons that pass; its output names the first
-diverging tensor, the worst element and, where a hypothesis matches, the diagnosis
-(grading/diagnose.py).
+are non-zero (a dropped bias shows). Per case the adapters (grading/adapters.py) draw each
+function's probe inputs of its own (per layer, per helper: never the reference chain) and compute
+the reference's value of every tensor on them (adapters.Expected); none of it is sent. One
+sandboxed call per student function covers every case (a crash costs only that function). What
+came back is hostile input: anything but a real-number array of the expected shape fails with the
+reason (_hostile_value); the rest is compared under the "submission" policy of oracles/compare.py.
+A check scores all or nothing (the default) or, with `scoring = "fraction"`, its points times the
+fraction of its (case, tensor) comparisons that agree; its output names the first diverging
+tensor, the worst element and, where a hypothesis matches, the diagnosis (grading/diagnose.py).
 
-Which tensors belong to which check (CHECKS in grading/assignment.py):
-    forward               every layer's output (function format: the prediction, sigmoid(z),
-                          softmax(z), and the parameters unchanged by feed_forward_sample)
-    loss                  the loss (function format: also cross_entropy_loss(y, p))
+Which tensors belong to which check (CHECKS in grading/assignment.py; Key.check):
+    forward               each layer's output, each alone on its own input (function format: the
+                          prediction, sigmoid(z), softmax(z), and the parameters unchanged by
+                          feed_forward_sample; class format: the probabilities)
+    loss                  the loss (function format: also cross_entropy_loss(y, p) unless provided)
     loss_gradient         dL/d(logits) from the loss-gradient function (layer format)
-    backward              each layer's dL/d(input) (layer format)
+    backward              each layer's dL/d(input) for a dL/d(output) of its own (layer format)
     activation_derivative dsigmoid(z) (function format)
     weight_gradients      each dense layer's dL/dW (read back from the update where needed)
     bias_gradients        each dense layer's dL/db
@@ -46,18 +52,17 @@ from pathlib import Path
 import numpy as np
 
 from grading import adapters
-from grading.adapters import Failed, ProbeRequest
+from grading.adapters import STABILITY_LOGIT, Failed, Key, ProbeRequest, Problem
 from grading.assignment import Assignment, Part
-from grading.diagnose import Diagnosis, RefView, diagnose
+from grading.diagnose import Diagnosis, diagnose
 from grading.notebook import Extracted, SubmissionError, write_module
 from grading.sandbox import Limits, run_calls
-from oracles.compare import Row, atol, compare, compare_arrays, quantity_of, rel_error, tolerance
-from reference.layers import sigmoid, softmax
+from oracles.compare import Row, atol, compare_arrays, rel_error, tolerance
+from reference.layers import sigmoid
 from reference.network import Network
 from reference.trace import LayerTrace, Trace
 
 SEED = 20240611
-STABILITY_LOGIT = 1e3
 MNIST_ROWS = (0, 1, 2, 3, 4, 5, 6, 7)  # test-set rows: fixed, so every student gets the same
 
 
@@ -66,19 +71,19 @@ MNIST_ROWS = (0, 1, 2, 3, 4, 5, 6, 7)  # test-set rows: fixed, so every student 
 
 @dataclass
 class Case:
-    id: str  # "small-float64", "mnist-float32", "stability-float64"
-    kind: str  # "small" | "mnist" | "stability"
+    id: str  # "small-float64", "square-float64", "mnist-float32", "stability-float64"
+    kind: str  # "small" | "square" | "distinct" | "width1" | "odd" | "mnist" | "stability"
     dtype: str
     spec: object  # ModelSpec
     params: dict[str, np.ndarray]
     x: np.ndarray  # (batch, n_in)
     y: np.ndarray  # (batch,) int labels
-    trace: Trace
+    trace: Trace  # the reference on (params, x, y): trusted side only, never sent
     step_x: np.ndarray  # the batch of the training-step check (one row for per-sample formats)
     step_y: np.ndarray
     step_trace: Trace
-    extra_ref: dict[str, np.ndarray] = field(default_factory=dict)  # tensors outside the Trace
-    loss_finite_only: bool = False  # stability with a loss of probabilities: only finiteness
+    probes: dict = field(default_factory=dict)  # call label -> (driver function, common kwargs, [items])
+    expected: list = field(default_factory=list)  # [adapters.Expected], in computation order
 
 
 @lru_cache(maxsize=1)
@@ -113,7 +118,7 @@ def _known_params(spec, x: np.ndarray, rng: np.random.Generator) -> dict[str, np
     return params
 
 
-def _inputs(part: Part, kind: str, sizes, rng) -> tuple[np.ndarray, np.ndarray] | None:
+def _inputs(part: Part, kind: str, sizes, batch: int, rng) -> tuple[np.ndarray, np.ndarray] | None:
     n_out = sizes[-1]
     if kind == "mnist":
         data = _mnist_test()
@@ -121,11 +126,11 @@ def _inputs(part: Part, kind: str, sizes, rng) -> tuple[np.ndarray, np.ndarray] 
             return None
         from data_loaders import preprocess
 
-        rows = list(MNIST_ROWS[: part.batch])
+        rows = list(MNIST_ROWS[:batch])
         return preprocess(data[0][rows], part.preprocess, "float64"), data[1][rows].astype(np.int64)
     top = 255.0 if part.preprocess == "raw" else 1.0
-    x = rng.uniform(0.0, top, (part.batch, sizes[0]))
-    return x, rng.integers(0, n_out, part.batch)
+    x = rng.uniform(0.0, top, (batch, sizes[0]))
+    return x, rng.integers(0, n_out, batch)
 
 
 def _trace(spec, params, x, y) -> Trace:
@@ -153,25 +158,22 @@ def _stable_trace(part: Part, spec, params, x, y) -> Trace:
 
 
 def build_cases(part: Part) -> list[Case]:
-    """Every case of `part` (see the module doc), each with its reference trace (built once)."""
-    _PARTS[_freeze(part)] = part
-    return list(_build_cases(_freeze(part)))
+    """Every case of `part` (see the module doc), each with its probes and expected values (built once
+    per distinct part: the cache key is the whole part, names, checks and provided functions included)."""
+    key = _freeze(part)
+    _PARTS[key] = part
+    return list(_build_cases(key))
 
 
-def _freeze(part: Part):
-    return (
-        part.id,
-        part.format,
-        part.sizes,
-        part.small_sizes,
-        part.activations,
-        part.loss,
-        part.reduction,
-        part.learning_rate,
-        part.batch,
-        part.dtypes,
-        part.preprocess,
-    )
+def _freeze(value):
+    """A hashable image of everything a case depends on: every field of the part, dicts included."""
+    if dataclasses.is_dataclass(value):
+        return (type(value).__name__, *((f.name, _freeze(getattr(value, f.name))) for f in dataclasses.fields(value)))
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
 
 
 _PARTS: dict = {}
@@ -181,15 +183,16 @@ _PARTS: dict = {}
 def _build_cases(key) -> tuple[Case, ...]:
     part = _PARTS[key]
     cases = []
-    small = part.small_sizes or part.sizes
-    plan = (
-        [("small", small, d) for d in part.dtypes]
-        + [("mnist", part.sizes, d) for d in part.dtypes]
-        + [("stability", small, "float64")]
-    )
-    for kind, sizes, dtype in plan:
-        rng = np.random.default_rng([SEED, len(sizes), sizes[0], 0 if kind != "mnist" else 1])
-        data = _inputs(part, kind, sizes, rng)
+    sweep = part.sweep()
+    plan = [(label, sizes, batch, "float64") for label, sizes, batch in sweep]
+    plan[1:1] = [("small", sweep[0][1], sweep[0][2], d) for d in part.dtypes if d != "float64"]
+    if "float64" not in part.dtypes:
+        plan = [p for p in plan if p[0] != "small" or p[3] != "float64"]
+    plan += [("mnist", part.sizes, part.batch, d) for d in part.dtypes]
+    plan += [("stability", sweep[0][1], sweep[0][2], "float64")]
+    for kind, sizes, batch, dtype in plan:
+        rng = np.random.default_rng([SEED, len(sizes), *sizes, batch, 0 if kind != "mnist" else 1])
+        data = _inputs(part, kind, sizes, batch, rng)
         if data is None:
             continue
         x64, y = data
@@ -215,8 +218,7 @@ def _build_cases(key) -> tuple[Case, ...]:
         step_x, step_y = (x[:1], y[:1]) if part.format == "class" else (x, y)
         step_trace = trace if kind == "stability" else _trace(spec, params, step_x, step_y)  # no step check there
         case = Case(f"{kind}-{dtype}", kind, dtype, spec, params, x, y, trace, step_x, step_y, step_trace)
-        case.loss_finite_only = kind == "stability" and part.format != "layer"
-        case.extra_ref = _extra_reference(part, case)
+        adapters.plan_case(part, case, np.random.default_rng([SEED, 7, len(cases)]))  # probe inputs of their own
         cases.append(case)
     return tuple(cases)
 
@@ -225,40 +227,6 @@ def _logits(spec, params, x) -> np.ndarray:
     """The input of the final softmax layer."""
     outs, _ = Network(spec, params).forward_cached(x, train=True)
     return outs[-2]
-
-
-def _extra_reference(part: Part, case: Case) -> dict[str, np.ndarray]:
-    """The reference for every tensor outside the Trace: unit functions, network forward, the step."""
-    ref: dict[str, np.ndarray] = {}
-    t, names = case.trace, case.spec.layer_names()
-    dense = [n for n, ls in zip(names, case.spec.layers) if ls.kind == "dense"]
-    if part.format == "function":
-        ref["prediction"] = np.eye(t.layers[-1].out.shape[1], dtype=case.dtype)[int(np.argmax(t.layers[-1].out[0]))]
-        for d in dense:
-            for p in ("W", "b"):
-                ref[f"unchanged by {part.names['forward']}: {d}.{p}"] = case.params[f"{d}.{p}"]
-        for k, d in enumerate(dense[:-1], start=1):
-            z = t[d].out  # (1, n_hidden)
-            a, da = {
-                "sigmoid": lambda z: (sigmoid(z), sigmoid(z) * (1 - sigmoid(z))),
-                "tanh": lambda z: (np.tanh(z), 1 - np.tanh(z) ** 2),
-                "relu": lambda z: (np.maximum(z, 0), (z > 0).astype(z.dtype)),
-            }[part.activations[k - 1]](z)
-            ref[f"{part.names['activation']}(z_{k})"] = a
-            ref[f"{part.names['derivative']}(z_{k})"] = da
-        ref["softmax(z_out)"] = softmax(t.layers[-1].out)
-        with np.errstate(divide="ignore"):
-            ref["cross_entropy_loss(y, p)"] = np.asarray(-np.log(ref["softmax(z_out)"][0, case.y[0]]))
-    if case.kind == "stability":
-        return ref
-    if part.format == "layer" and "network_forward" in part.check_names:
-        for name, rec in zip(names, case.step_trace.layers):
-            ref[f"network: {name}.out"] = rec.out
-    if "training_step" in part.check_names:
-        for d in reversed(dense):  # backprop's order: the last layer's update is computed first
-            for p in ("W", "b"):
-                ref[f"step: {d}.{p}"] = case.params[f"{d}.{p}"] - part.learning_rate * case.step_trace[d].grads[p]
-    return ref
 
 
 # Comparing --------------------------------------------------------------------------------------
@@ -272,99 +240,72 @@ class Finding:
     check: str
     row: Row
     diagnosis: Diagnosis | None = None
+    key: Key | None = None
 
     @property
     def passed(self) -> bool:
         return self.row.passed
 
 
-def check_of(part: Part, name: str) -> str:
-    """The check a tensor belongs to (see the module doc)."""
-    n = part.names
-    if name.startswith("step: "):
-        return "training_step"
-    if name.startswith("network: "):
-        return "network_forward"
-    if name.startswith(("unchanged by", "prediction", "softmax(")) or name.startswith(f"{n.get('activation')}("):
-        return "forward"
-    if name.startswith(f"{n.get('derivative')}("):
-        return "activation_derivative"
-    if name.startswith("cross_entropy_loss") or name == "loss":
-        return "loss"
-    if name.endswith(".out"):
-        return "forward"
-    if name.endswith(".grad_out"):
-        return "loss_gradient"
-    if name.endswith(".grad_in"):
-        return "backward"
-    return "weight_gradients" if name.endswith(".dW") else "bias_gradients"
+def _hostile_value(value, expected: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """What came back from the child, as a real-number ndarray of the expected shape, or why not.
+
+    Anything from the child is hostile input: None, a missing entry, an object, string, bool or
+    complex value, or the wrong shape fails its comparison with the reason; it never passes."""
+    if isinstance(value, Problem):
+        return None, str(value)
+    if value is None:
+        return None, "no answer: None came back"
+    if isinstance(value, bool | np.bool_):
+        return None, f"a bool ({value}) came back, expected an array of numbers"
+    if isinstance(value, int | float | np.integer | np.floating):
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray):
+        return None, f"a {type(value).__name__} came back, expected an array of numbers"
+    if value.dtype.kind not in "iuf":
+        return value, f"dtype {value.dtype} came back, expected real numbers (int or float)"
+    if value.shape != expected.shape:
+        return value, f"shape: expected {expected.shape}, got {value.shape}"
+    return value, None
 
 
-def compare_case(part: Part, case: Case, observed: adapters.Observed) -> list[Finding]:
-    """Every tensor of the case in computation order (the trace's, then the extras), diagnosed."""
-    comparison = compare(
-        observed.trace,
-        case.trace,
-        oracle="submission",
-        dtype=case.dtype,
-        names=("yours", "reference"),
-        check_dtype=False,
-    )
-    by_name = {row.name: row for row in comparison.rows}
-    yours = dict(observed.trace.tensors())
+def compare_case(part: Part, case: Case, observed: dict) -> list[Finding]:
+    """Every expected tensor of the case, in computation order, compared and diagnosed; a tensor
+    with no usable answer fails with the reason."""
     findings = []
-    ordered = [(name, ref) for name, ref in case.trace.tensors() if ref is not None] + list(case.extra_ref.items())
-    for name, ref in ordered:
-        tol, floor = tolerance("submission", case.dtype, _quantity(part, name)), atol("submission", case.dtype)
-        if name in observed.problems:
-            row = Row(name, tol, passed=False, note=observed.problems[name])
-        elif name in by_name:
-            row = by_name[name]
-        elif name in observed.extras:
-            row = compare_arrays(name, observed.extras[name], ref, tol, check_dtype=False, atol=floor)
-            yours[name] = observed.extras[name]
-        else:
-            continue  # the format does not reveal this tensor (a trace field the driver cannot see)
-        if case.loss_finite_only and name in ("loss", "cross_entropy_loss(y, p)") and name not in observed.problems:
-            value = np.asarray(yours.get(name, observed.extras.get(name)), np.float64)
-            finite = bool(value.size) and bool(np.isfinite(value).all())
-            row = Row(
-                name,
-                tol,
-                passed=finite,
-                note="finite, as required (the value of a clipped log is not compared)"
-                if finite
-                else f"not finite: {value}",
+    floor = atol("submission", case.dtype)
+    for exp in case.expected:
+        key = exp.key
+        tol = tolerance("submission", case.dtype, exp.quantity)
+        yours, problem = _hostile_value(observed.get(key, Problem(f"{key.function}: no answer came back")), exp.value)
+        if problem is not None:
+            row = Row(key.tensor, tol, passed=False, note=problem)
+        elif exp.finite_only:
+            finite = bool(yours.size) and bool(np.isfinite(yours.astype(np.float64)).all())
+            note = (
+                "finite, as required (the value of a clipped log is not compared)" if finite else f"not finite: {yours}"
             )
-        check = "stability" if case.kind == "stability" else check_of(part, name)
-        finding = Finding(case.id, check, row)
-        if not row.passed and name not in observed.problems:
-            finding.diagnosis = _diagnose(part, case, name, yours.get(name), ref)
+            row = Row(key.tensor, tol, passed=finite, note=note)
+        else:
+            row = compare_arrays(key.tensor, yours, exp.value, tol, check_dtype=False, atol=floor)
+        check = "stability" if case.kind == "stability" else key.check
+        finding = Finding(case.id, check, row, key=key)
+        if not row.passed and yours is not None and yours.dtype.kind in "iuf":
+            finding.diagnosis = _diagnose(case, exp, yours)
         findings.append(finding)
     return findings
 
 
-def _quantity(part: Part, name: str) -> str:
-    """The tolerance policy's quantity for a tensor (oracles/compare.py)."""
-    if name.startswith(("step: ", "unchanged by")):
-        return "parameters"
-    by_check = {"forward": "forward", "network_forward": "forward", "loss": "loss", "activation_derivative": "gradient"}
-    return by_check.get(check_of(part, name)) or quantity_of(name)
+def _diagnose(case: Case, exp, yours: np.ndarray) -> Diagnosis | None:
+    if exp.key.tensor.startswith("unchanged by"):
+        return _diagnose_side_effect(case, exp.key, yours)
+    with np.errstate(all="ignore"):
+        return diagnose(exp.key.tensor, yours, exp.view, expected=exp.value)
 
 
-def _diagnose(part: Part, case: Case, name: str, yours, ref) -> Diagnosis | None:
-    if yours is None:
-        return None
-    yours = np.asarray(yours)
-    if name.startswith("unchanged by"):
-        return _diagnose_side_effect(case, name, yours)
-    view = _view(case, "step", part) if name.startswith("step: ") else _view(case, "main")
-    return diagnose(name, yours, view, expected=ref)
-
-
-def _diagnose_side_effect(case: Case, name: str, yours: np.ndarray) -> Diagnosis:
+def _diagnose_side_effect(case: Case, key: Key, yours: np.ndarray) -> Diagnosis:
     """A parameter the forward pass changed; np.dot(a, W, b) overwrites b with a @ W."""
-    layer, p = name.split(": ")[1].split(".")
+    layer, p = key.layer, key.field
     i = case.spec.layer_names().index(layer)
     x_in = case.x if i == 0 else case.trace.layers[i - 1].out
     product = x_in @ case.params[f"{layer}.W"]  # (1, n_out)
@@ -378,14 +319,6 @@ def _diagnose_side_effect(case: Case, name: str, yours: np.ndarray) -> Diagnosis
                 "argument is `out`, so np.dot(a, W, b) writes the product into b instead of adding b",
             )
     return Diagnosis("overwritten", f"the forward pass changed {layer}.{p}; a forward pass must not modify parameters")
-
-
-def _view(case: Case, which: str, part: Part | None = None) -> RefView:
-    if which == "step":
-        return RefView(
-            case.spec, case.params, case.step_x, case.step_y, case.step_trace, part.learning_rate, case.dtype
-        )
-    return RefView(case.spec, case.params, case.x, case.y, case.trace, adapters.PROBE_LR, case.dtype)
 
 
 # Running ----------------------------------------------------------------------------------------
@@ -420,6 +353,21 @@ class SubmissionResult:
     error: str | None = None  # why nothing could be graded
     seconds: float = 0.0
     name: str = ""  # the results folder name (the file stem, made unique in a batch)
+    verdicts: list[str] = field(default_factory=list)  # "<function>: <sandbox verdict>" of calls that failed
+
+    @property
+    def status(self) -> str:
+        """graded | crashed | timed out | refused | forbidden import (summary.csv's status column)."""
+        texts = [self.error or "", *self.verdicts]
+        if any("forbidden" in t.lower() for t in texts):
+            return "forbidden import"
+        if self.error and not self.verdicts and not any(c.findings for c in self.checks):
+            return "refused"  # nothing ran: the file could not be read or extracted
+        if any("timed out" in t or "CPU time limit" in t for t in self.verdicts):
+            return "timed out"
+        if self.verdicts:
+            return "crashed"
+        return "graded"
 
     @property
     def score(self) -> float:
@@ -435,11 +383,14 @@ def default_limits(part: Part, base: Limits | None = None) -> Limits:
     return dataclasses.replace(base, **{k: type(getattr(base, k))(v) for k, v in part.limits.items()})
 
 
-def run_probes(module_path: Path, parts: list[Part], limits: Limits | None = None) -> list[dict[str, list]]:
-    """Per part, {probe: [per-case record or Failed]}: one sandboxed call per probe, all of them in
-    one child where the submission allows (each call imports the submission afresh; a call that
-    kills its child gets its verdict and the next call a new child). Parts whose limits differ run
-    in children of their own."""
+def run_probes(
+    module_path: Path, parts: list[Part], limits: Limits | None = None, verdicts: list[str] | None = None
+) -> list[dict[str, list]]:
+    """Per part, {student function: [per-case record or Failed]}: one sandboxed call per student
+    function, all of them in one child where the submission allows (each call imports the submission
+    afresh; a call that kills its child gets its verdict and the rest run in a fresh child, so a crash
+    costs only the function that crashed). Parts whose limits differ run in children of their own.
+    The failed calls' verdicts are appended to `verdicts` as "<function>: <verdict>"."""
     plans = [(part, build_cases(part)) for part in parts]
     out: list[dict[str, list]] = [{} for _ in parts]
     groups: dict[Limits, list[int]] = {}
@@ -450,6 +401,8 @@ def run_probes(module_path: Path, parts: list[Part], limits: Limits | None = Non
         outcomes = run_calls(module_path, adapters.DRIVER, [(r.function, r.kwargs) for _, r in reqs], group_limits)
         for (k, req), outcome in zip(reqs, outcomes):
             out[k][req.name] = _per_case(req, outcome, len(plans[k][1]))
+            if not outcome.ok and verdicts is not None:
+                verdicts.append(f"{req.name}: {outcome.verdict}")
     return out
 
 
@@ -485,10 +438,11 @@ def grade_part(part: Part, probes: dict[str, list]) -> tuple[list[CheckResult], 
 
 
 def grade_module(
-    module_path: Path, parts: list[Part], limits: Limits | None = None
+    module_path: Path, parts: list[Part], limits: Limits | None = None, verdicts: list[str] | None = None
 ) -> list[tuple[list[CheckResult], list[Finding]]]:
     """Every part of an assignment on an extracted submission module."""
-    return [grade_part(part, probes) for part, probes in zip(parts, run_probes(module_path, parts, limits))]
+    probes = run_probes(module_path, parts, limits, verdicts)
+    return [grade_part(part, part_probes) for part, part_probes in zip(parts, probes)]
 
 
 def _score(part: Part, check, findings: list[Finding]) -> CheckResult:
@@ -499,8 +453,14 @@ def _score(part: Part, check, findings: list[Finding]) -> CheckResult:
             part.id, check.name, check.points, 0.0, "nothing to compare: the cases produced no tensor for this check"
         )
     passed = sum(f.passed for f in findings)
-    score = round(check.points * passed / len(findings), 2)
-    return CheckResult(part.id, check.name, check.points, score, explain_check(findings, passed), findings)
+    if check.scoring == "fraction":
+        score = round(check.points * passed / len(findings), 2)
+    else:  # all_or_nothing
+        score = check.points if passed == len(findings) else 0.0
+    output = explain_check(findings, passed)
+    if check.scoring != "fraction" and passed < len(findings):
+        output += f"\n  (scored all or nothing: {passed} of {len(findings)} agree)"
+    return CheckResult(part.id, check.name, check.points, score, output, findings)
 
 
 def grade_submission(path: Path, assignment: Assignment, limits: Limits | None = None) -> SubmissionResult:
@@ -519,7 +479,7 @@ def grade_submission(path: Path, assignment: Assignment, limits: Limits | None =
                 "Real MNIST rows were not checked: MNIST is not available on this machine (data_loaders)."
             )
         all_findings = []
-        for checks, findings in grade_module(module_path, list(assignment.parts), limits):
+        for checks, findings in grade_module(module_path, list(assignment.parts), limits, result.verdicts):
             result.checks.extend(checks)
             all_findings.extend(findings)
     _first_divergence(result, all_findings)
@@ -547,8 +507,8 @@ def _first_divergence(result: SubmissionResult, findings: list[Finding]) -> None
 
 def _whole_failure(result: SubmissionResult, findings: list[Finding], extracted: Extracted) -> None:
     """When every comparison failed for one and the same reason (an import crash), that is the verdict."""
-    notes = {f.row.note for f in findings if not f.passed}
-    if findings and not any(f.passed for f in findings) and len(notes) == 1:
+    notes = {f.row.note.removeprefix(f"{f.key.function}: ") if f.key else f.row.note for f in findings if not f.passed}
+    if findings and not any(f.passed for f in findings) and len(notes) == 1 and next(iter(notes)):
         result.error = next(iter(notes)).splitlines()[0]
 
 

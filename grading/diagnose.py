@@ -60,6 +60,7 @@ class RefView:
     trace: Trace
     lr: float  # the rate the submission's update used
     dtype: str
+    local: tuple[tuple[str, str], ...] | None = None  # ((name, kind),): one layer alone on its own input
 
     @property
     def batch(self) -> int:
@@ -67,7 +68,7 @@ class RefView:
 
     @property
     def names(self) -> list[str]:
-        return self.spec.layer_names()
+        return [name for name, _ in self.local] if self.local else self.spec.layer_names()
 
 
 def _d_activation(kind: str, v: np.ndarray) -> np.ndarray | None:
@@ -83,6 +84,8 @@ def _d_activation(kind: str, v: np.ndarray) -> np.ndarray | None:
 
 
 def _kind(view: RefView, name: str) -> str:
+    if view.local:
+        return dict(view.local)[name]
     return view.spec.layers[view.names.index(name)].kind
 
 
@@ -247,7 +250,7 @@ def hypotheses(name: str, yours: np.ndarray, view: RefView) -> list[tuple[str, s
         i = view.names.index(layer)
         x_in = view.x if i == 0 else t.layers[i - 1].out
         hyps.append(("activation_not_applied", f"the {_kind(view, layer)} is not applied: out = input", x_in))
-    elif base == "loss":
+    elif base == "loss" and not view.local:
         hyps.extend(_loss_without_bias(view))
     if step:  # compare implied gradients: (old - new) / lr == the hypothesis
         layer, p = name.removeprefix("step: ").split(".")
@@ -286,7 +289,7 @@ def _reference(view: RefView, name: str) -> np.ndarray | None:
 
 
 def diagnose(
-    name: str, yours: np.ndarray | None, view: RefView, expected: np.ndarray | None = None
+    name: str, yours: np.ndarray | None, view: RefView | None, expected: np.ndarray | None = None
 ) -> Diagnosis | None:
     """The hypothesis that explains `yours` for tensor `name`, with its numbers; None if none does."""
     if yours is None:
@@ -294,7 +297,7 @@ def diagnose(
     yours = np.asarray(yours)
     if yours.dtype.kind not in "biuf":
         return None
-    expected = _reference(view, name) if expected is None else expected
+    expected = _reference(view, name) if expected is None and view is not None else expected
     if yours.size and not np.isfinite(yours).all() and (expected is None or np.isfinite(expected).all()):
         idx = tuple(int(i) for i in np.argwhere(~np.isfinite(yours))[0])
         at = f" at {list(idx)}" if idx else ""
@@ -308,6 +311,8 @@ def diagnose(
             else "zero everywhere (never computed or never updated)"
         )
         return Diagnosis("zero", f"{what}; the reference's largest entry is {np.abs(expected).max():.4g}")
+    if view is None:  # a probe with no hypotheses of its own (a helper function on a random input)
+        return None
     quantity = quantity_of(name.removeprefix("step: ")) if not name.startswith("step: ") else "parameters"
     tol, floor = tolerance("submission", view.dtype, quantity), atol("submission", view.dtype)
     best = None

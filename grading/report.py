@@ -17,7 +17,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 NAMES = ("yours", "reference")
-SUMMARY_FIELDS = ("submission", "file", "score", "max_score", "first_divergence", "diagnosis", "error")
+SUMMARY_FIELDS = ("submission", "file", "status", "score", "max_score", "first_divergence", "diagnosis", "error")
 
 
 def explain_check(findings: list, passed: int) -> str:
@@ -96,6 +96,7 @@ def write_results(results: list, out_dir: Path) -> list[Path]:
                 {
                     "submission": r.name or r.path.stem,
                     "file": str(r.path),
+                    "status": r.status,  # graded | crashed | timed out | refused | forbidden import
                     "score": r.score,
                     "max_score": r.max_score,
                     "first_divergence": r.first_divergence or "",

@@ -50,6 +50,8 @@ def test_correct_submission_passes_everything(fmt):
     assert compared > 50, f"only {compared} comparisons: the cases did not run"
     cases = {f.case for c in result.checks for f in c.findings}
     assert {"small-float64", "small-float32", "stability-float64"} <= cases
+    assert {"square-float64", "distinct-float64", "width1-float64", "odd-float64"} <= cases  # the shape sweep
+    assert result.status == "graded"
 
 
 @pytest.mark.parametrize("rel", BUGGY)
@@ -89,15 +91,6 @@ def test_diagnosis_reports_its_numbers():
     assert result.first_divergence == "dense_2.dW (small-float64)"
     assert "pre-activation" in result.diagnosis
     assert "relative error of" in result.diagnosis and "differs from the reference by" in result.diagnosis
-
-
-def test_partial_credit_is_the_fraction_of_passing_comparisons():
-    result, _ = graded("layer/relu_missing_derivative.py")
-    backward = next(c for c in result.checks if c.name == "backward")
-    passed = sum(f.passed for f in backward.findings)
-    assert 0 < passed < len(backward.findings)
-    assert backward.score == round(backward.points * passed / len(backward.findings), 2)
-    assert next(c for c in result.checks if c.name == "forward").passed  # a backward bug costs no forward points
 
 
 def test_crash_at_import_is_a_verdict_not_a_lost_result():

@@ -6,16 +6,23 @@ standard library only (nothing of the project is importable in the child) and co
 it sets the weights and inputs it is given, calls the student's code, and returns what came back.
 Every comparison happens in the grader's process (grading/adapters.py, grading/checks.py).
 
-A student's exception in one call becomes data, {"error": "...", "traceback": "..."}, so the other
-calls of the probe still run; a hang, a crash or an exit is the sandbox's verdict for the whole call.
+Everything it is given is an input of the student's function (weights, a probe input, labels, a
+dL/d(output) drawn at random for that layer alone): no expected answer is ever sent here
+(grading/adapters.py). Each driver call covers ONE student function over every case, so a
+crash, hang or exit (the sandbox's verdict for the whole call) costs only that function's tensors.
+A student's exception on one item becomes data, {"error": "...", "traceback": "..."}, so the other
+items of the call still run. What this returns is checked again in the grader: a submission can
+patch this module from inside, so nothing here is trusted there.
 
-    layer_layers     each Dense / activation layer alone: forward(input), backward(input, grad_output)
-                     (parameters read back after backward), and the two loss functions
-    layer_network    the notebook's forward(network, X) and train(network, X, y)
-    function_forward feed_forward_sample, and sigmoid / dsigmoid / softmax / cross_entropy_loss
-    function_train   train_one_sample from known weights, parameters read back
-    class_probe      NeuralNet: forward, loss, grad_loss, train (which ones: `calls`)
-    logistic_probe   LogisticRegression: forward, loss, grad_loss
+    layer_forward          Dense / activation layers, each alone: forward(input)
+    layer_backward         each alone: backward(input, grad_output), the parameters read back
+    loss_call              the loss or its gradient on (logits, labels)
+    layer_network_forward  the notebook's forward(network, X)
+    layer_train            train(network, X, y), the parameters read back
+    function_feed_forward  feed_forward_sample(sample, y) and the weights and biases after it
+    unit_call              sigmoid / dsigmoid / softmax / cross_entropy_loss on their own inputs
+    function_train         train_one_sample at each rate, weights read back
+    class_call             NeuralNet / LogisticRegression: forward, loss, grad_loss or train
 """
 
 from __future__ import annotations
@@ -91,54 +98,57 @@ def _make_layer(module, names: dict, spec: dict, lr: float):
 
 
 def _read_params(layer, names: dict) -> dict:
-    out = {}
-    for key, attr in (("W", names["weights"]), ("b", names["biases"])):
-        value = getattr(layer, attr, None)
-        out[key] = _array(value, f"layer.{attr}") if value is not None else None
-    return out
+    return {
+        key: _array(getattr(layer, attr, None), f"layer.{attr}")
+        for key, attr in (("W", names["weights"]), ("b", names["biases"]))
+    }
 
 
-def layer_layers(module, names: dict, lr: float, cases: list) -> list:
-    """Each layer alone, on the reference's input and dL/d(output): the bug stays in its layer."""
+def layer_forward(module, names: dict, lr: float, cases: list) -> list:
+    """Each layer alone on its own probe input: forward(input)."""
     results = []
-    for case in cases:
-        layers = []
-        for spec in case["layers"]:
+    for items in cases:
+        out = []
+        for spec in items:
             made = _call(f"constructing {spec['kind']}", _make_layer, module, names, spec, lr)
             if "error" in made:
-                layers.append({"forward": made, "backward": made})
+                out.append(made)
                 continue
-            layer = made["value"]
-            forward = _as_array_result(
-                _call(f"{spec['name']}.forward", layer.forward, spec["x"].copy()), f"{spec['name']}.forward"
-            )
-            after_forward = _call("reading parameters", _read_params, layer, names) if spec["kind"] == "dense" else {}
-            layer = _make_layer(module, names, spec, lr)  # fresh, in case forward changed state
-            backward = _as_array_result(
-                _call(f"{spec['name']}.backward", layer.backward, spec["x"].copy(), spec["grad_out"].copy()),
-                f"{spec['name']}.backward",
-            )
-            record = {"forward": forward, "backward": backward}
-            if spec["kind"] == "dense":
-                record["params_after_forward"] = after_forward
-                record["params_after_backward"] = _call("reading parameters", _read_params, layer, names)
-            layers.append(record)
-        loss_fn = _call("looking up the loss", _api, module, names["loss"], "function")
-        grad_fn = _call("looking up the loss gradient", _api, module, names["loss_grad"], "function")
-        loss = grad = loss_fn if "error" in loss_fn else None
-        if "value" in loss_fn:
-            loss = _as_array_result(
-                _call(names["loss"], loss_fn["value"], case["logits"].copy(), case["labels"].copy()), names["loss"]
-            )
-        if "value" in grad_fn:
-            grad = _as_array_result(
-                _call(names["loss_grad"], grad_fn["value"], case["logits"].copy(), case["labels"].copy()),
-                names["loss_grad"],
-            )
-        else:
-            grad = grad_fn
-        results.append({"layers": layers, "loss": loss, "loss_grad": grad})
+            what = f"{spec['name']}.forward"
+            out.append(_as_array_result(_call(what, made["value"].forward, spec["x"].copy()), what))
+        results.append(out)
     return results
+
+
+def layer_backward(module, names: dict, lr: float, cases: list) -> list:
+    """Each layer alone: backward(input, grad_output) on inputs of its own; parameters read back."""
+    results = []
+    for items in cases:
+        out = []
+        for spec in items:
+            made = _call(f"constructing {spec['kind']}", _make_layer, module, names, spec, lr)
+            if "error" in made:
+                out.append({"backward": made})
+                continue
+            layer, what = made["value"], f"{spec['name']}.backward"
+            backward = _as_array_result(_call(what, layer.backward, spec["x"].copy(), spec["grad_out"].copy()), what)
+            record = {"backward": backward}
+            if spec["kind"] == "dense" and "value" in backward:
+                record["params"] = _call("reading parameters", _read_params, layer, names)
+            out.append(record)
+        results.append(out)
+    return results
+
+
+def loss_call(module, name: str, cases: list) -> list:
+    """The loss (per sample) or its gradient, on logits and labels of its own."""
+    fn = _call(f"looking up {name}", _api, module, name, "function")
+    if "error" in fn:
+        return [[fn for _ in items] for items in cases]
+    return [
+        [_as_array_result(_call(name, fn["value"], c["logits"].copy(), c["labels"].copy()), name) for c in items]
+        for items in cases
+    ]
 
 
 def _network(module, names: dict, specs: list, lr: float) -> list:
@@ -150,36 +160,42 @@ def _forward_list(module, names: dict, network: list, x: np.ndarray) -> list:
     return [_array(o, f"{names['forward']}(network, X)[{i}]") for i, o in enumerate(outs)]
 
 
-def layer_network(module, names: dict, cases: list) -> list:
-    """The notebook's own forward(network, X) and one train(network, X, y) at the case's rate."""
-    results = []
-    for case in cases:
+def _each(cases: list, one) -> list:
+    """Per case, per item sent: one(item)."""
+    return [[one(item) for item in items] for items in cases]
+
+
+def layer_network_forward(module, names: dict, cases: list) -> list:
+    """The notebook's own forward(network, X)."""
+
+    def one(case):
         built = _call("building the network", _network, module, names, case["layers"], case["lr"])
         if "error" in built:
-            results.append({"forward": built, "train": built})
-            continue
-        forward = _call(
-            f"{names['forward']}(network, X)", _forward_list, module, names, built["value"], case["x"].copy()
-        )
-        network = _network(module, names, case["layers"], case["lr"])
-        train = _call(
-            f"{names['train']}(network, X, y)",
-            _invoke,
-            module,
-            names["train"],
-            network,
-            case["x"].copy(),
-            case["y"].copy(),
-        )
-        params = []
-        if "value" in train:
-            train["value"] = None  # the returned loss is not graded; the parameters are
-            params = [
-                _call("reading parameters", _read_params, layer, names) if spec["kind"] == "dense" else {}
-                for layer, spec in zip(network, case["layers"])
-            ]
-        results.append({"forward": forward, "train": train, "params": params})
-    return results
+            return built
+        return _call(f"{names['forward']}(network, X)", _forward_list, module, names, built["value"], case["x"].copy())
+
+    return _each(cases, one)
+
+
+def layer_train(module, names: dict, cases: list) -> list:
+    """One train(network, X, y) at the case's rate; every layer's parameters read back."""
+
+    def one(case):
+        built = _call("building the network", _network, module, names, case["layers"], case["lr"])
+        if "error" in built:
+            return built
+        network = built["value"]
+        what = f"{names['train']}(network, X, y)"
+        train = _call(what, _invoke, module, names["train"], network, case["x"].copy(), case["y"].copy())
+        if "error" in train:
+            return train
+        params = [
+            _call("reading parameters", _read_params, layer, names) if spec["kind"] == "dense" else {"value": {}}
+            for layer, spec in zip(network, case["layers"])
+        ]
+        return {"value": params}
+
+    return _each(cases, one)
 
 
 # Function API ------------------------------------------------------------------------------------
@@ -205,54 +221,46 @@ def _feed_forward(module, names: dict, x: np.ndarray, y: int) -> dict:
     return {
         "loss": _array(out[0], f"{names['forward']}: the loss"),
         "guess": _array(out[1], f"{names['forward']}: the guess"),
+        "params_after": _call("reading weights and biases", _read_globals, module, names),
     }
 
 
-def function_forward(module, names: dict, cases: list) -> list:
-    """feed_forward_sample(sample, y) from known weights; the helper functions on known inputs."""
-    results = []
-    for case in cases:
+def function_feed_forward(module, names: dict, cases: list) -> list:
+    """feed_forward_sample(sample, y) from known weights; the weights and biases after it."""
+
+    def one(case):
         _set_globals(module, names, case)
-        record = {
-            "feed_forward": _call(names["forward"], _feed_forward, module, names, case["x"].copy(), int(case["y"]))
-        }
-        record["params_after"] = _call("reading weights and biases", _read_globals, module, names)
-        for key, fn_name, args in (
-            ("activation", names["activation"], [[z.copy()] for z in case["z_hidden"]]),
-            ("derivative", names["derivative"], [[z.copy()] for z in case["z_hidden"]]),
-            ("softmax", names["softmax"], [[case["logits"].copy()]]),
-            ("loss", names["loss"], [[case["one_hot"].copy(), case["probs"].copy()]]),
-        ):
-            fn = _call(f"looking up {fn_name}", _api, module, fn_name, "function")
-            if "error" in fn:
-                record[key] = [fn for _ in args]
-                continue
-            record[key] = [_as_array_result(_call(fn_name, fn["value"], *a), fn_name) for a in args]
-        results.append(record)
+        return _call(names["forward"], _feed_forward, module, names, case["x"].copy(), int(case["y"]))
+
+    return _each(cases, one)
+
+
+def unit_call(module, name: str, cases: list) -> list:
+    """A helper function (sigmoid, dsigmoid, softmax, cross_entropy_loss) on each argument list."""
+    fn = _call(f"looking up {name}", _api, module, name, "function")
+    results = []
+    for items in cases:
+        if "error" in fn:
+            results.append([fn for _ in items])
+            continue
+        results.append([_as_array_result(_call(name, fn["value"], *[a.copy() for a in args]), name) for args in items])
     return results
 
 
 def function_train(module, names: dict, cases: list) -> list:
     """train_one_sample(sample, y, rate) from known weights, for each rate; weights read back."""
-    results = []
-    for case in cases:
+
+    def one(case):
         per_rate = []
         for lr in case["rates"]:
             _set_globals(module, names, case)
-            train = _call(
-                names["train"],
-                _invoke,
-                module,
-                names["train"],
-                case["x"].copy(),
-                int(case["y"]),
-                lr,
-            )
+            train = _call(names["train"], _invoke, module, names["train"], case["x"].copy(), int(case["y"]), lr)
             if "value" in train:
                 train = _call("reading weights and biases", _read_globals, module, names)
             per_rate.append(train)
-        results.append({"train": per_rate})
-    return results
+        return per_rate
+
+    return _each(cases, one)
 
 
 # Class API ---------------------------------------------------------------------------------------
@@ -284,75 +292,35 @@ def _grads(value, keys: list, names: dict) -> dict:
     )
 
 
-def class_probe(module, names: dict, calls: list, cases: list) -> list:
-    """NeuralNet(n_in, n_hidden, n_out) with known W_h, b_h, W_o, b_o; the requested calls."""
-    keys = ["W_h", "b_h", "W_o", "b_o"]
-    results = []
-    for case in cases:
-        record = {}
-        made = _call(f"{names['class']}(...)", _instance, module, names, case)
-        for call in calls:
-            if "error" in made:
-                record[call] = made
-                continue
-            obj = _instance(module, names, case)
-            X, y = case["X"].copy(), case["y"].copy()
-            if call == "forward":
-                record[call] = _as_array_result(_call("forward(X)", _invoke, obj, names["forward"], X), "forward(X)")
-            elif call == "loss":
-                record[call] = _as_array_result(_call("loss(X, y)", _invoke, obj, names["loss"], X, y), "loss(X, y)")
-            elif call == "grad":
-                out = _call("grad_loss(X, y)", _invoke, obj, names["grad"], X, y)
-                record[call] = (
-                    _call("reading grad_loss's result", _grads, out["value"], keys, names) if "value" in out else out
-                )
-            elif call == "train":
-                out = _call(
-                    "train(x, y, learning_rate)",
-                    _invoke,
-                    obj,
-                    names["train"],
-                    case["x_row"].copy(),
-                    int(case["y_row"]),
-                    case["lr"],
-                )
-                record[call] = _call("reading parameters", _read_attrs, obj, names, keys) if "value" in out else out
-        results.append(record)
-    return results
+def class_call(module, names: dict, call: str, cases: list) -> list:
+    """NeuralNet(n_in, n_hidden, n_out) / LogisticRegression(n_in, n_out) with known parameters; one call."""
 
-
-def logistic_probe(module, names: dict, calls: list, cases: list) -> list:
-    """LogisticRegression(n_in, n_out) with known W, b: forward(X), loss(X, y), grad_loss(X, Y, P)."""
-    results = []
-    for case in cases:
-        record = {}
+    def one(case):
+        keys = list(case["params"])
         made = _call(f"{names['class']}(...)", _instance, module, names, case)
-        for call in calls:
-            if "error" in made:
-                record[call] = made
-                continue
-            obj = _instance(module, names, case)
-            X = case["X"].copy()
-            if call == "forward":
-                record[call] = _as_array_result(_call("forward(X)", _invoke, obj, names["forward"], X), "forward(X)")
-            elif call == "loss":
-                record[call] = _as_array_result(
-                    _call("loss(X, y)", _invoke, obj, names["loss"], X, case["y"].copy()), "loss(X, y)"
-                )
-            elif call == "grad":
-                out = _call(
-                    "grad_loss(X, y_true, y_pred)",
-                    _invoke,
-                    obj,
-                    names["grad"],
-                    X,
-                    case["one_hot"].copy(),
-                    case["probs"].copy(),
-                )
-                record[call] = (
-                    _call("reading grad_loss's result", _grads, out["value"], ["W", "b"], names)
-                    if "value" in out
-                    else out
-                )
-        results.append(record)
-    return results
+        if "error" in made:
+            return made
+        obj = made["value"]
+        if call == "forward":
+            return _as_array_result(_call("forward(X)", _invoke, obj, names["forward"], case["X"].copy()), "forward(X)")
+        if call == "loss":
+            out = _call("loss(X, y)", _invoke, obj, names["loss"], case["X"].copy(), case["y"].copy())
+            return _as_array_result(out, "loss(X, y)")
+        if call == "grad":
+            args = [case["X"].copy()] + (
+                [case["y_true"].copy(), case["y_pred"].copy()] if "y_pred" in case else [case["y"].copy()]
+            )
+            out = _call("grad_loss", _invoke, obj, names["grad"], *args)
+            return _call("reading grad_loss's result", _grads, out["value"], keys, names) if "value" in out else out
+        out = _call(
+            "train(x, y, learning_rate)",
+            _invoke,
+            obj,
+            names["train"],
+            case["x_row"].copy(),
+            int(case["y_row"]),
+            case["lr"],
+        )
+        return _call("reading parameters", _read_attrs, obj, names, keys) if "value" in out else out
+
+    return _each(cases, one)
