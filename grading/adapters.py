@@ -149,27 +149,23 @@ def _plan_layer(part, case, rng) -> None:
     for i, (name, ls, layer) in enumerate(zip(names, specs, net.layers)):
         cls = n[ls.kind]
         width = case.x.shape[1] if i == 0 else layer_specs[-1]["n_out"]
-        if i == 0:
-            x = case.x
-        else:
-            x = _rand(rng, (B, width), case.dtype, ls.kind if ls.kind != "dense" else "after")
-        out, cache = layer.forward(x)
+        kind = ls.kind if ls.kind != "dense" else "after"
+        # forward and backward each get inputs of their own (the first layer: the network's input)
+        x, xb = (case.x, case.x) if i == 0 else (_rand(rng, (B, width), case.dtype, kind) for _ in range(2))
+        out, _ = layer.forward(x)
+        out_b, cache = layer.forward(xb)
         g = (_rand(rng, out.shape, case.dtype) / B).astype(case.dtype)
         grad_in, grads = layer.backward(g, cache)
         item = {"name": name, "kind": ls.kind, "n_out": out.shape[1]}
         if ls.kind == "dense":
             item.update(n_in=width, W=case.params[f"{name}.W"], b=case.params[f"{name}.b"])
         layer_specs.append(item)
-        _probe(case, f"{cls}.forward", "layer_forward", {"names": dict(n), "lr": PROBE_LR}, {**item, "x": x})
-        _probe(
-            case,
-            f"{cls}.backward",
-            "layer_backward",
-            {"names": dict(n), "lr": PROBE_LR},
-            {**item, "x": x, "grad_out": g},
-        )
-        view = _local_view(case, name, ls.kind, x, out, g, grad_in, grads)
+        common = {"names": dict(n), "lr": PROBE_LR}
+        _probe(case, f"{cls}.forward", "layer_forward", common, {**item, "x": x})
+        _probe(case, f"{cls}.backward", "layer_backward", common, {**item, "x": xb, "grad_out": g})
+        view = _local_view(case, name, ls.kind, x, out, None, None, {})
         forwards.append(Expected(Key("forward", f"{cls}.forward", f"{name}.out", name, "out"), out, view, "forward"))
+        view = _local_view(case, name, ls.kind, xb, out_b, g, grad_in, grads)
         back = []
         if ls.kind == "dense":
             for p, check in (("W", "weight_gradients"), ("b", "bias_gradients")):

@@ -17,7 +17,7 @@ import pytest
 
 from grading import adapters
 from grading.assignment import load_assignment
-from grading.checks import _hostile_value, build_cases, grade_submission
+from grading.checks import _hostile_value, build_cases, collect_submissions, grade_many, grade_submission
 
 HOSTILE = Path(__file__).parent / "hostile"
 
@@ -111,3 +111,21 @@ def test_a_usable_answer_passes_through():
     assert problem is None and value.tolist() == [0.0, 1.0]
     value, problem = _hostile_value(3, np.zeros(()))
     assert problem is None and value.shape == ()
+
+
+@pytest.mark.parametrize(
+    "assignment, fmt", [("layer-api", "layer"), ("function-api", "function"), ("class-api", "class")]
+)
+def test_a_correct_submission_keeps_full_marks_among_hostile_neighbours(tmp_path, assignment, fmt):
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    for name in ("answers_from_the_stack.py", "patch_the_driver.py", "numpy_patch.py"):
+        (folder / f"a_{name}").write_text((HOSTILE / name).read_text())
+    fair = HOSTILE.parent / "submissions" / "fairness" / "dense_backward_segfault.py"
+    (folder / "b_segfault.py").write_text(fair.read_text())
+    (folder / "c_correct.py").write_text((HOSTILE.parent / "submissions" / fmt / "correct.py").read_text())
+    results = grade_many(collect_submissions([folder]), load_assignment(assignment), workers=2)
+    correct = next(r for r in results if r.name == "c_correct")
+    assert correct.score == correct.max_score > 0, [(c.title, c.output) for c in correct.checks if not c.passed]
+    assert correct.status == "graded"
+    assert all(r.score < r.max_score for r in results if r.name != "c_correct")
