@@ -300,7 +300,7 @@ def _diagnose(case: Case, exp, yours: np.ndarray) -> Diagnosis | None:
     if exp.key.tensor.startswith("unchanged by"):
         return _diagnose_side_effect(case, exp.key, yours)
     with np.errstate(all="ignore"):
-        return diagnose(exp.key.tensor, yours, exp.view, expected=exp.value)
+        return diagnose(exp.key.tensor, yours, exp.view, expected=exp.value, key=exp.key)
 
 
 def _diagnose_side_effect(case: Case, key: Key, yours: np.ndarray) -> Diagnosis:

@@ -137,15 +137,29 @@ def _alt_grad_outs(view: RefView, dense: str) -> list[tuple[str, str, np.ndarray
     return out
 
 
-def hypotheses(name: str, yours: np.ndarray, view: RefView) -> list[tuple[str, str, np.ndarray]]:
-    """(bug, explanation, what the tensor would be) for every hypothesis that applies to `name`."""
-    t = view.trace
-    B = view.batch
+def _target(name: str, key=None) -> tuple[bool, str]:
+    """(a parameter after a step?, the trace tensor the hypotheses are about: "dense_2.dW", "loss").
+
+    From the typed key (grading.adapters.Key: check, layer, field) when there is one; a plain name
+    ("step: dense_1.W", "network: relu_1.out") is read by its prefix."""
+    if key is not None:
+        step = key.check == "training_step"
+        if key.layer is None:
+            return step, "loss" if key.field == "loss" else key.tensor
+        return step, f"{key.layer}.d{key.field}" if step else f"{key.layer}.{key.field}"
     step = name.startswith("step: ")
     base = name.removeprefix("step: ").removeprefix("network: ")
     if step:  # a parameter after one step: test the implied gradient instead
         layer, p = base.split(".")
         base = f"{layer}.d{p}"
+    return step, base
+
+
+def hypotheses(name: str, yours: np.ndarray, view: RefView, key=None) -> list[tuple[str, str, np.ndarray]]:
+    """(bug, explanation, what the tensor would be) for every hypothesis that applies to `name`."""
+    t = view.trace
+    B = view.batch
+    step, base = _target(name, key)
     ref = _reference(view, base)
     hyps: list[tuple[str, str, np.ndarray]] = []
     if ref is None:
@@ -253,8 +267,8 @@ def hypotheses(name: str, yours: np.ndarray, view: RefView) -> list[tuple[str, s
     elif base == "loss" and not view.local:
         hyps.extend(_loss_without_bias(view))
     if step:  # compare implied gradients: (old - new) / lr == the hypothesis
-        layer, p = name.removeprefix("step: ").split(".")
-        old = view.params[f"{layer}.{p}"]
+        layer, dp = base.split(".")
+        old = view.params[f"{layer}.{dp[1:]}"]
         hyps = [(bug, text, old - view.lr * h) for bug, text, h in hyps if h.shape == old.shape]
         hyps.append(("zero", "never updated: the parameter is unchanged after the training step", old))
     return hyps
@@ -289,15 +303,17 @@ def _reference(view: RefView, name: str) -> np.ndarray | None:
 
 
 def diagnose(
-    name: str, yours: np.ndarray | None, view: RefView | None, expected: np.ndarray | None = None
+    name: str, yours: np.ndarray | None, view: RefView | None, expected: np.ndarray | None = None, key=None
 ) -> Diagnosis | None:
-    """The hypothesis that explains `yours` for tensor `name`, with its numbers; None if none does."""
+    """The hypothesis that explains `yours` for tensor `name`, with its numbers; None if none does.
+    `key` (grading.adapters.Key) names the tensor by type; without it `name` is read by prefix."""
+    step, base = _target(name, key)
     if yours is None:
         return None
     yours = np.asarray(yours)
     if yours.dtype.kind not in "biuf":
         return None
-    expected = _reference(view, name) if expected is None and view is not None else expected
+    expected = _reference(view, base) if expected is None and view is not None and not step else expected
     if yours.size and not np.isfinite(yours).all() and (expected is None or np.isfinite(expected).all()):
         idx = tuple(int(i) for i in np.argwhere(~np.isfinite(yours))[0])
         at = f" at {list(idx)}" if idx else ""
@@ -306,17 +322,15 @@ def diagnose(
         )
     if expected is not None and expected.size and yours.size and not np.any(yours) and np.any(expected):
         what = (
-            "never updated: the parameter is unchanged"
-            if name.startswith("step: ")
-            else "zero everywhere (never computed or never updated)"
+            "never updated: the parameter is unchanged" if step else "zero everywhere (never computed or never updated)"
         )
         return Diagnosis("zero", f"{what}; the reference's largest entry is {np.abs(expected).max():.4g}")
     if view is None:  # a probe with no hypotheses of its own (a helper function on a random input)
         return None
-    quantity = quantity_of(name.removeprefix("step: ")) if not name.startswith("step: ") else "parameters"
+    quantity = "parameters" if step else quantity_of(base)
     tol, floor = tolerance("submission", view.dtype, quantity), atol("submission", view.dtype)
     best = None
-    for bug, text, h in hypotheses(name, yours, view):
+    for bug, text, h in hypotheses(name, yours, view, key):
         h = np.asarray(h)
         if h.shape != yours.shape or (
             expected is not None and h.shape == expected.shape and _close(h, expected, tol, floor)
