@@ -42,6 +42,7 @@ Which tensors belong to which check (CHECKS in grading/assignment.py; Key.check)
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -62,7 +63,28 @@ from reference.layers import sigmoid
 from reference.network import Network
 from reference.trace import LayerTrace, Trace
 
-SEED = 20240611
+SEED = 20240611  # the public default; BPROP_PROBE_SEED overrides it (see probe_seed)
+SEED_ENV = "BPROP_PROBE_SEED"
+
+
+def probe_seed() -> int:
+    """The seed of every case's weights, inputs and probe inputs: BPROP_PROBE_SEED when set.
+
+    The default is in this public file, so anyone can rebuild the cases offline and ship a table of
+    answers keyed by input; an instructor who keeps BPROP_PROBE_SEED secret (any integer, the same
+    for the whole class so that every student gets the same probes) closes that door."""
+    raw = os.environ.get(SEED_ENV)
+    if raw is None or raw == "":
+        return SEED
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{SEED_ENV}: expected a non-negative integer, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{SEED_ENV}: expected a non-negative integer, got {raw!r}")
+    return value
+
+
 MNIST_ROWS = (0, 1, 2, 3, 4, 5, 6, 7)  # test-set rows: fixed, so every student gets the same
 
 
@@ -160,7 +182,7 @@ def _stable_trace(part: Part, spec, params, x, y) -> Trace:
 def build_cases(part: Part) -> list[Case]:
     """Every case of `part` (see the module doc), each with its probes and expected values (built once
     per distinct part: the cache key is the whole part, names, checks and provided functions included)."""
-    key = _freeze(part)
+    key = (_freeze(part), probe_seed())
     _PARTS[key] = part
     return list(_build_cases(key))
 
@@ -181,7 +203,7 @@ _PARTS: dict = {}
 
 @lru_cache(maxsize=16)
 def _build_cases(key) -> tuple[Case, ...]:
-    part = _PARTS[key]
+    part, seed = _PARTS[key], key[1]
     cases = []
     sweep = part.sweep()
     plan = [(label, sizes, batch, "float64") for label, sizes, batch in sweep]
@@ -191,7 +213,7 @@ def _build_cases(key) -> tuple[Case, ...]:
     plan += [("mnist", part.sizes, part.batch, d) for d in part.dtypes]
     plan += [("stability", sweep[0][1], sweep[0][2], "float64")]
     for kind, sizes, batch, dtype in plan:
-        rng = np.random.default_rng([SEED, len(sizes), *sizes, batch, 0 if kind != "mnist" else 1])
+        rng = np.random.default_rng([seed, len(sizes), *sizes, batch, 0 if kind != "mnist" else 1])
         data = _inputs(part, kind, sizes, batch, rng)
         if data is None:
             continue
@@ -218,7 +240,7 @@ def _build_cases(key) -> tuple[Case, ...]:
         step_x, step_y = (x[:1], y[:1]) if part.format == "class" else (x, y)
         step_trace = trace if kind == "stability" else _trace(spec, params, step_x, step_y)  # no step check there
         case = Case(f"{kind}-{dtype}", kind, dtype, spec, params, x, y, trace, step_x, step_y, step_trace)
-        adapters.plan_case(part, case, np.random.default_rng([SEED, 7, len(cases)]))  # probe inputs of their own
+        adapters.plan_case(part, case, np.random.default_rng([seed, 7, len(cases)]))  # probe inputs of their own
         cases.append(case)
     return tuple(cases)
 

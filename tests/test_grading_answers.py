@@ -129,3 +129,19 @@ def test_a_correct_submission_keeps_full_marks_among_hostile_neighbours(tmp_path
     assert correct.score == correct.max_score > 0, [(c.title, c.output) for c in correct.checks if not c.passed]
     assert correct.status == "graded"
     assert all(r.score < r.max_score for r in results if r.name != "c_correct")
+
+
+def test_a_secret_seed_changes_every_probe_and_keeps_full_marks(monkeypatch):
+    """With the public default seed anyone can rebuild the cases offline; BPROP_PROBE_SEED moves them."""
+    part = load_assignment("class-api").parts[1]
+    public = build_cases(part)
+    monkeypatch.setenv("BPROP_PROBE_SEED", "987654321")
+    secret = build_cases(part)
+    for a, b in zip(public, secret):
+        assert a.id == b.id and not np.array_equal(a.params["dense_1.W"], b.params["dense_1.W"])
+        assert not np.array_equal(a.expected[-1].value, b.expected[-1].value)
+    result = grade_submission(HOSTILE.parent / "submissions" / "class" / "correct.py", load_assignment("class-api"))
+    assert result.score == result.max_score
+    monkeypatch.setenv("BPROP_PROBE_SEED", "0x1f")
+    with pytest.raises(ValueError, match="BPROP_PROBE_SEED: expected a non-negative integer, got '0x1f'"):
+        build_cases(part)
