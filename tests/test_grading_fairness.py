@@ -195,3 +195,15 @@ def test_summary_has_a_status_column(tmp_path):
     with (tmp_path / "out" / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["graded", "crashed", "refused"]
+
+
+def test_the_case_cache_keys_on_checks_and_provided_too():
+    part = load_assignment("layer-api").parts[0]
+    without_network = dataclasses.replace(part, checks=tuple(c for c in part.checks if c.name != "network_forward"))
+    build_cases(part)  # cached first
+    labels = {label for c in build_cases(without_network) for label in c.probes}
+    assert "forward(network, X)" not in labels and "train(network, X, y)" in labels
+    fn = load_assignment("function-api").parts[0]
+    graded = dataclasses.replace(fn, provided=())
+    assert any(e.key.function == "cross_entropy_loss" for c in build_cases(graded) for e in c.expected)
+    assert not any(e.key.function == "cross_entropy_loss" for c in build_cases(fn) for e in c.expected)
