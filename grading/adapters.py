@@ -255,9 +255,8 @@ def _plan_function(part, case, rng) -> None:
             value = np.asarray(-np.log(probs[0, labels[0]]))  # -log p_y: the reference CrossEntropy, summed
         key = Key("loss", n["loss"], f"{n['loss']}(y, p)", None, "loss")
         case.expected.append(Expected(key, value, None, "loss", finite_only=stab and not np.isfinite(value)))
-    rates = [PROBE_LR] if stab else [PROBE_LR, part.learning_rate]
-    if stab or "training_step" not in part.check_names:
-        rates = [PROBE_LR]
+    stepped = not stab and "training_step" in part.check_names
+    rates = [PROBE_LR, part.learning_rate] if stepped else [PROBE_LR]
     _probe(case, train, "function_train", {"names": dict(n)}, {**model, "rates": rates})
     for d in reversed(dense):  # backprop's order
         for p, check in (("W", "weight_gradients"), ("b", "bias_gradients")):
@@ -423,9 +422,9 @@ def _extract(part, case, exp: Expected, record, items: dict[str, int]):
     key = exp.key
     fmt = part.format
     if fmt == "layer":
-        if key.function.endswith(".forward") and key.field == "out" and not key.tensor.startswith("network: "):
+        if key.check == "forward":  # one layer's forward(input)
             return _result(_entry(record, _index(case, key), key.function), key.function)
-        if key.field in ("grad_in", "dW", "db") and key.function.endswith(".backward"):
+        if key.check in ("backward", "weight_gradients", "bias_gradients"):  # one layer's backward
             entry = _entry(record, _index(case, key), key.function)
             if isinstance(entry, Problem) or not isinstance(entry, dict):
                 return entry if isinstance(entry, Problem) else Problem(f"{key.function}: no result record")
@@ -447,7 +446,7 @@ def _extract(part, case, exp: Expected, record, items: dict[str, int]):
             return losses.mean() if part.reduction == "mean" else losses.sum()
         if key.field == "grad_out":
             return _result(_entry(record, 0, key.function), key.function)
-        if key.tensor.startswith("network: "):
+        if key.check == "network_forward":
             outs = _result(_entry(record, 0, key.function), key.function)
             if isinstance(outs, Problem):
                 return outs
@@ -478,7 +477,7 @@ def _extract(part, case, exp: Expected, record, items: dict[str, int]):
             return _nth_param(part, case, key, after, "W" if key.field == "W" else "b", exp.value)
         if key.function == part.names["train"]:
             per_rate = _entry(record, 0, key.function)
-            rate = 1 if key.tensor.startswith("step: ") else 0
+            rate = 1 if key.check == "training_step" else 0
             got = _result(_entry(per_rate, rate, key.function), key.function)
             if isinstance(got, Problem):
                 return got
