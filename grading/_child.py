@@ -7,10 +7,11 @@ not importable here. The grader imports this file too, for the codec (`encode`, 
 
 Steps (trusted code, before any submission code runs):
   1. read CONFIG (written by the grader, outside the box); PDEATHSIG: die with the grader;
-  2. enter(): new mount, network and pid namespaces (as root: unshare(NEWNS|NEWNET|NEWPID);
+  2. enter(): new mount, network, IPC and pid namespaces (as root: unshare(NEWNS|NEWNET|NEWIPC|NEWPID);
      otherwise a user namespace as well); a read-only root built from bind mounts of only what
      Python needs (/usr, /lib*, the interpreter, site-packages, the box) plus a size-capped tmpfs as
      the working directory, then chroot into it. No interface is up, so no socket reaches anything;
+     System V shared memory, semaphores and message queues are private and die with the namespace;
   3. split_pid1(): fork init (pid 1 of the namespace), which forks the runner; when init ends, the
      kernel kills whatever the submission left in the namespace;
   4. confine() (the runner): rlimits (CPU, AS, FSIZE, NPROC, CORE=0), then drop to the grader's
@@ -256,6 +257,7 @@ def read_inputs(path: str) -> list[tuple[object, list[bytes]]]:
 # Isolation (Linux; runs before any submission code)
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWIPC = 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
@@ -366,7 +368,7 @@ def _user_tasks(uid: int) -> int:
 
 
 def enter(cfg: dict, libc: _Libc) -> dict:
-    """Namespaces (mount, network, pid) and the chroot, done by the bootstrap as root (or in a user
+    """Namespaces (mount, network, IPC, pid) and the chroot, done by the bootstrap as root (or in a user
     namespace). Returns what is in force (for the report)."""
     want = cfg["isolation"]
     root = os.geteuid() == 0
@@ -376,7 +378,7 @@ def enter(cfg: dict, libc: _Libc) -> dict:
     info["tasks_before"] = 0 if drop else _user_tasks(os.getuid())  # while /proc is still visible
     if want["namespaces"]:
         uid, gid = os.getuid(), os.getgid()
-        base = CLONE_NEWNS | CLONE_NEWNET | (0 if root and not want.get("userns") else CLONE_NEWUSER)
+        base = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | (0 if root and not want.get("userns") else CLONE_NEWUSER)
         for flags in (base | CLONE_NEWPID, base):  # some hosts refuse a pid namespace only
             try:
                 libc.unshare(flags)

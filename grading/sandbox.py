@@ -9,7 +9,7 @@ child. Everything the grader compares happens here, in the grader's process.
 
 The child (grading/_child.py) is `sys.executable -I -S` in a new session, with a minimal
 environment, started in a temporary folder that is removed afterwards. It isolates itself before any
-submission code runs: new mount, network and pid namespaces, a read-only chroot of only what Python
+submission code runs: new mount, network, IPC and pid namespaces, a read-only chroot of only what Python
 needs, a size-capped tmpfs as working directory, rlimits, and (as root) a uid of its own for this run
 so that file permissions and RLIMIT_NPROC apply. Nothing it starts outlives it: the pid namespace
 dies with it, and the grader kills the process group and every process of that uid. See

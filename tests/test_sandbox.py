@@ -595,3 +595,40 @@ def test_weaker_modes_still_block_imports_and_report_verdicts(mode):
     assert exited.verdict == "exited with status 3 while importing"
     raised = run_calls(HOSTILE / "raises.py", DRIVER, [("call", {"name": "forward"})], LIMITS, _isolation=mode)[0]
     assert raised.verdict.startswith("raised ValueError: shapes (1,784) and (32,10) not aligned")
+
+
+# --------------------------------------------------------------------------------------------------
+# System V IPC: nothing one submission plants reaches the next one, or outlives the run
+
+
+def _host_ipc(key: int) -> dict[str, int]:
+    """shmget/msgget of `key` in the grader's own IPC namespace: the ids, -1 where none exists."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return {"shm": libc.shmget(key, 0, 0), "msg": libc.msgget(key, 0)}
+
+
+def _remove_host_ipc(key: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ids = _host_ipc(key)
+    if ids["shm"] >= 0:
+        libc.shmctl(ids["shm"], 0, None)  # IPC_RMID
+    if ids["msg"] >= 0:
+        libc.msgctl(ids["msg"], 0, None)
+
+
+def test_sysv_ipc_is_private_to_each_child_and_dies_with_it():
+    key = 0x5B00_0000 + int.from_bytes(os.urandom(2), "big")
+    secret = f"from-the-first-submission-{key:x}"
+    try:
+        planted = call("sysv_ipc", "plant", key=key, secret=secret)
+        assert planted.ok and planted.value == "planted", planted
+        seen = call("sysv_ipc", "read", key=key)
+        assert seen.ok, seen
+        assert seen.value == {}, f"the next submission read what the first one planted: {seen.value}"
+        assert _host_ipc(key) == {"shm": -1, "msg": -1}, "a segment or queue outlived the child"
+    finally:
+        _remove_host_ipc(key)
