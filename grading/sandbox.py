@@ -50,6 +50,7 @@ STARTUP_S = 60.0  # python + numpy + driver import; not charged to any call
 UID_BASE = 0x4000_0000  # one uid per run, UID_BASE + random 24 bits: unused by any real account
 DRAIN_BYTES = 16 * 1024 * 1024  # most output read at once when attributing output to a call
 CRASH_BYTES = 64 * 1024  # faulthandler's report of a fatal signal
+READ_CPU_S = 10.0  # grader CPU per call for reading and decoding what the child sends back
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,7 @@ class _Child:
         self.out, self.err = _Capped(self.limits.output_bytes), _Capped(self.limits.output_bytes)
         self.crash = _Capped(CRASH_BYTES)
         self.result_bytes = 0
+        self.read_cpu = 0.0  # grader CPU spent on this call's result frames (READ_CPU_S at most)
         self.t0 = time.monotonic()
 
     # -- process ---------------------------------------------------------------------------------
@@ -450,13 +452,18 @@ class _Child:
                 self.killed_for = f"sent back more than {self.limits.max_result_mb} MB"
                 return
             self.buf += data
+            t = time.thread_time()
             try:
                 while (f := _child.pop_frame(self.buf)) is not None:  # frames before a bad one count
                     self._frame(*f)
                     if self.killed_for or self.startup_error:
                         return
+                    if self.read_cpu + time.thread_time() - t > READ_CPU_S:
+                        raise _child.CodecError(f"reading it took more than {READ_CPU_S:g} s of the grader's CPU")
             except (_child.CodecError, ValueError, TypeError, KeyError, RecursionError) as e:
                 self.killed_for = f"sent back data the grader cannot read ({e})"
+            finally:
+                self.read_cpu += time.thread_time() - t
 
     def _frame(self, kind: bytes, payload: bytes) -> None:
         if kind == b"A":
@@ -501,7 +508,7 @@ class _Child:
         self._drain_outputs()
         if msg["ok"]:
             try:
-                value = _child.decode(msg.get("value"), arrays)
+                value = _child.decode(msg.get("value"), arrays, cpu_s=max(0.0, READ_CPU_S - self.read_cpu))
             except (_child.CodecError, RecursionError) as e:
                 self._record(False, None, f"sent back data the grader cannot read ({e})", None, wall)
             else:

@@ -632,3 +632,43 @@ def test_sysv_ipc_is_private_to_each_child_and_dies_with_it():
         assert _host_ipc(key) == {"shm": -1, "msg": -1}, "a segment or queue outlived the child"
     finally:
         _remove_host_ipc(key)
+
+
+# --------------------------------------------------------------------------------------------------
+# The grader's own work on what a child sends back is bounded
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "verdict"),
+    [
+        ({"n": 20_000, "pad": 600}, r"a \.npy header of 9,076 bytes \(at most 4,096\)"),
+        ({"n": 450_000, "pad": 0}, r"450,000 arrays in one value \(at most 100,000\)"),
+    ],
+    ids=["slow-headers", "too-many-arrays"],
+)
+def test_forged_npy_frames_cost_the_grader_little_and_get_a_verdict(kwargs, verdict):
+    """Before: 20,000 headers of 9 KB took 69 s of grader CPU (numpy's literal_eval reader) and passed."""
+    t = time.thread_time()
+    outcome = call("forged_npy", "many_arrays", limits=Limits(wall_s=20, cpu_s=20, memory_mb=1024), **kwargs)
+    grader_cpu = time.thread_time() - t
+    assert not outcome.ok
+    assert re.search(r"^sent back data the grader cannot read \(.*" + verdict, outcome.verdict), outcome.verdict
+    assert grader_cpu < 5.0, f"the grader spent {grader_cpu:.1f} s of its own CPU on one call's result"
+
+
+def test_decoding_stops_at_its_cpu_budget():
+    arrays = [_npy(np.zeros(0))] * 5000
+    tree = [{"$nd": k} for k in range(len(arrays))]
+    assert len(_child.decode(tree, arrays, cpu_s=10.0)) == 5000
+    with pytest.raises(_child.CodecError, match=r"took more than 0 s of the grader's CPU"):
+        _child.decode(tree, arrays, cpu_s=0.0)
+
+
+def test_the_npy_reader_takes_what_np_save_writes():
+    for a in (np.zeros(()), np.arange(3.0), np.ones((2, 3), np.float32).T, np.array([True]), np.zeros((1,) * 64)):
+        for version in ((1, 0), (2, 0)):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, a, version=version)
+            b = _child.load_npy(buf.getvalue(), "x")
+            assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
+            assert (b.flags.c_contiguous, b.flags.f_contiguous) == (a.flags.c_contiguous, a.flags.f_contiguous)
