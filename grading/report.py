@@ -2,22 +2,101 @@
 
     explain_check(findings, passed) -> str          the output text of one check
     gradescope(result) -> dict                      {"score", "max_score", "output", "tests": [...]}
-    write_results(results, out_dir) -> [Path]       DIR/<name>/results.json and DIR/summary.csv
+    write_results(results, out_dir) -> [Path]       DIR/<name>/results.json, DIR/summary.csv, DIR/summary.md
     terminal(results, details=True) -> str          what a student or a TA reads after a run
 
 Gradescope's schema: score, max_score, and tests, each with name, score, max_score, status
-("passed" / "failed") and output (https://gradescope-autograders.readthedocs.io, "Output format").
+("passed" / "failed") and output (https://gradescope-autograders.readthedocs.io, "Output format");
+output_format "text", so nothing a submission prints is rendered as HTML or Markdown.
+
+Everything a submission controls (its file name, what it prints, its exception messages, and so every
+check's output) is data. Before it reaches a writer it goes through `printable`: lone surrogates (an
+undecodable file name, "\\udcff" sent back as JSON) and control characters (terminal escape codes,
+carriage returns, bidirectional overrides) become visible escapes such as \\x1b, so no writer raises
+and no terminal is repainted. Then each format's own escaping: CSV cells that a spreadsheet would run
+as a formula (=, +, -, @) get a leading apostrophe; Markdown's table and emphasis characters are
+backslash-escaped; a results folder name is one safe path component inside DIR. A write that fails
+for one submission does not stop the others (ResultsWriteError at the end names what failed).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 
 NAMES = ("yours", "reference")
 SUMMARY_FIELDS = ("submission", "file", "score", "max_score", "first_divergence", "diagnosis", "error")
+FOLDER_BYTES = 120  # longest results folder name
+
+
+class ResultsWriteError(OSError):
+    """Some results could not be written; every other submission's were."""
+
+
+# Escaping ---------------------------------------------------------------------------------------
+
+# C0 and C1 controls (tab and newline are decided by the caller), DEL, lone surrogates, and the
+# invisible format characters that reorder or hide text (bidi overrides and isolates, zero widths).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def _escape_char(m: re.Match) -> str:
+    c = m.group()
+    o = ord(c)
+    if 0xDC80 <= o <= 0xDCFF:  # a byte os.fsdecode could not decode (surrogateescape): show the byte
+        return f"\\x{o - 0xDC00:02x}"
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
+
+
+def printable(text: object, newlines: bool = True) -> str:
+    """Any text a submission controls -> text every writer accepts and no terminal acts on:
+    control characters, lone surrogates and invisible format characters as visible escapes (\\x1b,
+    \\udcff, \\u202e). Newlines are kept when `newlines`, else shown as \\n; tabs become spaces."""
+    s = text if isinstance(text, str) else str(text)
+    s = s.replace("\r\n", "\n").replace("\t", "    ")
+    if not newlines:
+        s = s.replace("\n", "\\n")
+    return _UNSAFE.sub(_escape_char, s)
+
+
+def display_name(path: Path) -> str:
+    """A file name as one printable line: undecodable bytes (a Latin-1 `m\\xfcller.py`) as \\xNN."""
+    return printable(os.fsdecode(Path(path).name), newlines=False)
+
+
+_FORMULA = tuple("=+-@\uff1d\uff0b\uff0d\uff20")  # and their full-width forms, which some spreadsheets accept
+
+
+def csv_cell(value: object) -> object:
+    """A summary.csv cell: numbers as they are; text printable on one line, never a formula."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    s = printable(value, newlines=False)
+    return "'" + s if s.lstrip(" ").startswith(_FORMULA) else s
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~])")
+
+
+def markdown_cell(value: object) -> str:
+    """Text for a Markdown table cell: one printable line, Markdown's own characters escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", printable(value, newlines=False))
+
+
+def folder_name(name: str) -> str:
+    """One path component that stays inside the results folder: no separator, no `..`, no leading
+    dot, no control character, at most FOLDER_BYTES bytes."""
+    s = unicodedata.normalize("NFC", printable(name, newlines=False)).replace("\\", "_")
+    s = re.sub(r"[/\x00]", "_", s).strip(" ")
+    s = s.lstrip(".")
+    while len(s.encode("utf-8")) > FOLDER_BYTES:
+        s = s[:-1]
+    return s or "_"
 
 
 def explain_check(findings: list, passed: int) -> str:
@@ -64,14 +143,16 @@ def gradescope(result) -> dict:
     return {
         "score": result.score,
         "max_score": result.max_score,
-        "output": "\n".join(head),
+        "output": printable("\n".join(head)),
+        "output_format": "text",
         "tests": [
             {
-                "name": c.title,
+                "name": printable(c.title, newlines=False),
                 "score": c.score,
                 "max_score": c.points,
                 "status": "passed" if c.passed else "failed",
-                "output": c.output,
+                "output": printable(c.output),
+                "output_format": "text",
             }
             for c in result.checks
         ],
@@ -81,58 +162,91 @@ def gradescope(result) -> dict:
 def write_results(results: list, out_dir: Path) -> list[Path]:
     """One results.json per submission, and summary.csv for the class (one row each, input order)."""
     out_dir = Path(out_dir)
-    written = []
-    for r in results:
-        folder = out_dir / (r.name or r.path.stem)
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / "results.json"
-        target.write_text(json.dumps(gradescope(r), indent=2) + "\n", encoding="utf-8")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, failed = [], []
+    folders = _folders(results)
+    for r, name in zip(results, folders):
+        target = out_dir / name / "results.json"
+        try:
+            target.parent.mkdir(exist_ok=True)
+            target.write_text(json.dumps(gradescope(r), indent=2) + "\n", encoding="utf-8")
+        except (OSError, ValueError, TypeError) as e:  # this one is lost; the others are not
+            failed.append(f"{name}/results.json: {type(e).__name__}: {e}")
+            continue
         written.append(target)
     with (out_dir / "summary.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
         writer.writeheader()
-        for r in results:
-            writer.writerow(
-                {
-                    "submission": r.name or r.path.stem,
-                    "file": str(r.path),
-                    "score": r.score,
-                    "max_score": r.max_score,
-                    "first_divergence": r.first_divergence or "",
-                    "diagnosis": r.diagnosis or "",
-                    "error": r.error or "",
-                }
-            )
+        for r, name in zip(results, folders):
+            row = {
+                "submission": name,
+                "file": str(r.path),
+                "score": r.score,
+                "max_score": r.max_score,
+                "first_divergence": r.first_divergence or "",
+                "diagnosis": r.diagnosis or "",
+                "error": r.error or "",
+            }
+            writer.writerow({k: csv_cell(v) for k, v in row.items()})
     written.append(out_dir / "summary.csv")
+    (out_dir / "summary.md").write_text(summary_markdown(results, folders), encoding="utf-8")
+    written.append(out_dir / "summary.md")
+    if failed:
+        raise ResultsWriteError("could not write " + "; ".join(map(printable, failed)))
     return written
+
+
+def _folders(results: list) -> list[str]:
+    """Each submission's results folder: its name made a safe path component, unique in the batch."""
+    taken: set[str] = set()
+    out = []
+    for r in results:
+        base = folder_name(r.name or os.fsdecode(r.path.stem))
+        name, k = base, 2
+        while name.casefold() in taken or name in ("summary.csv", "summary.md"):
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name.casefold())
+        out.append(name)
+    return out
+
+
+def summary_markdown(results: list, folders: list[str] | None = None) -> str:
+    """The class as a Markdown table (submission, score, first divergence, error), cells escaped."""
+    folders = folders or _folders(results)
+    lines = ["| submission | score | first diverging tensor | error |", "|---|---|---|---|"]
+    for r, name in zip(results, folders):
+        cells = (name, f"{r.score:g} / {r.max_score:g}", r.first_divergence or "", r.error or "")
+        lines.append("| " + " | ".join(markdown_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def terminal(results: list, details: bool = True) -> str:
     """Per submission: the score, each check with its score, and the explanation of what failed."""
     blocks = []
-    for r in results:
+    names = [printable(r.name or os.fsdecode(r.path.stem), newlines=False) for r in results]
+    for r, name in zip(results, names):
         lines = [
-            f"{r.name or r.path.stem} ({r.path.name}): {r.score:g} / {r.max_score:g}  [{r.assignment}, {r.seconds:.1f} s]"
+            f"{name} ({display_name(r.path)}): {r.score:g} / {r.max_score:g}  [{printable(r.assignment, False)}, {r.seconds:.1f} s]"
         ]
         if r.error:
-            lines.append(f"  nothing could be graded: {r.error}")
+            lines.append(f"  nothing could be graded: {printable(r.error, newlines=False)}")
         elif r.first_divergence:
-            lines.append(f"  first diverging tensor: {r.first_divergence}")
+            lines.append(f"  first diverging tensor: {printable(r.first_divergence, newlines=False)}")
             if r.diagnosis:
-                lines.append(f"  diagnosis: {r.diagnosis}")
+                lines.append(f"  diagnosis: {printable(r.diagnosis, newlines=False)}")
         if details and not r.error:
             for c in r.checks:
                 mark = "ok  " if c.passed else "FAIL"
-                lines.append(f"  {mark} {c.title:<34} {c.score:g}/{c.points:g}")
+                lines.append(f"  {mark} {printable(c.title, False):<34} {c.score:g}/{c.points:g}")
                 if not c.passed:
-                    lines.extend("       " + line for line in c.output.splitlines())
-            lines.extend("  " + line for note in r.notes for line in note.splitlines())
+                    lines.extend("       " + line for line in printable(c.output).splitlines())
+            lines.extend("  " + line for note in r.notes for line in printable(note).splitlines())
         blocks.append("\n".join(lines))
     if len(results) > 1:
-        width = max(len(r.name or r.path.stem) for r in results)
+        width = max(len(n) for n in names)
         table = [
             f"{'submission':<{width}}  score",
-            *(f"{(r.name or r.path.stem):<{width}}  {r.score:g}/{r.max_score:g}" for r in results),
+            *(f"{n:<{width}}  {r.score:g}/{r.max_score:g}" for r, n in zip(results, names)),
         ]
         blocks.append("\n".join(table))
     return "\n\n".join(blocks)
