@@ -16,8 +16,8 @@ Steps (trusted code, before any submission code runs):
      kernel kills whatever the submission left in the namespace;
   4. confine() (the runner): rlimits (CPU, AS, FSIZE, NPROC, CORE=0), then drop to the grader's
      uid for this run (root) or drop all capabilities (user namespace); PR_SET_NO_NEW_PRIVS;
-  5. serve(): sys.path = stdlib + site-packages only, a meta-path blocker for the grader's own
-     packages; import numpy and the driver, send {"ready": ...}; then for each call: send
+  5. serve(): sys.path = stdlib + site-packages only, a meta-path blocker for the forbidden modules
+     (the assignment's and the grader's own, whose files build_root has hidden as well); import numpy and the driver, send {"ready": ...}; then for each call: send
      {"phase": "import"}, import the submission afresh as module `submission`, send
      {"phase": "call"}, call driver.<function>(module, **kwargs), send {"result": ...}.
 
@@ -373,9 +373,11 @@ def build_root(libc: _Libc, cfg: dict, owner: tuple[int, int]) -> None:
             _mkdirs(os.path.dirname(new + path))
             open(new + path, "w").close()
             _bind_readonly(libc, path, new + path)
-    for path in cfg["masks"]:  # the grader's packages, should any be inside a bound directory
+    for path in cfg["masks"]:  # forbidden packages (and the grader's) inside a bound directory: hidden
         if os.path.isdir(new + path):
             libc.mount("tmpfs", new + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
+        elif os.path.isfile(new + path):  # a module file or an extension: an empty file instead
+            _bind_readonly(libc, "/dev/null", new + path)
     uid, gid = owner
     size = f"size={int(cfg['limits']['disk_mb'] * 1024 * 1024)},nr_inodes=4096,mode=0700,uid={uid},gid={gid}"
     libc.mount("tmpfs", new + cfg["work"], "tmpfs", MS_NOSUID | MS_NODEV, size)
@@ -514,17 +516,22 @@ def confine(cfg: dict, info: dict, libc: _Libc) -> None:
 
 
 class _Blocker:
-    """A meta-path finder that refuses the grader's own packages, whatever sys.path says."""
+    """A meta-path finder that refuses the forbidden modules (the assignment's and the grader's own),
+    whatever sys.path says. A submission can remove it: then the files are still not there (their
+    directories are masked in the chroot, see build_root), so this is for the verdict, not the wall."""
 
-    def __init__(self, names):
-        self.names = frozenset(names)
+    def __init__(self, names, submission: str):
+        self.names, self.submission = frozenset(names), submission
 
     def find_spec(self, name, path=None, target=None):
         top = name.partition(".")[0]
         if top in self.names or top.startswith("__editable__"):
-            raise ModuleNotFoundError(
-                f"No module named {name!r} (the grader's packages are not available to submissions)"
-            )
+            frame, line = sys._getframe(1), None
+            while frame is not None and line is None:
+                line = frame.f_lineno if frame.f_code.co_filename == self.submission else None
+                frame = frame.f_back
+            at = f" at line {line}" if line else ""
+            raise ModuleNotFoundError(f"forbidden import: {top}{at} (this assignment does not allow {name!r})")
         return None
 
 
@@ -609,7 +616,7 @@ def serve(cfg: dict, chan: _Channel, info: dict) -> None:
     import signal
 
     sys.path[:] = cfg["sys_path"]
-    sys.meta_path.insert(0, _Blocker(cfg["forbidden"]))
+    sys.meta_path.insert(0, _Blocker(cfg["forbidden"], cfg["submission"]))
     sys.dont_write_bytecode = True
     builtins.exit = builtins.quit = sys.exit  # site.py would add these; -S skips it
     try:

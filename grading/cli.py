@@ -65,11 +65,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"bprop check: no .py or .ipynb submissions under {', '.join(map(str, args.paths))}", file=sys.stderr)
         return 2
     refused = screen(args.paths, paths)
-    limits = None
-    if args.wall_s is not None:
-        from grading.sandbox import Limits
+    from grading.sandbox import Limits
 
-        limits = Limits(wall_s=args.wall_s, cpu_s=args.wall_s)
+    limits = Limits(forbidden=assignment.forbidden)
+    if args.wall_s is not None:
+        limits = Limits(wall_s=args.wall_s, cpu_s=args.wall_s, forbidden=assignment.forbidden)
     print(f"grading {len(paths)} submission(s) against {assignment.name} ({assignment.title})", file=sys.stderr)
     graded = iter(grade_many([p for p in paths if p not in refused], assignment, workers=args.workers, limits=limits))
     results = [refused_result(p, assignment, refused[p]) if p in refused else next(graded) for p in paths]

@@ -153,7 +153,8 @@ def _check_result(path: Path, part_id: str, check: str):
         else:
             _STATE.setdefault("notes", {})[path] = extracted.summary()
             wall = _STATE.get("wall_s")
-            limits = Limits(wall_s=wall, cpu_s=wall) if wall else None
+            timing = {"wall_s": wall, "cpu_s": wall} if wall else {}
+            limits = Limits(**timing, forbidden=assignment.forbidden)
             results = [r for checks, _ in grade_module(module_path, list(assignment.parts), limits) for r in checks]
         _STATE["graded"][path] = results
     return next(r for r in _STATE["graded"][path] if r.part == part_id and r.name == check)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import importlib.util
 import json
 import math
@@ -29,6 +30,7 @@ import re
 import selectors
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import sysconfig
@@ -38,12 +40,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from grading import _child
+from grading import _child, integrity
 
 __all__ = ["Limits", "Outcome", "SandboxError", "isolation", "run_call", "run_calls"]
 
 CHILD = Path(_child.__file__).resolve()
-FORBIDDEN = ("reference", "oracles", "grading", "data_loaders", "bprop")
+FORBIDDEN = integrity.GRADER_PACKAGES  # never importable by a submission, whatever the assignment says
 TMP_PREFIX = "bprop-sandbox-"  # + the grader's pid + "-" + random: a killed grader's folder is found
 TMP_BASE: str | None = None  # where run folders go; None: see _tmp_base()
 STARTUP_S = 60.0  # python + numpy + driver import; not charged to any call
@@ -62,11 +64,17 @@ class Limits:
     max_result_mb: int = 200  # size cap on what the child sends back per call
     processes: int = 64  # RLIMIT_NPROC: processes and threads of the child's own uid
     disk_mb: int = 64  # size of the working directory (a tmpfs) and RLIMIT_FSIZE
+    # modules the submission may not use (grading/integrity.py): found in its source before it runs
+    # (the verdict "forbidden import: ..."), absent at run time; the grader's own are always added
+    forbidden: tuple[str, ...] = integrity.DEFAULT_FORBIDDEN
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            if f.name == "forbidden":
+                if not isinstance(v, tuple) or not all(isinstance(m, str) and m.isidentifier() for m in v):
+                    raise ValueError(f"Limits.forbidden must be a tuple of top-level module names, got {v!r}")
+            elif not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"Limits.{f.name} must be a positive number, got {v!r}")
 
 
@@ -100,7 +108,8 @@ def run_calls(
 ) -> list[Outcome]:
     """Several calls, each on a freshly imported module, in as few children as the submission allows.
 
-    `_isolation` is for tests only: {"namespaces": False} or {"userns": True} forces a weaker mode."""
+    `_isolation` is for tests only: {"namespaces": False} or {"userns": True} forces a weaker mode;
+    {"scan": False} skips the static scan for forbidden imports (to test the run-time barrier alone)."""
     return _Run(Path(submission), Path(driver), list(calls), limits, _isolation or {}).run()
 
 
@@ -128,6 +137,8 @@ def _child_sys_path() -> tuple[str, ...]:
     stdlib = sysconfig.get_path("stdlib")
     paths = [p for p in sys.path if p.endswith(".zip")]
     paths += [stdlib, os.path.join(stdlib, "lib-dynload"), sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    paths += site.getsitepackages() if hasattr(site, "getsitepackages") else []  # a venv's system site too
+    paths += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]  # from .pth files
     out: list[str] = []
     for p in paths:
         if os.path.exists(p) and os.path.realpath(p) not in out:
@@ -136,13 +147,37 @@ def _child_sys_path() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1)
-def _forbidden_dirs() -> tuple[str, ...]:
-    dirs = []
+def _package_dirs() -> tuple[str, ...]:
+    """Every directory the child could import packages from, once bound: its sys.path, and the
+    site-packages / dist-packages of each prefix whose tree is bound (the base interpreter's, /usr's)."""
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, "/usr", "/usr/local"}
+    found = list(_child_sys_path())
+    for prefix in sorted(prefixes):
+        for pattern in ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages"):
+            found += glob.glob(os.path.join(prefix, pattern))
+    return tuple(dict.fromkeys(os.path.realpath(p) for p in found if os.path.isdir(p)))
+
+
+@functools.lru_cache(maxsize=16)
+def _masks(forbidden: tuple[str, ...]) -> tuple[str, ...]:
+    """What the child must not find: each forbidden package's directory, module file or extension in
+    any package directory (a non-editable install puts reference/ and grading/ there), and the
+    grader's own package directories wherever they are (an editable install or a checkout)."""
+    out = []
+    for d in _package_dirs():
+        try:
+            entries = os.listdir(d)
+        except OSError:
+            continue
+        for entry in entries:
+            top = entry.split(".", 1)[0]
+            if top in forbidden and (entry == top or entry.endswith((".py", ".pyc", ".so", ".pyd"))):
+                out.append(os.path.join(d, entry))
     for name in FORBIDDEN:
         spec = importlib.util.find_spec(name)
         if spec is not None:
-            dirs += [os.path.realpath(d) for d in spec.submodule_search_locations or [os.path.dirname(spec.origin)]]
-    return tuple(sorted(set(dirs)))
+            out += [os.path.realpath(d) for d in spec.submodule_search_locations or [os.path.dirname(spec.origin)]]
+    return tuple(sorted(set(out)))
 
 
 def _binds(box: str) -> list[str]:
@@ -204,11 +239,18 @@ class _Run:
                 raise TypeError(f"calls[{k}]: expected (function name, kwargs dict), got {call!r:.80}")
             if not call[0].isidentifier():
                 raise ValueError(f"calls[{k}]: {call[0]!r} is not a function name")
+        if submission.is_symlink():
+            raise ValueError(f"submission {submission}: a symbolic link (the sandbox loads regular files only)")
         self.submission, self.driver, self.calls, self.limits = submission, driver, calls, limits
-        self.isolation = {"namespaces": True, "drop_uid": True, "userns": False, **isolation}
+        self.forbidden = integrity.expand(limits.forbidden)
+        self.isolation = {"namespaces": True, "drop_uid": True, "userns": False, "scan": True, **isolation}
         self.infos: list[dict] = []
 
     def run(self) -> list[Outcome]:
+        uses = integrity.scan_file(self.submission, self.limits.forbidden) if self.isolation["scan"] else []
+        if uses:  # found in its source: nothing of it runs, every call gets the verdict
+            line = integrity.verdict(uses)
+            return [Outcome(False, None, line, None, "", "", 0.0) for _ in self.calls]
         _remove_stale_dirs_once()
         tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=_tmp_base())
         try:
@@ -248,10 +290,10 @@ class _Run:
             "gid": uid,
             "newroot": f"{self.tmp}/root",
             "binds": _binds(self.box),
-            "masks": list(_forbidden_dirs()),
+            "masks": list(_masks(self.forbidden)),
             "work": f"{self.box}/work",
             "sys_path": list(_child_sys_path()),
-            "forbidden": list(FORBIDDEN),
+            "forbidden": list(self.forbidden),
             "limits": dataclasses.asdict(self.limits),
             "submission": self.sub_path,
             "driver": self.drv_path,
@@ -562,6 +604,8 @@ class _Child:
             line = f"called sys.exit({'' if code is None else _one_line(repr(code), 60)}){where}"
         elif phase == "send":
             line = f"returned a value that cannot be sent back: {message}"
+        elif typ == "ModuleNotFoundError" and message.startswith("forbidden import: "):
+            line = message + where  # the run-time blocker (the static scan found nothing)
         else:
             line = f"raised {typ}{where}" + (f": {message}" if message else "")
         tb = err.get("traceback")

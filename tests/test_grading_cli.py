@@ -214,6 +214,7 @@ def nasty(tmp_path_factory):
     shutil.copy(SUBMISSIONS / "layer" / "correct.py", folder / "alice.py")
     (folder / "mallory.py").write_text(correct + "\n\n" + (HOSTILE / "report_escapes.py").read_text())
     (folder / "sam.py").write_text(correct + "\n\n" + (HOSTILE / "report_surrogate.py").read_text())
+    (folder / "tom.py").write_text(correct + "\n\n" + (HOSTILE / "torch_backward.py").read_text())
     for raw in NASTY_NAMES.values():
         with open(os.fsencode(folder) + b"/" + raw, "w") as f:
             f.write(correct)
@@ -240,7 +241,7 @@ def test_a_hostile_batch_writes_every_result_inside_out(nasty):
     assert sorted(p.name for p in root.iterdir()) == ["class", "out", "outside", "root-only.py"]
     assert not (root / "results.json").exists()
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert len(folders) == 10, folders  # alice, mallory, sam, 4 nasty names, steal, x, ...py
+    assert len(folders) == 11, folders  # alice, mallory, sam, tom, 4 nasty names, steal, x, ...py
     for name in folders:
         assert "/" not in name and not name.startswith(".") and name.isprintable(), name
         data = json.loads((out / name / "results.json").read_text(encoding="utf-8"))
@@ -261,7 +262,7 @@ def test_symlinks_and_files_outside_the_folder_are_refused(nasty):
 def test_correct_submissions_with_nasty_names_get_full_marks(nasty):
     _, out, _, _ = nasty
     rows = list(csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
-    assert len(rows) == 10  # a newline in a name forges no row
+    assert len(rows) == 11  # a newline in a name forges no row
     by_file = {r["file"].rsplit("/", 1)[-1]: r for r in rows}
     for file in (
         "alice.py",
@@ -296,4 +297,16 @@ def test_escape_codes_and_surrogates_reach_no_writer(nasty):
     assert "raised ValueError: gradient \\xff\\ud800 is undefined" in loss_grad["output"]
     assert 0 < sam["score"] < 13
     md = (out / "summary.md").read_text(encoding="utf-8")
-    assert len(md.splitlines()) == 12 and "\x1b" not in md
+    assert len(md.splitlines()) == 13 and "\x1b" not in md
+
+
+def test_torch_autograd_behind_a_built_name_gets_no_credit(nasty):
+    """Before: full marks (13/13) for a Dense.backward done by torch.autograd."""
+    _, out, _, text = nasty
+    tom = json.loads((out / "tom" / "results.json").read_text())
+    assert tom["score"] == 0
+    assert re.search(
+        r"forbidden import: torch at line \d+ \(torch = importlib.import_module\(\"to\" \+ \"rch\"\)\)", tom["output"]
+    )
+    assert "tom (tom.py): 0 / 13" in text
+    assert json.loads((out / "alice" / "results.json").read_text())["score"] == 13

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grading import _child, sandbox
+from grading import _child, integrity, sandbox
 from grading.sandbox import Limits, Outcome, SandboxError, run_call, run_calls
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox uses Linux namespaces and /proc")
@@ -33,9 +33,11 @@ LIMITS = Limits(wall_s=5, cpu_s=10, memory_mb=512)
 SLACK_S = 3.0  # start-up, kill and clean-up on a loaded 2-core machine, on top of the wall limit
 
 
-def call(name: str, function: str, limits: Limits = LIMITS, **kwargs) -> Outcome:
-    """Run tests/hostile/<name>.py's `function` through the driver's `call`."""
-    return run_call(HOSTILE / f"{name}.py", DRIVER, "call", {"name": function, **kwargs}, limits)
+def call(name: str, function: str, limits: Limits = LIMITS, scan: bool = True, **kwargs) -> Outcome:
+    """Run tests/hostile/<name>.py's `function` through the driver's `call` (scan=False: without the
+    static scan for forbidden imports, to reach the run-time barriers)."""
+    calls = [("call", {"name": function, **kwargs})]
+    return run_calls(HOSTILE / f"{name}.py", DRIVER, calls, limits, _isolation={"scan": scan})[0]
 
 
 def live_processes(uid: int) -> list[int]:
@@ -324,7 +326,7 @@ def test_writing_outside_its_folder_is_denied():
 
 
 def test_the_reference_is_neither_importable_nor_readable():
-    outcome = call("steal_reference", "steal", project=str(PROJECT))
+    outcome = call("steal_reference", "steal", scan=False, project=str(PROJECT))
     assert outcome.ok, outcome.verdict
     results = outcome.value
     for name in (
@@ -584,7 +586,7 @@ def test_weaker_modes_still_block_imports_and_report_verdicts(mode):
         DRIVER,
         [("call", {"name": "steal", "project": str(PROJECT)})],
         LIMITS,
-        _isolation=mode,
+        _isolation={**mode, "scan": False},
     )
     results = outcomes[0].value
     chroot = mode.get("namespaces", True)
@@ -672,3 +674,134 @@ def test_the_npy_reader_takes_what_np_save_writes():
             b = _child.load_npy(buf.getvalue(), "x")
             assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
             assert (b.flags.c_contiguous, b.flags.f_contiguous) == (a.flags.c_contiguous, a.flags.f_contiguous)
+
+
+# --------------------------------------------------------------------------------------------------
+# Academic integrity: forbidden modules found in the source, and absent at run time
+
+SCANS = [
+    ("import", "import torch", "torch", 1),
+    ("import-as", "import numpy as np\nimport torch.autograd as ag", "torch", 2),
+    ("from-import", "from scipy.special import expit", "scipy", 1),
+    ("dunder-import", 'x = __import__("tensorflow")', "tensorflow", 1),
+    ("concatenated", 'import importlib\nm = importlib.import_module("to" + "rch")', "torch", 2),
+    (
+        "aliased-importlib",
+        'import importlib as il\ndef f():\n    return il.import_module("".join(["j", "ax"]))',
+        "jax",
+        3,
+    ),
+    ("reversed-name", 'from importlib import import_module as im\nname = "hcrot"[::-1]\nim(name)', "torch", 3),
+    ("getattr-builtins", 'import builtins\ngetattr(builtins, "__im" + "port__")("keras")', "keras", 2),
+    ("builtins-dict", '__builtins__["__import__"]("autograd")', "autograd", 1),
+    ("exec-constant", 'exec("import " + "torch")', "torch", 1),
+    ("chr", 'import importlib\nimportlib.import_module(chr(116) + "orch")', "torch", 2),
+    ("f-string", 'a = "sci"\n__import__(f"{a}py")', "scipy", 2),
+    ("alias-variable", 'imp = __import__\nimp("torch")', "torch", 2),
+    ("implied", "import functorch", "functorch", 1),
+    ("own-package", "from reference import network", "reference", 1),
+    ("dynamic", "import importlib\ndef f(n):\n    return importlib.import_module(n)", integrity.DYNAMIC, 3),
+]
+
+
+@pytest.mark.parametrize(("source", "module", "line"), [s[1:] for s in SCANS], ids=[s[0] for s in SCANS])
+def test_the_static_scan_finds_each_way_of_importing(source, module, line):
+    uses = integrity.scan(source, integrity.DEFAULT_FORBIDDEN)
+    assert [(u.module, u.line) for u in uses] == [(module, line)], uses
+
+
+def test_the_static_scan_lets_allowed_code_through():
+    source = 'import numpy as np\nimport math\nimport importlib\nnp2 = importlib.import_module("numpy")\nexec("x = 1")'
+    assert integrity.scan(source, integrity.DEFAULT_FORBIDDEN) == []
+    assert integrity.scan("import scipy", ("torch",)) == []  # the assignment decides
+    assert [u.module for u in integrity.scan("import grading", ())] == ["grading"]  # the grader's: always
+
+
+def test_a_forbidden_import_in_the_source_is_a_verdict_before_anything_runs(tmp_path):
+    sub = tmp_path / "sub.py"
+    sub.write_text(
+        'import numpy as np\n\n\ndef forward(x):\n    import torch\n    return torch.ones(1)\nopen("/never", "w")\n'
+    )
+    outcome = run_call(sub, DRIVER, "call", {"name": "forward", "x": 1}, LIMITS)
+    assert not outcome.ok and outcome.wall_s == 0.0
+    assert outcome.verdict.startswith("forbidden import: torch at line 5 (import torch). This assignment forbids it")
+
+
+def test_a_forbidden_import_hidden_from_the_scan_is_refused_at_run_time():
+    for function, module in (("use_torch", "torch"), ("use_scipy", "scipy")):
+        outcome = call("forbidden_evasive", function)
+        assert not outcome.ok
+        assert re.fullmatch(
+            rf"forbidden import: {module} at line \d+ \(this assignment does not allow .*", outcome.verdict
+        )
+
+
+def test_undoing_the_blocker_finds_no_forbidden_file():
+    sites = list(sandbox._package_dirs())
+    assert any(os.path.isdir(os.path.join(s, "torch")) for s in sites), "control: torch is installed here"
+    outcome = call("forbidden_undo", "undo", scan=False, sites=sites)
+    assert outcome.ok, outcome.verdict
+    for what, result in outcome.value.items():
+        assert not result.startswith(("imported", "loaded")), f"{what}: {result}"
+
+
+NON_EDITABLE_SCRIPT = """
+import json, sys
+from pathlib import Path
+import grading, reference
+from grading import sandbox
+from grading.assignment import load_assignment
+from grading.checks import grade_submission
+hostile, submission, site = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+out = {"grading": grading.__file__, "reference": reference.__file__, "masks": list(sandbox._masks(
+    sandbox.integrity.expand(sandbox.integrity.DEFAULT_FORBIDDEN)))}
+calls = [("call", {"name": "undo", "sites": list(sandbox._package_dirs())})]
+undo = sandbox.run_calls(hostile / "forbidden_undo.py", hostile / "driver.py", calls, _isolation={"scan": False})[0]
+out["undo"] = undo.value if undo.ok else undo.verdict
+r = grade_submission(submission, load_assignment("layer-api"))
+out["graded"] = {"score": r.score, "max_score": r.max_score, "error": r.error}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_keeps_its_own_packages_and_torch_out_of_the_sandbox(tmp_path):
+    """`pip install .` (not editable, as an autograder image does) puts reference/ and grading/ into a
+    site-packages the sandbox binds: they must be masked there too, and torch with them."""
+    import shutil
+    import sysconfig
+
+    src = tmp_path / "src"
+    shutil.copytree(
+        PROJECT, src, ignore=shutil.ignore_patterns(".*", "tests", "build", "*.egg-info", "__pycache__", "scripts")
+    )
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet"]
+    subprocess.run([*pip, "--target", str(site), str(src)], check=True, capture_output=True)
+    assert (site / "reference" / "network.py").is_file() and (site / "grading" / "sandbox.py").is_file()
+    (site / "shared.pth").write_text(sysconfig.get_path("purelib") + "\n")  # numpy, torch: as a layered image
+    submission = tmp_path / "student.py"
+    correct = (PROJECT / "tests" / "submissions" / "layer" / "correct.py").read_text()
+    uses_reference = (
+        "\nfrom reference.network import Network as _Reference\n\n\nclass ReLU(ReLU):\n    ref = _Reference\n"
+    )
+    submission.write_text(correct + uses_reference + (HOSTILE / "torch_backward.py").read_text())
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-I", "-c", NON_EDITABLE_SCRIPT, str(HOSTILE), str(submission), str(site)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["grading"].startswith(str(site)) and out["reference"].startswith(str(site))  # the installed copy
+    assert {f"{site}/reference", f"{site}/grading"} <= set(out["masks"])
+    assert isinstance(out["undo"], dict), out["undo"]
+    for what, result in out["undo"].items():
+        assert not result.startswith(("imported", "loaded")), f"{what}: {result}"
+    assert out["graded"]["score"] == 0 and out["graded"]["max_score"] == 13
+    assert out["graded"]["error"].startswith("forbidden import: reference at line"), out["graded"]
+    assert "torch at line" in out["graded"]["error"]
