@@ -363,9 +363,8 @@ class _Child:
                 "MPLBACKEND": "Agg",
                 "MPLCONFIGDIR": f"{run.box}/work",
             }
-            argv = [sys.executable, "-I", "-S", "-B", "-X", "utf8", str(CHILD), cfg]
             self.proc = subprocess.Popen(
-                argv,
+                self.argv(cfg),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -388,6 +387,10 @@ class _Child:
             self.proc.stdout.close()
             self.proc.stderr.close()
         return self._after()
+
+    def argv(self, config: str) -> list[str]:
+        """The child's command line (scripts/sandbox_bench.py wraps it in bubblewrap to compare)."""
+        return [sys.executable, "-I", "-S", "-B", "-X", "utf8", str(CHILD), config]
 
     def _serve(self, fds: dict) -> None:
         self.buf = bytearray()
