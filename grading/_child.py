@@ -476,6 +476,13 @@ def split_pid1(libc: _Libc) -> None:
     os._exit(os.waitstatus_to_exitcode(status))
 
 
+def cpu_hard_limit(cpu_s: float, calls: int) -> int:
+    """RLIMIT_CPU's hard limit for a child serving `calls` calls: each call's soft limit is set to
+    its own cpu_s on top of what was used before it; the hard limit (SIGKILL) covers them all, plus
+    5 s of start-up. The grader reads a SIGKILL near it as the CPU limit (sandbox._death_verdict)."""
+    return math.ceil(cpu_s) * calls + 5
+
+
 def confine(cfg: dict, info: dict, libc: _Libc) -> None:
     """rlimits, then the privilege drop (own uid as root, no capabilities in a user namespace)."""
     import resource
@@ -487,7 +494,7 @@ def confine(cfg: dict, info: dict, libc: _Libc) -> None:
     memory, disk = int(lim["memory_mb"] * mb), int(lim["disk_mb"] * mb)
     setrl(resource.RLIMIT_AS, (memory, memory))
     setrl(resource.RLIMIT_FSIZE, (disk, disk))
-    cpu_hard = math.ceil(lim["cpu_s"]) * len(cfg["calls"]) + 5
+    cpu_hard = cpu_hard_limit(lim["cpu_s"], len(cfg["calls"]))
     setrl(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
     drop = info.pop("drop")
     nproc = int(lim["processes"]) + info.pop("tasks_before")

@@ -1,6 +1,7 @@
 """run_call / run_calls: one untrusted submission, called through a trusted driver, in its own process.
 
-The contract (notes/SANDBOX_API.md): `run_call(submission, driver, function, kwargs, limits) ->
+The contract (this docstring; the README's "Running untrusted code" for what a submission meets):
+`run_call(submission, driver, function, kwargs, limits) ->
 Outcome` loads `submission` (a .py file) in a fresh child and returns `driver.function(module,
 **kwargs)`, decoded without pickle. `run_calls(submission, driver, [(function, kwargs), ...],
 limits)` does several calls in one child (each with a freshly imported module and its own wall
@@ -13,7 +14,8 @@ submission code runs: new mount, network, IPC and pid namespaces, a read-only ch
 needs, a size-capped tmpfs as working directory, rlimits, and (as root) a uid of its own for this run
 so that file permissions and RLIMIT_NPROC apply. Nothing it starts outlives it: the pid namespace
 dies with it, and the grader kills the process group and every process of that uid. See
-`isolation()` for what is in force on this machine, notes/SANDBOX_API.md for the whole contract.
+`isolation()` for what is in force on this machine, grading/_child.py's docstring for the steps and
+the wire format.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import functools
 import glob
 import importlib.util
 import json
-import math
 import os
 import random
 import re
@@ -469,18 +470,24 @@ class _Child:
         self._drain(fds)
 
     def _drain(self, fds: dict) -> None:
+        """Whatever is left in the pipes (at most DRAIN_BYTES each); results only while they count."""
         for fd, name in fds.items():
-            budget = DRAIN_BYTES
-            while budget > 0:
-                try:
-                    data = os.read(fd, 1 << 16)
-                except (BlockingIOError, OSError):
-                    break
-                if not data:
-                    break
-                budget -= len(data)
-                if name != "res" or not (self.killed_for or self.startup_error):
-                    self._take(name, data)
+            keep = name != "res" or not (self.killed_for or self.startup_error)
+            self._drain_one(fd, name if keep else None)
+
+    def _drain_one(self, fd: int, name: str | None) -> None:
+        """Read `fd` until it is empty (non-blocking) or DRAIN_BYTES are read; `name` None: discard."""
+        budget = DRAIN_BYTES
+        while budget > 0:
+            try:
+                data = os.read(fd, 1 << 16)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            budget -= len(data)
+            if name is not None:
+                self._take(name, data)
 
     # -- data from the child ---------------------------------------------------------------------
 
@@ -565,16 +572,7 @@ class _Child:
     def _drain_outputs(self) -> None:
         """Output written before the result is already in the pipes: give it to this call."""
         for stream, name in ((self.proc.stdout, "out"), (self.proc.stderr, "err")):
-            budget = DRAIN_BYTES
-            while budget > 0:
-                try:
-                    data = os.read(stream.fileno(), 1 << 16)
-                except (BlockingIOError, OSError):
-                    break
-                if not data:
-                    break
-                budget -= len(data)
-                self._take(name, data)
+            self._drain_one(stream.fileno(), name)
 
     def _record(self, ok: bool, value, verdict: str | None, tb: str | None, wall: float) -> None:
         self.outcomes[self.cur] = Outcome(
@@ -623,7 +621,7 @@ class _Child:
         rc = self.proc.returncode
         if rc < 0:
             sig = signal.Signals(-rc)
-            cpu_hard = math.ceil(self.limits.cpu_s) * len(self.outcomes) + 5  # as in _child.confine
+            cpu_hard = _child.cpu_hard_limit(self.limits.cpu_s, len(self.outcomes))
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and self.cpu_used >= cpu_hard - 1):
                 return f"CPU time limit of {self.limits.cpu_s:g} s exceeded{where}"
             if sig == signal.SIGXFSZ:

@@ -109,7 +109,9 @@ def rate(copies: int) -> dict:
 def hostile() -> str:
     import pytest
 
-    code = pytest.main([str(ROOT / "tests" / "test_sandbox.py"), "-q", "-n", "0", "-p", "no:cacheprovider", "-m", "not slow"])
+    code = pytest.main(
+        [str(ROOT / "tests" / "test_sandbox.py"), "-q", "-n", "0", "-p", "no:cacheprovider", "-m", "not slow"]
+    )
     return f"pytest exit {int(code)}"
 
 
@@ -131,8 +133,15 @@ def compare(main: str, rounds: int, copies: int) -> None:
             rates[variant].append(result["per_minute"])
             print(variant, json.dumps(result), flush=True)
     mean = {k: sum(v) / len(v) for k, v in rates.items()}
-    print(json.dumps({"mean_per_minute": mean, "native/main": mean["native"] / mean["main"],
-                      "bwrap/native": mean["bwrap"] / mean["native"]}))
+    print(
+        json.dumps(
+            {
+                "mean_per_minute": mean,
+                "native/main": mean["native"] / mean["main"],
+                "bwrap/native": mean["bwrap"] / mean["native"],
+            }
+        )
+    )
 
 
 def main() -> None:
