@@ -1,4 +1,4 @@
-"""Reports: the explanation next to each score, Gradescope's results.json, the class CSV, the terminal.
+"""Feedback: the explanation next to each score, Gradescope's results.json, the class CSV, the terminal.
 
     explain_check(findings, passed) -> str          the output text of one check
     gradescope(result) -> dict                      {"score", "max_score", "output", "tests": [...]}
