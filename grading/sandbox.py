@@ -126,6 +126,7 @@ def isolation() -> dict:
     info = dict(run.infos[0])
     info["root"] = os.geteuid() == 0
     info["network"] = "none (empty network namespace)" if info["namespaces"] else "host network: NOT isolated"
+    info["ipc"] = "private (own IPC namespace)" if info["namespaces"] else "host System V IPC: NOT isolated"
     return info
 
 

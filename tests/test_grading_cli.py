@@ -310,3 +310,29 @@ def test_torch_autograd_behind_a_built_name_gets_no_credit(nasty):
     )
     assert "tom (tom.py): 0 / 13" in text
     assert json.loads((out / "alice" / "results.json").read_text())["score"] == 13
+
+
+@pytest.mark.parametrize(
+    ("assignment", "folder"), [("layer-api", "layer"), ("function-api", "function"), ("class-api", "class")]
+)
+def test_a_correct_submission_keeps_full_marks_beside_hostile_neighbours(tmp_path, assignment, folder):
+    """Per built-in: a correct one next to one that imports torch, one with escape codes in its
+    name and one that is a symlink: the correct one gets every point, the others their verdicts."""
+    subs = tmp_path / "class"
+    subs.mkdir()
+    correct = (SUBMISSIONS / folder / "correct.py").read_text()
+    (subs / "good.py").write_text(correct)
+    (subs / "cheat.py").write_text(
+        "import torch\n" + correct.replace("import numpy as np", "import numpy as np\nnp.t = torch", 1)
+    )
+    (subs / "\x1b[1Aname.py").write_text(correct)
+    (subs / "link.py").symlink_to(SUBMISSIONS / folder / "correct.py")
+    status, text = _run_cli([str(subs), "--assignment", assignment, "--out", str(tmp_path / "out")])
+    assert status == 0
+    rows = {r["submission"]: r for r in csv.DictReader((tmp_path / "out" / "summary.csv").open(encoding="utf-8"))}
+    max_score = load_assignment(assignment).max_score
+    assert float(rows["good"]["score"]) == max_score
+    assert float(rows["_x1b[1Aname"]["score"]) == max_score
+    assert float(rows["cheat"]["score"]) == 0 and rows["cheat"]["error"].startswith("forbidden import: torch at line 1")
+    assert float(rows["link"]["score"]) == 0 and rows["link"]["error"].startswith("refused: a symbolic link")
+    assert "\x1b" not in text

@@ -567,6 +567,7 @@ def test_isolation_as_root_uses_namespaces_and_an_own_uid():
     assert info["namespaces"] and info["chroot"] and info["pidns"] and info["nproc"]
     assert sandbox.UID_BASE <= info["uid"] < sandbox.UID_BASE + 2**24
     assert info["network"] == "none (empty network namespace)"
+    assert info["ipc"] == "private (own IPC namespace)"
 
 
 MODES = [
@@ -622,13 +623,19 @@ def _remove_host_ipc(key: int) -> None:
         libc.msgctl(ids["msg"], 0, None)
 
 
-def test_sysv_ipc_is_private_to_each_child_and_dies_with_it():
+@pytest.mark.parametrize("mode", [{}, {"userns": True}], ids=["root", "user-namespace"])
+def test_sysv_ipc_is_private_to_each_child_and_dies_with_it(mode):
     key = 0x5B00_0000 + int.from_bytes(os.urandom(2), "big")
     secret = f"from-the-first-submission-{key:x}"
+
+    def ipc(function, **kwargs):
+        calls = [("call", {"name": function, **kwargs})]
+        return run_calls(HOSTILE / "sysv_ipc.py", DRIVER, calls, LIMITS, _isolation=mode)[0]
+
     try:
-        planted = call("sysv_ipc", "plant", key=key, secret=secret)
+        planted = ipc("plant", key=key, secret=secret)
         assert planted.ok and planted.value == "planted", planted
-        seen = call("sysv_ipc", "read", key=key)
+        seen = ipc("read", key=key)
         assert seen.ok, seen
         assert seen.value == {}, f"the next submission read what the first one planted: {seen.value}"
         assert _host_ipc(key) == {"shm": -1, "msg": -1}, "a segment or queue outlived the child"
