@@ -73,7 +73,7 @@ def use_bwrap() -> None:
         cmd += ["--size", str(int(run.limits.disk_mb * 1024 * 1024)), "--tmpfs", f"{run.box}/work"]
         cmd += ["--chdir", f"{run.box}/work", "--"]
         child = sandbox._Child.argv.__wrapped__(self, cfg_path)
-        return cmd + [os.path.realpath(child[0])] + child[1:]  # the venv's bin/ is not bound; its target is
+        return [*cmd, os.path.realpath(child[0]), *child[1:]]  # the venv's bin/ is not bound; its target is
 
     plain = sandbox._Child.argv
     argv.__wrapped__ = plain

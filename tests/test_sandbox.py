@@ -777,7 +777,6 @@ def test_a_non_editable_install_keeps_its_own_packages_and_torch_out_of_the_sand
     site-packages the sandbox binds: they must be masked there too, and torch with them."""
     import shutil
     import sysconfig
-
     from importlib import metadata
 
     try:  # pip builds the project without isolation: pyproject.toml's backend must be here already
