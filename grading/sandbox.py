@@ -342,6 +342,7 @@ class _Child:
         self.crash = _Capped(CRASH_BYTES)
         self.result_bytes = 0
         self.read_cpu = 0.0  # grader CPU spent on this call's result frames (READ_CPU_S at most)
+        self.read_since = time.thread_time()  # this call's share of a read that served two calls starts here
         self.t0 = time.monotonic()
 
     # -- process ---------------------------------------------------------------------------------
@@ -511,12 +512,12 @@ class _Child:
                     self._frame(*f)
                     if self.killed_for or self.startup_error:
                         return
-                    if self.read_cpu + time.thread_time() - t > READ_CPU_S:
+                    if self.read_cpu + time.thread_time() - max(t, self.read_since) > READ_CPU_S:
                         raise _child.CodecError(f"reading it took more than {READ_CPU_S:g} s of the grader's CPU")
             except (_child.CodecError, ValueError, TypeError, KeyError, RecursionError) as e:
                 self.killed_for = f"sent back data the grader cannot read ({e})"
             finally:
-                self.read_cpu += time.thread_time() - t
+                self.read_cpu += time.thread_time() - max(t, self.read_since)
 
     def _frame(self, kind: bytes, payload: bytes) -> None:
         if kind == b"A":

@@ -336,3 +336,21 @@ def test_a_correct_submission_keeps_full_marks_beside_hostile_neighbours(tmp_pat
     assert float(rows["cheat"]["score"]) == 0 and rows["cheat"]["error"].startswith("forbidden import: torch at line 1")
     assert float(rows["link"]["score"]) == 0 and rows["link"]["error"].startswith("refused: a symbolic link")
     assert "\x1b" not in text
+
+
+def test_one_failed_write_loses_no_other_result(tmp_path):
+    from grading.checks import CheckResult, SubmissionResult
+    from grading.feedback import ResultsWriteError, write_results
+
+    results = [
+        SubmissionResult(Path(f"{name}.py"), "layer-api", [CheckResult("p", "forward", 1.0, 1.0, "ok")], name=name)
+        for name in ("alice", "bob", "carol")
+    ]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bob").write_text("in the way")  # bob's folder cannot be made
+    with pytest.raises(ResultsWriteError, match=r"could not write bob/results.json: FileExistsError"):
+        write_results(results, out)
+    assert json.loads((out / "alice" / "results.json").read_text())["score"] == 1.0
+    assert json.loads((out / "carol" / "results.json").read_text())["score"] == 1.0
+    assert [r["submission"] for r in csv.DictReader((out / "summary.csv").open())] == ["alice", "bob", "carol"]
