@@ -173,7 +173,8 @@ def _masks(forbidden: tuple[str, ...]) -> tuple[str, ...]:
             continue
         for entry in entries:
             top = entry.split(".", 1)[0]
-            if top in forbidden and (entry == top or entry.endswith((".py", ".pyc", ".so", ".pyd"))):
+            egg = entry.endswith(".egg") and entry.split("-", 1)[0] in forbidden  # torch-2.0-py3.11.egg
+            if egg or (top in forbidden and (entry == top or entry.endswith((".py", ".pyc", ".so", ".pyd")))):
                 out.append(os.path.join(d, entry))
     for name in FORBIDDEN:
         spec = importlib.util.find_spec(name)

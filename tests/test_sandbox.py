@@ -820,3 +820,16 @@ def test_a_non_editable_install_keeps_its_own_packages_and_torch_out_of_the_sand
     assert out["graded"]["score"] == 0 and out["graded"]["max_score"] == 13
     assert out["graded"]["error"].startswith("forbidden import: reference at line"), out["graded"]
     assert "torch at line" in out["graded"]["error"]
+
+
+def test_masks_cover_each_form_a_forbidden_module_can_take(tmp_path, monkeypatch):
+    site = tmp_path / "site-packages"
+    for d in ("torch", "torch-2.0-py3.11.egg", "torchvision", "numpy", "scipy.libs", "tensorflow-2.15.dist-info"):
+        (site / d).mkdir(parents=True)
+    for f in ("autograd.py", "keras.cpython-311-x86_64-linux-gnu.so", "jaxlib.pyc", "six.py"):
+        (site / f).write_text("")
+    monkeypatch.setattr(sandbox, "_package_dirs", lambda: (str(site),))
+    masks = {os.path.basename(m) for m in sandbox._masks.__wrapped__(integrity.expand(integrity.DEFAULT_FORBIDDEN))}
+    expected = {"torch", "torch-2.0-py3.11.egg", "torchvision", "autograd.py", "keras.cpython-311-x86_64-linux-gnu.so"}
+    assert expected | {"jaxlib.pyc"} <= masks
+    assert not masks & {"numpy", "six.py", "scipy.libs", "tensorflow-2.15.dist-info"}  # not importable as those
