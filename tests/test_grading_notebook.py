@@ -193,3 +193,18 @@ def test_a_symbolic_link_is_refused_and_its_target_never_read(tmp_path, suffix):
     with pytest.raises(SubmissionError, match=rf"evil\{suffix}: a symbolic link") as info:
         extract(link)
     assert "SECRET" not in str(info.value)
+
+
+def test_a_forbidden_import_in_a_notebook_is_named_by_cell_and_line(tmp_path):
+    """The verdict points at the student's cell, and an import only the skipped data loading uses
+    is not a finding (it never runs)."""
+    from grading.integrity import DEFAULT_FORBIDDEN, scan_file
+
+    nb = notebook(
+        tmp_path / "hw.ipynb",
+        "import numpy as np\nfrom tensorflow import keras\n(x_train, y_train), _ = keras.datasets.mnist.load_data()",
+        "import importlib\n\n\ndef sigmoid(z):\n    torch = importlib.import_module('to' + 'rch')\n    return torch.sigmoid(z)",
+    )
+    module, _ = write_module(nb, ["sigmoid"], tmp_path / "out")
+    uses = scan_file(module, DEFAULT_FORBIDDEN)
+    assert [(u.module, u.where) for u in uses] == [("torch", "cell 3, line 5")]  # cell 1 is the markdown
