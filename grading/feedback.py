@@ -80,7 +80,9 @@ def csv_cell(value: object) -> object:
     return "'" + s if s.lstrip(" ").startswith(_FORMULA) else s
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~])")
+# What can break out of a table cell or start markup inside one: the cell separator, code spans,
+# emphasis, links and images, raw HTML, strikethrough, the escape itself.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>!|~])")
 
 
 def markdown_cell(value: object) -> str:

@@ -354,3 +354,25 @@ def test_one_failed_write_loses_no_other_result(tmp_path):
     assert json.loads((out / "alice" / "results.json").read_text())["score"] == 1.0
     assert json.loads((out / "carol" / "results.json").read_text())["score"] == 1.0
     assert [r["submission"] for r in csv.DictReader((out / "summary.csv").open())] == ["alice", "bob", "carol"]
+
+
+@pytest.mark.parametrize(
+    ("function", "text", "expected"),
+    [
+        ("printable", "a\x1b[2Kb\rc\u202ed\udcfce\ud800", "a\\x1b[2Kb\\x0dc\\u202ed\\xfce\\ud800"),
+        ("printable", "one\ntwo\tx", "one\ntwo    x"),
+        ("csv_cell", "=HYPERLINK(1)", "'=HYPERLINK(1)"),
+        ("csv_cell", " +1", "' +1"),
+        ("csv_cell", "\uff1dcmd", "'\uff1dcmd"),
+        ("csv_cell", "line\nbreak", "line\\nbreak"),
+        ("markdown_cell", "a|b <i>x</i> [l](u) `c` **b**", "a\\|b \\<i\\>x\\</i\\> \\[l\\](u) \\`c\\` \\*\\*b\\*\\*"),
+        ("folder_name", "..", "_"),
+        ("folder_name", "../../etc", "_.._etc"),
+        ("folder_name", ".hidden", "hidden"),
+        ("folder_name", "a\nb\x00c", "a_nb_x00c"),
+    ],
+)
+def test_each_writer_escapes_what_a_submission_controls(function, text, expected):
+    from grading import feedback
+
+    assert getattr(feedback, function)(text) == expected
