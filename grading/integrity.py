@@ -101,7 +101,10 @@ def scan(source: str, forbidden) -> list[Use]:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []  # what does not parse does not run either: the sandbox reports the error
-    return _Scanner(names, source).run(tree)
+    try:
+        return _Scanner(names, source).run(tree)
+    except RecursionError:  # expressions nested hundreds of levels deep: it cannot be checked
+        return [Use(DYNAMIC, 1, "the source is nested too deeply to be checked", "scan")]
 
 
 _IMPORTERS = {"__import__": "__import__", "import_module": "importlib.import_module"}

@@ -724,6 +724,17 @@ def test_the_static_scan_lets_allowed_code_through():
     assert [u.module for u in integrity.scan("import grading", ())] == ["grading"]  # the grader's: always
 
 
+def test_source_too_deep_to_check_is_a_finding_not_a_crash():
+    """2,000 attribute accesses parse, but are deeper than the scanner can follow: a finding (the
+    submission is not credited), not a crash of the grader; deeper still does not parse (no finding:
+    the notebook extraction refuses it)."""
+    deep = "import importlib\nimportlib" + ".x" * 2000 + "(1)"
+    assert [(u.module, u.code) for u in integrity.scan(deep, ())] == [
+        (integrity.DYNAMIC, "the source is nested too deeply to be checked")
+    ]
+    assert integrity.scan("import importlib\nimportlib" + ".x" * 20000 + "(1)", ()) == []
+
+
 def test_a_forbidden_import_in_the_source_is_a_verdict_before_anything_runs(tmp_path):
     sub = tmp_path / "sub.py"
     sub.write_text(
