@@ -49,7 +49,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from grading.assignment import AssignmentError, load_assignment
     from grading.checks import collect_submissions, grade_many, unique_names
-    from grading.feedback import ResultsWriteError, printable, terminal, write_results
+    from grading.escaping import printable
+    from grading.feedback import ResultsWriteError, terminal, write_results
 
     try:
         assignment = load_assignment(args.assignment)

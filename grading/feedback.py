@@ -10,13 +10,9 @@ Gradescope's schema: score, max_score, and tests, each with name, score, max_sco
 output_format "text", so nothing a submission prints is rendered as HTML or Markdown.
 
 Everything a submission controls (its file name, what it prints, its exception messages, and so every
-check's output) is data. Before it reaches a writer it goes through `printable`: lone surrogates (an
-undecodable file name, "\\udcff" sent back as JSON) and control characters (terminal escape codes,
-carriage returns, bidirectional overrides) become visible escapes such as \\x1b, so no writer raises
-and no terminal is repainted. Then each format's own escaping: CSV cells that a spreadsheet would run
-as a formula (=, +, -, @) get a leading apostrophe; Markdown's table and emphasis characters are
-backslash-escaped; a results folder name is one safe path component inside DIR. A write that fails
-for one submission does not stop the others (ResultsWriteError at the end names what failed).
+check's output) is data: each writer passes it through grading/escaping.py (terminal, CSV, JSON,
+Markdown, folder names). A write that fails for one submission does not stop the others
+(ResultsWriteError at the end names what failed).
 """
 
 from __future__ import annotations
@@ -24,81 +20,17 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
-import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 
+from grading.escaping import csv_cell, display_name, folder_names, markdown_cell, printable
+
 NAMES = ("yours", "reference")
 SUMMARY_FIELDS = ("submission", "file", "score", "max_score", "first_divergence", "diagnosis", "error")
-FOLDER_BYTES = 120  # longest results folder name
 
 
 class ResultsWriteError(OSError):
     """Some results could not be written; every other submission's were."""
-
-
-# Escaping ---------------------------------------------------------------------------------------
-
-# C0 and C1 controls (tab and newline are decided by the caller), DEL, lone surrogates, and the
-# invisible format characters that reorder or hide text (bidi overrides and isolates, zero widths).
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
-
-
-def _escape_char(m: re.Match) -> str:
-    c = m.group()
-    o = ord(c)
-    if 0xDC80 <= o <= 0xDCFF:  # a byte os.fsdecode could not decode (surrogateescape): show the byte
-        return f"\\x{o - 0xDC00:02x}"
-    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"
-
-
-def printable(text: object, newlines: bool = True) -> str:
-    """Any text a submission controls -> text every writer accepts and no terminal acts on:
-    control characters, lone surrogates and invisible format characters as visible escapes (\\x1b,
-    \\udcff, \\u202e). Newlines are kept when `newlines`, else shown as \\n; tabs become spaces."""
-    s = text if isinstance(text, str) else str(text)
-    s = s.replace("\r\n", "\n").replace("\t", "    ")
-    if not newlines:
-        s = s.replace("\n", "\\n")
-    return _UNSAFE.sub(_escape_char, s)
-
-
-def display_name(path: Path) -> str:
-    """A file name as one printable line: undecodable bytes (a Latin-1 `m\\xfcller.py`) as \\xNN."""
-    return printable(os.fsdecode(Path(path).name), newlines=False)
-
-
-_FORMULA = tuple("=+-@\uff1d\uff0b\uff0d\uff20")  # and their full-width forms, which some spreadsheets accept
-
-
-def csv_cell(value: object) -> object:
-    """A summary.csv cell: numbers as they are; text printable on one line, never a formula."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    s = printable(value, newlines=False)
-    return "'" + s if s.lstrip(" ").startswith(_FORMULA) else s
-
-
-# What can break out of a table cell or start markup inside one: the cell separator, code spans,
-# emphasis, links and images, raw HTML, strikethrough, the escape itself.
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>!|~])")
-
-
-def markdown_cell(value: object) -> str:
-    """Text for a Markdown table cell: one printable line, Markdown's own characters escaped."""
-    return _MD_SPECIAL.sub(r"\\\1", printable(value, newlines=False))
-
-
-def folder_name(name: str) -> str:
-    """One path component that stays inside the results folder: no separator, no `..`, no leading
-    dot, no control character, at most FOLDER_BYTES bytes."""
-    s = unicodedata.normalize("NFC", printable(name, newlines=False)).replace("\\", "_")
-    s = re.sub(r"[/\x00]", "_", s).strip(" ")
-    s = s.lstrip(".")
-    while len(s.encode("utf-8")) > FOLDER_BYTES:
-        s = s[:-1]
-    return s or "_"
 
 
 def explain_check(findings: list, passed: int) -> str:
@@ -166,7 +98,7 @@ def write_results(results: list, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
-    folders = _folders(results)
+    folders = folder_names([r.name or os.fsdecode(r.path.stem) for r in results])
     for r, name in zip(results, folders):
         target = out_dir / name / "results.json"
         try:
@@ -198,23 +130,9 @@ def write_results(results: list, out_dir: Path) -> list[Path]:
     return written
 
 
-def _folders(results: list) -> list[str]:
-    """Each submission's results folder: its name made a safe path component, unique in the batch."""
-    taken: set[str] = set()
-    out = []
-    for r in results:
-        base = folder_name(r.name or os.fsdecode(r.path.stem))
-        name, k = base, 2
-        while name.casefold() in taken or name in ("summary.csv", "summary.md"):
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name.casefold())
-        out.append(name)
-    return out
-
-
 def summary_markdown(results: list, folders: list[str] | None = None) -> str:
     """The class as a Markdown table (submission, score, first divergence, error), cells escaped."""
-    folders = folders or _folders(results)
+    folders = folders or folder_names([r.name or os.fsdecode(r.path.stem) for r in results])
     lines = ["| submission | score | first diverging tensor | error |", "|---|---|---|---|"]
     for r, name in zip(results, folders):
         cells = (name, f"{r.score:g} / {r.max_score:g}", r.first_divergence or "", r.error or "")

@@ -373,6 +373,6 @@ def test_one_failed_write_loses_no_other_result(tmp_path):
     ],
 )
 def test_each_writer_escapes_what_a_submission_controls(function, text, expected):
-    from grading import feedback
+    from grading import escaping as feedback
 
     assert getattr(feedback, function)(text) == expected
