@@ -8,7 +8,10 @@ Writes DIR/<submission stem>/results.json (Gradescope's schema), DIR/summary.csv
 and prints a summary: per submission its score, the first diverging tensor with its diagnosis, and each failed
 check's explanation. Submissions are graded in parallel (--workers, default 2), each submission's
 calls in their own sandboxed children; a submission that cannot run still gets a result (0, with
-the reason).
+the reason). Symbolic links and files that resolve outside the folder they were found in are
+refused unread; a submission that uses a module the assignment forbids (`forbidden`, by default
+torch, tensorflow, keras, jax, autograd, scipy) gets 0 with a verdict naming the module and the line.
+Exit status 0 whenever grading ran and every result was written, 1 if a result could not be written.
 """
 
 from __future__ import annotations
