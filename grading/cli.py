@@ -1,7 +1,8 @@
 """`bprop check PATH... --assignment NAME --out DIR`: grade submissions, write Gradescope results.
 
     add_parser(subparsers)      adds the `check` sub-command to bprop's argparse parser
-    run(args) -> int            grades; 0 whenever grading ran (whatever the scores), 2 on bad usage
+    run(args) -> int            grades; 0 whenever grading ran (whatever the scores), 1 if a result could
+                                not be written, 2 on bad usage
     main(argv) -> int           the same, standalone: python -m grading.cli PATH... --assignment NAME
 
 Writes DIR/<submission stem>/results.json (Gradescope's schema), DIR/summary.csv, DIR/summary.md,
