@@ -7,16 +7,17 @@ not importable here. The grader imports this file too, for the codec (`encode`, 
 
 Steps (trusted code, before any submission code runs):
   1. read CONFIG (written by the grader, outside the box); PDEATHSIG: die with the grader;
-  2. enter(): new mount, network and pid namespaces (as root: unshare(NEWNS|NEWNET|NEWPID);
+  2. enter(): new mount, network, IPC and pid namespaces (as root: unshare(NEWNS|NEWNET|NEWIPC|NEWPID);
      otherwise a user namespace as well); a read-only root built from bind mounts of only what
      Python needs (/usr, /lib*, the interpreter, site-packages, the box) plus a size-capped tmpfs as
      the working directory, then chroot into it. No interface is up, so no socket reaches anything;
+     System V shared memory, semaphores and message queues are private and die with the namespace;
   3. split_pid1(): fork init (pid 1 of the namespace), which forks the runner; when init ends, the
      kernel kills whatever the submission left in the namespace;
   4. confine() (the runner): rlimits (CPU, AS, FSIZE, NPROC, CORE=0), then drop to the grader's
      uid for this run (root) or drop all capabilities (user namespace); PR_SET_NO_NEW_PRIVS;
-  5. serve(): sys.path = stdlib + site-packages only, a meta-path blocker for the grader's own
-     packages; import numpy and the driver, send {"ready": ...}; then for each call: send
+  5. serve(): sys.path = stdlib + site-packages only, a meta-path blocker for the forbidden modules
+     (the assignment's and the grader's own, whose files build_root has hidden as well); import numpy and the driver, send {"ready": ...}; then for each call: send
      {"phase": "import"}, import the submission afresh as module `submission`, send
      {"phase": "call"}, call driver.<function>(module, **kwargs), send {"result": ...}.
 
@@ -35,8 +36,10 @@ import io
 import json
 import math
 import os
+import re
 import struct
 import sys
+import time
 import traceback
 
 # --------------------------------------------------------------------------------------------------
@@ -119,45 +122,72 @@ def encode(value: object) -> tuple[object, list[memoryview]]:
     return walk(value, (), 0), arrays
 
 
-def load_npy(blob: bytes, where: str):
-    """npy bytes -> array, checking the header against the size so no huge allocation can be forced."""
-    import numpy as np
-    from numpy.lib import format as npformat
+# The one header np.save writes (numpy/lib/format.py): keys in this order, a shape of plain ints.
+# Parsed with this regex, in time linear in its (capped) length, and never with ast.literal_eval:
+# a forged header 10 KB long, repeated 20,000 times, cost the grader 69 s of CPU that way.
+_NPY_HEADER = re.compile(
+    rb"\{'descr': '([^'\\]{1,16})', 'fortran_order': (True|False), "
+    rb"'shape': \(((?:[0-9]{1,19}, ?){0,64}(?:[0-9]{1,19})?)\), \} *\n"
+)
+MAX_NPY_HEADER = 4096  # bytes; np.save writes < 200 for any shape of <= 64 dimensions
+MAX_ARRAYS = 100_000  # array frames in one value (the built-in drivers send a few hundred)
 
-    f = io.BytesIO(blob)
+
+def load_npy(blob: bytes, where: str):
+    """npy bytes -> array: the header checked against a strict pattern and against the size, so that
+    neither a huge allocation nor slow parsing can be forced on the reader."""
+    import numpy as np
+
+    if blob[:6] != b"\x93NUMPY" or len(blob) < 10:
+        raise CodecError(f"{where}: not a valid .npy array (bad magic)")
+    version = (blob[6], blob[7])
+    if version == (1, 0):
+        hlen, start = struct.unpack_from("<H", blob, 8)[0], 10
+    elif version in ((2, 0), (3, 0)):
+        if len(blob) < 12:
+            raise CodecError(f"{where}: not a valid .npy array (truncated header)")
+        hlen, start = struct.unpack_from("<I", blob, 8)[0], 12
+    else:
+        raise CodecError(f"{where}: .npy version {version} not accepted")
+    if hlen > MAX_NPY_HEADER:
+        raise CodecError(f"{where}: a .npy header of {hlen:,} bytes (at most {MAX_NPY_HEADER:,})")
+    m = _NPY_HEADER.fullmatch(blob, start, start + hlen)
+    if m is None:
+        head = bytes(blob[start : start + min(hlen, 80)])
+        raise CodecError(f"{where}: not the .npy header np.save writes: {head!r}")
     try:
-        version = npformat.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = npformat.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = npformat.read_array_header_2_0(f)
-        else:
-            raise CodecError(f"{where}: .npy version {version} not accepted")
-    except CodecError:
-        raise
-    except (ValueError, SyntaxError, TypeError, OverflowError) as e:
-        raise CodecError(f"{where}: not a valid .npy array ({e})") from None
+        dtype = np.dtype(m.group(1).decode("ascii"))
+    except (TypeError, ValueError, UnicodeDecodeError) as e:
+        raise CodecError(f"{where}: bad dtype {m.group(1)!r} ({e})") from None
     if dtype.kind not in ARRAY_KINDS or dtype.fields is not None or dtype.hasobject:
         raise CodecError(f"{where}: array of dtype {dtype} (expected numbers or bools)")
-    if not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise CodecError(f"{where}: bad array shape {shape!r}")
+    fortran = m.group(2) == b"True"
+    shape = tuple(int(n) for n in m.group(3).split(b",") if n.strip())
+    if len(shape) > 64:
+        raise CodecError(f"{where}: an array of {len(shape)} dimensions (at most 64)")
     nbytes = math.prod(shape) * dtype.itemsize
-    data = blob[f.tell() :]
+    data = memoryview(blob)[start + hlen :]
     if len(data) != nbytes:
         raise CodecError(f"{where}: array header says {shape} {dtype} ({nbytes} bytes) but {len(data)} bytes follow")
     flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape)).copy()
     return flat.reshape(shape, order="F" if fortran else "C")
 
 
-def decode(tree: object, arrays: list[bytes]) -> object:
-    """(JSON tree, [npy bytes]) -> value; raises CodecError on anything that does not conform."""
+def decode(tree: object, arrays: list[bytes], cpu_s: float | None = None) -> object:
+    """(JSON tree, [npy bytes]) -> value; raises CodecError on anything that does not conform, or
+    when decoding takes more than `cpu_s` seconds of this thread's CPU."""
     used: set[int] = set()
     count = 0
+    if len(arrays) > MAX_ARRAYS:
+        raise CodecError(f"{len(arrays):,} arrays in one value (at most {MAX_ARRAYS:,})")
+    deadline = None if cpu_s is None else time.thread_time() + cpu_s
 
     def array(k, path: tuple):
         if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(arrays) or k in used:
             raise CodecError(f"{_where(path)}: bad array reference {k!r}")
         used.add(k)
+        if deadline is not None and len(used) % 256 == 0 and time.thread_time() > deadline:
+            raise CodecError(f"decoding it took more than {cpu_s:g} s of the grader's CPU")
         return load_npy(arrays[k], _where(path))
 
     def items(seq: list, path: tuple, depth: int) -> list:
@@ -256,6 +286,7 @@ def read_inputs(path: str) -> list[tuple[object, list[bytes]]]:
 # Isolation (Linux; runs before any submission code)
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWIPC = 0x08000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
@@ -342,9 +373,11 @@ def build_root(libc: _Libc, cfg: dict, owner: tuple[int, int]) -> None:
             _mkdirs(os.path.dirname(new + path))
             open(new + path, "w").close()
             _bind_readonly(libc, path, new + path)
-    for path in cfg["masks"]:  # the grader's packages, should any be inside a bound directory
+    for path in cfg["masks"]:  # forbidden packages (and the grader's) inside a bound directory: hidden
         if os.path.isdir(new + path):
             libc.mount("tmpfs", new + path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
+        elif os.path.isfile(new + path):  # a module file or an extension: an empty file instead
+            _bind_readonly(libc, "/dev/null", new + path)
     uid, gid = owner
     size = f"size={int(cfg['limits']['disk_mb'] * 1024 * 1024)},nr_inodes=4096,mode=0700,uid={uid},gid={gid}"
     libc.mount("tmpfs", new + cfg["work"], "tmpfs", MS_NOSUID | MS_NODEV, size)
@@ -366,7 +399,7 @@ def _user_tasks(uid: int) -> int:
 
 
 def enter(cfg: dict, libc: _Libc) -> dict:
-    """Namespaces (mount, network, pid) and the chroot, done by the bootstrap as root (or in a user
+    """Namespaces (mount, network, IPC, pid) and the chroot, done by the bootstrap as root (or in a user
     namespace). Returns what is in force (for the report)."""
     want = cfg["isolation"]
     root = os.geteuid() == 0
@@ -376,7 +409,7 @@ def enter(cfg: dict, libc: _Libc) -> dict:
     info["tasks_before"] = 0 if drop else _user_tasks(os.getuid())  # while /proc is still visible
     if want["namespaces"]:
         uid, gid = os.getuid(), os.getgid()
-        base = CLONE_NEWNS | CLONE_NEWNET | (0 if root and not want.get("userns") else CLONE_NEWUSER)
+        base = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | (0 if root and not want.get("userns") else CLONE_NEWUSER)
         for flags in (base | CLONE_NEWPID, base):  # some hosts refuse a pid namespace only
             try:
                 libc.unshare(flags)
@@ -443,6 +476,13 @@ def split_pid1(libc: _Libc) -> None:
     os._exit(os.waitstatus_to_exitcode(status))
 
 
+def cpu_hard_limit(cpu_s: float, calls: int) -> int:
+    """RLIMIT_CPU's hard limit for a child serving `calls` calls: each call's soft limit is set to
+    its own cpu_s on top of what was used before it; the hard limit (SIGKILL) covers them all, plus
+    5 s of start-up. The grader reads a SIGKILL near it as the CPU limit (sandbox._death_verdict)."""
+    return math.ceil(cpu_s) * calls + 5
+
+
 def confine(cfg: dict, info: dict, libc: _Libc) -> None:
     """rlimits, then the privilege drop (own uid as root, no capabilities in a user namespace)."""
     import resource
@@ -454,7 +494,7 @@ def confine(cfg: dict, info: dict, libc: _Libc) -> None:
     memory, disk = int(lim["memory_mb"] * mb), int(lim["disk_mb"] * mb)
     setrl(resource.RLIMIT_AS, (memory, memory))
     setrl(resource.RLIMIT_FSIZE, (disk, disk))
-    cpu_hard = math.ceil(lim["cpu_s"]) * len(cfg["calls"]) + 5
+    cpu_hard = cpu_hard_limit(lim["cpu_s"], len(cfg["calls"]))
     setrl(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
     drop = info.pop("drop")
     nproc = int(lim["processes"]) + info.pop("tasks_before")
@@ -483,17 +523,22 @@ def confine(cfg: dict, info: dict, libc: _Libc) -> None:
 
 
 class _Blocker:
-    """A meta-path finder that refuses the grader's own packages, whatever sys.path says."""
+    """A meta-path finder that refuses the forbidden modules (the assignment's and the grader's own),
+    whatever sys.path says. A submission can remove it: then the files are still not there (their
+    directories are masked in the chroot, see build_root), so this is for the verdict, not the wall."""
 
-    def __init__(self, names):
-        self.names = frozenset(names)
+    def __init__(self, names, submission: str):
+        self.names, self.submission = frozenset(names), submission
 
     def find_spec(self, name, path=None, target=None):
         top = name.partition(".")[0]
         if top in self.names or top.startswith("__editable__"):
-            raise ModuleNotFoundError(
-                f"No module named {name!r} (the grader's packages are not available to submissions)"
-            )
+            frame, line = sys._getframe(1), None
+            while frame is not None and line is None:
+                line = frame.f_lineno if frame.f_code.co_filename == self.submission else None
+                frame = frame.f_back
+            at = f" at line {line}" if line else ""
+            raise ModuleNotFoundError(f"forbidden import: {top}{at} (this assignment does not allow {name!r})")
         return None
 
 
@@ -578,7 +623,7 @@ def serve(cfg: dict, chan: _Channel, info: dict) -> None:
     import signal
 
     sys.path[:] = cfg["sys_path"]
-    sys.meta_path.insert(0, _Blocker(cfg["forbidden"]))
+    sys.meta_path.insert(0, _Blocker(cfg["forbidden"], cfg["submission"]))
     sys.dont_write_bytecode = True
     builtins.exit = builtins.quit = sys.exit  # site.py would add these; -S skips it
     try:

@@ -31,6 +31,8 @@ more `[[parts]]`, each with:
 Check names are fixed per format (CHECKS); what each covers is written in grading/checks.py.
 Besides small_sizes, every check runs on a sweep of shapes (`Part.sweep`: all square, all different,
 a width of 1 with a batch of 1, odd sizes), so that a bug that shows only on some shapes shows.
+Top level, optionally: `forbidden`, the modules a submission may not use (default
+grading.integrity.DEFAULT_FORBIDDEN; the grader's own packages are always forbidden).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grading.integrity import DEFAULT_FORBIDDEN
 from reference.spec import LayerSpec, ModelSpec
 
 BUILTIN_DIR = Path(__file__).parent / "assignments"
@@ -221,6 +224,7 @@ class Assignment:
     title: str
     parts: tuple[Part, ...]
     source: str  # the file it was read from
+    forbidden: tuple[str, ...] = DEFAULT_FORBIDDEN  # modules a submission may not import (grading/integrity.py)
 
     @property
     def max_score(self) -> float:
@@ -368,4 +372,9 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
     ids = [p.id for p in parts]
     if len(set(ids)) != len(ids):
         raise AssignmentError(f"{source}: parts: ids must be distinct, got {ids}")
-    return Assignment(name=name, title=str(data.get("title", name)), parts=tuple(parts), source=source)
+    forbidden = data.get("forbidden", list(DEFAULT_FORBIDDEN))
+    if not isinstance(forbidden, list) or not all(isinstance(m, str) and m.isidentifier() for m in forbidden):
+        raise AssignmentError(f"{source}: forbidden: expected a list of top-level module names, got {forbidden!r}")
+    return Assignment(
+        name=name, title=str(data.get("title", name)), parts=tuple(parts), source=source, forbidden=tuple(forbidden)
+    )

@@ -468,7 +468,7 @@ def grade_module(
 
 
 def _score(part: Part, check, findings: list[Finding]) -> CheckResult:
-    from grading.report import explain_check
+    from grading.feedback import explain_check
 
     if not findings:
         return CheckResult(

@@ -1,19 +1,24 @@
 """`bprop check PATH... --assignment NAME --out DIR`: grade submissions, write Gradescope results.
 
     add_parser(subparsers)      adds the `check` sub-command to bprop's argparse parser
-    run(args) -> int            grades; 0 whenever grading ran (whatever the scores), 2 on bad usage
+    run(args) -> int            grades; 0 whenever grading ran (whatever the scores), 1 if a result could
+                                not be written, 2 on bad usage
     main(argv) -> int           the same, standalone: python -m grading.cli PATH... --assignment NAME
 
-Writes DIR/<submission stem>/results.json (Gradescope's schema), DIR/summary.csv, and prints a
-summary: per submission its score, the first diverging tensor with its diagnosis, and each failed
+Writes DIR/<submission stem>/results.json (Gradescope's schema), DIR/summary.csv, DIR/summary.md,
+and prints a summary: per submission its score, the first diverging tensor with its diagnosis, and each failed
 check's explanation. Submissions are graded in parallel (--workers, default 2), each submission's
 calls in their own sandboxed children; a submission that cannot run still gets a result (0, with
-the reason).
+the reason). Symbolic links and files that resolve outside the folder they were found in are
+refused unread; a submission that uses a module the assignment forbids (`forbidden`, by default
+torch, tensorflow, keras, jax, autograd, scipy) gets 0 with a verdict naming the module and the line.
+Exit status 0 whenever grading ran and every result was written, 1 if a result could not be written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -47,8 +52,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from grading.assignment import AssignmentError, load_assignment
-    from grading.checks import collect_submissions, grade_many
-    from grading.report import terminal, write_results
+    from grading.checks import collect_submissions, grade_many, unique_names
+    from grading.escaping import printable
+    from grading.feedback import ResultsWriteError, terminal, write_results
 
     try:
         assignment = load_assignment(args.assignment)
@@ -63,17 +69,58 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         print(f"bprop check: no .py or .ipynb submissions under {', '.join(map(str, args.paths))}", file=sys.stderr)
         return 2
-    limits = None
-    if args.wall_s is not None:
-        from grading.sandbox import Limits
+    refused = screen(args.paths, paths)
+    from grading.sandbox import Limits
 
-        limits = Limits(wall_s=args.wall_s, cpu_s=args.wall_s)
+    limits = Limits(forbidden=assignment.forbidden)
+    if args.wall_s is not None:
+        limits = Limits(wall_s=args.wall_s, cpu_s=args.wall_s, forbidden=assignment.forbidden)
     print(f"grading {len(paths)} submission(s) against {assignment.name} ({assignment.title})", file=sys.stderr)
-    results = grade_many(paths, assignment, workers=args.workers, limits=limits)
-    write_results(results, args.out)
+    graded = iter(grade_many([p for p in paths if p not in refused], assignment, workers=args.workers, limits=limits))
+    results = [refused_result(p, assignment, refused[p]) if p in refused else next(graded) for p in paths]
+    for r, name in zip(results, unique_names(paths)):
+        r.name = name
+    for stream in (sys.stdout, sys.stderr):  # a terminal that is not UTF-8 gets escapes, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    status = 0
+    try:
+        write_results(results, args.out)
+    except ResultsWriteError as e:
+        print(f"bprop check: {e}", file=sys.stderr)
+        status = 1
     print(terminal(results, details=not args.brief))
-    print(f"\nresults written to {args.out}/ (results.json per submission, summary.csv)")
-    return 0
+    print(
+        f"\nresults written to {printable(str(args.out), False)}/ (results.json per submission, summary.csv, summary.md)"
+    )
+    return status
+
+
+def screen(roots: list, paths: list[Path]) -> dict[Path, str]:
+    """Submissions the grader must not open, with the reason: a symbolic link (to a root-only file,
+    say), or a file that resolves outside the folder it was found in. Nothing is read from them."""
+    folders = [(Path(r), Path(os.path.realpath(r))) for r in roots if Path(r).is_dir()]
+    refused = {}
+    for p in paths:
+        real = Path(os.path.realpath(p))
+        found_in = [resolved for given, resolved in folders if Path(p).is_relative_to(given)]
+        if os.path.islink(p):
+            refused[p] = "refused: a symbolic link (submissions must be regular files inside the submissions folder)"
+        elif found_in and not any(real.is_relative_to(f) for f in found_in):
+            refused[p] = "refused: the file resolves outside the submissions folder"
+        elif not real.is_file():
+            refused[p] = "refused: not a regular file"
+    return refused
+
+
+def refused_result(path: Path, assignment, reason: str):
+    """A result for a submission that was not graded: every check 0, with the reason."""
+    from grading.checks import CheckResult, SubmissionResult
+
+    checks = [
+        CheckResult(p.id, c.name, c.points, 0.0, f"not run: {reason}") for p in assignment.parts for c in p.checks
+    ]
+    return SubmissionResult(Path(path), assignment.name, checks, error=reason)
 
 
 def main(argv: list[str] | None = None) -> int:

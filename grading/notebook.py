@@ -21,8 +21,12 @@ escapes (`!pip install`, `files = !ls`) are removed, and cells whose cell magic 
 from __future__ import annotations
 
 import ast
+import errno
 import json
+import os
+import stat
 import symtable
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +45,51 @@ KEPT_KINDS = (
 )
 
 
+# Limits on the grader's own work on a submission, before any sandbox starts: a submission that
+# reaches one is refused with the reason (SubmissionError), and graded 0.
+MAX_BYTES = 8 * 1024 * 1024  # the file as handed in (a notebook's outputs included)
+MAX_STATEMENTS = 50_000  # top-level statements, all cells together
+EXTRACT_CPU_S = 10.0  # CPU seconds (this thread) for reading, parsing and deciding
+
+
 class SubmissionError(ValueError):
-    """The submission cannot be turned into a module (unreadable notebook, syntax error in a .py)."""
+    """The submission cannot be turned into a module (unreadable notebook, syntax error in a .py,
+    a symbolic link, or a file beyond the limits above)."""
+
+
+class _Budget:
+    """EXTRACT_CPU_S of this thread's CPU for one submission; check() raises SubmissionError after."""
+
+    def __init__(self, path: Path):
+        self.path, self.deadline = path, time.thread_time() + EXTRACT_CPU_S
+
+    def check(self, step: str) -> None:
+        if time.thread_time() > self.deadline:
+            raise SubmissionError(
+                f"{_display(self.path)}: {step} took more than {EXTRACT_CPU_S:g} s of the grader's CPU; not graded"
+            )
+
+
+def _display(path: Path) -> str:
+    """A file name as text that any terminal, CSV or JSON writer can hold (undecodable bytes as \\xNN)."""
+    return os.fsencode(path.name).decode("utf-8", "backslashreplace")
+
+
+def _read(path: Path) -> bytes:
+    """The submission's bytes: never through a symbolic link (O_NOFOLLOW), at most MAX_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SubmissionError(f"{_display(path)}: a symbolic link; submissions must be regular files") from None
+        raise SubmissionError(f"{_display(path)}: cannot be read ({os.strerror(e.errno)})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise SubmissionError(f"{_display(path)}: not a regular file")
+        data = f.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise SubmissionError(f"{_display(path)}: larger than {MAX_BYTES // 2**20} MB; not graded")
+    return data
 
 
 @dataclass(frozen=True)
@@ -87,21 +134,28 @@ class _Stmt:
 def extract(path: Path, needed: Iterable[str] | None = None) -> Extracted:
     """Read `path` (.py or .ipynb) and keep what the `needed` names reach (everything kept-kind if None)."""
     path = Path(path)
+    budget = _Budget(path)
     if path.suffix == ".ipynb":
         cells = _notebook_cells(path)
         origin = "notebook"
     elif path.suffix == ".py":
-        cells = [(None, path.read_text(encoding="utf-8", errors="replace"))]
+        cells = [(None, _read(path).decode("utf-8", errors="replace"))]
         origin = "python"
     else:
         raise SubmissionError(
-            f"{path.name}: expected a .py file or a .ipynb notebook, got {path.suffix or 'no suffix'}"
+            f"{_display(path)}: expected a .py file or a .ipynb notebook, got {path.suffix or 'no suffix'}"
         )
 
     skipped: list[Skipped] = []
     statements: list[_Stmt] = []
     for cell, source in cells:
         statements.extend(_cell_statements(path, cell, source, skipped))
+        budget.check("parsing")
+    if len(statements) > MAX_STATEMENTS:
+        raise SubmissionError(
+            f"{_display(path)}: {len(statements):,} top-level statements (at most {MAX_STATEMENTS:,}): "
+            "the grader does not extract the graded API from a file this long"
+        )
 
     candidates, future = [], []
     for st in statements:
@@ -117,11 +171,11 @@ def extract(path: Path, needed: Iterable[str] | None = None) -> Extracted:
             continue  # a docstring or a bare string: nothing to run, nothing to report
         else:
             skipped.append(Skipped(st.where, _why_skipped(st.node), _first_line(st.text)))
-    kept = _reachable(candidates, needed)
+    kept = _reachable(candidates, needed, budget)
+    kept_ids = {id(st) for st in kept}  # by identity: `st in kept` compared dataclasses, quadratically
     for st in candidates:
-        if st not in kept:
+        if id(st) not in kept_ids:
             skipped.append(Skipped(st.where, "not used by the graded API", _first_line(st.text)))
-    kept_ids = {id(st) for st in kept}
     ordered = future + [st for st in candidates if id(st) in kept_ids]
     skipped.sort(key=lambda s: _where_key(s.where))
     source = _render(ordered, origin, len(cells[0][1].splitlines()) if origin == "python" else 0)
@@ -143,10 +197,20 @@ def write_module(path: Path, needed: Iterable[str] | None, out_dir: Path) -> tup
 def _notebook_cells(path: Path) -> list[tuple[int, str]]:
     import nbformat  # local: only notebooks need it
 
+    data = _read(path)
     try:
-        nb = nbformat.read(path, as_version=4)
-    except (OSError, json.JSONDecodeError, nbformat.reader.NotJSONError, nbformat.ValidationError, KeyError) as e:
-        raise SubmissionError(f"{path.name}: not a readable Jupyter notebook ({type(e).__name__}: {e})") from e
+        nb = nbformat.reads(data.decode("utf-8"), as_version=4)
+    except (
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        nbformat.reader.NotJSONError,
+        nbformat.ValidationError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+    ) as e:
+        raise SubmissionError(f"{_display(path)}: not a readable Jupyter notebook ({type(e).__name__}: {e})") from e
     return [(i, cell.source) for i, cell in enumerate(nb.cells, start=1) if cell.cell_type == "code"]
 
 
@@ -160,30 +224,39 @@ def _cell_statements(path: Path, cell: int | None, source: str, skipped: list[Sk
             return []
     text = "\n".join(lines)
     try:
-        tree = ast.parse(text)
+        tree = _parse(path, text)
     except SyntaxError as first_error:
         if cell is None:
             raise SubmissionError(
-                f"{path.name}: syntax error at line {first_error.lineno}: {first_error.msg}: "
+                f"{_display(path)}: syntax error at line {first_error.lineno}: {first_error.msg}: "
                 f"{(first_error.text or '').strip()}"
             ) from first_error
         lines = _strip_line_magics(lines, where, skipped)
         text = "\n".join(lines)
         try:
-            tree = ast.parse(text)
+            tree = _parse(path, text)
         except SyntaxError as e:
             skipped.append(
                 Skipped(where(e.lineno or 1), f"syntax error: {e.msg}; the whole cell skipped", _first_line(text))
             )
             return []
     out = []
-    for node in tree.body:
+    body = tree.body
+    for k, node in enumerate(body):
         start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
         end = node.end_lineno or node.lineno
-        exact = not _shares_lines(node, tree.body)
+        exact = not _shares_lines(k, body)
         segment = "\n".join(lines[start - 1 : end]) if exact else ast.unparse(node)
         out.append(_Stmt(node, segment, where(start), start, end, exact))
     return out
+
+
+def _parse(path: Path, text: str) -> ast.Module:
+    """ast.parse; what the parser itself cannot take (nesting too deep, null bytes) is a verdict."""
+    try:
+        return ast.parse(text)
+    except (RecursionError, MemoryError, ValueError) as e:
+        raise SubmissionError(f"{_display(path)}: the parser gave up ({type(e).__name__}: {e})") from None
 
 
 def _strip_cell_magic(lines: list[str], where, skipped: list[Skipped]) -> tuple[list[str], bool]:
@@ -220,13 +293,13 @@ def _strip_line_magics(lines: list[str], where, skipped: list[Skipped]) -> list[
     return out
 
 
-def _shares_lines(node: ast.stmt, body: list[ast.stmt]) -> bool:
-    return any(
-        other is not node
-        and other.lineno <= (node.end_lineno or node.lineno)
-        and (other.end_lineno or other.lineno) >= node.lineno
-        for other in body
-    )
+def _shares_lines(k: int, body: list[ast.stmt]) -> bool:
+    """Statement k shares a line with another (`a = 1; b = 2`): body is in source order, so only its
+    neighbours can (a scan of the whole body per statement was quadratic)."""
+    node = body[k]
+    before = k > 0 and (body[k - 1].end_lineno or body[k - 1].lineno) >= node.lineno
+    after = k + 1 < len(body) and body[k + 1].lineno <= (node.end_lineno or node.lineno)
+    return before or after
 
 
 # Deciding ---------------------------------------------------------------------------------------
@@ -281,7 +354,7 @@ def _references(text: str) -> set[str]:
     """Module-level names a statement reads, found with symtable (function locals excluded)."""
     try:
         table = symtable.symtable(text, "<statement>", "exec")
-    except SyntaxError:  # a statement that parsed alone always compiles; kept for safety
+    except (SyntaxError, RecursionError, MemoryError, ValueError):  # it parsed: kept for safety
         return set()
     return _global_refs(table)
 
@@ -297,24 +370,34 @@ def _global_refs(table: symtable.SymbolTable) -> set[str]:
     return names
 
 
-def _reachable(candidates: list[_Stmt], needed: Iterable[str] | None) -> list[_Stmt]:
-    """The statements that bind a needed name, closed under the globals they reference."""
+def _reachable(candidates: list[_Stmt], needed: Iterable[str] | None, budget: _Budget) -> list[_Stmt]:
+    """The statements that bind a needed name, closed under the globals they reference.
+
+    A worklist over an index name -> statements: each statement is read once, so the cost is linear
+    in the submission (a 12,000-link chain `a1 = a0; a2 = a1; ...` took 132 s with a pass per link)."""
     if needed is None:
         return list(candidates)
-    wanted = set(needed)
-    binds = [(_binds(st.node), st) for st in candidates]
-    kept: dict[int, _Stmt] = {}
-    changed = True
-    while changed:
-        changed = False
-        for names, st in binds:
-            if id(st) in kept:
-                continue
-            if names & wanted or ("*" in names and _module_exists(st.node)):
-                kept[id(st)] = st
-                wanted |= _references(st.text)
-                changed = True
-    return [st for st in candidates if id(st) in kept]
+    by_name: dict[str, list[int]] = {}
+    for k, st in enumerate(candidates):
+        for name in _binds(st.node):
+            by_name.setdefault(name, []).append(k)
+    star = [k for k in by_name.get("*", []) if _module_exists(candidates[k].node)]
+    kept: set[int] = set(star)
+    todo = list(dict.fromkeys(needed))
+    seen: set[str] = set()
+    for k in star:
+        todo.extend(_references(candidates[k].text))
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for k in by_name.get(name, ()):
+            if k not in kept:
+                kept.add(k)
+                budget.check("deciding which statements the graded API uses")
+                todo.extend(_references(candidates[k].text))
+    return [st for k, st in enumerate(candidates) if k in kept]
 
 
 def _module_exists(node: ast.stmt) -> bool:

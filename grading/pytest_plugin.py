@@ -57,7 +57,8 @@ def pytest_configure(config: pytest.Config) -> None:
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise pytest.UsageError(f"--submission: no such file or folder: {', '.join(missing)}")
-    _STATE.update(roots=[Path(p).resolve() for p in paths], assignment=assignment, graded={})
+    roots = [Path(p).absolute() for p in paths] + [Path(p).resolve() for p in paths]
+    _STATE.update(roots=roots, assignment=assignment, graded={})
     _STATE["wall_s"] = config.getoption("--grading-wall-s")
     config.args[:] = [str(Path(p)) for p in paths]  # collect the submissions, not the test paths
 
@@ -72,7 +73,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def _is_submission(path: Path) -> bool:
     if "roots" not in _STATE or path.suffix not in (".py", ".ipynb"):
         return False
-    path = path.resolve()
+    # by where it was found, not where it points: a symlink to a file outside is collected, and then
+    # refused unread with its verdict (grading.notebook reads with O_NOFOLLOW), not silently skipped
+    path = path.absolute()
     return any(path == r or r in path.parents for r in _STATE["roots"]) and not any(
         p.startswith((".", "__")) for p in path.parts[-1:]
     )
@@ -153,7 +156,8 @@ def _check_result(path: Path, part_id: str, check: str):
         else:
             _STATE.setdefault("notes", {})[path] = extracted.summary()
             wall = _STATE.get("wall_s")
-            limits = Limits(wall_s=wall, cpu_s=wall) if wall else None
+            timing = {"wall_s": wall, "cpu_s": wall} if wall else {}
+            limits = Limits(**timing, forbidden=assignment.forbidden)
             results = [r for checks, _ in grade_module(module_path, list(assignment.parts), limits) for r in checks]
         _STATE["graded"][path] = results
     return next(r for r in _STATE["graded"][path] if r.part == part_id and r.name == check)

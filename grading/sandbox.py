@@ -1,6 +1,7 @@
 """run_call / run_calls: one untrusted submission, called through a trusted driver, in its own process.
 
-The contract (notes/SANDBOX_API.md): `run_call(submission, driver, function, kwargs, limits) ->
+The contract (this docstring; the README's "Running untrusted code" for what a submission meets):
+`run_call(submission, driver, function, kwargs, limits) ->
 Outcome` loads `submission` (a .py file) in a fresh child and returns `driver.function(module,
 **kwargs)`, decoded without pickle. `run_calls(submission, driver, [(function, kwargs), ...],
 limits)` does several calls in one child (each with a freshly imported module and its own wall
@@ -9,26 +10,28 @@ child. Everything the grader compares happens here, in the grader's process.
 
 The child (grading/_child.py) is `sys.executable -I -S` in a new session, with a minimal
 environment, started in a temporary folder that is removed afterwards. It isolates itself before any
-submission code runs: new mount, network and pid namespaces, a read-only chroot of only what Python
+submission code runs: new mount, network, IPC and pid namespaces, a read-only chroot of only what Python
 needs, a size-capped tmpfs as working directory, rlimits, and (as root) a uid of its own for this run
 so that file permissions and RLIMIT_NPROC apply. Nothing it starts outlives it: the pid namespace
 dies with it, and the grader kills the process group and every process of that uid. See
-`isolation()` for what is in force on this machine, notes/SANDBOX_API.md for the whole contract.
+`isolation()` for what is in force on this machine, grading/_child.py's docstring for the steps and
+the wire format.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import importlib.util
 import json
-import math
 import os
 import random
 import re
 import selectors
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import sysconfig
@@ -38,18 +41,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from grading import _child
+from grading import _child, integrity
 
 __all__ = ["Limits", "Outcome", "SandboxError", "isolation", "run_call", "run_calls"]
 
 CHILD = Path(_child.__file__).resolve()
-FORBIDDEN = ("reference", "oracles", "grading", "data_loaders", "bprop")
+FORBIDDEN = integrity.GRADER_PACKAGES  # never importable by a submission, whatever the assignment says
 TMP_PREFIX = "bprop-sandbox-"  # + the grader's pid + "-" + random: a killed grader's folder is found
 TMP_BASE: str | None = None  # where run folders go; None: see _tmp_base()
 STARTUP_S = 60.0  # python + numpy + driver import; not charged to any call
 UID_BASE = 0x4000_0000  # one uid per run, UID_BASE + random 24 bits: unused by any real account
 DRAIN_BYTES = 16 * 1024 * 1024  # most output read at once when attributing output to a call
 CRASH_BYTES = 64 * 1024  # faulthandler's report of a fatal signal
+READ_CPU_S = 10.0  # grader CPU per call for reading and decoding what the child sends back
 
 
 @dataclass(frozen=True)
@@ -61,11 +65,17 @@ class Limits:
     max_result_mb: int = 200  # size cap on what the child sends back per call
     processes: int = 64  # RLIMIT_NPROC: processes and threads of the child's own uid
     disk_mb: int = 64  # size of the working directory (a tmpfs) and RLIMIT_FSIZE
+    # modules the submission may not use (grading/integrity.py): found in its source before it runs
+    # (the verdict "forbidden import: ..."), absent at run time; the grader's own are always added
+    forbidden: tuple[str, ...] = integrity.DEFAULT_FORBIDDEN
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            if f.name == "forbidden":
+                if not isinstance(v, tuple) or not all(isinstance(m, str) and m.isidentifier() for m in v):
+                    raise ValueError(f"Limits.forbidden must be a tuple of top-level module names, got {v!r}")
+            elif not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"Limits.{f.name} must be a positive number, got {v!r}")
 
 
@@ -99,7 +109,8 @@ def run_calls(
 ) -> list[Outcome]:
     """Several calls, each on a freshly imported module, in as few children as the submission allows.
 
-    `_isolation` is for tests only: {"namespaces": False} or {"userns": True} forces a weaker mode."""
+    `_isolation` is for tests only: {"namespaces": False} or {"userns": True} forces a weaker mode;
+    {"scan": False} skips the static scan for forbidden imports (to test the run-time barrier alone)."""
     return _Run(Path(submission), Path(driver), list(calls), limits, _isolation or {}).run()
 
 
@@ -115,6 +126,7 @@ def isolation() -> dict:
     info = dict(run.infos[0])
     info["root"] = os.geteuid() == 0
     info["network"] = "none (empty network namespace)" if info["namespaces"] else "host network: NOT isolated"
+    info["ipc"] = "private (own IPC namespace)" if info["namespaces"] else "host System V IPC: NOT isolated"
     return info
 
 
@@ -127,6 +139,8 @@ def _child_sys_path() -> tuple[str, ...]:
     stdlib = sysconfig.get_path("stdlib")
     paths = [p for p in sys.path if p.endswith(".zip")]
     paths += [stdlib, os.path.join(stdlib, "lib-dynload"), sysconfig.get_path("purelib"), sysconfig.get_path("platlib")]
+    paths += site.getsitepackages() if hasattr(site, "getsitepackages") else []  # a venv's system site too
+    paths += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]  # from .pth files
     out: list[str] = []
     for p in paths:
         if os.path.exists(p) and os.path.realpath(p) not in out:
@@ -135,13 +149,38 @@ def _child_sys_path() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1)
-def _forbidden_dirs() -> tuple[str, ...]:
-    dirs = []
+def _package_dirs() -> tuple[str, ...]:
+    """Every directory the child could import packages from, once bound: its sys.path, and the
+    site-packages / dist-packages of each prefix whose tree is bound (the base interpreter's, /usr's)."""
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, "/usr", "/usr/local"}
+    found = list(_child_sys_path())
+    for prefix in sorted(prefixes):
+        for pattern in ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages"):
+            found += glob.glob(os.path.join(prefix, pattern))
+    return tuple(dict.fromkeys(os.path.realpath(p) for p in found if os.path.isdir(p)))
+
+
+@functools.lru_cache(maxsize=16)
+def _masks(forbidden: tuple[str, ...]) -> tuple[str, ...]:
+    """What the child must not find: each forbidden package's directory, module file or extension in
+    any package directory (a non-editable install puts reference/ and grading/ there), and the
+    grader's own package directories wherever they are (an editable install or a checkout)."""
+    out = []
+    for d in _package_dirs():
+        try:
+            entries = os.listdir(d)
+        except OSError:
+            continue
+        for entry in entries:
+            top = entry.split(".", 1)[0]
+            egg = entry.endswith(".egg") and entry.split("-", 1)[0] in forbidden  # torch-2.0-py3.11.egg
+            if egg or (top in forbidden and (entry == top or entry.endswith((".py", ".pyc", ".so", ".pyd")))):
+                out.append(os.path.join(d, entry))
     for name in FORBIDDEN:
         spec = importlib.util.find_spec(name)
         if spec is not None:
-            dirs += [os.path.realpath(d) for d in spec.submodule_search_locations or [os.path.dirname(spec.origin)]]
-    return tuple(sorted(set(dirs)))
+            out += [os.path.realpath(d) for d in spec.submodule_search_locations or [os.path.dirname(spec.origin)]]
+    return tuple(sorted(set(out)))
 
 
 def _binds(box: str) -> list[str]:
@@ -203,11 +242,18 @@ class _Run:
                 raise TypeError(f"calls[{k}]: expected (function name, kwargs dict), got {call!r:.80}")
             if not call[0].isidentifier():
                 raise ValueError(f"calls[{k}]: {call[0]!r} is not a function name")
+        if submission.is_symlink():
+            raise ValueError(f"submission {submission}: a symbolic link (the sandbox loads regular files only)")
         self.submission, self.driver, self.calls, self.limits = submission, driver, calls, limits
-        self.isolation = {"namespaces": True, "drop_uid": True, "userns": False, **isolation}
+        self.forbidden = integrity.expand(limits.forbidden)
+        self.isolation = {"namespaces": True, "drop_uid": True, "userns": False, "scan": True, **isolation}
         self.infos: list[dict] = []
 
     def run(self) -> list[Outcome]:
+        uses = integrity.scan_file(self.submission, self.limits.forbidden) if self.isolation["scan"] else []
+        if uses:  # found in its source: nothing of it runs, every call gets the verdict
+            line = integrity.verdict(uses)
+            return [Outcome(False, None, line, None, "", "", 0.0) for _ in self.calls]
         _remove_stale_dirs_once()
         tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=_tmp_base())
         try:
@@ -247,10 +293,10 @@ class _Run:
             "gid": uid,
             "newroot": f"{self.tmp}/root",
             "binds": _binds(self.box),
-            "masks": list(_forbidden_dirs()),
+            "masks": list(_masks(self.forbidden)),
             "work": f"{self.box}/work",
             "sys_path": list(_child_sys_path()),
-            "forbidden": list(FORBIDDEN),
+            "forbidden": list(self.forbidden),
             "limits": dataclasses.asdict(self.limits),
             "submission": self.sub_path,
             "driver": self.drv_path,
@@ -296,6 +342,8 @@ class _Child:
         self.out, self.err = _Capped(self.limits.output_bytes), _Capped(self.limits.output_bytes)
         self.crash = _Capped(CRASH_BYTES)
         self.result_bytes = 0
+        self.read_cpu = 0.0  # grader CPU spent on this call's result frames (READ_CPU_S at most)
+        self.read_since = time.thread_time()  # this call's share of a read that served two calls starts here
         self.t0 = time.monotonic()
 
     # -- process ---------------------------------------------------------------------------------
@@ -319,9 +367,8 @@ class _Child:
                 "MPLBACKEND": "Agg",
                 "MPLCONFIGDIR": f"{run.box}/work",
             }
-            argv = [sys.executable, "-I", "-S", "-B", "-X", "utf8", str(CHILD), cfg]
             self.proc = subprocess.Popen(
-                argv,
+                self.argv(cfg),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -344,6 +391,10 @@ class _Child:
             self.proc.stdout.close()
             self.proc.stderr.close()
         return self._after()
+
+    def argv(self, config: str) -> list[str]:
+        """The child's command line (scripts/sandbox_bench.py wraps it in bubblewrap to compare)."""
+        return [sys.executable, "-I", "-S", "-B", "-X", "utf8", str(CHILD), config]
 
     def _serve(self, fds: dict) -> None:
         self.buf = bytearray()
@@ -422,18 +473,24 @@ class _Child:
         self._drain(fds)
 
     def _drain(self, fds: dict) -> None:
+        """Whatever is left in the pipes (at most DRAIN_BYTES each); results only while they count."""
         for fd, name in fds.items():
-            budget = DRAIN_BYTES
-            while budget > 0:
-                try:
-                    data = os.read(fd, 1 << 16)
-                except (BlockingIOError, OSError):
-                    break
-                if not data:
-                    break
-                budget -= len(data)
-                if name != "res" or not (self.killed_for or self.startup_error):
-                    self._take(name, data)
+            keep = name != "res" or not (self.killed_for or self.startup_error)
+            self._drain_one(fd, name if keep else None)
+
+    def _drain_one(self, fd: int, name: str | None) -> None:
+        """Read `fd` until it is empty (non-blocking) or DRAIN_BYTES are read; `name` None: discard."""
+        budget = DRAIN_BYTES
+        while budget > 0:
+            try:
+                data = os.read(fd, 1 << 16)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            budget -= len(data)
+            if name is not None:
+                self._take(name, data)
 
     # -- data from the child ---------------------------------------------------------------------
 
@@ -450,13 +507,18 @@ class _Child:
                 self.killed_for = f"sent back more than {self.limits.max_result_mb} MB"
                 return
             self.buf += data
+            t = time.thread_time()
             try:
                 while (f := _child.pop_frame(self.buf)) is not None:  # frames before a bad one count
                     self._frame(*f)
                     if self.killed_for or self.startup_error:
                         return
+                    if self.read_cpu + time.thread_time() - max(t, self.read_since) > READ_CPU_S:
+                        raise _child.CodecError(f"reading it took more than {READ_CPU_S:g} s of the grader's CPU")
             except (_child.CodecError, ValueError, TypeError, KeyError, RecursionError) as e:
                 self.killed_for = f"sent back data the grader cannot read ({e})"
+            finally:
+                self.read_cpu += time.thread_time() - max(t, self.read_since)
 
     def _frame(self, kind: bytes, payload: bytes) -> None:
         if kind == b"A":
@@ -501,7 +563,7 @@ class _Child:
         self._drain_outputs()
         if msg["ok"]:
             try:
-                value = _child.decode(msg.get("value"), arrays)
+                value = _child.decode(msg.get("value"), arrays, cpu_s=max(0.0, READ_CPU_S - self.read_cpu))
             except (_child.CodecError, RecursionError) as e:
                 self._record(False, None, f"sent back data the grader cannot read ({e})", None, wall)
             else:
@@ -513,16 +575,7 @@ class _Child:
     def _drain_outputs(self) -> None:
         """Output written before the result is already in the pipes: give it to this call."""
         for stream, name in ((self.proc.stdout, "out"), (self.proc.stderr, "err")):
-            budget = DRAIN_BYTES
-            while budget > 0:
-                try:
-                    data = os.read(stream.fileno(), 1 << 16)
-                except (BlockingIOError, OSError):
-                    break
-                if not data:
-                    break
-                budget -= len(data)
-                self._take(name, data)
+            self._drain_one(stream.fileno(), name)
 
     def _record(self, ok: bool, value, verdict: str | None, tb: str | None, wall: float) -> None:
         self.outcomes[self.cur] = Outcome(
@@ -555,6 +608,8 @@ class _Child:
             line = f"called sys.exit({'' if code is None else _one_line(repr(code), 60)}){where}"
         elif phase == "send":
             line = f"returned a value that cannot be sent back: {message}"
+        elif typ == "ModuleNotFoundError" and message.startswith("forbidden import: "):
+            line = message + where  # the run-time blocker (the static scan found nothing)
         else:
             line = f"raised {typ}{where}" + (f": {message}" if message else "")
         tb = err.get("traceback")
@@ -569,7 +624,7 @@ class _Child:
         rc = self.proc.returncode
         if rc < 0:
             sig = signal.Signals(-rc)
-            cpu_hard = math.ceil(self.limits.cpu_s) * len(self.outcomes) + 5  # as in _child.confine
+            cpu_hard = _child.cpu_hard_limit(self.limits.cpu_s, len(self.outcomes))
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and self.cpu_used >= cpu_hard - 1):
                 return f"CPU time limit of {self.limits.cpu_s:g} s exceeded{where}"
             if sig == signal.SIGXFSZ:

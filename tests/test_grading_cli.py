@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -179,3 +181,198 @@ def test_bad_assignment_names_the_field(change, message):
     part = {"format": "layer", "sizes": [784, 32, 10], "activations": ["relu"], "learning_rate": 0.1, "checks": []}
     with pytest.raises(AssignmentError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_assignment({"name": "x", "parts": [{**part, **change}]}, "hw.toml")
+
+
+# --------------------------------------------------------------------------------------------------
+# A batch whose file names and messages attack the report: every result kept, every writer safe
+
+HOSTILE = Path(__file__).parent / "hostile"
+NASTY_NAMES = {
+    "latin1": b"m\xfcller.py",  # Latin-1 bytes: not UTF-8, so os.fsdecode gives "m\udcfcller.py"
+    "formula": b"=cmd|' -C calc'!A0.py",
+    "newline": b"evil\nalice,13,13.py",
+    "escape": b"\x1b[2J\x1b[31mred.py",
+}
+
+
+def _run_cli(argv):
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        status = cli.run(_parse(argv))
+    return status, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def nasty(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nasty")
+    folder = root / "class"
+    folder.mkdir()
+    correct = (SUBMISSIONS / "layer" / "correct.py").read_text()
+    shutil.copy(SUBMISSIONS / "layer" / "correct.py", folder / "alice.py")
+    (folder / "mallory.py").write_text(correct + "\n\n" + (HOSTILE / "report_escapes.py").read_text())
+    (folder / "sam.py").write_text(correct + "\n\n" + (HOSTILE / "report_surrogate.py").read_text())
+    (folder / "tom.py").write_text(correct + "\n\n" + (HOSTILE / "torch_backward.py").read_text())
+    for raw in NASTY_NAMES.values():
+        with open(os.fsencode(folder) + b"/" + raw, "w") as f:
+            f.write(correct)
+    secret = root / "root-only.py"
+    secret.write_text('TOP_SECRET = "the exam answers"\n')
+    secret.chmod(0o600)
+    (folder / "steal.py").symlink_to(secret)  # a symlink to a root-only file
+    outside = root / "outside"
+    outside.mkdir()
+    (outside / "x.py").write_text('TOP_SECRET = "from outside"\n')
+    (folder / "inner").symlink_to(outside)  # reached only when named explicitly
+    dots = folder / "...py"  # stem "..": its results folder would be the parent of --out
+    dots.write_text(correct)
+    out = root / "out"
+    status, text = _run_cli(
+        [str(folder), str(folder / "inner" / "x.py"), str(dots), "--assignment", "layer-api", "--out", str(out)]
+    )
+    return root, out, status, text
+
+
+def test_a_hostile_batch_writes_every_result_inside_out(nasty):
+    root, out, status, _ = nasty
+    assert status == 0
+    assert sorted(p.name for p in root.iterdir()) == ["class", "out", "outside", "root-only.py"]
+    assert not (root / "results.json").exists()
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(folders) == 11, folders  # alice, mallory, sam, tom, 4 nasty names, steal, x, ...py
+    for name in folders:
+        assert "/" not in name and not name.startswith(".") and name.isprintable(), name
+        data = json.loads((out / name / "results.json").read_text(encoding="utf-8"))
+        assert data["max_score"] == 13 and data["output_format"] == "text"
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert "TOP_SECRET" not in p.read_text(encoding="utf-8"), p
+
+
+def test_symlinks_and_files_outside_the_folder_are_refused(nasty):
+    _, out, _, _ = nasty
+    rows = {r["submission"]: r for r in csv.DictReader((out / "summary.csv").open(encoding="utf-8"))}
+    assert rows["steal"]["score"] == "0.0" and rows["steal"]["error"].startswith("refused: a symbolic link")
+    assert rows["x"]["error"] == "refused: the file resolves outside the submissions folder"
+    assert json.loads((out / "steal" / "results.json").read_text())["score"] == 0
+
+
+def test_correct_submissions_with_nasty_names_get_full_marks(nasty):
+    _, out, _, _ = nasty
+    rows = list(csv.DictReader((out / "summary.csv").open(encoding="utf-8")))
+    assert len(rows) == 11  # a newline in a name forges no row
+    by_file = {r["file"].rsplit("/", 1)[-1]: r for r in rows}
+    for file in (
+        "alice.py",
+        "m\\xfcller.py",
+        "'=cmd|' -C calc'!A0.py",
+        "evil\\nalice,13,13.py",
+        "\\x1b[2J\\x1b[31mred.py",
+    ):
+        match = [r for f, r in by_file.items() if f == file or f == file.lstrip("'")]
+        assert match and match[0]["score"] == "13.0", (file, sorted(by_file))
+    assert by_file["...py"]["score"] == "13.0"
+
+
+def test_csv_cells_are_never_formulas(nasty):
+    _, out, _, _ = nasty
+    for row in csv.reader((out / "summary.csv").open(encoding="utf-8")):
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@")), cell
+            assert "\n" not in cell and "\x1b" not in cell
+
+
+def test_escape_codes_and_surrogates_reach_no_writer(nasty):
+    _, out, _, text = nasty
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]", text), "raw control characters on the terminal"
+    mallory = next(line for line in text.splitlines() if line.startswith("mallory (mallory.py): "))
+    score = float(mallory.split(": ")[1].split(" / ")[0])
+    assert 12 <= score < 13, mallory
+    assert "\\x1b[1A" in text  # shown, not acted on
+    assert not [line for line in text.splitlines() if re.match(r"mallory \(mallory\.py\): 13 / 13", line)]
+    sam = json.loads((out / "sam" / "results.json").read_text(encoding="utf-8"))
+    loss_grad = next(t for t in sam["tests"] if t["name"] == "layers: loss_gradient")
+    assert "raised ValueError: gradient \\xff\\ud800 is undefined" in loss_grad["output"]
+    assert 0 < sam["score"] < 13
+    md = (out / "summary.md").read_text(encoding="utf-8")
+    assert len(md.splitlines()) == 13 and "\x1b" not in md
+
+
+def test_torch_autograd_behind_a_built_name_gets_no_credit(nasty):
+    """Before: full marks (13/13) for a Dense.backward done by torch.autograd."""
+    _, out, _, text = nasty
+    tom = json.loads((out / "tom" / "results.json").read_text())
+    assert tom["score"] == 0
+    assert re.search(
+        r"forbidden import: torch at line \d+ \(torch = importlib.import_module\(\"to\" \+ \"rch\"\)\)", tom["output"]
+    )
+    assert "tom (tom.py): 0 / 13" in text
+    assert json.loads((out / "alice" / "results.json").read_text())["score"] == 13
+
+
+@pytest.mark.parametrize(
+    ("assignment", "folder"), [("layer-api", "layer"), ("function-api", "function"), ("class-api", "class")]
+)
+def test_a_correct_submission_keeps_full_marks_beside_hostile_neighbours(tmp_path, assignment, folder):
+    """Per built-in: a correct one next to one that imports torch, one with escape codes in its
+    name and one that is a symlink: the correct one gets every point, the others their verdicts."""
+    subs = tmp_path / "class"
+    subs.mkdir()
+    correct = (SUBMISSIONS / folder / "correct.py").read_text()
+    (subs / "good.py").write_text(correct)
+    (subs / "cheat.py").write_text(
+        "import torch\n" + correct.replace("import numpy as np", "import numpy as np\nnp.t = torch", 1)
+    )
+    (subs / "\x1b[1Aname.py").write_text(correct)
+    (subs / "link.py").symlink_to(SUBMISSIONS / folder / "correct.py")
+    status, text = _run_cli([str(subs), "--assignment", assignment, "--out", str(tmp_path / "out")])
+    assert status == 0
+    rows = {r["submission"]: r for r in csv.DictReader((tmp_path / "out" / "summary.csv").open(encoding="utf-8"))}
+    max_score = load_assignment(assignment).max_score
+    assert float(rows["good"]["score"]) == max_score
+    assert float(rows["_x1b[1Aname"]["score"]) == max_score
+    assert float(rows["cheat"]["score"]) == 0 and rows["cheat"]["error"].startswith("forbidden import: torch at line 1")
+    assert float(rows["link"]["score"]) == 0 and rows["link"]["error"].startswith("refused: a symbolic link")
+    assert "\x1b" not in text
+
+
+def test_one_failed_write_loses_no_other_result(tmp_path):
+    from grading.checks import CheckResult, SubmissionResult
+    from grading.feedback import ResultsWriteError, write_results
+
+    results = [
+        SubmissionResult(Path(f"{name}.py"), "layer-api", [CheckResult("p", "forward", 1.0, 1.0, "ok")], name=name)
+        for name in ("alice", "bob", "carol")
+    ]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bob").write_text("in the way")  # bob's folder cannot be made
+    with pytest.raises(ResultsWriteError, match=r"could not write bob/results.json: FileExistsError"):
+        write_results(results, out)
+    assert json.loads((out / "alice" / "results.json").read_text())["score"] == 1.0
+    assert json.loads((out / "carol" / "results.json").read_text())["score"] == 1.0
+    assert [r["submission"] for r in csv.DictReader((out / "summary.csv").open())] == ["alice", "bob", "carol"]
+
+
+@pytest.mark.parametrize(
+    ("function", "text", "expected"),
+    [
+        ("printable", "a\x1b[2Kb\rc\u202ed\udcfce\ud800", "a\\x1b[2Kb\\x0dc\\u202ed\\xfce\\ud800"),
+        ("printable", "one\ntwo\tx", "one\ntwo    x"),
+        ("csv_cell", "=HYPERLINK(1)", "'=HYPERLINK(1)"),
+        ("csv_cell", " +1", "' +1"),
+        ("csv_cell", "\uff1dcmd", "'\uff1dcmd"),
+        ("csv_cell", "line\nbreak", "line\\nbreak"),
+        ("markdown_cell", "a|b <i>x</i> [l](u) `c` **b**", "a\\|b \\<i\\>x\\</i\\> \\[l\\](u) \\`c\\` \\*\\*b\\*\\*"),
+        ("folder_name", "..", "_"),
+        ("folder_name", "../../etc", "_.._etc"),
+        ("folder_name", ".hidden", "hidden"),
+        ("folder_name", "a\nb\x00c", "a_nb_x00c"),
+    ],
+)
+def test_each_writer_escapes_what_a_submission_controls(function, text, expected):
+    from grading import escaping as feedback
+
+    assert getattr(feedback, function)(text) == expected

@@ -139,3 +139,72 @@ def test_everything_kept_when_no_api_is_named(tmp_path):
     extracted = extract(path, None)
     assert "A = 1" in extracted.source and "def f" in extracted.source
     assert [s.why for s in extracted.skipped] == ["top-level call"]
+
+
+# Bounds on the grader's own work, before any sandbox starts ------------------------------------
+
+HOSTILE = Path(__file__).parent / "hostile"
+
+
+def test_a_12000_link_chain_of_assignments_is_extracted_in_linear_time():
+    """Before: a pass over every statement per link, and `st in kept` on dataclasses (132 s)."""
+    import time
+
+    t = time.thread_time()
+    extracted = extract(HOSTILE / "assignment_chain.py", needed=["Dense"])
+    assert extracted.kept == 12_001 and not extracted.skipped
+    assert time.thread_time() - t < 5.0
+
+
+def test_the_extraction_cpu_budget_gives_a_verdict(monkeypatch):
+    from grading import notebook as nb
+
+    monkeypatch.setattr(nb, "EXTRACT_CPU_S", 0.0)
+    with pytest.raises(SubmissionError, match=r"assignment_chain\.py: .* took more than 0 s of the grader's CPU"):
+        extract(HOSTILE / "assignment_chain.py", needed=["Dense"])
+
+
+def test_a_file_beyond_the_limits_is_refused(tmp_path, monkeypatch):
+    from grading import notebook as nb
+
+    monkeypatch.setattr(nb, "MAX_STATEMENTS", 1000)
+    with pytest.raises(SubmissionError, match=r"12,002 top-level statements \(at most 1,000\)"):
+        extract(HOSTILE / "assignment_chain.py", needed=["Dense"])
+    big = tmp_path / "big.py"
+    big.write_bytes(b"#" * (nb.MAX_BYTES + 1))
+    with pytest.raises(SubmissionError, match=r"big\.py: larger than 8 MB"):
+        extract(big)
+
+
+def test_the_parser_giving_up_is_a_verdict(tmp_path):
+    deep = tmp_path / "deep.py"
+    deep.write_text("x = " + "(" * 300 + ")" * 300 + "\n")
+    with pytest.raises(SubmissionError, match=r"deep\.py: (the parser gave up|syntax error)"):
+        extract(deep)
+
+
+@pytest.mark.parametrize("suffix", [".py", ".ipynb"])
+def test_a_symbolic_link_is_refused_and_its_target_never_read(tmp_path, suffix):
+    secret = tmp_path / "root-only.txt"
+    secret.write_text("SECRET-CONTENT = 1\n")
+    secret.chmod(0o600)
+    link = tmp_path / f"evil{suffix}"
+    link.symlink_to(secret)
+    with pytest.raises(SubmissionError, match=rf"evil\{suffix}: a symbolic link") as info:
+        extract(link)
+    assert "SECRET" not in str(info.value)
+
+
+def test_a_forbidden_import_in_a_notebook_is_named_by_cell_and_line(tmp_path):
+    """The verdict points at the student's cell, and an import only the skipped data loading uses
+    is not a finding (it never runs)."""
+    from grading.integrity import DEFAULT_FORBIDDEN, scan_file
+
+    nb = notebook(
+        tmp_path / "hw.ipynb",
+        "import numpy as np\nfrom tensorflow import keras\n(x_train, y_train), _ = keras.datasets.mnist.load_data()",
+        "import importlib\n\n\ndef sigmoid(z):\n    torch = importlib.import_module('to' + 'rch')\n    return torch.sigmoid(z)",
+    )
+    module, _ = write_module(nb, ["sigmoid"], tmp_path / "out")
+    uses = scan_file(module, DEFAULT_FORBIDDEN)
+    assert [(u.module, u.where) for u in uses] == [("torch", "cell 3, line 5")]  # cell 1 is the markdown

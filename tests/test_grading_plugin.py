@@ -85,3 +85,25 @@ def test_missing_assignment_is_a_usage_error(tmp_path):
     proc = run_pytest("--submission", str(SUBMISSIONS / "layer" / "correct.py"), cwd=tmp_path)
     assert proc.returncode == 4
     assert "--submission needs --assignment" in proc.stderr
+
+
+def test_a_symlink_and_a_forbidden_import_get_verdicts_not_silence(tmp_path):
+    """A symlink to a root-only file outside the folder is collected and refused unread; a
+    submission that imports torch fails every check with the verdict."""
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    secret = tmp_path / "root-only.py"
+    secret.write_text('TOP_SECRET = "the exam answers"\n')
+    secret.chmod(0o600)
+    (folder / "steal.py").symlink_to(secret)
+    correct = (SUBMISSIONS / "class" / "correct.py").read_text()
+    (folder / "cheat.py").write_text(
+        "import torch\n" + correct.replace("import numpy as np", "import numpy as np\nnp.t = torch", 1)
+    )
+    proc = run_pytest("--submission", str(folder), "--assignment", "class-api", "-q", "-rf", cwd=tmp_path)
+    out = proc.stdout
+    assert proc.returncode == 1, out[-3000:]
+    assert "22 failed" in out, out[-3000:]  # 11 checks each, all 0
+    assert "a symbolic link; submissions must be regular files" in out
+    assert "forbidden import: torch at line 1 (import torch)" in out
+    assert "TOP_SECRET" not in out

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from grading import _child, sandbox
+from grading import _child, integrity, sandbox
 from grading.sandbox import Limits, Outcome, SandboxError, run_call, run_calls
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox uses Linux namespaces and /proc")
@@ -33,9 +33,11 @@ LIMITS = Limits(wall_s=5, cpu_s=10, memory_mb=512)
 SLACK_S = 3.0  # start-up, kill and clean-up on a loaded 2-core machine, on top of the wall limit
 
 
-def call(name: str, function: str, limits: Limits = LIMITS, **kwargs) -> Outcome:
-    """Run tests/hostile/<name>.py's `function` through the driver's `call`."""
-    return run_call(HOSTILE / f"{name}.py", DRIVER, "call", {"name": function, **kwargs}, limits)
+def call(name: str, function: str, limits: Limits = LIMITS, scan: bool = True, **kwargs) -> Outcome:
+    """Run tests/hostile/<name>.py's `function` through the driver's `call` (scan=False: without the
+    static scan for forbidden imports, to reach the run-time barriers)."""
+    calls = [("call", {"name": function, **kwargs})]
+    return run_calls(HOSTILE / f"{name}.py", DRIVER, calls, limits, _isolation={"scan": scan})[0]
 
 
 def live_processes(uid: int) -> list[int]:
@@ -324,7 +326,7 @@ def test_writing_outside_its_folder_is_denied():
 
 
 def test_the_reference_is_neither_importable_nor_readable():
-    outcome = call("steal_reference", "steal", project=str(PROJECT))
+    outcome = call("steal_reference", "steal", scan=False, project=str(PROJECT))
     assert outcome.ok, outcome.verdict
     results = outcome.value
     for name in (
@@ -565,6 +567,7 @@ def test_isolation_as_root_uses_namespaces_and_an_own_uid():
     assert info["namespaces"] and info["chroot"] and info["pidns"] and info["nproc"]
     assert sandbox.UID_BASE <= info["uid"] < sandbox.UID_BASE + 2**24
     assert info["network"] == "none (empty network namespace)"
+    assert info["ipc"] == "private (own IPC namespace)"
 
 
 MODES = [
@@ -584,7 +587,7 @@ def test_weaker_modes_still_block_imports_and_report_verdicts(mode):
         DRIVER,
         [("call", {"name": "steal", "project": str(PROJECT)})],
         LIMITS,
-        _isolation=mode,
+        _isolation={**mode, "scan": False},
     )
     results = outcomes[0].value
     chroot = mode.get("namespaces", True)
@@ -595,3 +598,249 @@ def test_weaker_modes_still_block_imports_and_report_verdicts(mode):
     assert exited.verdict == "exited with status 3 while importing"
     raised = run_calls(HOSTILE / "raises.py", DRIVER, [("call", {"name": "forward"})], LIMITS, _isolation=mode)[0]
     assert raised.verdict.startswith("raised ValueError: shapes (1,784) and (32,10) not aligned")
+
+
+# --------------------------------------------------------------------------------------------------
+# System V IPC: nothing one submission plants reaches the next one, or outlives the run
+
+
+def _host_ipc(key: int) -> dict[str, int]:
+    """shmget/msgget of `key` in the grader's own IPC namespace: the ids, -1 where none exists."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return {"shm": libc.shmget(key, 0, 0), "msg": libc.msgget(key, 0)}
+
+
+def _remove_host_ipc(key: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ids = _host_ipc(key)
+    if ids["shm"] >= 0:
+        libc.shmctl(ids["shm"], 0, None)  # IPC_RMID
+    if ids["msg"] >= 0:
+        libc.msgctl(ids["msg"], 0, None)
+
+
+@pytest.mark.parametrize("mode", [{}, {"userns": True}], ids=["root", "user-namespace"])
+def test_sysv_ipc_is_private_to_each_child_and_dies_with_it(mode):
+    key = 0x5B00_0000 + int.from_bytes(os.urandom(2), "big")
+    secret = f"from-the-first-submission-{key:x}"
+
+    def ipc(function, **kwargs):
+        calls = [("call", {"name": function, **kwargs})]
+        return run_calls(HOSTILE / "sysv_ipc.py", DRIVER, calls, LIMITS, _isolation=mode)[0]
+
+    try:
+        planted = ipc("plant", key=key, secret=secret)
+        assert planted.ok and planted.value == "planted", planted
+        seen = ipc("read", key=key)
+        assert seen.ok, seen
+        assert seen.value == {}, f"the next submission read what the first one planted: {seen.value}"
+        assert _host_ipc(key) == {"shm": -1, "msg": -1}, "a segment or queue outlived the child"
+    finally:
+        _remove_host_ipc(key)
+
+
+# --------------------------------------------------------------------------------------------------
+# The grader's own work on what a child sends back is bounded
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "verdict"),
+    [
+        ({"n": 20_000, "pad": 600}, r"a \.npy header of 9,076 bytes \(at most 4,096\)"),
+        ({"n": 450_000, "pad": 0}, r"450,000 arrays in one value \(at most 100,000\)"),
+    ],
+    ids=["slow-headers", "too-many-arrays"],
+)
+def test_forged_npy_frames_cost_the_grader_little_and_get_a_verdict(kwargs, verdict):
+    """Before: 20,000 headers of 9 KB took 69 s of grader CPU (numpy's literal_eval reader) and passed."""
+    t = time.thread_time()
+    outcome = call("forged_npy", "many_arrays", limits=Limits(wall_s=20, cpu_s=20, memory_mb=1024), **kwargs)
+    grader_cpu = time.thread_time() - t
+    assert not outcome.ok
+    assert re.search(r"^sent back data the grader cannot read \(.*" + verdict, outcome.verdict), outcome.verdict
+    assert grader_cpu < 5.0, f"the grader spent {grader_cpu:.1f} s of its own CPU on one call's result"
+
+
+def test_decoding_stops_at_its_cpu_budget():
+    arrays = [_npy(np.zeros(0))] * 5000
+    tree = [{"$nd": k} for k in range(len(arrays))]
+    assert len(_child.decode(tree, arrays, cpu_s=10.0)) == 5000
+    with pytest.raises(_child.CodecError, match=r"took more than 0 s of the grader's CPU"):
+        _child.decode(tree, arrays, cpu_s=0.0)
+
+
+def test_the_npy_reader_takes_what_np_save_writes():
+    for a in (np.zeros(()), np.arange(3.0), np.ones((2, 3), np.float32).T, np.array([True]), np.zeros((1,) * 64)):
+        for version in ((1, 0), (2, 0)):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, a, version=version)
+            b = _child.load_npy(buf.getvalue(), "x")
+            assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
+            assert (b.flags.c_contiguous, b.flags.f_contiguous) == (a.flags.c_contiguous, a.flags.f_contiguous)
+
+
+# --------------------------------------------------------------------------------------------------
+# Academic integrity: forbidden modules found in the source, and absent at run time
+
+SCANS = [
+    ("import", "import torch", "torch", 1),
+    ("import-as", "import numpy as np\nimport torch.autograd as ag", "torch", 2),
+    ("from-import", "from scipy.special import expit", "scipy", 1),
+    ("dunder-import", 'x = __import__("tensorflow")', "tensorflow", 1),
+    ("concatenated", 'import importlib\nm = importlib.import_module("to" + "rch")', "torch", 2),
+    (
+        "aliased-importlib",
+        'import importlib as il\ndef f():\n    return il.import_module("".join(["j", "ax"]))',
+        "jax",
+        3,
+    ),
+    ("reversed-name", 'from importlib import import_module as im\nname = "hcrot"[::-1]\nim(name)', "torch", 3),
+    ("getattr-builtins", 'import builtins\ngetattr(builtins, "__im" + "port__")("keras")', "keras", 2),
+    ("builtins-dict", '__builtins__["__import__"]("autograd")', "autograd", 1),
+    ("exec-constant", 'exec("import " + "torch")', "torch", 1),
+    ("chr", 'import importlib\nimportlib.import_module(chr(116) + "orch")', "torch", 2),
+    ("f-string", 'a = "sci"\n__import__(f"{a}py")', "scipy", 2),
+    ("alias-variable", 'imp = __import__\nimp("torch")', "torch", 2),
+    ("implied", "import functorch", "functorch", 1),
+    ("own-package", "from reference import network", "reference", 1),
+    ("dynamic", "import importlib\ndef f(n):\n    return importlib.import_module(n)", integrity.DYNAMIC, 3),
+]
+
+
+@pytest.mark.parametrize(("source", "module", "line"), [s[1:] for s in SCANS], ids=[s[0] for s in SCANS])
+def test_the_static_scan_finds_each_way_of_importing(source, module, line):
+    uses = integrity.scan(source, integrity.DEFAULT_FORBIDDEN)
+    assert [(u.module, u.line) for u in uses] == [(module, line)], uses
+
+
+def test_the_static_scan_lets_allowed_code_through():
+    source = 'import numpy as np\nimport math\nimport importlib\nnp2 = importlib.import_module("numpy")\nexec("x = 1")'
+    assert integrity.scan(source, integrity.DEFAULT_FORBIDDEN) == []
+    assert integrity.scan("import scipy", ("torch",)) == []  # the assignment decides
+    assert [u.module for u in integrity.scan("import grading", ())] == ["grading"]  # the grader's: always
+
+
+def test_source_too_deep_to_check_is_a_finding_not_a_crash():
+    """2,000 attribute accesses parse, but are deeper than the scanner can follow: a finding (the
+    submission is not credited), not a crash of the grader; deeper still does not parse (no finding:
+    the notebook extraction refuses it)."""
+    deep = "import importlib\nimportlib" + ".x" * 2000 + "(1)"
+    assert [(u.module, u.code) for u in integrity.scan(deep, ())] == [
+        (integrity.DYNAMIC, "the source is nested too deeply to be checked")
+    ]
+    assert integrity.scan("import importlib\nimportlib" + ".x" * 20000 + "(1)", ()) == []
+
+
+def test_a_forbidden_import_in_the_source_is_a_verdict_before_anything_runs(tmp_path):
+    sub = tmp_path / "sub.py"
+    sub.write_text(
+        'import numpy as np\n\n\ndef forward(x):\n    import torch\n    return torch.ones(1)\nopen("/never", "w")\n'
+    )
+    outcome = run_call(sub, DRIVER, "call", {"name": "forward", "x": 1}, LIMITS)
+    assert not outcome.ok and outcome.wall_s == 0.0
+    assert outcome.verdict.startswith("forbidden import: torch at line 5 (import torch). This assignment forbids it")
+
+
+def test_a_forbidden_import_hidden_from_the_scan_is_refused_at_run_time():
+    for function, module in (("use_torch", "torch"), ("use_scipy", "scipy")):
+        outcome = call("forbidden_evasive", function)
+        assert not outcome.ok
+        assert re.fullmatch(
+            rf"forbidden import: {module} at line \d+ \(this assignment does not allow .*", outcome.verdict
+        )
+
+
+def test_undoing_the_blocker_finds_no_forbidden_file():
+    sites = list(sandbox._package_dirs())
+    assert any(os.path.isdir(os.path.join(s, "torch")) for s in sites), "control: torch is installed here"
+    outcome = call("forbidden_undo", "undo", scan=False, sites=sites)
+    assert outcome.ok, outcome.verdict
+    for what, result in outcome.value.items():
+        assert not result.startswith(("imported", "loaded")), f"{what}: {result}"
+
+
+NON_EDITABLE_SCRIPT = """
+import json, sys
+from pathlib import Path
+import grading, reference
+from grading import sandbox
+from grading.assignment import load_assignment
+from grading.checks import grade_submission
+hostile, submission, site = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+out = {"grading": grading.__file__, "reference": reference.__file__, "masks": list(sandbox._masks(
+    sandbox.integrity.expand(sandbox.integrity.DEFAULT_FORBIDDEN)))}
+calls = [("call", {"name": "undo", "sites": list(sandbox._package_dirs())})]
+undo = sandbox.run_calls(hostile / "forbidden_undo.py", hostile / "driver.py", calls, _isolation={"scan": False})[0]
+out["undo"] = undo.value if undo.ok else undo.verdict
+r = grade_submission(submission, load_assignment("layer-api"))
+out["graded"] = {"score": r.score, "max_score": r.max_score, "error": r.error}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_keeps_its_own_packages_and_torch_out_of_the_sandbox(tmp_path):
+    """`pip install .` (not editable, as an autograder image does) puts reference/ and grading/ into a
+    site-packages the sandbox binds: they must be masked there too, and torch with them."""
+    import shutil
+    import sysconfig
+    from importlib import metadata
+
+    try:  # pip builds the project without isolation: pyproject.toml's backend must be here already
+        backend = tuple(int(x) for x in metadata.version("setuptools").split(".")[:2])
+        metadata.version("pip")
+    except metadata.PackageNotFoundError as e:
+        pytest.skip(f"needs pip and setuptools>=68 in this venv: {e}")
+    if backend < (68, 0):
+        pytest.skip(f"needs setuptools>=68 (pyproject.toml's build backend), found {backend}")
+    src = tmp_path / "src"
+    shutil.copytree(
+        PROJECT, src, ignore=shutil.ignore_patterns(".*", "tests", "build", "*.egg-info", "__pycache__", "scripts")
+    )
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--quiet"]
+    subprocess.run([*pip, "--target", str(site), str(src)], check=True, capture_output=True)
+    assert (site / "reference" / "network.py").is_file() and (site / "grading" / "sandbox.py").is_file()
+    (site / "shared.pth").write_text(sysconfig.get_path("purelib") + "\n")  # numpy, torch: as a layered image
+    submission = tmp_path / "student.py"
+    correct = (PROJECT / "tests" / "submissions" / "layer" / "correct.py").read_text()
+    uses_reference = (
+        "\nfrom reference.network import Network as _Reference\n\n\nclass ReLU(ReLU):\n    ref = _Reference\n"
+    )
+    submission.write_text(correct + uses_reference + (HOSTILE / "torch_backward.py").read_text())
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-I", "-c", NON_EDITABLE_SCRIPT, str(HOSTILE), str(submission), str(site)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["grading"].startswith(str(site)) and out["reference"].startswith(str(site))  # the installed copy
+    assert {f"{site}/reference", f"{site}/grading"} <= set(out["masks"])
+    assert isinstance(out["undo"], dict), out["undo"]
+    for what, result in out["undo"].items():
+        assert not result.startswith(("imported", "loaded")), f"{what}: {result}"
+    assert out["graded"]["score"] == 0 and out["graded"]["max_score"] == 13
+    assert out["graded"]["error"].startswith("forbidden import: reference at line"), out["graded"]
+    assert "torch at line" in out["graded"]["error"]
+
+
+def test_masks_cover_each_form_a_forbidden_module_can_take(tmp_path, monkeypatch):
+    site = tmp_path / "site-packages"
+    for d in ("torch", "torch-2.0-py3.11.egg", "torchvision", "numpy", "scipy.libs", "tensorflow-2.15.dist-info"):
+        (site / d).mkdir(parents=True)
+    for f in ("autograd.py", "keras.cpython-311-x86_64-linux-gnu.so", "jaxlib.pyc", "six.py"):
+        (site / f).write_text("")
+    monkeypatch.setattr(sandbox, "_package_dirs", lambda: (str(site),))
+    masks = {os.path.basename(m) for m in sandbox._masks.__wrapped__(integrity.expand(integrity.DEFAULT_FORBIDDEN))}
+    expected = {"torch", "torch-2.0-py3.11.egg", "torchvision", "autograd.py", "keras.cpython-311-x86_64-linux-gnu.so"}
+    assert expected | {"jaxlib.pyc"} <= masks
+    assert not masks & {"numpy", "six.py", "scipy.libs", "tensorflow-2.15.dist-info"}  # not importable as those
