@@ -15,7 +15,7 @@ import pytest
 
 from grading.assignment import AssignmentError, load_assignment, parse_assignment
 from grading.checks import build_cases, grade_submission
-from grading.report import write_results
+from grading.feedback import write_results
 from grading.sandbox import Limits
 
 SUBMISSIONS = Path(__file__).parent / "submissions"
