@@ -190,6 +190,20 @@ PRESETS: dict[str, ModelSpec] = {
         description="784-128-10 ReLU, softmax cross-entropy (mean), N(0, (1/n_in)^2) weights, "
         "SGD lr 0.1, batch 128, pixels / 255",
     ),
+    # The batched ReLU notebook as it runs (seed 001, In [19]-[23]): the same net on raw 0..255 pixels
+    # with lr 1e-5. Measured with the reference, seeds 0-4: 85.43 to 85.74 % after 3 epochs (the
+    # notebook: 0.8575). mnist-relu-batched (pixels / 255, lr 0.1) is the usual recipe beside it.
+    "mnist-relu-batched-raw": ModelSpec(
+        n_in=784,
+        layers=_mlp([784, 128, 10], "relu"),
+        init="normal_std_inv_fan_in",
+        optimizer=OptimizerSpec("sgd", lr=1e-5),
+        batch_size=128,
+        preprocess="raw",
+        name="mnist-relu-batched-raw",
+        description="784-128-10 ReLU, softmax cross-entropy (mean), N(0, (1/n_in)^2) weights, "
+        "SGD lr 1e-5, batch 128, raw 0..255 pixels (the notebook's own set-up)",
+    ),
     # The deeper ReLU net: 784-100-200-10, batch 32, lr 0.1, He-normal weights. Seed 004 starts it
     # from randn * 0.01 and claims '>97%' after 25 epochs; the validation issue asks 97 % after 3.
     # Measured with the reference (real MNIST, 3 epochs): randn * 0.01 gives 96.33 to 96.99 % over
