@@ -62,10 +62,11 @@ def load_data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def rows(data, spec: ModelSpec, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first n rows of the spec's dataset, preprocessed as the spec says, in its dtype."""
-    from data_loaders import preprocess
+    from data_loaders import fit_preprocessing, preprocess
 
     x, y = data[spec.dataset]
-    return preprocess(x[:n], spec.preprocess, spec.dtype), y[:n]
+    fitted = fit_preprocessing(x, spec.preprocess, spec.dtype)  # standardise: the training split's statistics
+    return preprocess(x[:n], spec.preprocess, spec.dtype, fitted), y[:n]
 
 
 def make_contender(kind: str, spec: ModelSpec, params: dict[str, np.ndarray]):

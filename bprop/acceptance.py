@@ -49,6 +49,13 @@ ACCEPTANCE: dict[str, Acceptance] = {
         claim="identical accuracies and parameters within 1e-12 in float64; accuracies within 0.05 "
         "percentage points in float32 (validation issue; prototype 91.93/93.43/94.18 % in float64)",
     ),
+    "mnist-relu-batched-raw": Acceptance(
+        mode="parity",
+        min_accuracy={3: 0.85},
+        claim="seed 001 as it runs (raw 0..255 pixels, lr 1e-5): 0.8575 test accuracy after 3 epochs; measured "
+        "with the reference, 85.43 to 85.74 % over seeds 0-4 in float64 and in float32. Floor: 85 % after 3 "
+        "epochs; identical accuracies and parameters within 1e-12 in float64, accuracies within 0.05 pp in float32",
+    ),
     "mnist-relu-deep": Acceptance(
         mode="parity",
         float32_accuracy_gap=None,
@@ -72,11 +79,13 @@ ACCEPTANCE: dict[str, Acceptance] = {
     ),
     "digits-sigmoid-per-sample": Acceptance(
         mode="parity",
-        min_accuracy={3: 0.40, 15: 0.89},
-        claim="seed 003's log: 16.7 / 42.2 / 77.0 % test accuracy after epochs 1-3 and 91.5 % after 15 "
-        "(its own code: sigmoid output, lr 0.001 in the cell shown); this preset over seeds 0-4 "
-        "(reference, float64): 13.6 / 30.3 / 61.3 % (3 epochs: 46.8 to 73.8 %), 15 epochs 91.4 % "
-        "(90.3 to 92.2 %). Floors: 40 % after 3 epochs, 89 % after 15 (`--epochs 15`)",
+        min_accuracy={3: 0.90, 15: 0.97},
+        claim="the digits lab's inputs (StandardScaler fitted on its train_test_split(test_size=0.15, "
+        "random_state=37) training split) at seed 003's lr 0.01: measured over seeds 0-4 in all three "
+        "frameworks, float64 and float32 (30 runs, every twin's accuracy identical to the reference's): "
+        "90.37 to 94.44 % after 3 epochs (mean 92.67, sd 1.47; seed 0: 68.52 / 80.37 / 92.96 %), and "
+        "97.41 % after 15 epochs in every run (seed 003's log, on its own inputs and code: 77.0 % after 3, "
+        "91.5 % after 15). Floors: 90 % after 3 epochs, 97 % after 15 (`--epochs 15`)",
     ),
 }
 

@@ -3,6 +3,8 @@
     (x_train, y_train), (x_test, y_test) = load_mnist()     canonical uint8, identical to Keras'
     load_fashion_mnist(path), load_digits()                 the same shapes of tuple
     x = preprocess(x_uint8, "raw" | "scale255" | "scale16", dtype)  -> (n, features)
+    fitted = fit_preprocessing(x_train, "standardise", dtype)  the training split's mean and scale
+    x = preprocess(x_uint8, "standardise", dtype, fitted)   the same for the train and test split
     x_train, y_train, x_test, y_test = load_for_spec(spec)  all a preset needs, preprocessed
     orders = epoch_orders(n, epochs, seed)                  one permutation per epoch, for everyone
 
@@ -24,7 +26,16 @@ from data_loaders.errors import (
 from data_loaders.idx import read_idx, write_idx
 from data_loaders.mnist import load_fashion_mnist, load_mnist
 from data_loaders.order import epoch_orders
-from data_loaders.preprocess import load_for_spec, preprocess, validation_split
+from data_loaders.preprocess import (
+    SpecData,
+    Standardisation,
+    fit_preprocessing,
+    fit_standardisation,
+    load_for_spec,
+    prepare_for_spec,
+    preprocess,
+    validation_split,
+)
 
 __all__ = [
     "DIGITS",
@@ -36,12 +47,17 @@ __all__ = [
     "DataFormatError",
     "DataNotFoundError",
     "DatasetInfo",
+    "SpecData",
+    "Standardisation",
     "UnsafePickleError",
     "epoch_orders",
+    "fit_preprocessing",
+    "fit_standardisation",
     "load_digits",
     "load_fashion_mnist",
     "load_for_spec",
     "load_mnist",
+    "prepare_for_spec",
     "preprocess",
     "read_idx",
     "validation_split",

@@ -1,13 +1,14 @@
-"""scikit-learn's 8x8 digits (shipped inside scikit-learn) for the digits lab, with a fixed split.
+"""scikit-learn's 8x8 digits (shipped inside scikit-learn) for the digits lab, split as the lab does.
 
     (x_train, y_train), (x_test, y_test) = load_digits()
-        x uint8 (n, 8, 8) in 0..16, y uint8 (n,); 1,438 train / 359 test.
+        x uint8 (n, 8, 8) in 0..16, y uint8 (n,); 1,527 train / 270 test.
 
-The split is stratified and fixed: for each class c in 0..9 (in order), the indices of class c are
-permuted by one numpy.random.default_rng(DIGITS_SPLIT_SEED) generator and the first
-floor(DIGITS_TEST_FRACTION * n_c + 0.5) go to the test set; both index sets are then sorted, so each
-part keeps the file's order (the batch order comes from epoch_orders, not from the split).
-The resulting test indices are pinned by a checksum in the tests.
+The split is the lab's (m2dsupsdlclass/lectures-labs, labs/02_backprop/Backpropagation_numpy.ipynb,
+the "Preprocessing" cell): scikit-learn's `train_test_split(data, target, test_size=0.15,
+random_state=37)`, exactly: the same rows in the same (shuffled) order. It is computed on the row
+indices, so the uint8 images are never converted; the resulting test indices are pinned by a
+checksum in the tests (scikit-learn's ShuffleSplit draws from numpy's legacy RandomState, whose
+stream is frozen).
 """
 
 from __future__ import annotations
@@ -17,23 +18,19 @@ import numpy as np
 from data_loaders.checksums import DIGITS, verify
 from data_loaders.errors import DataFormatError
 
-DIGITS_TEST_FRACTION = 0.2
-DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_SIZE = 0.15  # the lab's train_test_split(..., test_size=0.15, random_state=37)
+DIGITS_RANDOM_STATE = 37
 
 Split = tuple[np.ndarray, np.ndarray]
 
 
-def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, test_idx), both sorted: round-half-up test_fraction of every class goes to test."""
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"stratified_split: test_fraction must be in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    test = []
-    for c in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == c))
-        test.append(members[: int(np.floor(test_fraction * len(members) + 0.5))])
-    test_idx = np.sort(np.concatenate(test))
-    train_idx = np.setdiff1d(np.arange(len(y)), test_idx)  # sorted
+def lab_split(n: int, test_size: float = DIGITS_TEST_SIZE, random_state: int = DIGITS_RANDOM_STATE) -> Split:
+    """(train_idx, test_idx): the rows scikit-learn's train_test_split puts in each part, in its order."""
+    from sklearn.model_selection import train_test_split  # optional dependency (the cli extra)
+
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"lab_split: test_size must be in (0, 1), got {test_size}")
+    train_idx, test_idx = train_test_split(np.arange(n), test_size=test_size, random_state=random_state)
     return train_idx, test_idx
 
 
@@ -50,9 +47,9 @@ def digits_arrays() -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_digits(test_fraction: float = DIGITS_TEST_FRACTION, seed: int = DIGITS_SPLIT_SEED) -> tuple[Split, Split]:
+def load_digits(test_size: float = DIGITS_TEST_SIZE, random_state: int = DIGITS_RANDOM_STATE) -> tuple[Split, Split]:
     """(x_train, y_train), (x_test, y_test) of the 8x8 digits, split as the module doc says."""
     arrays = digits_arrays()
-    train_idx, test_idx = stratified_split(arrays["y"], test_fraction, seed)
+    train_idx, test_idx = lab_split(len(arrays["y"]), test_size, random_state)
     x, y = arrays["x"], arrays["y"]
     return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])

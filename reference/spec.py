@@ -20,7 +20,7 @@ REDUCTIONS = ("mean", "sum")
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
 CONVENTIONS = ("torch", "keras")
-PREPROCESSING = ("raw", "scale255", "scale16")
+PREPROCESSING = ("raw", "scale255", "scale16", "standardise")  # see data_loaders.preprocess
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,20 @@ PRESETS: dict[str, ModelSpec] = {
         description="784-128-10 ReLU, softmax cross-entropy (mean), N(0, (1/n_in)^2) weights, "
         "SGD lr 0.1, batch 128, pixels / 255",
     ),
+    # The batched ReLU notebook as it runs (seed 001, In [19]-[23]): the same net on raw 0..255 pixels
+    # with lr 1e-5. Measured with the reference, seeds 0-4: 85.43 to 85.74 % after 3 epochs (the
+    # notebook: 0.8575). mnist-relu-batched (pixels / 255, lr 0.1) is the usual recipe beside it.
+    "mnist-relu-batched-raw": ModelSpec(
+        n_in=784,
+        layers=_mlp([784, 128, 10], "relu"),
+        init="normal_std_inv_fan_in",
+        optimizer=OptimizerSpec("sgd", lr=1e-5),
+        batch_size=128,
+        preprocess="raw",
+        name="mnist-relu-batched-raw",
+        description="784-128-10 ReLU, softmax cross-entropy (mean), N(0, (1/n_in)^2) weights, "
+        "SGD lr 1e-5, batch 128, raw 0..255 pixels (the notebook's own set-up)",
+    ),
     # The deeper ReLU net: 784-100-200-10, batch 32, lr 0.1, He-normal weights. Seed 004 starts it
     # from randn * 0.01 and claims '>97%' after 25 epochs; the validation issue asks 97 % after 3.
     # Measured with the reference (real MNIST, 3 epochs): randn * 0.01 gives 96.33 to 96.99 % over
@@ -207,7 +221,13 @@ PRESETS: dict[str, ModelSpec] = {
         description="784-100-200-10 ReLU, softmax cross-entropy (mean), He-normal weights N(0, 2/n_in), "
         "SGD lr 0.1, batch 32, pixels / 255",
     ),
-    # The digits lab: 64-32-10, sigmoid hidden, softmax output layer, summed NLL, per-sample.
+    # The digits lab (seed 003; the public lab is m2dsupsdlclass/lectures-labs,
+    # labs/02_backprop/Backpropagation_numpy.ipynb): 64-32-10, sigmoid hidden, softmax output layer,
+    # summed NLL, per-sample SGD. Inputs as the lab's "Preprocessing" cell: train_test_split(data,
+    # target, test_size=0.15, random_state=37), StandardScaler fitted on the training split. The rate
+    # is seed 003's stated `learning_rate = 0.01` (In [34], its per-sample SGD loop); the lab's own
+    # NeuralNet cell trains at 0.1. Measured with the reference, seed 0: 68.5 / 80.4 / 93.0 % after
+    # epochs 1-3 at 0.01; 94.1 / 96.3 / 96.3 % at 0.1 (see README, "Presets").
     "digits-sigmoid-per-sample": ModelSpec(
         n_in=64,
         layers=(
@@ -221,12 +241,14 @@ PRESETS: dict[str, ModelSpec] = {
         init="uniform_0.1",
         optimizer=OptimizerSpec("sgd", lr=0.01),
         batch_size=1,
-        preprocess="scale16",
+        preprocess="standardise",
         dataset="digits",
         name="digits-sigmoid-per-sample",
         description="64-32-10, sigmoid hidden, softmax output layer, summed cross-entropy on "
-        "probabilities, U(-0.1, 0.1) weights and biases, SGD lr 0.01, one sample at a time, "
-        "scikit-learn 8x8 digits / 16",
+        "probabilities, U(-0.1, 0.1) weights and biases, SGD lr 0.01 (seed 003's stated rate, "
+        "`learning_rate = 0.01`; the lab's NeuralNet cell uses 0.1), one sample at a time, "
+        "scikit-learn 8x8 digits standardised (StandardScaler fitted on the training split), "
+        "train_test_split(test_size=0.15, random_state=37): 1,527 train / 270 test",
     ),
 }
 

@@ -16,7 +16,8 @@ What is recorded, per preset x dtype, in tests/test_baselines/<preset>-<dtype>.n
 Set-up, fixed: Network(spec, seed=0) (the preset's initialiser), make_optimizer(spec.optimizer), the
 preset's batch size, rows taken in file order (order = arange), real data: the first rows of the
 MNIST training set (the pinned wheel, checksum-verified by data_loaders) or of the 8x8 digits
-training split, preprocessed by data_loaders.preprocess with the preset's rule, in the dtype.
+training split, preprocessed by data_loaders.preprocess with the preset's rule, in the dtype (a
+standardisation is fitted on the whole training split, as data_loaders.load_for_spec fits it).
 
 Tolerance: the "twin" entries of oracles/compare.py (TOLERANCE and ATOL), applied with compare's own
 measure, max|now - baseline| / max(|now|, |baseline|) per tensor. Why the twin bar: a baseline is the
@@ -77,10 +78,11 @@ def training_set(dataset: str) -> tuple[np.ndarray, np.ndarray]:
 
 def inputs(spec: ModelSpec, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first n training rows of the spec's dataset, preprocessed as the spec says, in its dtype."""
-    from data_loaders import preprocess
+    from data_loaders import fit_preprocessing, preprocess
 
     x, y = training_set(spec.dataset)
-    return preprocess(x[:n], spec.preprocess, spec.dtype), y[:n]
+    fitted = fit_preprocessing(x, spec.preprocess, spec.dtype)  # standardise: the training split's statistics
+    return preprocess(x[:n], spec.preprocess, spec.dtype, fitted), y[:n]
 
 
 def baseline_arrays(name: str, dtype: str) -> dict[str, np.ndarray]:

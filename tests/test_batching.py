@@ -74,6 +74,7 @@ def test_the_digits_preset_sums_and_the_others_average():
     assert {n: s.reduction for n, s in PRESETS.items()} == {
         "mnist-sigmoid-per-sample": "mean",
         "mnist-relu-batched": "mean",
+        "mnist-relu-batched-raw": "mean",
         "mnist-relu-deep": "mean",
         "digits-sigmoid-per-sample": "sum",
     }

@@ -20,7 +20,13 @@ from reference.train import train_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("batched_epoch_s", "per_sample_step_us", "forward_backward_ms")
-PRESETS = ("mnist-sigmoid-per-sample", "mnist-relu-batched", "mnist-relu-deep", "digits-sigmoid-per-sample")
+PRESETS = (
+    "mnist-sigmoid-per-sample",
+    "mnist-relu-batched",
+    "mnist-relu-batched-raw",
+    "mnist-relu-deep",
+    "digits-sigmoid-per-sample",
+)
 
 
 def run_quick(tmp_path: Path, only: str) -> dict:

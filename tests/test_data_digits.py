@@ -1,4 +1,4 @@
-"""scikit-learn's 8x8 digits: verified, with the fixed stratified 80/20 split of the digits lab."""
+"""scikit-learn's 8x8 digits: verified, split exactly as the digits lab splits them."""
 
 import hashlib
 
@@ -7,7 +7,7 @@ import pytest
 
 from data_loaders import DIGITS, load_digits
 from data_loaders.checksums import sha256_array
-from data_loaders.digits import digits_arrays, stratified_split
+from data_loaders.digits import digits_arrays, lab_split
 
 pytest.importorskip("sklearn")
 
@@ -22,29 +22,41 @@ def test_digits_checksums(digits):
     assert sha256_array(digits["x"]) == DIGITS.sha256["x"] and sha256_array(digits["y"]) == DIGITS.sha256["y"]
 
 
-def test_split_is_pinned_stratified_and_a_partition(digits):
-    train, test = stratified_split(digits["y"], 0.2, seed=0)
-    assert hashlib.sha256(test.astype("<i8")).hexdigest()[:16] == "f71c9ddf317ebe27"
-    assert len(train) == 1438 and len(test) == 359
+def test_split_is_the_labs_train_test_split_exactly(digits):
+    """The lab: train_test_split(data, target, test_size=0.15, random_state=37) on float32 / int32."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    data, target = np.asarray(bunch.data, dtype="float32"), np.asarray(bunch.target, dtype="int32")
+    x_train, x_test, y_train, y_test = train_test_split(data, target, test_size=0.15, random_state=37)
+    (mx_train, my_train), (mx_test, my_test) = load_digits()
+    assert mx_train.dtype == np.uint8 and my_train.dtype == np.uint8 and mx_test.shape == (270, 8, 8)
+    # the same rows in the same order
+    np.testing.assert_array_equal(mx_train.reshape(len(mx_train), -1), x_train)
+    np.testing.assert_array_equal(mx_test.reshape(len(mx_test), -1), x_test)
+    np.testing.assert_array_equal(my_train, y_train)
+    np.testing.assert_array_equal(my_test, y_test)
+
+
+PINNED_TEST_ROWS = "acdb7f3dbe9a9ea4"  # sha256 of the test indices as little-endian int64 (first 16 hex digits)
+PINNED_TRAIN_ROWS = "f39c833759f6f6ec"
+
+
+def test_split_is_pinned_and_a_partition(digits):
+    train, test = lab_split(1797)
+    assert len(train) == 1527 and len(test) == 270
+    assert hashlib.sha256(test.astype("<i8")).hexdigest()[:16] == PINNED_TEST_ROWS
+    assert hashlib.sha256(train.astype("<i8")).hexdigest()[:16] == PINNED_TRAIN_ROWS
     np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.arange(1797))
-    per_class = np.bincount(digits["y"][test])
-    np.testing.assert_array_equal(per_class, np.floor(0.2 * np.bincount(digits["y"]) + 0.5))
-    assert np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0)  # both keep the file's order
+    assert test[:5].tolist() == [1169, 1355, 793, 233, 1752]  # shuffled, not sorted: the lab's order
 
 
-def test_load_digits_returns_the_split(digits):
-    (x_train, y_train), (x_test, y_test) = load_digits()
-    train, test = stratified_split(digits["y"], 0.2, seed=0)
-    np.testing.assert_array_equal(x_train, digits["x"][train])
-    np.testing.assert_array_equal(y_test, digits["y"][test])
-    assert x_train.dtype == np.uint8 and y_train.dtype == np.uint8 and x_test.shape == (359, 8, 8)
+def test_other_state_other_split():
+    assert not np.array_equal(lab_split(1797, 0.15, 37)[1], lab_split(1797, 0.15, 38)[1])
 
 
-def test_other_seed_other_split(digits):
-    assert not np.array_equal(stratified_split(digits["y"], 0.2, 0)[1], stratified_split(digits["y"], 0.2, 1)[1])
-
-
-@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
-def test_bad_fraction_is_named(fraction):
-    with pytest.raises(ValueError, match=r"test_fraction must be in \(0, 1\)"):
-        stratified_split(np.zeros(10, np.uint8), fraction, 0)
+@pytest.mark.parametrize("size", [0.0, 1.0, -0.1])
+def test_bad_test_size_is_named(size):
+    with pytest.raises(ValueError, match=r"test_size must be in \(0, 1\)"):
+        lab_split(10, size)

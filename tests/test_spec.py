@@ -79,18 +79,20 @@ def test_layer_names_count_per_kind():
 
 
 def test_presets_are_the_course_configurations():
-    """The four notebooks, as issue 2 describes them."""
+    """The course notebooks, as issue 2 describes them (and issue 18: the digits lab's inputs, seed 001 raw)."""
     units = {n: [layer.units for layer in s.layers if layer.kind == "dense"] for n, s in PRESETS.items()}
     kinds = {n: sorted({layer.kind for layer in s.layers} - {"dense"}) for n, s in PRESETS.items()}
     assert units == {
         "mnist-sigmoid-per-sample": [32, 32, 10],
         "mnist-relu-batched": [128, 10],
+        "mnist-relu-batched-raw": [128, 10],
         "mnist-relu-deep": [100, 200, 10],
         "digits-sigmoid-per-sample": [32, 10],
     }
     assert kinds == {
         "mnist-sigmoid-per-sample": ["sigmoid"],
         "mnist-relu-batched": ["relu"],
+        "mnist-relu-batched-raw": ["relu"],
         "mnist-relu-deep": ["relu"],
         "digits-sigmoid-per-sample": ["sigmoid", "softmax"],
     }
@@ -101,8 +103,16 @@ def test_presets_are_the_course_configurations():
     deep = PRESETS["mnist-relu-deep"]
     assert (deep.batch_size, deep.optimizer.lr, deep.init) == (32, 0.1, "he_normal")
     assert PRESETS["mnist-relu-batched"].batch_size == 128
+    batched, raw = PRESETS["mnist-relu-batched"], PRESETS["mnist-relu-batched-raw"]
+    assert (raw.preprocess, raw.optimizer.lr) == ("raw", 1e-5)  # seed 001 as it runs
+    assert raw.replace(preprocess="scale255", optimizer={"lr": 0.1}, name=batched.name, description="") == (
+        batched.replace(description="")
+    )  # otherwise the same preset
     digits = PRESETS["digits-sigmoid-per-sample"]
     assert (digits.n_in, digits.batch_size, digits.dataset, digits.layers[-1].kind) == (64, 1, "digits", "softmax")
+    assert (digits.preprocess, digits.optimizer.lr, digits.loss, digits.reduction) == (
+        "standardise", 0.01, "cross_entropy", "sum",
+    )  # fmt: skip
     assert all(s.name == n for n, s in PRESETS.items())
 
 
