@@ -23,12 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bprop.divergence import DIVERGENCE_BAR
-from bprop.jobs import NUDGED
-from oracles.compare import atol, tolerance
-
-# float32 parity: largest allowed |accuracy difference| between a twin and the reference, each epoch.
-FLOAT32_ACCURACY_GAP = 0.0005  # 0.05 percentage points (the validation issue)
+from bprop.jobs import FRAMEWORKS, NUDGED
+from oracles import TWIN_KINDS
+from oracles.compare import ACCURACY_SLACK, DIVERGENCE_BAR, FLOAT32_ACCURACY_GAP, atol, tolerance
 
 
 @dataclass(frozen=True)
@@ -107,11 +104,11 @@ def _pct(a: float) -> str:
 
 
 def _twins(entry: dict) -> list[str]:
-    return [k for k in ("torch", "keras") if k in entry]
+    return [k for k in TWIN_KINDS if k in entry]
 
 
 def _frameworks(entry: dict) -> list[str]:
-    return [k for k in ("reference", "torch", "keras") if k in entry]
+    return [k for k in FRAMEWORKS if k in entry]
 
 
 def check_ran(entry: dict) -> Check:
@@ -173,7 +170,7 @@ def check_accuracy_gap(entry: dict, gap: float = FLOAT32_ACCURACY_GAP) -> Check:
         for run_ref, run in zip(ref["runs"], entry[kind]["runs"]):
             for epoch, (a, b) in enumerate(zip(run_ref["test_accuracy"], run["test_accuracy"])):
                 worst = max(worst, abs(a - b))
-                if abs(a - b) > gap + 1e-12:
+                if abs(a - b) > gap + ACCURACY_SLACK:
                     problems.append(
                         f"{kind} seed {run['seed']} epoch {epoch + 1}: {_pct(b)} vs reference {_pct(a)} "
                         f"(gap {100 * abs(a - b):.2f} pp > {100 * gap:.2f} pp)"

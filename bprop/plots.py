@@ -20,8 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bprop.divergence import DIVERGENCE_BAR
-from bprop.jobs import NUDGED
+from bprop.jobs import FRAMEWORKS, NUDGED
+from oracles import TWIN_KINDS
+from oracles.compare import DIVERGENCE_BAR
 
 STYLE = {
     "reference": {"color": "#222222", "lw": 4.0, "ls": "-", "alpha": 0.35, "marker": "o", "ms": 9},
@@ -29,12 +30,7 @@ STYLE = {
     "keras": {"color": "#1f77b4", "lw": 1.4, "ls": ":", "alpha": 1.0, "marker": "x", "ms": 7},
     NUDGED: {"color": "#2ca02c", "lw": 1.4, "ls": "-.", "alpha": 0.9, "marker": None, "ms": 0},
 }
-LABEL = {
-    "reference": "reference (numpy)",
-    "torch": "torch twin",
-    "keras": "keras twin",
-    NUDGED: "reference nudged 1 ulp",
-}
+LABEL = {"reference": "reference (numpy)", **{k: f"{k} twin" for k in TWIN_KINDS}, NUDGED: "reference nudged 1 ulp"}
 DPI = 110
 FLOOR = 1e-18  # log plots: an exact zero is drawn here
 
@@ -56,7 +52,7 @@ def _line(ax, x, y, kind: str, label: str | None = None, markers: bool = True, *
 
 
 def _frameworks(entry: dict) -> list[str]:
-    return [k for k in ("reference", "torch", "keras") if k in entry and entry[k].get("runs")]
+    return [k for k in FRAMEWORKS if k in entry and entry[k].get("runs")]
 
 
 def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
@@ -85,7 +81,7 @@ def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
             test_loss = np.r_[np.mean([r["initial_test_loss"] for r in fw["runs"]]), fw["test_loss"]]
             _line(ax_loss, e, test_loss, kind, LABEL[kind] + mean)
             _line(ax_acc, e, 100 * np.r_[fw["initial_test_accuracy"], fw["test_accuracy"]], kind, LABEL[kind] + mean)
-        for kind in ("torch", "keras", NUDGED):
+        for kind in (*TWIN_KINDS, NUDGED):
             vs = entry.get(kind, {}).get("vs_reference")
             if vs:
                 rel = np.maximum(np.asarray(vs["param_rel_error"], np.float64), FLOOR)
@@ -152,7 +148,7 @@ def pick_digits(preds: dict[str, np.ndarray], y: np.ndarray, n: int = 10) -> lis
     return picked
 
 
-SHORT = {"reference": "numpy", "torch": "torch", "keras": "keras"}
+SHORT = {"reference": "numpy", **{k: k for k in TWIN_KINDS}}
 
 
 def digit_grid(
@@ -207,7 +203,7 @@ def divergence(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
     for ax, dtype in zip(axes[0], dtypes):
         div = entries[dtype]["divergence"]
         bar = DIVERGENCE_BAR[dtype]
-        shown = {k: div[k] for k in ("torch", "keras", NUDGED) if k in div and "max_abs" in div[k]}
+        shown = {k: div[k] for k in (*TWIN_KINDS, NUDGED) if k in div and "max_abs" in div[k]}
         if not shown:
             continue
         n_steps = max(len(d["max_abs"]) for d in shown.values())

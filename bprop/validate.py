@@ -7,7 +7,7 @@ epoch_orders(n, epochs, seed) (bprop.jobs); parity presets also train the contro
 nudged by one ulp), and per-sample presets get a step-by-step divergence run of each twin and of
 the control against the reference (the first seed). The jobs run in worker processes, longest
 first (bprop.runner). The results are
-summarised (bprop.summary), judged (bprop.acceptance) and written out (bprop.report, bprop.plots):
+summarised (bprop.summary), judged (bprop.acceptance) and written out (bprop.validation_report, bprop.plots):
 a table on stdout, OUT/report.md, OUT/results.json and the PNGs.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from bprop import jobs as J
 from bprop.acceptance import acceptance_for, assess
-from bprop.report import terminal_table, write_json, write_markdown
 from bprop.runner import JobError, run_jobs
 from bprop.summary import summarise
+from bprop.validation_report import terminal_table, write_json, write_markdown
 from reference.spec import DTYPES, PRESETS, preset
 
 DEFAULT_OUT = Path("bprop-report")

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bprop.divergence import DIVERGENCE_BAR
-from bprop.jobs import NUDGED
+from bprop.jobs import FRAMEWORKS, NUDGED
+from oracles import TWIN_KINDS
+from oracles.compare import DIVERGENCE_BAR
 
-FRAMEWORK_ORDER = ("reference", "torch", "keras")
-LABELS = {"reference": "reference (numpy)", "torch": "torch twin", "keras": "keras twin", NUDGED: "reference, 1 ulp"}
+FRAMEWORK_ORDER = FRAMEWORKS
+LABELS = {"reference": "reference (numpy)", **{k: f"{k} twin" for k in TWIN_KINDS}, NUDGED: "reference, 1 ulp"}
 
 
 def pct(a: float | None) -> str:
@@ -38,7 +39,7 @@ def frameworks_of(entry: dict, controls: bool = False) -> list[str]:
     return [k for k in (*FRAMEWORK_ORDER, *((NUDGED,) if controls else ())) if k in entry]
 
 
-ROW_NAMES = {"reference": "reference", "torch": "torch", "keras": "keras", NUDGED: "ref + 1 ulp"}
+ROW_NAMES = {**{k: k for k in FRAMEWORKS}, NUDGED: "ref + 1 ulp"}
 
 
 # Rows -------------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def divergence_lines(entry: dict) -> list[str]:
     div = entry.get("divergence") or {}
     bar = DIVERGENCE_BAR[entry["dtype"]]
     lines = []
-    for kind in ("torch", "keras", NUDGED):
+    for kind in (*TWIN_KINDS, NUDGED):
         d = div.get(kind)
         if d is None:
             continue
@@ -210,7 +211,7 @@ def chaos_text(by_dtype: dict) -> str:
     """Two sentences for a chaotic preset, with this run's figures (float64 if it ran)."""
     entry = by_dtype.get("float64") or next(iter(by_dtype.values()))
     div = entry.get("divergence") or {}
-    twins = [div[k] for k in ("torch", "keras") if k in div and "agree_steps" in div[k]]
+    twins = [div[k] for k in TWIN_KINDS if k in div and "agree_steps" in div[k]]
     if not twins:
         return ""
     bar = DIVERGENCE_BAR[entry["dtype"]]
@@ -325,9 +326,7 @@ def _timing_md(results: dict) -> list[str]:
         for name, v in sorted(t["by_group"].items(), key=lambda kv: -kv[1]["wall_s"])
     ]
     matrix = t.get("by_preset_and_framework", {})
-    columns = [
-        c for c in ("reference", "torch", "keras", NUDGED, "divergence runs") if any(c in m for m in matrix.values())
-    ]
+    columns = [c for c in (*FRAMEWORKS, NUDGED, "divergence runs") if any(c in m for m in matrix.values())]
     head = ["wall seconds of work", *[ROW_NAMES.get(c, c) for c in columns], "total"]
     grid = [[p, *[f"{m.get(c, 0.0):.0f}" for c in columns], f"{sum(m.values()):.0f}"] for p, m in matrix.items()]
     totals = [sum(m.get(c, 0.0) for m in matrix.values()) for c in columns]
