@@ -330,7 +330,8 @@ class KerasTwin:
         opt = spec.optimizer
         self._decayed = [v for k, v in self._vars.items() if opt.decay_biases or k.endswith(".W")]
         if opt.weight_decay and opt.decay_mode == "decoupled" and not opt.decay_biases:
-            self.optimizer.exclude_from_weight_decay(var_list=[v for v in variables if v not in self._decayed])
+            decayed = {id(v) for v in self._decayed}  # by identity: `in` would compare the variables' values
+            self.optimizer.exclude_from_weight_decay(var_list=[v for v in variables if id(v) not in decayed])
         self._coupled_decay = float(opt.weight_decay) if opt.weight_decay and opt.decay_mode == "coupled" else 0.0
         self.optimizer.build(variables)  # slots now: variables cannot be created inside the epoch loop
         label = (
