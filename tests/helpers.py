@@ -30,7 +30,13 @@ from reference.network import Network
 
 
 def close(
-    name: str, mine, theirs, dtype, quantity: str = "gradient", oracle: str = "twin", check_dtype: bool = True
+    name: str,
+    mine,
+    theirs,
+    dtype="float64",
+    quantity: str = "gradient",
+    oracle: str = "twin",
+    check_dtype: bool = True,
 ) -> Row:
     """compare_arrays against the policy's bar and floor for (oracle, dtype, quantity)."""
     bar, floor = tolerance(oracle, dtype, quantity), atol(oracle, dtype)
@@ -41,7 +47,7 @@ def assert_close(
     name: str,
     mine,
     theirs,
-    dtype,
+    dtype="float64",
     quantity: str = "gradient",
     oracle: str = "twin",
     names: tuple[str, str] = ("mine", "theirs"),
