@@ -51,6 +51,15 @@ def _line(ax, x, y, kind: str, label: str | None = None, markers: bool = True, *
     )
 
 
+def _save(fig, path: Path, title: str, fontsize: float) -> Path:
+    """Title the figure, lay it out, write it to `path` and close it."""
+    fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)
+
+
 def _frameworks(entry: dict) -> list[str]:
     return [k for k in FRAMEWORKS if k in entry and entry[k].get("runs")]
 
@@ -123,15 +132,11 @@ def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         for ax in axes[row]:
             ax.grid(alpha=0.3)
         ax_loss.legend(fontsize=8, loc="upper right")
-    fig.suptitle(
+    title = (
         f"{preset_name}: reference, torch twin and keras twin from identical weights and batches\n"
-        f"(parameter difference: the worst tensor's max|a - b| / max|a|; an exact 0 is drawn at {FLOOR:.0e})",
-        fontsize=11,
+        f"(parameter difference: the worst tensor's max|a - b| / max|a|; an exact 0 is drawn at {FLOOR:.0e})"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, title, fontsize=11)
 
 
 def pick_digits(preds: dict[str, np.ndarray], y: np.ndarray, n: int = 10) -> list[int]:
@@ -236,15 +241,11 @@ def divergence(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         if separated
         else "stay together: no pair leaves its bar (this run is not chaotic)"
     )
-    fig.suptitle(
+    title = (
         f"{preset_name}: trajectories from identical weights and samples {what}"
-        f"\n(an exact 0 is drawn at {FLOOR:.0e}; vertical lines: first step above the bar)",
-        fontsize=10,
+        f"\n(an exact 0 is drawn at {FLOOR:.0e}; vertical lines: first step above the bar)"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, title, fontsize=10)
 
 
 def seed_spread(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
@@ -271,8 +272,4 @@ def seed_spread(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         )
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("test accuracy (%)  (numbers: seed)")
-    fig.suptitle(f"{preset_name}: one point per seed; bar = mean (± standard deviation)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, f"{preset_name}: one point per seed; bar = mean (± standard deviation)", fontsize=11)

@@ -74,6 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracles import OnStep, check_epoch
 from reference.errors import DTypeError, ShapeError, check_array, describe
 from reference.layers import BatchNorm
 from reference.losses import check_labels, check_targets, make_loss
@@ -409,26 +410,9 @@ class TorchTwin:
         with torch.enable_grad():
             return float(self._train_step(xt, yt, masks))
 
-    def train_epoch(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        order: np.ndarray,
-        batch_size: int,
-        on_step: Callable[[int, float], None] | None = None,
-    ) -> float:
+    def train_epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int, on_step: OnStep = None):
         """One epoch over x[order], one torch.optim step per batch; the mean of the per-step losses."""
-        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise ShapeError(f"torch twin train_epoch: expected a batch size >= 1, got {batch_size!r}")
-        order = np.asarray(order)
-        if order.ndim != 1 or len(order) == 0 or len(order) > len(x) or order.dtype.kind not in "iu":
-            raise ShapeError(
-                f"torch twin train_epoch: expected an order of 1..{len(x)} row indices, got {describe(order)}"
-            )
-        if order.min() < 0 or order.max() >= len(x):
-            raise ShapeError(
-                f"torch twin train_epoch: order indices must lie in [0, {len(x)}), got {order.min()}..{order.max()}"
-            )
+        order = check_epoch(x, order, batch_size, "torch twin train_epoch")
         xt, yt = self._inputs(x, y, "train_epoch")  # checked once, shared memory, no copy
         order_t = torch.from_numpy(order.astype(np.int64, copy=False))
         losses = []

@@ -43,18 +43,9 @@ def close(
     return compare_arrays(name, mine, theirs, bar, check_dtype=check_dtype, atol=floor)
 
 
-def assert_close(
-    name: str,
-    mine,
-    theirs,
-    dtype="float64",
-    quantity: str = "gradient",
-    oracle: str = "twin",
-    names: tuple[str, str] = ("mine", "theirs"),
-    check_dtype: bool = True,
-) -> Row:
-    """close(...), asserted: the failure message is the Row's description with `names`."""
-    row = close(name, mine, theirs, dtype, quantity, oracle, check_dtype)
+def assert_close(name: str, mine, theirs, *args, names: tuple[str, str] = ("mine", "theirs"), **kwargs) -> Row:
+    """close(name, mine, theirs, ...) asserted: the failure message is the Row's description with `names`."""
+    row = close(name, mine, theirs, *args, **kwargs)
     assert row.passed, row.describe(names)
     return row
 

@@ -153,6 +153,12 @@ def fresh_pair(kind: str, case: str, dtype: str):
     return net, twin
 
 
+def batch_pair(kind: str, case: str, dtype: str, batch: int, seed: int):
+    """fresh_pair(kind, case, dtype) and a batch (x, y) for it from make_batch(spec, batch, seed)."""
+    net, twin = fresh_pair(kind, case, dtype)
+    return (net, twin, *make_batch(net.spec, batch, seed=seed))
+
+
 def masks_for(net: Network, x: np.ndarray) -> dict[str, np.ndarray] | None:
     """Keep-masks for the dropout layers (None without dropout: no forward pass needed)."""
     return draw_masks(net, x) if has_kind(net.spec, "dropout") else None
@@ -282,7 +288,9 @@ def test_bad_input_is_named(kind):
         twin.set_state({"batchnorm_1.running_mean": np.zeros(5)})
     with pytest.raises(ShapeError, match="order"):
         twin.train_epoch(x, y, np.arange(8), 1)  # more rows than x has
-    with pytest.raises(ShapeError, match=r"batch.size >= 1, got 0"):
+    with pytest.raises(ShapeError, match=r"order indices must lie in \[0, 7\), got 0..7"):
+        twin.train_epoch(x, y, np.array([0, 7]), 1)
+    with pytest.raises(ShapeError, match=rf"{kind} twin train_epoch: expected a batch size >= 1, got 0"):
         twin.train_epoch(x, y, np.arange(7), 0)
     spec = LAYER_CASES["dropout"]
     twin = make_twin(kind, spec, Network(spec).get_params())
@@ -293,14 +301,21 @@ def test_bad_input_is_named(kind):
 # Traces: every layer and loss, both dtypes, every batch size ----------------------------------------
 
 
-@pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", list(TRACE_CASES))
+def over(cases: dict, batch_sizes=BATCH_SIZES):
+    """Parametrise a test over case x dtype x batch size."""
+    marks = (
+        pytest.mark.parametrize("batch", batch_sizes, ids=lambda b: f"batch{b}"),
+        pytest.mark.parametrize("dtype", DTYPES),
+        pytest.mark.parametrize("case", list(cases)),
+    )
+    return lambda test: functools.reduce(lambda t, mark: mark(t), marks, test)
+
+
+@over(TRACE_CASES)
 def test_trace_matches_reference(kind, case, dtype, batch, check):
-    net, twin = fresh_pair(kind, case, dtype)
+    net, twin, x, y = batch_pair(kind, case, dtype, batch, seed=1)
     if twin is None:
         return
-    x, y = make_batch(net.spec, batch, seed=1)
     if batch == 1 and has_kind(net.spec, "batchnorm"):  # batch statistics of one row: an error in both
         for model in (net, twin):
             with pytest.raises(ShapeError, match="at least 2"):
@@ -311,25 +326,21 @@ def test_trace_matches_reference(kind, case, dtype, batch, check):
     check_state(kind, case, net, twin, dtype, check)
 
 
-@pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", list(LAYER_CASES))
+@over(LAYER_CASES)
 def test_eval_mode_trace_matches_reference(kind, case, dtype, batch, check):
     """train=False: dropout is the identity, batchnorm normalises with its running statistics (any batch)."""
-    net, twin = fresh_pair(kind, case, dtype)
+    net, twin, x, y = batch_pair(kind, case, dtype, batch, seed=2)
     if twin is None:
         return
-    x, y = make_batch(net.spec, batch, seed=2)
     check(compare(net.trace(x, y, train=False), twin.trace(x, y, train=False), oracle="twin"), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(LAYER_CASES))
 def test_forward_matches_reference(kind, case, dtype, check):
-    net, twin = fresh_pair(kind, case, dtype)
+    net, twin, x, _ = batch_pair(kind, case, dtype, 7, seed=3)
     if twin is None:
         return
-    x, _ = make_batch(net.spec, 7, seed=3)
     check(Comparison([close("forward", twin.forward(x), net.forward(x), dtype, "forward")]), dtype, "forward")
 
 

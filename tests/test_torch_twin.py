@@ -149,12 +149,10 @@ def test_the_defaults_the_twin_reads_are_torchs_own():
     assert (default(bn, "momentum"), default(bn, "eps")) == BatchNorm.DEFAULTS["torch"]
 
 
-def test_errors_only_the_torch_twin_raises():
-    """A mask for a layer that is not a dropout layer (as Network), and order indices out of range."""
+def test_a_mask_for_a_layer_that_is_not_dropout_is_an_error():
+    """A mask for a layer that is not a dropout layer is an error, as in Network (keras ignores it)."""
     spec = LAYER_CASES["dropout"]
     _, twin = built(spec)
     x, y = make_batch(spec, 7)
     with pytest.raises(ShapeError, match="dropout layers"):
         twin.trace(x, y, masks={"tanh_1": np.ones((7, 5))})
-    with pytest.raises(ShapeError, match=r"order indices must lie in \[0, 7\)"):
-        twin.train_epoch(x, y, np.array([0, 7]), 1)
