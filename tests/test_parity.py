@@ -593,6 +593,9 @@ def test_train_epoch_matches_reference(kind, case, opt, dtype, check):
     check(Comparison([loss_row("mean loss", twin_mean, ref_mean, dtype)]), dtype, "loss")
     check(compare_params(net.get_params(), twin.get_params()), dtype)
     check(compare_params(reference_state(net), twin.get_state(), dtype=dtype), dtype)
+    (ref_loss, ref_acc), (twin_loss, twin_acc) = evaluate(net, x, y), twin.evaluate(x, y)  # after training
+    check(Comparison([loss_row("evaluate loss", twin_loss, ref_loss, dtype)]), dtype, "loss")
+    assert twin_acc == ref_acc
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
