@@ -17,8 +17,7 @@ What is timed, for float32 and float64, on real MNIST (the 8x8 digits for the di
 Every contender starts each repetition from the same parameters. Repetitions are interleaved: each
 round runs every (dtype, task, contender) once, so machine noise falls on all of them alike; round 0
 warms up (keras compiles its training loop, caches fill) and is dropped. Medians are reported. The
-numpy BLAS runs on --threads threads (threadpoolctl); the torch twin picks its own thread count per
-mode (oracles/torch_twin.py), TensorFlow its default. The JSON also holds the machine (CPU, cores,
+numpy BLAS, torch (the torch twin is built with `threads=`) and TensorFlow run on --threads threads. The JSON also holds the machine (CPU, cores,
 load before and after, library versions, BLAS) and every repetition's time.
 """
 

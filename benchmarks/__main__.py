@@ -12,8 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports te
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.report import markdown
     from benchmarks.run import CONTENDERS, run
+    from benchmarks.speed_table import markdown
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="write the results here as JSON")

@@ -14,12 +14,13 @@ import numpy as np
 from benchmarks.floor import straight_epoch
 from benchmarks.gemm import gemm_epoch
 from benchmarks.machine import machine_info
+from oracles import TWIN_KINDS
 from reference import Network, init_params, make_optimizer, preset
 from reference.spec import PRESETS, ModelSpec
 from reference.train import train_epoch
 
 DTYPES = ("float32", "float64")
-CONTENDERS = ("reference", "torch", "keras")
+CONTENDERS = ("reference", *TWIN_KINDS)
 TASKS = ("batched_epoch_s", "per_sample_step_us", "forward_backward_ms")
 BATCHED, PER_SAMPLE = "mnist-relu-batched", "mnist-sigmoid-per-sample"
 
@@ -69,15 +70,25 @@ def rows(data, spec: ModelSpec, n: int) -> tuple[np.ndarray, np.ndarray]:
     return preprocess(x[:n], spec.preprocess, spec.dtype, fitted), y[:n]
 
 
-def make_contender(kind: str, spec: ModelSpec, params: dict[str, np.ndarray]):
-    """(trainer, reset) for "reference" or a twin: trainer(x, y, order, batch_size), reset() to params."""
+def make_contender(kind: str, spec: ModelSpec, params: dict[str, np.ndarray], threads: int = 1):
+    """(model, trainer, reset) for "reference" or a twin: trainer(x, y, order, batch_size), reset() to
+    params; `threads`: the torch twin's training threads (the others' are set process-wide)."""
     if kind == "reference":
         net, opt = Network(spec, params=params), make_optimizer(spec.optimizer)
         return net, (lambda x, y, order, bs: train_epoch(net, opt, x, y, order, bs)), (lambda: net.set_params(params))
     from oracles import make_twin
 
-    twin = make_twin(kind, spec, params)
+    twin = make_twin(kind, spec, params, threads=threads)
     return twin, twin.train_epoch, (lambda: twin.set_params(params))
+
+
+def contender_or_skip(kind: str, spec: ModelSpec, params, threads: int, skipped: dict[str, str], where: str):
+    """make_contender's triple, or None with the reason in skipped[where] (framework absent or unable)."""
+    try:
+        return make_contender(kind, spec, params, threads)
+    except (ImportError, NotImplementedError) as e:
+        skipped[where] = f"{type(e).__name__}: {e}"
+        return None
 
 
 def copy_into(live: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
@@ -86,7 +97,7 @@ def copy_into(live: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> Non
         live[k][...] = v
 
 
-def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[str, str]) -> list[Job]:
+def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[str, str], threads: int = 1) -> list[Job]:
     jobs: list[Job] = []
     order_rng = np.random.default_rng(0)
     batched_order = order_rng.permutation(sizes.batched_rows)
@@ -107,11 +118,10 @@ def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[st
             x, y = rows(data, spec, n_rows)
             params = init_params(spec, seed=0)
             for kind in contenders:
-                try:
-                    _, train, reset = make_contender(kind, spec, params)
-                except (ImportError, NotImplementedError) as e:
-                    skipped[f"{dtype}/{task}/{kind}"] = f"{type(e).__name__}: {e}"
+                built = contender_or_skip(kind, spec, params, threads, skipped, f"{dtype}/{task}/{kind}")
+                if built is None:
                     continue
+                _, train, reset = built
                 jobs.append(Job(dtype, task, kind, lambda t=train, x=x, y=y, o=order, b=bs: t(x, y, o, b), reset, per))
             if task == "batched_epoch_s":
                 jobs.append(Job(dtype, task, "gemm_limit", gemm_epoch(spec, order, bs)))
@@ -127,11 +137,11 @@ def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[st
             x, y = rows(data, spec, sizes.fb_batch)
             params = init_params(spec, seed=0)
             for kind in contenders:
-                try:
-                    model, _, reset = make_contender(kind, spec, params)
-                except (ImportError, NotImplementedError) as e:
-                    skipped[f"{dtype}/forward_backward_ms/{name}/{kind}"] = f"{type(e).__name__}: {e}"
+                where = f"{dtype}/forward_backward_ms/{name}/{kind}"
+                built = contender_or_skip(kind, spec, params, threads, skipped, where)
+                if built is None:
                     continue
+                model, _, reset = built
 
                 def many(m=model, x=x, y=y, n=sizes.fb_calls):
                     for _ in range(n):
@@ -188,11 +198,11 @@ def ratios(results: dict) -> dict:
         r = {}
         for task in ("batched_epoch_s", "per_sample_step_us"):
             medians = results[dtype][task]
-            for other in ("torch", "keras", "gemm_limit", "numpy_floor"):
+            for other in (*TWIN_KINDS, "gemm_limit", "numpy_floor"):
                 if "reference" in medians and other in medians:
                     r[f"{task} reference/{other}"] = medians["reference"] / medians[other]
         fb = results[dtype]["forward_backward_ms"]
-        for other in ("torch", "keras"):
+        for other in TWIN_KINDS:
             for name, value in fb.get("reference", {}).items():
                 if name in fb.get(other, {}):
                     r[f"forward_backward_ms {name} reference/{other}"] = value / fb[other][name]
@@ -217,7 +227,7 @@ def run(
         info = machine_info()
         info["threads"] = set_framework_threads(threads, contenders)
         progress(f"loading data and building contenders ({', '.join(contenders)}) ...")
-        jobs = build_jobs(load_data(), sizes, contenders, skipped)
+        jobs = build_jobs(load_data(), sizes, contenders, skipped, threads)
         progress(f"{len(jobs)} timed jobs, {repeats} rounds after a warm-up round")
         run_rounds(jobs, repeats, progress)
     info["load_average_after"] = list(os.getloadavg())
@@ -243,19 +253,16 @@ def run(
 
 
 def set_framework_threads(threads: int, contenders: tuple[str, ...]) -> dict[str, object]:
-    """One thread budget for everyone: numpy's BLAS (set by the caller), torch, the torch twin's
-    per-mode setting (its module constants, which its train_epoch reads) and TensorFlow."""
+    """One thread budget for everyone: numpy's BLAS (set by the caller), torch (the torch twin is also
+    built with threads=threads, which its train_epoch uses) and TensorFlow."""
     done: dict[str, object] = {"numpy_blas": threads}
     if "torch" in contenders:
         try:
             import torch
-
-            from oracles import torch_twin
         except ImportError as e:
             done["torch"] = f"not imported: {e}"
         else:
             torch.set_num_threads(threads)
-            torch_twin.THREADS_BATCHED = torch_twin.THREADS_PER_SAMPLE = threads
             done["torch"] = torch.get_num_threads()
     if "keras" in contenders:
         try:

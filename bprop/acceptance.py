@@ -23,12 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bprop.divergence import DIVERGENCE_BAR
 from bprop.jobs import NUDGED
-from oracles.compare import atol, tolerance
-
-# float32 parity: largest allowed |accuracy difference| between a twin and the reference, each epoch.
-FLOAT32_ACCURACY_GAP = 0.0005  # 0.05 percentage points (the validation issue)
+from bprop.summary import PresetResult
+from oracles.compare import ACCURACY_SLACK, DIVERGENCE_BAR, FLOAT32_ACCURACY_GAP, atol, tolerance
 
 
 @dataclass(frozen=True)
@@ -115,54 +112,51 @@ def _pct(a: float) -> str:
     return f"{100 * a:.2f} %"
 
 
-def _twins(entry: dict) -> list[str]:
-    return [k for k in ("torch", "keras") if k in entry]
+def _frameworks(entry: PresetResult) -> list[str]:
+    """The reference and the twins present (not the 1-ulp control)."""
+    return entry.present(("reference", *entry.twins()))
 
 
-def _frameworks(entry: dict) -> list[str]:
-    return [k for k in ("reference", "torch", "keras") if k in entry]
-
-
-def check_ran(entry: dict) -> Check:
-    errors = [f"{k}: {entry[k]['error']}" for k in (*_frameworks(entry), NUDGED) if entry.get(k, {}).get("error")]
-    errors += [f"divergence {k}: {d['error']}" for k, d in entry.get("divergence", {}).items() if "error" in d]
+def check_ran(entry: PresetResult) -> Check:
+    errors = [f"{k}: {fw.error}" for k, fw in entry.frameworks.items() if fw.error]
+    errors += [f"divergence {k}: {d['error']}" for k, d in (entry.divergence or {}).items() if "error" in d]
     if errors:
         return Check("every framework ran", "fail", "; ".join(errors))
     return Check("every framework ran", "pass", ", ".join(_frameworks(entry)))
 
 
-def check_finite(entry: dict) -> Check:
+def check_finite(entry: PresetResult) -> Check:
     bad = [
         f"{k} {key} epoch {i + 1} = {v}"
         for k in _frameworks(entry)
         for key in ("train_loss", "test_loss")
-        for i, v in enumerate(entry[k].get(key, []))
+        for i, v in enumerate(getattr(entry.frameworks[k], key) or [])
         if not math.isfinite(v)
     ]
     return Check("losses finite", "fail" if bad else "pass", "; ".join(bad) or "every loss finite")
 
 
-def check_identical_accuracies(entry: dict) -> Check:
+def check_identical_accuracies(entry: PresetResult) -> Check:
     """float64 parity: every twin's test accuracy equals the reference's after every epoch, every seed."""
-    ref = entry["reference"]
+    ref = entry.reference
     problems = []
-    for kind in _twins(entry):
-        for run_ref, run in zip(ref["runs"], entry[kind]["runs"]):
+    for kind in entry.twins():
+        for run_ref, run in zip(ref.runs, entry.frameworks[kind].runs):
             for epoch, (a, b) in enumerate(zip(run_ref["test_accuracy"], run["test_accuracy"])):
                 if a != b:
                     problems.append(f"{kind} seed {run['seed']} epoch {epoch + 1}: {_pct(b)} vs reference {_pct(a)}")
     detail = "; ".join(problems) or "the same accuracy after every epoch: " + ", ".join(
-        _pct(a) for a in ref["test_accuracy"]
+        _pct(a) for a in ref.test_accuracy
     )
     return Check("identical test accuracies (float64)", "fail" if problems else "pass", detail)
 
 
-def check_params_within_policy(entry: dict) -> Check:
+def check_params_within_policy(entry: PresetResult) -> Check:
     """float64 parity: parameters within the twin policy after every epoch."""
-    tol = tolerance("twin", entry["dtype"], "parameters")
+    tol = tolerance("twin", entry.dtype, "parameters")
     problems, worst = [], 0.0
-    for kind in _twins(entry):
-        vs = entry[kind].get("vs_reference")
+    for kind in entry.twins():
+        vs = entry.frameworks[kind].vs_reference
         if vs is None:
             continue
         for epoch, err in enumerate(vs["param_rel_error"]):
@@ -174,28 +168,28 @@ def check_params_within_policy(entry: dict) -> Check:
     return Check(name, "fail" if problems else "pass", detail)
 
 
-def check_accuracy_gap(entry: dict, gap: float = FLOAT32_ACCURACY_GAP) -> Check:
+def check_accuracy_gap(entry: PresetResult, gap: float = FLOAT32_ACCURACY_GAP) -> Check:
     """float32 parity: |twin accuracy - reference accuracy| <= gap after every epoch, every seed."""
-    ref = entry["reference"]
+    ref = entry.reference
     problems, worst = [], 0.0
-    for kind in _twins(entry):
-        for run_ref, run in zip(ref["runs"], entry[kind]["runs"]):
+    for kind in entry.twins():
+        for run_ref, run in zip(ref.runs, entry.frameworks[kind].runs):
             for epoch, (a, b) in enumerate(zip(run_ref["test_accuracy"], run["test_accuracy"])):
                 worst = max(worst, abs(a - b))
-                if abs(a - b) > gap + 1e-12:
+                if abs(a - b) > gap + ACCURACY_SLACK:
                     problems.append(
                         f"{kind} seed {run['seed']} epoch {epoch + 1}: {_pct(b)} vs reference {_pct(a)} "
                         f"(gap {100 * abs(a - b):.2f} pp > {100 * gap:.2f} pp)"
                     )
-    n_test = entry.get("n_test", 0)
+    n_test = entry.n_test or 0
     images = f" ({worst * n_test:.0f} of {n_test} test images)" if n_test else ""
     detail = "; ".join(problems) or f"largest gap {100 * worst:.2f} pp{images} <= {100 * gap:.2f} pp"
     return Check(f"accuracies within {100 * gap:.2f} pp (float32)", "fail" if problems else "pass", detail)
 
 
-def check_min_accuracy(entry: dict, floors: dict[int, float], full_data: bool) -> Check:
+def check_min_accuracy(entry: PresetResult, floors: dict[int, float], full_data: bool) -> Check:
     """Every framework and seed at or above the preset's floor for this number of epochs."""
-    epochs = entry.get("epochs", entry["spec"]["epochs"])
+    epochs = entry.epochs if entry.epochs is not None else entry.spec["epochs"]
     floor = floors.get(epochs)
     if floor is None:
         known = ", ".join(f"{f:.0%} after {e}" for e, f in sorted(floors.items()))
@@ -205,7 +199,7 @@ def check_min_accuracy(entry: dict, floors: dict[int, float], full_data: bool) -
         return Check(name, "n/a", "applies to runs on all the data only (not --limit)")
     problems, lowest = [], 1.0
     for kind in _frameworks(entry):
-        for run in entry[kind]["runs"]:
+        for run in entry.frameworks[kind].runs:
             acc = run["test_accuracy"][-1]
             lowest = min(lowest, acc)
             if acc < floor:
@@ -216,14 +210,14 @@ def check_min_accuracy(entry: dict, floors: dict[int, float], full_data: bool) -
 EARLY_STEPS = 10
 
 
-def check_early_steps(entry: dict, steps: int = EARLY_STEPS) -> Check:
+def check_early_steps(entry: PresetResult, steps: int = EARLY_STEPS) -> Check:
     """Chaotic presets: over the first steps, before any amplification, the parameters agree within
     the twin policy of oracles.compare (relative to each tensor's largest magnitude, or under the
     absolute floor), as they would in a non-chaotic run."""
-    tol = tolerance("twin", entry["dtype"], "parameters")
+    tol = tolerance("twin", entry.dtype, "parameters")
     name = f"first {steps} steps within the twin policy ({tol:.0e})"
-    div = entry.get("divergence") or {}
-    twins = [k for k in _twins(entry) if k in div and "policy" in div[k]]
+    div = entry.divergence or {}
+    twins = [k for k in entry.twins() if k in div and "policy" in div[k]]
     if not twins:
         return Check(name, "n/a", "no divergence run (--divergence-steps 0)")
     problems, worst, worst_ratio = [], 0.0, 0.0
@@ -238,7 +232,7 @@ def check_early_steps(entry: dict, steps: int = EARLY_STEPS) -> Check:
                 f"{k}: step {s + 1}: relative difference {div[k]['rel'][s]:.3g} > {tol:.0e} "
                 f"and max |difference| {div[k]['max_abs'][s]:.3g} above the floor"
             )
-    floor = atol("twin", entry["dtype"])
+    floor = atol("twin", entry.dtype)
     detail = "; ".join(problems) or (
         f"worst relative difference {worst:.3g}; worst tensor at {worst_ratio:.2f} of the policy "
         f"(relative <= {tol:.0e} or max |difference| <= {floor:.0e})"
@@ -246,16 +240,16 @@ def check_early_steps(entry: dict, steps: int = EARLY_STEPS) -> Check:
     return Check(name, "fail" if problems else "pass", detail)
 
 
-def check_agreement_stretch(entry: dict, min_steps: int, control_share: float = 0.5) -> Check:
+def check_agreement_stretch(entry: PresetResult, min_steps: int, control_share: float = 0.5) -> Check:
     """Chaotic presets: every twin's trajectory within the bar for at least `min_steps` steps and at
     least `control_share` of the control's stretch (the reference against itself nudged by one ulp:
     how long this very trajectory tolerates a rounding-level difference)."""
-    bar = DIVERGENCE_BAR[entry["dtype"]]
-    div = entry.get("divergence") or {}
+    bar = DIVERGENCE_BAR[entry.dtype]
+    div = entry.divergence or {}
     control = div.get(NUDGED, {}).get("agree_steps")
     needed = max(min_steps, int(control_share * control)) if control is not None else min_steps
     name = f"trajectories agree to {bar:.0e} for >= {min_steps} steps and >= {control_share:g} x the 1-ulp control's"
-    twins = [k for k in _twins(entry) if k in div and "agree_steps" in div[k]]
+    twins = [k for k in entry.twins() if k in div and "agree_steps" in div[k]]
     if not twins:
         return Check(name, "n/a", "no divergence run (--divergence-steps 0)")
     available = min(div[k]["steps"] for k in twins)
@@ -276,14 +270,14 @@ def check_agreement_stretch(entry: dict, min_steps: int, control_share: float = 
     return Check(name, "fail" if problems else "pass", f"{detail}; {control_text}")
 
 
-def check_seed_distribution(entry: dict) -> Check:
+def check_seed_distribution(entry: PresetResult) -> Check:
     """Chaotic presets over >= 2 seeds: |mean_twin - mean_ref| <= 3 * s * sqrt(2 / n), s the pooled
     standard deviation of the final accuracies (each framework about its own mean)."""
     name = "final accuracies agree as distributions over seeds"
-    n = len(entry["seeds"])
+    n = len(entry.seeds)
     if n < 2:
         return Check(name, "n/a", "needs --seeds 2 or more (chaotic: one seed is one draw)")
-    finals = {k: np.asarray(entry[k]["final_accuracy"]["values"]) for k in _frameworks(entry)}
+    finals = {k: np.asarray(entry.frameworks[k].final_accuracy["values"]) for k in _frameworks(entry)}
     dof = sum(len(v) - 1 for v in finals.values())
     pooled = math.sqrt(sum(((v - v.mean()) ** 2).sum() for v in finals.values()) / dof) if dof else 0.0
     bound = 3 * pooled * math.sqrt(2 / n)
@@ -299,21 +293,21 @@ def check_seed_distribution(entry: dict) -> Check:
     return Check(name, "fail" if problems else "pass", detail)
 
 
-def assess(entry: dict, full_data: bool) -> list[Check]:
+def assess(entry: PresetResult, full_data: bool) -> list[Check]:
     """Every check that applies to this preset and dtype (`full_data`: not a --limit run)."""
-    rules = acceptance_for(entry["preset"], entry["spec"]["batch_size"])
+    rules = acceptance_for(entry.preset, entry.spec["batch_size"])
     checks = [check_ran(entry)]
-    if "reference" not in entry or not entry["reference"].get("runs"):
+    if entry.reference is None or not entry.reference.runs:
         return checks
     checks.append(check_finite(entry))
     if rules.mode == "parity":
-        if entry["dtype"] == "float64":
+        if entry.dtype == "float64":
             checks += [check_identical_accuracies(entry), check_params_within_policy(entry)]
         elif rules.float32_accuracy_gap is not None:
             checks.append(check_accuracy_gap(entry, rules.float32_accuracy_gap))
     else:
         checks.append(check_early_steps(entry))
-        checks.append(check_agreement_stretch(entry, rules.min_agree_steps.get(entry["dtype"], 0)))
+        checks.append(check_agreement_stretch(entry, rules.min_agree_steps.get(entry.dtype, 0)))
         checks.append(check_seed_distribution(entry))
     if rules.min_accuracy:
         checks.append(check_min_accuracy(entry, rules.min_accuracy, full_data))

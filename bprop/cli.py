@@ -40,6 +40,7 @@ def _frameworks(text: str) -> tuple[str, ...]:
 
 
 def add_validate_parser(subparsers) -> None:
+    from bprop.jobs import FRAMEWORKS
     from reference.spec import DTYPES, PRESETS
 
     p = subparsers.add_parser(
@@ -68,8 +69,8 @@ def add_validate_parser(subparsers) -> None:
     p.add_argument(
         "--frameworks",
         type=_frameworks,
-        default=("reference", "torch", "keras"),
-        help="comma-separated twins to run besides the reference (default: reference,torch,keras)",
+        default=FRAMEWORKS,
+        help=f"comma-separated twins to run besides the reference (default: {','.join(FRAMEWORKS)})",
     )
     p.add_argument("--limit", type=_positive_int, metavar="N", help="use only the first N training and N test rows")
     p.add_argument(
@@ -131,8 +132,9 @@ def _missing_frameworks(frameworks: tuple[str, ...]) -> str | None:
     """A message naming the frameworks that cannot be imported (without importing them), or None."""
     from importlib.util import find_spec
 
-    modules = {"torch": "torch", "keras": "keras"}
-    missing = [f for f in frameworks if f in modules and find_spec(modules[f]) is None]
+    from oracles import TWIN_KINDS
+
+    missing = [f for f in frameworks if f in TWIN_KINDS and find_spec(f) is None]  # a twin kind is its module
     if not missing:
         return None
     return (

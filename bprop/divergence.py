@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# The bar for "the trajectories agree": 1e-9 in float64 (the validation issue's figure, seven
-# decades above float64 rounding and far below any bug: a wrong gradient moves parameters by
-# ~lr * |g| ~ 1e-3 in the first step). float32 rounding alone is ~1e-7 per step, so there the bar is
-# the float32 twin policy for parameters (oracles.compare).
-DIVERGENCE_BAR = {"float64": 1e-9, "float32": 1e-5}
+from oracles.compare import DIVERGENCE_BAR  # the bar for "the trajectories agree", with its reasons
+
+__all__ = ["DIVERGENCE_BAR", "agree_steps", "analyse", "first_step_above", "growth"]
 
 # The exponential phase in which the growth rate is fitted: above the rounding floor, below saturation.
 FIT_RANGE = {"float64": (1e-13, 1e-4), "float32": (1e-6, 1e-3)}

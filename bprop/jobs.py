@@ -1,7 +1,7 @@
 """The units of work of `bprop validate`, each runnable in a worker process and returning plain data.
 
     TrainJob(preset, dtype, seed, framework, epochs, limit)  -> run_train(job) -> dict
-        One framework ("reference", "torch", "keras", or "nudged": the reference started one ulp
+        One framework ("reference", a twin kind, or "nudged": the reference started one ulp
         away, the control of how sensitive the run itself is) trained for `epochs` from init_params(spec,
         seed) over data_loaders.epoch_orders(n, epochs, seed): the same start and the same batches
         for every framework. After each epoch (and once before training): test loss and accuracy,
@@ -28,14 +28,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oracles import TWIN_KINDS
 from oracles.compare import atol, tolerance
 from reference.network import Network, init_params
 from reference.optimizers import make_optimizer
 from reference.spec import ModelSpec, preset
 from reference.train import evaluate, train_epoch, train_step
 
-FRAMEWORKS = ("reference", "torch", "keras")
-TWINS = ("torch", "keras")
+FRAMEWORKS = ("reference", *TWIN_KINDS)
+TWINS = TWIN_KINDS
+THREADS = 1  # per framework and job: two jobs share 2 cores (see single_threaded)
 NUDGED = "nudged"  # the control: the reference started with every weight one ulp away
 
 # (event, payload) -> None; events: ("start", (label, total)), ("advance", n), ("done", None).
@@ -156,12 +158,13 @@ def mark_worker_process() -> None:
 
 @contextmanager
 def single_threaded() -> Iterator[None]:
-    """numpy's BLAS, torch and the torch twin on one thread inside the block, restored after.
+    """numpy's BLAS and torch on one thread inside the block, restored after.
 
     Two jobs run at once on 2 cores (or a job beside pytest-xdist's other worker): one thread each
-    is fastest, and more is harmful. The torch twin picks 2 threads for batched steps; two OpenMP
-    threads per process on 2 busy cores spin at every barrier (measured: 450 ms a step instead of
-    ~10). TensorFlow's thread pools can only be set before its runtime starts: worker processes only.
+    is fastest, and more is harmful: two OpenMP threads per process on 2 busy cores spin at every
+    barrier (measured: 450 ms a step instead of ~10). The torch twin is built with threads=THREADS
+    for its training loop; torch's process setting covers its step() and evaluate() too.
+    TensorFlow's thread pools can only be set before its runtime starts: worker processes only.
     """
     from threadpoolctl import threadpool_limits
 
@@ -177,25 +180,13 @@ def _prepare_framework(kind: str) -> None:
     if kind == "torch":
         import torch
 
-        from oracles import torch_twin
-
-        saved = (torch.get_num_threads(), torch_twin.THREADS_PER_SAMPLE, torch_twin.THREADS_BATCHED)
-
-        def restore() -> None:
-            torch.set_num_threads(saved[0])
-            torch_twin.THREADS_PER_SAMPLE, torch_twin.THREADS_BATCHED = saved[1:]
-
-        _RESTORE.append(restore)
-        torch.set_num_threads(1)
-        torch_twin.THREADS_PER_SAMPLE = torch_twin.THREADS_BATCHED = 1
+        saved = torch.get_num_threads()
+        _RESTORE.append(lambda: torch.set_num_threads(saved))
+        torch.set_num_threads(THREADS)
     elif kind == "keras" and _IN_WORKER:
-        import tensorflow as tf
+        from oracles.keras_twin import limit_tensorflow_threads
 
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(1)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:  # the runtime already started in this process: keep its threads
-            pass
+        limit_tensorflow_threads(THREADS)  # False if the runtime already started here: its threads stay
 
 
 def make_model(kind: str, spec: ModelSpec, params: dict[str, np.ndarray], seed: int):
@@ -209,7 +200,7 @@ def make_model(kind: str, spec: ModelSpec, params: dict[str, np.ndarray], seed: 
     _prepare_framework(kind)
     from oracles import make_twin
 
-    return make_twin(kind, spec, params, seed=seed)
+    return make_twin(kind, spec, params, seed=seed, threads=THREADS)
 
 
 def predictions(model, x: np.ndarray, chunk: int = 10_000) -> np.ndarray:

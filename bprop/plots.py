@@ -2,7 +2,7 @@
 
     curves(preset, entries, path)                   training loss, test loss and test accuracy of the
                                                     three frameworks overlaid, one row per dtype
-    digit_grid(entry, images, preds, path)          a few test digits with the three predictions
+    digit_grid(title, images, y, preds, path)       a few test digits with the three predictions
     divergence(preset, entries, path)               max |parameter difference| per step, log scale
     seed_spread(preset, entries, path)              final accuracy per seed and framework
 
@@ -20,8 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from bprop.divergence import DIVERGENCE_BAR
-from bprop.jobs import NUDGED
+from bprop.jobs import FRAMEWORKS, NUDGED
+from bprop.summary import PresetResult
+from oracles import TWIN_KINDS
+from oracles.compare import DIVERGENCE_BAR
 
 STYLE = {
     "reference": {"color": "#222222", "lw": 4.0, "ls": "-", "alpha": 0.35, "marker": "o", "ms": 9},
@@ -29,12 +31,7 @@ STYLE = {
     "keras": {"color": "#1f77b4", "lw": 1.4, "ls": ":", "alpha": 1.0, "marker": "x", "ms": 7},
     NUDGED: {"color": "#2ca02c", "lw": 1.4, "ls": "-.", "alpha": 0.9, "marker": None, "ms": 0},
 }
-LABEL = {
-    "reference": "reference (numpy)",
-    "torch": "torch twin",
-    "keras": "keras twin",
-    NUDGED: "reference nudged 1 ulp",
-}
+LABEL = {"reference": "reference (numpy)", **{k: f"{k} twin" for k in TWIN_KINDS}, NUDGED: "reference nudged 1 ulp"}
 DPI = 110
 FLOOR = 1e-18  # log plots: an exact zero is drawn here
 
@@ -55,11 +52,20 @@ def _line(ax, x, y, kind: str, label: str | None = None, markers: bool = True, *
     )
 
 
-def _frameworks(entry: dict) -> list[str]:
-    return [k for k in ("reference", "torch", "keras") if k in entry and entry[k].get("runs")]
+def _save(fig, path: Path, title: str, fontsize: float) -> Path:
+    """Title the figure, lay it out, write it to `path` and close it."""
+    fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)
 
 
-def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
+def _frameworks(entry: PresetResult) -> list[str]:
+    return [k for k in entry.present(FRAMEWORKS) if entry.frameworks[k].runs]
+
+
+def curves(preset_name: str, entries: dict[str, PresetResult], path: Path) -> Path:
     """Rows: dtypes. Columns: training loss (mean over each tenth of an epoch), test loss, test
     accuracy, and each twin's largest parameter difference to the reference after every epoch."""
     from oracles.compare import tolerance
@@ -68,25 +74,25 @@ def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
     fig, axes = plt.subplots(len(dtypes), 4, figsize=(18, 3.7 * len(dtypes)), squeeze=False)
     for row, dtype in enumerate(dtypes):
         entry = entries[dtype]
-        epochs = entry.get("epochs", 0)
-        several = len(entry.get("seeds", [])) > 1
+        epochs = entry.epochs or 0
+        several = len(entry.seeds) > 1
         ax_train, ax_loss, ax_acc, ax_diff = axes[row]
-        steps_per_epoch = np.mean(entry.get("steps_per_epoch") or [1])
+        steps_per_epoch = np.mean(entry.steps_per_epoch or [1])
         e = np.arange(epochs + 1)
         mean = " (mean over seeds)" if several else ""
         for kind in _frameworks(entry):
-            fw = entry[kind]
-            chunks = np.mean([np.asarray(run["train_loss_chunks"], np.float64) for run in fw["runs"]], axis=0)
+            fw = entry.frameworks[kind]
+            chunks = np.mean([np.asarray(run["train_loss_chunks"], np.float64) for run in fw.runs], axis=0)
             _line(ax_train, chunks[:, 0] / steps_per_epoch, chunks[:, 1], kind, LABEL[kind] + mean, markers=False)
-            for run in fw["runs"]:
+            for run in fw.runs:
                 if several:
                     acc = 100 * np.r_[run["initial_test_accuracy"], run["test_accuracy"]]
                     ax_acc.plot(e, acc, color=STYLE[kind]["color"], lw=0.6, alpha=0.35)
-            test_loss = np.r_[np.mean([r["initial_test_loss"] for r in fw["runs"]]), fw["test_loss"]]
+            test_loss = np.r_[np.mean([r["initial_test_loss"] for r in fw.runs]), fw.test_loss]
             _line(ax_loss, e, test_loss, kind, LABEL[kind] + mean)
-            _line(ax_acc, e, 100 * np.r_[fw["initial_test_accuracy"], fw["test_accuracy"]], kind, LABEL[kind] + mean)
-        for kind in ("torch", "keras", NUDGED):
-            vs = entry.get(kind, {}).get("vs_reference")
+            _line(ax_acc, e, 100 * np.r_[fw.initial_test_accuracy, fw.test_accuracy], kind, LABEL[kind] + mean)
+        for kind in (*TWIN_KINDS, NUDGED):
+            vs = entry.frameworks[kind].vs_reference if kind in entry.frameworks else None
             if vs:
                 rel = np.maximum(np.asarray(vs["param_rel_error"], np.float64), FLOOR)
                 _line(ax_diff, np.arange(1, epochs + 1), rel, kind, f"{LABEL[kind]} vs reference")
@@ -112,12 +118,12 @@ def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         for ax in (ax_loss, ax_acc):
             ax.set_xlabel("epoch (0 = initial weights)")
             ax.set_xticks(range(epochs + 1))
-        values = [100 * a for kind in _frameworks(entry) for a in entry[kind]["test_accuracy"]]
+        values = [100 * a for kind in _frameworks(entry) for a in entry.frameworks[kind].test_accuracy]
         low, high = ax_acc.get_ylim()
         if epochs >= 2 and max(values) - min(values) < 0.3 * (high - low):  # a zoom shows something new
             inset = ax_acc.inset_axes([0.42, 0.1, 0.53, 0.45])
             for kind in _frameworks(entry):
-                _line(inset, np.arange(1, epochs + 1), 100 * np.asarray(entry[kind]["test_accuracy"]), kind)
+                _line(inset, np.arange(1, epochs + 1), 100 * np.asarray(entry.frameworks[kind].test_accuracy), kind)
             pad = max(0.2, 0.1 * (max(values) - min(values)))
             inset.set_ylim(min(values) - pad, max(values) + pad)
             inset.set_title(f"epochs 1..{epochs}, zoomed", fontsize=8)
@@ -127,15 +133,11 @@ def curves(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         for ax in axes[row]:
             ax.grid(alpha=0.3)
         ax_loss.legend(fontsize=8, loc="upper right")
-    fig.suptitle(
+    title = (
         f"{preset_name}: reference, torch twin and keras twin from identical weights and batches\n"
-        f"(parameter difference: the worst tensor's max|a - b| / max|a|; an exact 0 is drawn at {FLOOR:.0e})",
-        fontsize=11,
+        f"(parameter difference: the worst tensor's max|a - b| / max|a|; an exact 0 is drawn at {FLOOR:.0e})"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, title, fontsize=11)
 
 
 def pick_digits(preds: dict[str, np.ndarray], y: np.ndarray, n: int = 10) -> list[int]:
@@ -152,7 +154,7 @@ def pick_digits(preds: dict[str, np.ndarray], y: np.ndarray, n: int = 10) -> lis
     return picked
 
 
-SHORT = {"reference": "numpy", "torch": "torch", "keras": "keras"}
+SHORT = {"reference": "numpy", **{k: k for k in TWIN_KINDS}}
 
 
 def digit_grid(
@@ -198,16 +200,16 @@ def digit_grid(
     return Path(path)
 
 
-def divergence(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
+def divergence(preset_name: str, entries: dict[str, PresetResult], path: Path) -> Path:
     """max |parameter difference| after each step, per pair, log scale; one panel per dtype, zoomed
     on the separation (the rest of the run is a flat plateau, said in the panel)."""
-    dtypes = [d for d in entries if entries[d].get("divergence")]
+    dtypes = [d for d in entries if entries[d].divergence]
     fig, axes = plt.subplots(1, len(dtypes), figsize=(7.2 * len(dtypes), 4.8), squeeze=False)
     separated = False
     for ax, dtype in zip(axes[0], dtypes):
-        div = entries[dtype]["divergence"]
+        div = entries[dtype].divergence
         bar = DIVERGENCE_BAR[dtype]
-        shown = {k: div[k] for k in ("torch", "keras", NUDGED) if k in div and "max_abs" in div[k]}
+        shown = {k: div[k] for k in (*TWIN_KINDS, NUDGED) if k in div and "max_abs" in div[k]}
         if not shown:
             continue
         n_steps = max(len(d["max_abs"]) for d in shown.values())
@@ -240,29 +242,25 @@ def divergence(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
         if separated
         else "stay together: no pair leaves its bar (this run is not chaotic)"
     )
-    fig.suptitle(
+    title = (
         f"{preset_name}: trajectories from identical weights and samples {what}"
-        f"\n(an exact 0 is drawn at {FLOOR:.0e}; vertical lines: first step above the bar)",
-        fontsize=10,
+        f"\n(an exact 0 is drawn at {FLOOR:.0e}; vertical lines: first step above the bar)"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, title, fontsize=10)
 
 
-def seed_spread(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
+def seed_spread(preset_name: str, entries: dict[str, PresetResult], path: Path) -> Path:
     """Final test accuracy of every seed, per framework (one panel per dtype), with the mean."""
     dtypes = list(entries)
     fig, axes = plt.subplots(1, len(dtypes), figsize=(5.5 * len(dtypes), 4.2), squeeze=False, sharey=True)
     for ax, dtype in zip(axes[0], dtypes):
         entry = entries[dtype]
         for x, kind in enumerate(_frameworks(entry)):
-            st = entry[kind]["final_accuracy"]
+            st = entry.frameworks[kind].final_accuracy
             vals = 100 * np.asarray(st["values"])
             jitter = np.linspace(-0.12, 0.12, len(vals))
             ax.scatter(x + jitter, vals, color=STYLE[kind]["color"], s=36, zorder=3)
-            for j, seed in enumerate(entry["seeds"]):
+            for j, seed in enumerate(entry.seeds):
                 ax.annotate(str(seed), (x + jitter[j], vals[j]), fontsize=6, xytext=(3, 2), textcoords="offset points")
             ax.hlines(100 * st["mean"], x - 0.25, x + 0.25, color=STYLE[kind]["color"], lw=2)
             ax.text(
@@ -270,13 +268,7 @@ def seed_spread(preset_name: str, entries: dict[str, dict], path: Path) -> Path:
             )
         ax.set_xticks(range(len(_frameworks(entry))), [LABEL[k] for k in _frameworks(entry)], fontsize=8)
         ax.set_xlim(-0.5, len(_frameworks(entry)) - 0.2)
-        ax.set_title(
-            f"{dtype}: test accuracy after {entry.get('epochs')} epochs, {len(entry['seeds'])} seeds", fontsize=10
-        )
+        ax.set_title(f"{dtype}: test accuracy after {entry.epochs} epochs, {len(entry.seeds)} seeds", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("test accuracy (%)  (numbers: seed)")
-    fig.suptitle(f"{preset_name}: one point per seed; bar = mean (± standard deviation)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, f"{preset_name}: one point per seed; bar = mean (± standard deviation)", fontsize=11)

@@ -7,7 +7,7 @@ epoch_orders(n, epochs, seed) (bprop.jobs); parity presets also train the contro
 nudged by one ulp), and per-sample presets get a step-by-step divergence run of each twin and of
 the control against the reference (the first seed). The jobs run in worker processes, longest
 first (bprop.runner). The results are
-summarised (bprop.summary), judged (bprop.acceptance) and written out (bprop.report, bprop.plots):
+summarised (bprop.summary), judged (bprop.acceptance) and written out (bprop.validation_report, bprop.plots):
 a table on stdout, OUT/report.md, OUT/results.json and the PNGs.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from bprop import jobs as J
 from bprop.acceptance import acceptance_for, assess
-from bprop.report import terminal_table, write_json, write_markdown
 from bprop.runner import JobError, run_jobs
 from bprop.summary import summarise
+from bprop.validation_report import terminal_table, write_json, write_markdown
 from reference.spec import DTYPES, PRESETS, preset
 
 DEFAULT_OUT = Path("bprop-report")
@@ -130,7 +130,7 @@ def _timing(train_jobs, train_results, div_jobs, div_results) -> dict:
 
 
 def collect(options: Options, train_jobs, train_results, div_jobs, div_results) -> dict:
-    """results["presets"][preset][dtype] = entry (bprop.summary), each with its acceptance checks."""
+    """results["presets"][preset][dtype] = bprop.summary.PresetResult, each with its acceptance checks."""
     frameworks = frameworks_to_run(options)
     presets: dict[str, dict] = {}
     failures: list[str] = []
@@ -150,8 +150,8 @@ def collect(options: Options, train_jobs, train_results, div_jobs, div_results) 
             }
             entry = summarise(name, dtype, train, div, (*frameworks, J.NUDGED))
             checks = assess(entry, full_data=options.limit is None)
-            rules = acceptance_for(name, entry["spec"]["batch_size"])
-            entry["acceptance"] = {
+            rules = acceptance_for(name, entry.spec["batch_size"])
+            entry.acceptance = {
                 "passed": not any(c.failed for c in checks),
                 "mode": rules.mode,
                 "claim": rules.claim,
@@ -181,11 +181,11 @@ def make_plots(results: dict, options: Options, train_jobs, train_results) -> di
     out: dict[str, list[tuple[str, str]]] = {}
     for name, by_dtype in results["presets"].items():
         files = out.setdefault(name, [])
-        if any(e.get("reference", {}).get("runs") for e in by_dtype.values()):
+        if any(e.reference is not None and e.reference.runs for e in by_dtype.values()):
             files.append(
                 ("loss and accuracy curves", plots.curves(name, by_dtype, options.out / f"curves-{name}.png").name)
             )
-        if any(e.get("divergence") for e in by_dtype.values()):
+        if any(e.divergence for e in by_dtype.values()):
             files.append(("divergence", plots.divergence(name, by_dtype, options.out / f"divergence-{name}.png").name))
         if len(options.seeds) > 1:
             files.append(
@@ -201,7 +201,7 @@ def make_plots(results: dict, options: Options, train_jobs, train_results) -> di
             spec = preset(name, dtype=dtype)
             _, _, x_test, y_test = J.load_data(spec, options.limit)
             preds = {k: preds[k] for k in frameworks_to_run(options) if k in preds}
-            title = f"{name} {dtype}: test digits after {by_dtype[dtype].get('epochs')} epochs (seed {seed})"
+            title = f"{name} {dtype}: test digits after {by_dtype[dtype].epochs} epochs (seed {seed})"
             path = plots.digit_grid(title, x_test, y_test, preds, options.out / f"digits-{name}-{dtype}.png")
             files.append((f"test digits, {dtype}", path.name))
     return out

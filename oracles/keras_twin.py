@@ -92,11 +92,14 @@ import tensorflow as tf
 from keras import ops
 from keras.src.backend.common import global_state  # private: the only way to restore "unset"
 
+from oracles import OnStep, check_epoch
 from reference.errors import DTypeError, ShapeError, SpecError, check_array, describe
+from reference.layers import BatchNorm
 from reference.losses import check_labels, check_targets
+from reference.optimizers import resolved
 from reference.spec import ModelSpec, OptimizerSpec
 from reference.trace import LayerTrace, Trace
-from reference.train import batches
+from reference.train import batches, evaluate_chunks
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the environment
     raise ImportError(f"oracles.keras_twin needs the TensorFlow backend of Keras, got {keras.backend.backend()!r}")
@@ -225,17 +228,16 @@ def make_keras_optimizer(opt: OptimizerSpec, dtype: str) -> keras.optimizers.Opt
             f"keras twin: optimizer {opt.name!r} with convention 'torch' puts eps elsewhere than "
             f"keras.optimizers does ({where}); use convention='keras'"
         )
-    keras_defaults = {"rho": 0.9, "eps": 1e-7}
     kw: dict = {"learning_rate": h(opt.lr)}
     if opt.weight_decay and opt.decay_mode == "decoupled":
         kw["weight_decay"] = h(opt.weight_decay)
-    eps = opt.eps if opt.eps is not None else keras_defaults["eps"]
+    eps = resolved(opt, "eps")
     if opt.name == "sgd":
         return keras.optimizers.SGD(**kw)
     if opt.name in ("momentum", "nesterov"):
         return keras.optimizers.SGD(momentum=h(opt.momentum), nesterov=opt.name == "nesterov", **kw)
     if opt.name == "rmsprop":
-        rho = opt.rho if opt.rho is not None else keras_defaults["rho"]
+        rho = resolved(opt, "rho")
         # momentum=0: the reference does not model RMSprop's optional momentum.
         return keras.optimizers.RMSprop(rho=h(rho), epsilon=h(eps), momentum=0.0, **kw)
     if opt.name == "adam":
@@ -279,8 +281,7 @@ def _build_layer(name: str, kind: str, ls, spec: ModelSpec, width: int) -> keras
                 "takes the biased one. Keras matches torch's momentum (1 - 0.1) and eps, so training-mode "
                 "outputs and gradients would agree, but running_var and evaluation after training would not"
             )
-        momentum = 0.99 if ls.momentum is None else ls.momentum
-        eps = 1e-3 if ls.eps is None else ls.eps
+        momentum, eps = BatchNorm.resolve("keras", ls.momentum, ls.eps)
         layer = keras.layers.BatchNormalization(momentum=momentum, epsilon=eps, dtype=policy, name=name)
         layer.build((None, width))
         return layer
@@ -330,7 +331,8 @@ class KerasTwin:
         opt = spec.optimizer
         self._decayed = [v for k, v in self._vars.items() if opt.decay_biases or k.endswith(".W")]
         if opt.weight_decay and opt.decay_mode == "decoupled" and not opt.decay_biases:
-            self.optimizer.exclude_from_weight_decay(var_list=[v for v in variables if v not in self._decayed])
+            decayed = {id(v) for v in self._decayed}  # by identity: `in` would compare the variables' values
+            self.optimizer.exclude_from_weight_decay(var_list=[v for v in variables if id(v) not in decayed])
         self._coupled_decay = float(opt.weight_decay) if opt.weight_decay and opt.decay_mode == "coupled" else 0.0
         self.optimizer.build(variables)  # slots now: variables cannot be created inside the epoch loop
         label = (
@@ -527,14 +529,7 @@ class KerasTwin:
         return float(self._step_graph(tf.constant(x), tf.constant(y), self._masks(x.shape[0], masks)))
 
     @_in_scope
-    def train_epoch(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        order: np.ndarray,
-        batch_size: int,
-        on_step: Callable[[int, float], None] | None = None,
-    ) -> float:
+    def train_epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int, on_step: OnStep = None):
         """One epoch over x[order] in batches; the mean of the per-step losses.
 
         Without on_step the epoch runs in one compiled loop (self.last_losses holds its per-step
@@ -543,13 +538,7 @@ class KerasTwin:
         `order` whose lengths are multiples of batch_size: the batches, hence the numbers, are the same.
         Each call converts x to a tensor once (about 1.5 s for MNIST in float64 on this machine).
         """
-        order = np.asarray(order)
-        if order.ndim != 1 or len(order) == 0 or len(order) > len(x) or order.dtype.kind not in "iu":
-            raise ShapeError(
-                f"train_epoch: expected an order of 1..{len(x)} integer row indices, got {describe(order)}"
-            )
-        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise ShapeError(f"train_epoch: expected batch_size >= 1, got {batch_size!r}")
+        order = check_epoch(x, order, batch_size, "keras twin train_epoch")
         if on_step is not None:
             losses = []
             for i, idx in enumerate(batches(order, batch_size)):
@@ -581,12 +570,9 @@ class KerasTwin:
         """(mean loss per sample, accuracy) in inference mode, as reference.train.evaluate defines them."""
         self._check_x(x, False)
         labels = self._labels(x, y)
-        total_loss, correct = 0.0, 0
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size], labels[start : start + batch_size]
+
+        def predict(xb: np.ndarray, yb: np.ndarray) -> tuple[np.ndarray, float]:
             out = self._forward(tf.constant(xb), False, ())[-1]
-            value = float(self.loss_fn(tf.constant(yb), out))
-            total_loss += value * (len(xb) if self.spec.reduction == "mean" else 1)
-            if self.classification:
-                correct += int((out.numpy().argmax(axis=1) == yb).sum())
-        return total_loss / len(x), correct / len(x)
+            return out.numpy(), float(self.loss_fn(tf.constant(yb), out))
+
+        return evaluate_chunks(predict, x, labels, self.spec.reduction, self.classification, batch_size)

@@ -1,8 +1,8 @@
 """TorchTwin: the reference's model rebuilt in PyTorch from the very same weights.
 
-The contract (notes/TWIN_API.md, shared with the keras twin):
+The contract (the twin API of oracles/__init__.py, shared with the keras twin):
 
-    twin = TorchTwin(spec, params, seed=0)       spec.dtype model, `params` copied in, torch.optim built
+    twin = TorchTwin(spec, params, seed=0, threads=1)   spec.dtype model, `params` copied in, torch.optim built
     twin.trace(x, y, train=True, masks=None)     -> Trace: loss, per layer out, grad_out, grad_in, grads
     twin.step(x, y, masks=None) -> float         one torch.optim step; the loss before it
     twin.train_epoch(x, y, order, batch_size)    one epoch in reference.train.batches order
@@ -56,8 +56,8 @@ What torch expresses exactly, and what it cannot (NotImplementedError says which
   param groups (as an LR scheduler sets lr). RMSprop: keras puts eps inside the square root,
   sqrt(s + eps), torch outside, sqrt(s) + eps: NotImplementedError.
 
-Speed. train_epoch is the plain eager loop (forward, loss.backward(), optimizer.step()) on one
-thread, each batch a view into a chunk of rows gathered once. Measured on the per-sample preset
+Speed. train_epoch is the plain eager loop (forward, loss.backward(), optimizer.step()) on
+`threads` torch threads (default THREADS, one), each batch a view into a chunk of rows gathered once. Measured on the per-sample preset
 (2 busy cores, CPU time per step): foreach=True and fused=True within noise of the default,
 calling torch.func.grad then optimizer.step() 2x slower, torch.compile of the step 2x slower per
 step after an 87 s compile; torch's per-op dispatch (about 35 ops a step) is the floor.
@@ -74,20 +74,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracles import OnStep, check_epoch
 from reference.errors import DTypeError, ShapeError, check_array, describe
+from reference.layers import BatchNorm
 from reference.losses import check_labels, check_targets, make_loss
+from reference.optimizers import resolved
 from reference.spec import ModelSpec, OptimizerSpec
 from reference.trace import LayerTrace, Trace
+from reference.train import evaluate_chunks
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CLASSIFICATION = ("softmax_cross_entropy", "cross_entropy", "nll")
 
-# Threads for train_epoch, measured on 2 cores shared with other jobs (CPU time per step, medians of
-# interleaved rounds, real MNIST): per-sample 784-32-32-10 is dispatch-bound, 1 thread 497 us vs 2
-# threads 507 us (float32); at batch 128 (784-128-10) 2 threads spin against the other jobs: 2.3 ms
-# vs 44 ms per step (float32), 3.9 ms vs 30 ms (float64). One thread for both.
-THREADS_PER_SAMPLE = 1
-THREADS_BATCHED = 1
+# Threads for train_epoch (the default of TorchTwin's `threads`), measured on 2 cores shared with
+# other jobs (CPU time per step, medians of interleaved rounds, real MNIST): per-sample 784-32-32-10
+# is dispatch-bound, 1 thread 497 us vs 2 threads 507 us (float32); at batch 128 (784-128-10) 2
+# threads spin against the other jobs: 2.3 ms vs 44 ms per step (float32), 3.9 ms vs 30 ms
+# (float64). One thread for both.
+THREADS = 1
 # torch.optim's single-tensor loop (foreach=False): within noise of foreach=True for 4-6 small
 # tensors (497 vs 477 us per-sample float32, 593 vs 654 us float64); the simpler code path.
 FOREACH = False
@@ -158,11 +162,10 @@ def build_optimizer(opt: OptimizerSpec, named: dict[str, nn.Parameter]) -> tuple
         nesterov = opt.name == "nesterov" and mu > 0  # mu = 0: the reference's Nesterov is plain SGD
         return torch.optim.SGD(groups, lr=opt.lr, momentum=mu, nesterov=nesterov, foreach=FOREACH), None
     if opt.name == "rmsprop":
-        rho = 0.99 if opt.rho is None else opt.rho
-        eps = 1e-8 if opt.eps is None else opt.eps
+        rho, eps = resolved(opt, "rho"), resolved(opt, "eps")
         return torch.optim.RMSprop(groups, lr=opt.lr, alpha=rho, eps=eps, foreach=FOREACH), None
     if opt.name == "adam":
-        eps = (1e-7 if keras else 1e-8) if opt.eps is None else opt.eps
+        eps = resolved(opt, "eps")
         cls = torch.optim.AdamW if decoupled else torch.optim.Adam
         built = cls(groups, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=eps, foreach=FOREACH)
         return built, (eps if keras else None)
@@ -172,8 +175,11 @@ def build_optimizer(opt: OptimizerSpec, named: dict[str, nn.Parameter]) -> tuple
 class TorchTwin:
     kind = "torch"
 
-    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0) -> None:
+    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0, threads: int = THREADS) -> None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"torch twin: expected threads >= 1, got {threads!r}")
         self.spec = spec
+        self.threads = threads  # torch's intra-op threads while train_epoch runs
         self.dtype = np.dtype(spec.dtype)
         self.tdtype = TORCH_DTYPES[spec.dtype]
         self.names = spec.layer_names()
@@ -204,9 +210,7 @@ class TorchTwin:
             self.kernels.append(lin.weight)
             return lin
         if ls.kind == "batchnorm":
-            m0, e0 = {"torch": (0.1, 1e-5), "keras": (0.99, 1e-3)}[ls.convention]
-            m = m0 if ls.momentum is None else ls.momentum
-            eps = e0 if ls.eps is None else ls.eps
+            m, eps = BatchNorm.resolve(ls.convention, ls.momentum, ls.eps)
             # keras' running = m r + (1-m) s is torch's (1-m') r + m' s with m' = 1 - m.
             bn = nn.BatchNorm1d(n_in, eps=eps, momentum=m if ls.convention == "torch" else 1 - m, dtype=self.tdtype)
             self.named[f"{name}.gamma"], self.named[f"{name}.beta"] = bn.weight, bn.bias
@@ -406,31 +410,13 @@ class TorchTwin:
         with torch.enable_grad():
             return float(self._train_step(xt, yt, masks))
 
-    def train_epoch(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        order: np.ndarray,
-        batch_size: int,
-        on_step: Callable[[int, float], None] | None = None,
-    ) -> float:
+    def train_epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int, on_step: OnStep = None):
         """One epoch over x[order], one torch.optim step per batch; the mean of the per-step losses."""
-        if not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise ShapeError(f"torch twin train_epoch: expected a batch size >= 1, got {batch_size!r}")
-        order = np.asarray(order)
-        if order.ndim != 1 or len(order) == 0 or len(order) > len(x) or order.dtype.kind not in "iu":
-            raise ShapeError(
-                f"torch twin train_epoch: expected an order of 1..{len(x)} row indices, got {describe(order)}"
-            )
-        if order.min() < 0 or order.max() >= len(x):
-            raise ShapeError(
-                f"torch twin train_epoch: order indices must lie in [0, {len(x)}), got {order.min()}..{order.max()}"
-            )
+        order = check_epoch(x, order, batch_size, "torch twin train_epoch")
         xt, yt = self._inputs(x, y, "train_epoch")  # checked once, shared memory, no copy
         order_t = torch.from_numpy(order.astype(np.int64, copy=False))
-        threads = THREADS_PER_SAMPLE if batch_size == 1 else THREADS_BATCHED
         losses = []
-        with torch_threads(threads), torch.enable_grad():
+        with torch_threads(self.threads), torch.enable_grad():
             # Chunks of whole batches gathered once: each step then takes a view, not a gather.
             chunk = batch_size * max(1, 4096 // batch_size)
             for start in range(0, len(order), chunk):
@@ -446,16 +432,14 @@ class TorchTwin:
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 10_000) -> tuple[float, float]:
         """(mean loss per sample, accuracy) in inference mode; the data loss, as the reference's."""
         xt, yt = self._inputs(x, y, "evaluate")
-        total_loss, correct = 0.0, 0
+
+        def predict(xb: torch.Tensor, yb: torch.Tensor) -> tuple[np.ndarray, float]:
+            out = self._forward(xb, train=False)[-1]
+            return out.numpy(), float(self.loss_fn(out, yb))
+
         with torch.no_grad():
-            for start in range(0, len(xt), batch_size):
-                xb, yb = xt[start : start + batch_size], yt[start : start + batch_size]
-                out = self._forward(xb, train=False)[-1]
-                value = float(self.loss_fn(out, yb))
-                total_loss += value * (len(xb) if self.spec.reduction == "mean" else 1)
-                if self.spec.loss in CLASSIFICATION:
-                    correct += int((out.argmax(dim=1) == yb).sum())
-        return total_loss / len(xt), correct / len(xt)
+            classification = self.spec.loss in CLASSIFICATION
+            return evaluate_chunks(predict, xt, yt, self.spec.reduction, classification, batch_size)
 
 
 def _reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:

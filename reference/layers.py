@@ -190,12 +190,16 @@ class BatchNorm(Layer):
         super().__init__(name)
         if convention not in self.DEFAULTS:
             raise SpecError(f"{name}: convention must be 'torch' or 'keras', got {convention!r}")
-        m0, e0 = self.DEFAULTS[convention]
         self.convention = convention
-        self.momentum = m0 if momentum is None else momentum
-        self.eps = e0 if eps is None else eps
+        self.momentum, self.eps = self.resolve(convention, momentum, eps)
         self.params = {"gamma": np.ones(n, dtype), "beta": np.zeros(n, dtype)}
         self.state = {"running_mean": np.zeros(n, dtype), "running_var": np.ones(n, dtype)}
+
+    @classmethod
+    def resolve(cls, convention: str, momentum: float | None, eps: float | None) -> tuple[float, float]:
+        """(momentum, eps): the given values, or the convention's defaults where None (the twins read these)."""
+        m0, e0 = cls.DEFAULTS[convention]
+        return (m0 if momentum is None else momentum), (e0 if eps is None else eps)
 
     def forward(self, x, train=True):
         """out = gamma * (x - mu) / sqrt(var + eps) + beta"""

@@ -65,6 +65,11 @@ class Loss:
             return check_labels(target, pred, self.name)
         return check_targets(target, pred, self.name)
 
+    def _residual(self, pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int]:
+        """(p - t, the divisor), after checking both: what every element-wise regression loss starts from."""
+        self.check(pred, target)
+        return pred - target, self._divisor(pred)
+
     def value(self, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
         return self.value_and_grad(pred, target)[0]
 
@@ -142,9 +147,7 @@ class MSE(Loss):
 
     def value_and_grad(self, pred, target):
         """L = sum (p - t)^2 / n;  dL/dp = 2 (p - t) / n"""
-        self.check(pred, target)
-        diff = pred - target
-        d = self._divisor(pred)
+        diff, d = self._residual(pred, target)
         return (diff * diff).sum() / d, 2 * diff / d
 
 
@@ -154,9 +157,7 @@ class L1(Loss):
 
     def value_and_grad(self, pred, target):
         """L = sum |p - t| / n;  dL/dp = sign(p - t) / n  (subgradient 0 at p == t, as torch)"""
-        self.check(pred, target)
-        diff = pred - target
-        d = self._divisor(pred)
+        diff, d = self._residual(pred, target)
         return np.abs(diff).sum() / d, np.sign(diff) / d
 
 

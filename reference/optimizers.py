@@ -22,6 +22,15 @@ import numpy as np
 from reference.errors import SpecError
 from reference.spec import OptimizerSpec
 
+# What a spec leaves as None, by convention (torch.optim's and keras.optimizers' defaults).
+DEFAULTS: dict[str, dict[str, float]] = {"torch": {"rho": 0.99, "eps": 1e-8}, "keras": {"rho": 0.9, "eps": 1e-7}}
+
+
+def resolved(spec: OptimizerSpec, name: str) -> float:
+    """spec.<name> ("rho" or "eps"), or its convention's default when the spec leaves it None."""
+    value = getattr(spec, name)
+    return DEFAULTS[spec.convention][name] if value is None else value
+
 
 class Optimizer:
     def __init__(self, spec: OptimizerSpec) -> None:
@@ -98,8 +107,7 @@ class RMSProp(Optimizer):
         """torch: s <- a s + (1-a) g^2, p <- p - lr g / (sqrt(s) + eps)   (eps outside the root)
         keras: s <- r s + (1-r) g^2, p <- p - lr g / sqrt(s + eps)          (eps inside the root)"""
         torch = self.spec.convention == "torch"
-        rho = self.spec.rho if self.spec.rho is not None else (0.99 if torch else 0.9)
-        eps = self.spec.eps if self.spec.eps is not None else (1e-8 if torch else 1e-7)
+        rho, eps = resolved(self.spec, "rho"), resolved(self.spec, "eps")
         s = self._slot(name, "s", p)
         s[...] = rho * s + (1 - rho) * g * g
         p -= self.lr * g / ((np.sqrt(s) + eps) if torch else np.sqrt(s + eps))
@@ -113,7 +121,7 @@ class Adam(Optimizer):
         (the same rule but for where eps sits: keras' eps acts on the uncorrected sqrt(v))"""
         torch = self.spec.convention == "torch"
         b1, b2 = self.spec.beta1, self.spec.beta2
-        eps = self.spec.eps if self.spec.eps is not None else (1e-8 if torch else 1e-7)
+        eps = resolved(self.spec, "eps")
         m, v = self._slot(name, "m", p), self._slot(name, "v", p)
         m[...] = b1 * m + (1 - b1) * g
         v[...] = b2 * v + (1 - b2) * g * g

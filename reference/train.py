@@ -77,15 +77,27 @@ def train_epoch(
 
 def evaluate(net: Network, x: np.ndarray, y: np.ndarray, batch_size: int = 10_000) -> tuple[float, float]:
     """(mean loss per sample, accuracy) in inference mode, in chunks to bound memory."""
+
+    def predict(xb: np.ndarray, yb: np.ndarray) -> tuple[np.ndarray, float]:
+        out = net.forward(xb, train=False)
+        return out, net.loss.value(out, yb)
+
+    return evaluate_chunks(predict, x, y, net.loss.reduction, net.loss.classification, batch_size)
+
+
+def evaluate_chunks(
+    predict: Callable, x, y, reduction: str, classification: bool, batch_size: int = 10_000
+) -> tuple[float, float]:
+    """(mean loss per sample, accuracy) from predict(x_chunk, y_chunk) -> (outputs, loss value), chunk
+    by chunk: the one definition the reference and both twins evaluate by (x, y: arrays or tensors)."""
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        out = net.forward(xb, train=False)
-        value = net.loss.value(out, yb)
+        out, value = predict(xb, yb)
         # The loss's own reduction, turned into a per-sample sum so chunks add up.
-        total_loss += float(value) * (len(xb) if net.loss.reduction == "mean" else 1)
-        if net.loss.classification:
-            correct += int((out.argmax(axis=1) == yb).sum())
+        total_loss += float(value) * (len(xb) if reduction == "mean" else 1)
+        if classification:
+            correct += int((np.asarray(out).argmax(axis=1) == np.asarray(yb)).sum())
     return total_loss / len(x), correct / len(x)
 
 

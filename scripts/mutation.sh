@@ -7,7 +7,8 @@
 #
 # mutmut 3 changes the code one small edit at a time (a + for a -, 1 for 0, < for <=, a dropped
 # argument ...) and runs, for each mutant, the tests that exercise the mutated function: the fast
-# parity and finite-difference suites listed in TESTS (not the golden baselines, which would catch
+# parity suite against torch (tests/test_parity.py's torch half: -m "not keras") and the
+# finite-difference suite, listed in TESTS (not the golden baselines, which would catch
 # any change of a number and so say nothing about the checks themselves). A mutant that passes them
 # all "survives". Each survivor is either killed by a test in tests/test_mutants.py or explained as
 # equivalent (it changes no result) in README "Regression checks".
@@ -32,13 +33,14 @@ TESTS=(
     tests/test_fast_forms.py
     tests/test_mutants.py
     tests/test_numeric.py
+    tests/test_parity.py
     tests/test_torch_twin.py
 )
 # Left out as too slow to run for every mutant (finite differences over a whole MNIST-sized preset,
 # 100,000 parameters; twin round trips of the presets). The small layer cases cover the same code.
 DESELECT=(
     tests/test_numeric.py::test_preset_matches_finite_differences
-    tests/test_torch_twin.py::test_params_round_trip_bit_exact
+    tests/test_parity.py::test_params_and_state_round_trip_bit_exact
 )
 
 case "${1:-run}" in
@@ -67,7 +69,7 @@ done
     echo "pytest_add_cli_args_test_selection ="
     printf '    %s\n' "${present[@]}"
     echo "pytest_add_cli_args ="
-    printf '    %s\n' -p no:cacheprovider -p no:xdist -m "not slow and not mnist" --timeout=900
+    printf '    %s\n' -p no:cacheprovider -p no:xdist -m "not slow and not mnist and not keras" --timeout=900
     for d in "${DESELECT[@]}"; do printf '    %s\n' --deselect "$d"; done
 } > setup.cfg
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONHASHSEED=0

@@ -1,4 +1,4 @@
-"""Shared pytest set-up: the --mnist switch for the real-data validation tests."""
+"""Shared pytest set-up: the --mnist switch for the real-data validation tests, and the `mnist` fixture."""
 
 import pytest
 
@@ -14,3 +14,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "mnist" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """Real MNIST ((x_train, y_train), (x_test, y_test)) from data_loaders, or a skip saying why not."""
+    data_loaders = pytest.importorskip("data_loaders")
+    try:
+        return data_loaders.load_mnist()
+    except data_loaders.DataError as e:
+        pytest.skip(f"real MNIST not available offline: {e}")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cases import LAYER_CASES, LOSS_CASES, make_batch
+from helpers import assert_close
 
-from oracles.compare import atol as floor
-from oracles.compare import compare_arrays, compare_params, tolerance
+from oracles.compare import compare_params
 from oracles.numeric import draw_masks
 from reference.network import Network
 from reference.spec import PRESETS, ModelSpec, preset
@@ -47,19 +47,12 @@ def check_batch_is_its_samples(spec: ModelSpec, batch: int, train: bool = True, 
     compare_params(
         batched, {k: v.astype(dtype) for k, v in grads.items()}, oracle="twin", dtype=dtype, names=("batch", "samples")
     ).assert_ok()
-    for name, mine, theirs, quantity in (
-        ("loss", trace.loss, loss, "loss"),
-        ("dense_1.grad_in", trace.layers[0].grad_in, grad_in, "gradient"),
-    ):
-        row = compare_arrays(
-            name, mine, theirs, tolerance("twin", dtype, quantity), check_dtype=False, atol=floor("twin", dtype)
-        )
-        assert row.passed, row.describe(("batch", "samples"))
+    names = ("batch", "samples")
+    assert_close("loss", trace.loss, loss, dtype, "loss", names=names, check_dtype=False)
+    assert_close("dense_1.grad_in", trace.layers[0].grad_in, grad_in, dtype, "gradient", names=names, check_dtype=False)
     # and the forward pass: row i of the batch is sample i
-    out = net.forward(x)
     rows = np.concatenate([net.forward(x[i : i + 1]) for i in range(batch)])
-    row = compare_arrays("output", out, rows, tolerance("twin", dtype, "forward"), atol=floor("twin", dtype))
-    assert row.passed, row.describe(("batch", "samples"))
+    assert_close("output", net.forward(x), rows, dtype, "forward", names=names)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -17,20 +17,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cases import BATCH_SIZES, DTYPES, LAYER_CASES, OPTIMIZER_CASES, make_batch
+from helpers import assert_close
 
-from oracles.compare import atol, compare_arrays, tolerance
 from reference import DTypeError, Network, NonFiniteError, ShapeError, make_optimizer, preset
 from reference.layers import Dense, sigmoid
 from reference.optimizers import SGD
 from reference.spec import PRESETS, OptimizerSpec
 from reference.train import check_inputs, train_epoch, train_step
-
-
-def assert_twin_close(name: str, fast: np.ndarray, plain: np.ndarray, quantity: str) -> None:
-    """fast vs plain within the twin policy for their dtype (the dtype must be the same)."""
-    dtype = plain.dtype
-    row = compare_arrays(name, fast, plain, tolerance("twin", dtype, quantity), atol=atol("twin", dtype))
-    assert row.passed, row.describe(("fast", "plain"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -42,8 +35,8 @@ def test_dense_weight_gradient_is_x_transposed_times_g(dtype, batch, n_in, n_out
     W, b = rng.normal(size=(n_in, n_out)).astype(dtype), np.zeros(n_out, dtype)
     grads = Dense("dense_1", W, b).param_grads(g, x)
     assert grads["W"].shape == (n_in, n_out) and grads["W"].dtype == np.dtype(dtype)
-    assert_twin_close("dW", grads["W"], x.T @ g, "gradient")
-    assert_twin_close("db", grads["b"], g.sum(axis=0), "gradient")
+    assert_close("dW", grads["W"], x.T @ g, dtype, "gradient", names=("fast", "plain"))
+    assert_close("db", grads["b"], g.sum(axis=0), dtype, "gradient", names=("fast", "plain"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -16,14 +16,14 @@ an error. Underflow is left alone on purpose: exp(-1e4) == 0 is the right answer
 
 from __future__ import annotations
 
-import contextlib
-import warnings
+import functools
 
 import numpy as np
 import pytest
 from cases import LAYER_CASES, LOSS_CASES, make_batch
+from helpers import assert_close as _assert_close
+from helpers import strict_fp
 
-from oracles.compare import atol, compare_arrays, tolerance
 from oracles.numeric import draw_masks
 from reference.layers import BatchNorm, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, softmax
 from reference.network import Network, init_params
@@ -32,19 +32,8 @@ from reference.spec import LayerSpec, ModelSpec
 RNG = np.random.default_rng
 
 
-@contextlib.contextmanager
-def strict_fp():
-    """Overflow, division by zero and invalid operations raise; so does any warning."""
-    with np.errstate(over="raise", divide="raise", invalid="raise"), warnings.catch_warnings():
-        warnings.simplefilter("error")
-        yield
-
-
-def assert_close(name: str, mine, theirs, dtype="float64", quantity: str = "gradient") -> None:
-    """The project's twin policy: the same function computed another way, in `dtype`."""
-    tol = tolerance("twin", dtype, quantity)
-    row = compare_arrays(name, mine, theirs, tol, check_dtype=False, atol=atol("twin", dtype))  # dtypes: own tests
-    assert row.passed, row.describe(("layer", "formula"))
+# The twin policy (the same function computed another way); dtypes have their own tests here.
+assert_close = functools.partial(_assert_close, names=("layer", "formula"), check_dtype=False)
 
 
 # The warnings filter itself --------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cases import LAYER_CASES, make_batch
+from helpers import assert_close
 
 from oracles.compare import compare
 from oracles.numeric import numeric_trace
@@ -66,7 +67,7 @@ def test_forward_defaults_to_training_mode():
     assert (dropped == 0).any()
     bn = BatchNorm("batchnorm_1", 5, np.float64)
     out, _ = bn.forward(x)
-    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-12)  # batch statistics, not running ones
+    assert_close("batch mean of the output", out.mean(axis=0), np.zeros(5), "float64", "forward")  # not running ones
     np.testing.assert_array_equal(bn.state["running_mean"], 0.1 * x.mean(axis=0))
 
 
@@ -221,7 +222,7 @@ def test_softmax_layer_backward_works_along_the_last_axis_of_any_rank():
         s = out[i]
         expected[i] = (np.diag(s) - np.outer(s, s)).T @ g[i]
     assert grads == {}
-    np.testing.assert_allclose(grad_in, expected, rtol=1e-12, atol=1e-15)
+    assert_close("dL/dx", grad_in, expected, "float64", "gradient", names=("backward", "Jacobian"))
 
 
 class _Draws:

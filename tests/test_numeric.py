@@ -136,6 +136,8 @@ def test_numerical_gradient_of_a_known_function():
     x = np.random.default_rng(0).normal(size=(3, 4))
     grad = numerical_gradient(lambda: float((x**3 + np.sin(x)).sum()), x)
     exact = 3 * x**2 + np.cos(x)
+    # Its own bar: a closed form isolates the stencil's rounding, ~1.5 eps |f| / h ~ 2e-10 here (h = 1e-5,
+    # |f| ~ 6), 1e-11 of |f'|; the numeric policy's 1e-7 is for whole networks, so 1e-9 is 100x tighter.
     assert np.abs(grad - exact).max() <= 1e-9 * np.abs(exact).max()
 
 

@@ -14,12 +14,10 @@ is derandomised (the same examples each time) and capped at 50 examples, without
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-
 import numpy as np
 import pytest
 from cases import LAYER_CASES, LOSS_CASES
+from helpers import strict_fp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -32,14 +30,6 @@ from reference.network import Network
 
 FAST = settings(max_examples=50, deadline=None, derandomize=True, database=None)
 DTYPES = st.sampled_from(["float32", "float64"])
-
-
-@contextlib.contextmanager
-def strict_fp():
-    """Overflow, division by zero and invalid operations raise; so does any warning (underflow to 0 is fine)."""
-    with np.errstate(over="raise", divide="raise", invalid="raise"), warnings.catch_warnings():
-        warnings.simplefilter("error")
-        yield
 
 
 def arrays(dtype: str, shape, bound: float = 1e4):

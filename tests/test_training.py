@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cases import LAYER_CASES, OPTIMIZER_CASES, make_batch
+from helpers import assert_close
 
-from oracles.compare import atol, compare_arrays, compare_params, tolerance
+from oracles.compare import compare_params
 from reference.network import Network
 from reference.optimizers import make_optimizer
 from reference.spec import preset
@@ -154,7 +155,6 @@ def test_evaluate_is_independent_of_its_chunk_size():
     assert acc_a == acc_b == np.mean(net.predict(x) == y)
     whole = net.loss.value(net.forward(x), y)  # mean reduction: the mean loss per sample
     for name, got in (("chunks of 7", loss_b), ("one chunk", loss_a)):
-        row = compare_arrays(
-            name, got, whole, tolerance("twin", "float64", "loss"), check_dtype=False, atol=atol("twin", "float64")
+        assert_close(
+            name, got, whole, "float64", "loss", names=("evaluate", "loss of the whole set"), check_dtype=False
         )
-        assert row.passed, row.describe(("evaluate", "loss of the whole set"))

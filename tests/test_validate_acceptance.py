@@ -11,7 +11,8 @@ import pytest
 
 from bprop import acceptance as A
 from bprop.divergence import DIVERGENCE_BAR, agree_steps, analyse, first_step_above, growth
-from bprop.summary import compare_runs, param_differences, summarise_framework
+from bprop.jobs import FRAMEWORKS
+from bprop.summary import PresetResult, compare_runs, param_differences, summarise_framework
 from reference.spec import preset
 
 
@@ -24,8 +25,9 @@ def run(seed: int, accs: list[float], rel: float | None = None) -> dict:
 
 def entry(
     preset_name: str, dtype: str, accs: dict[str, list[list[float]]], rel: float = 0.0, n_test: int = 10_000
-) -> dict:
-    """An entry like bprop.summary's: accs[framework] = per seed, the per-epoch accuracies."""
+) -> PresetResult:
+    """A result like bprop.summary's, built from its results.json form: accs[framework] = per seed,
+    the per-epoch accuracies."""
     spec = preset(preset_name, dtype=dtype)
     e = {"preset": preset_name, "dtype": dtype, "spec": spec.to_dict(), "n_test": n_test}
     e["seeds"] = list(range(len(accs["reference"])))
@@ -46,7 +48,7 @@ def entry(
         }
         if kind != "reference":
             e[kind]["vs_reference"] = {"param_rel_error": [rel] * len(per_seed[0])}
-    return e
+    return PresetResult.from_dict(e)
 
 
 def statuses(checks) -> dict[str, str]:
@@ -54,9 +56,7 @@ def statuses(checks) -> dict[str, str]:
 
 
 def test_float64_parity_passes_on_identical_runs():
-    e = entry(
-        "mnist-relu-batched", "float64", {k: [[0.91, 0.93, 0.94]] for k in ("reference", "torch", "keras")}, rel=1e-15
-    )
+    e = entry("mnist-relu-batched", "float64", {k: [[0.91, 0.93, 0.94]] for k in FRAMEWORKS}, rel=1e-15)
     checks = A.assess(e, full_data=True)
     assert all(c.status == "pass" for c in checks), [c.to_dict() for c in checks]
 
@@ -69,7 +69,7 @@ def test_float64_parity_fails_on_one_differing_accuracy():
 
 
 def test_float64_parity_fails_on_parameters_beyond_the_policy():
-    e = entry("mnist-relu-batched", "float64", {k: [[0.9]] for k in ("reference", "torch", "keras")}, rel=2e-12)
+    e = entry("mnist-relu-batched", "float64", {k: [[0.9]] for k in FRAMEWORKS}, rel=2e-12)
     check = A.check_params_within_policy(e)
     assert check.failed
     assert "torch epoch 1: 2e-12 > 1e-12" in check.detail and "keras epoch 1" in check.detail
@@ -95,18 +95,18 @@ def test_min_accuracy_fails_below_the_floor_and_is_na_on_partial_runs():
 
 
 def test_min_accuracy_is_part_of_the_deep_preset_only_on_all_the_data():
-    accs = {k: [[0.5]] for k in ("reference", "torch", "keras")}
+    accs = {k: [[0.5]] for k in FRAMEWORKS}
     e = entry("mnist-relu-deep", "float64", accs)
     assert statuses(A.assess(e, full_data=False))["accuracy >= 97.00 % after 3 epochs"] == "n/a"
     assert statuses(A.assess(e, full_data=True))["accuracy >= 97.00 % after 3 epochs"] == "fail"
 
 
-def _with_divergence(e: dict, agree: dict[str, int], steps: int = 1000) -> dict:
-    e["divergence"] = {}
+def _with_divergence(e: PresetResult, agree: dict[str, int], steps: int = 1000) -> PresetResult:
+    e.divergence = {}
     for kind, n in agree.items():
         max_abs = np.r_[np.full(n, 1e-15), np.full(steps - n, 1e-3)]
-        e["divergence"][kind] = {
-            **analyse(max_abs, e["dtype"]),
+        e.divergence[kind] = {
+            **analyse(max_abs, e.dtype),
             "max_abs": max_abs.tolist(),
             "rel": max_abs.tolist(),
             "policy": (max_abs / 1e-12).tolist(),
@@ -116,7 +116,7 @@ def _with_divergence(e: dict, agree: dict[str, int], steps: int = 1000) -> dict:
 
 def test_agreement_stretch_passes_and_fails_by_the_minimum():
     minimum = A.ACCEPTANCE["mnist-sigmoid-per-sample"].min_agree_steps["float64"]
-    accs = {k: [[0.6]] for k in ("reference", "torch", "keras")}
+    accs = {k: [[0.6]] for k in FRAMEWORKS}
     good = _with_divergence(entry("mnist-sigmoid-per-sample", "float64", accs), {"torch": minimum, "keras": 900})
     assert A.check_agreement_stretch(good, minimum).status == "pass"
     bad = _with_divergence(entry("mnist-sigmoid-per-sample", "float64", accs), {"torch": minimum - 1, "keras": 900})
@@ -129,7 +129,7 @@ def test_agreement_stretch_passes_and_fails_by_the_minimum():
 
 def test_agreement_stretch_is_measured_against_the_one_ulp_control():
     """A twin that separates much sooner than the reference nudged by one ulp fails, whatever the floor."""
-    accs = {k: [[0.6]] for k in ("reference", "torch", "keras")}
+    accs = {k: [[0.6]] for k in FRAMEWORKS}
     e = _with_divergence(
         entry("mnist-sigmoid-per-sample", "float64", accs), {"torch": 300, "keras": 700, "nudged": 800}
     )
@@ -141,10 +141,10 @@ def test_agreement_stretch_is_measured_against_the_one_ulp_control():
 
 
 def test_early_steps_must_be_within_the_twin_policy():
-    accs = {k: [[0.6]] for k in ("reference", "torch", "keras")}
+    accs = {k: [[0.6]] for k in FRAMEWORKS}
     e = _with_divergence(entry("mnist-sigmoid-per-sample", "float64", accs), {"torch": 500, "keras": 500})
     assert A.check_early_steps(e).status == "pass"
-    keras = e["divergence"]["keras"]
+    keras = e.divergence["keras"]
     keras["rel"][5], keras["max_abs"][5], keras["policy"][5] = 3e-12, 3e-12, 3.0  # as a float32 lr would
     check = A.check_early_steps(e)
     assert check.failed
@@ -152,11 +152,11 @@ def test_early_steps_must_be_within_the_twin_policy():
 
 
 def test_min_accuracy_has_floors_for_some_epoch_counts_only():
-    e = entry("digits-sigmoid-per-sample", "float64", {k: [[0.5, 0.975]] for k in ("reference", "torch", "keras")})
-    e["epochs"] = 2
+    e = entry("digits-sigmoid-per-sample", "float64", {k: [[0.5, 0.975]] for k in FRAMEWORKS})
+    e.epochs = 2
     check = A.check_min_accuracy(e, A.ACCEPTANCE["digits-sigmoid-per-sample"].min_accuracy, full_data=True)
     assert check.status == "n/a" and check.detail == "floors exist for: 90% after 3, 97% after 15"
-    e["epochs"] = 15
+    e.epochs = 15
     assert (
         A.check_min_accuracy(e, A.ACCEPTANCE["digits-sigmoid-per-sample"].min_accuracy, full_data=True).status == "pass"
     )
@@ -173,14 +173,14 @@ def test_min_accuracy_has_floors_for_some_epoch_counts_only():
 
 
 def test_agreement_stretch_is_na_when_too_few_steps_were_measured():
-    accs = {k: [[0.6]] for k in ("reference", "torch", "keras")}
+    accs = {k: [[0.6]] for k in FRAMEWORKS}
     e = _with_divergence(entry("mnist-sigmoid-per-sample", "float64", accs), {"torch": 10, "keras": 10}, steps=20)
     assert A.check_agreement_stretch(e, 100).status == "n/a"
 
 
 def test_seed_distribution_passes_for_draws_of_one_distribution_and_fails_for_a_shifted_one():
     rng = np.random.default_rng(0)
-    same = {k: [[a] for a in 0.65 + 0.03 * rng.standard_normal(5)] for k in ("reference", "torch", "keras")}
+    same = {k: [[a] for a in 0.65 + 0.03 * rng.standard_normal(5)] for k in FRAMEWORKS}
     assert A.check_seed_distribution(entry("mnist-sigmoid-per-sample", "float64", same)).status == "pass"
     shifted = dict(same, keras=[[a[0] - 0.15] for a in same["keras"]])
     check = A.check_seed_distribution(entry("mnist-sigmoid-per-sample", "float64", shifted))
@@ -188,20 +188,20 @@ def test_seed_distribution_passes_for_draws_of_one_distribution_and_fails_for_a_
 
 
 def test_seed_distribution_needs_two_seeds():
-    e = entry("mnist-sigmoid-per-sample", "float64", {k: [[0.6]] for k in ("reference", "torch", "keras")})
+    e = entry("mnist-sigmoid-per-sample", "float64", {k: [[0.6]] for k in FRAMEWORKS})
     assert A.check_seed_distribution(e).status == "n/a"
 
 
 def test_a_framework_error_fails_the_entry():
-    e = entry("mnist-relu-batched", "float64", {k: [[0.9]] for k in ("reference", "torch", "keras")})
-    e["keras"]["error"] = "keras: ValueError: boom"
+    e = entry("mnist-relu-batched", "float64", {k: [[0.9]] for k in FRAMEWORKS})
+    e.frameworks["keras"].error = "keras: ValueError: boom"
     check = A.check_ran(e)
     assert check.failed and "keras: ValueError: boom" in check.detail
 
 
 def test_non_finite_losses_fail():
-    e = entry("mnist-relu-batched", "float64", {k: [[0.9]] for k in ("reference", "torch", "keras")})
-    e["torch"]["test_loss"] = [float("nan")]
+    e = entry("mnist-relu-batched", "float64", {k: [[0.9]] for k in FRAMEWORKS})
+    e.frameworks["torch"].test_loss = [float("nan")]
     check = A.check_finite(e)
     assert check.failed and check.detail == "torch test_loss epoch 1 = nan"
 
@@ -273,11 +273,11 @@ def test_summarise_framework_statistics_over_seeds():
         }
 
     out = summarise_framework("reference", {0: rec([0.5, 0.6]), 1: rec([0.5, 0.7])}, {})
-    assert out["test_accuracy"] == pytest.approx([0.5, 0.65])
-    assert out["final_accuracy"]["mean"] == pytest.approx(0.65)
-    assert out["final_accuracy"]["std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
-    assert out["wall_s"] == 8.0
-    assert out["ms_per_step"] == pytest.approx(10.0)
+    assert out.test_accuracy == pytest.approx([0.5, 0.65])
+    assert out.final_accuracy["mean"] == pytest.approx(0.65)
+    assert out.final_accuracy["std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
+    assert out.wall_s == 8.0
+    assert out.ms_per_step == pytest.approx(10.0)
 
 
 def test_deep_float32_claims_the_floor_only():

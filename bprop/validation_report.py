@@ -4,8 +4,8 @@
     write_markdown(results, out_dir)         report.md: tables, acceptance, plots, where time went
     write_json(results, out_dir)             results.json: every figure (numpy converted)
 
-`results` is the document bprop.validate builds: {"meta": ..., "presets": {preset: {dtype: entry}},
-"acceptance": ...}; an entry is described in bprop.summary.
+`results` is the document bprop.validate builds: {"meta": ..., "presets": {preset: {dtype: result}},
+"acceptance": ...}; a result is a bprop.summary.PresetResult (results.json holds its to_dict()).
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bprop.divergence import DIVERGENCE_BAR
-from bprop.jobs import NUDGED
+from bprop.jobs import FRAMEWORKS, NUDGED
+from bprop.summary import PresetResult
+from oracles import TWIN_KINDS
+from oracles.compare import DIVERGENCE_BAR
 
-FRAMEWORK_ORDER = ("reference", "torch", "keras")
-LABELS = {"reference": "reference (numpy)", "torch": "torch twin", "keras": "keras twin", NUDGED: "reference, 1 ulp"}
+FRAMEWORK_ORDER = FRAMEWORKS
+LABELS = {"reference": "reference (numpy)", **{k: f"{k} twin" for k in TWIN_KINDS}, NUDGED: "reference, 1 ulp"}
 
 
 def pct(a: float | None) -> str:
@@ -33,38 +35,33 @@ def sci(v: float | None) -> str:
     return "0" if v == 0 else f"{v:.1e}"
 
 
-def frameworks_of(entry: dict, controls: bool = False) -> list[str]:
+def frameworks_of(entry: PresetResult, controls: bool = False) -> list[str]:
     """The frameworks present, in order; with `controls`, the 1-ulp reference too."""
-    return [k for k in (*FRAMEWORK_ORDER, *((NUDGED,) if controls else ())) if k in entry]
+    return entry.present((*FRAMEWORK_ORDER, *((NUDGED,) if controls else ())))
 
 
-ROW_NAMES = {"reference": "reference", "torch": "torch", "keras": "keras", NUDGED: "ref + 1 ulp"}
+ROW_NAMES = {**{k: k for k in FRAMEWORKS}, NUDGED: "ref + 1 ulp"}
 
 
 # Rows -------------------------------------------------------------------------------------------
 
 
-def table_rows(entry: dict) -> tuple[list[str], list[list[str]]]:
+def table_rows(entry: PresetResult) -> tuple[list[str], list[list[str]]]:
     """Header and one row per framework: accuracy per epoch, final losses, time, and against the reference."""
-    epochs = entry.get("epochs", 0)
-    several = len(entry.get("seeds", [])) > 1
+    epochs = entry.epochs or 0
+    several = len(entry.seeds) > 1
     head = ["framework", "start"] + [f"epoch {e + 1}" for e in range(epochs)]
     head += ["test loss", "train loss", "wall s", "ms/step", "Δparam rel", "Δparam abs", "≠ preds"]
     rows = []
     for kind in frameworks_of(entry, controls=True):
-        fw = entry[kind]
-        if fw.get("error") and not fw.get("runs"):
-            rows.append([ROW_NAMES[kind], f"FAILED: {fw['error']}"])
+        fw = entry.frameworks[kind]
+        if fw.error and not fw.runs:
+            rows.append([ROW_NAMES[kind], f"FAILED: {fw.error}"])
             continue
-        row = [ROW_NAMES[kind] + (" (mean)" if several else ""), pct(fw["initial_test_accuracy"])]
-        row += [pct(a) for a in fw["test_accuracy"]]
-        row += [
-            f"{fw['test_loss'][-1]:.4f}",
-            f"{fw['train_loss'][-1]:.4f}",
-            f"{fw['wall_s']:.1f}",
-            f"{fw['ms_per_step']:.3f}",
-        ]
-        vs = fw.get("vs_reference")
+        row = [ROW_NAMES[kind] + (" (mean)" if several else ""), pct(fw.initial_test_accuracy)]
+        row += [pct(a) for a in fw.test_accuracy]
+        row += [f"{fw.test_loss[-1]:.4f}", f"{fw.train_loss[-1]:.4f}", f"{fw.wall_s:.1f}", f"{fw.ms_per_step:.3f}"]
+        vs = fw.vs_reference
         if vs:
             row += [sci(vs["param_rel_error"][-1]), sci(vs["param_max_abs"][-1]), str(vs["differing_predictions"][-1])]
         else:
@@ -73,12 +70,12 @@ def table_rows(entry: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def seed_rows(entry: dict) -> tuple[list[str], list[list[str]]]:
+def seed_rows(entry: PresetResult) -> tuple[list[str], list[list[str]]]:
     """Final accuracy over the seeds, per framework."""
     head = ["framework", "seeds", "mean", "std", "min", "max", "per seed"]
     rows = []
     for kind in frameworks_of(entry):
-        st = entry[kind].get("final_accuracy")
+        st = entry.frameworks[kind].final_accuracy
         if not st:
             continue
         rows.append(
@@ -95,12 +92,12 @@ def seed_rows(entry: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def divergence_lines(entry: dict) -> list[str]:
+def divergence_lines(entry: PresetResult) -> list[str]:
     """One sentence per compared pair: how long it agrees, when it separates, how fast it grows."""
-    div = entry.get("divergence") or {}
-    bar = DIVERGENCE_BAR[entry["dtype"]]
+    div = entry.divergence or {}
+    bar = DIVERGENCE_BAR[entry.dtype]
     lines = []
-    for kind in ("torch", "keras", NUDGED):
+    for kind in (*TWIN_KINDS, NUDGED):
         d = div.get(kind)
         if d is None:
             continue
@@ -128,13 +125,17 @@ def _grid(head: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def entry_title(entry: dict) -> str:
-    seeds = entry.get("seeds", [])
+def entry_title(entry: PresetResult) -> str:
+    seeds = entry.seeds
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}..{seeds[-1]}"
     return (
-        f"{entry['preset']} · {entry['dtype']} · {entry.get('n_train', '?')} train / {entry.get('n_test', '?')} test · "
-        f"{entry.get('epochs', '?')} epochs · batch {entry['spec']['batch_size']} · {seed_text}"
+        f"{entry.preset} · {entry.dtype} · {_or_unknown(entry.n_train)} train / {_or_unknown(entry.n_test)} test · "
+        f"{_or_unknown(entry.epochs)} epochs · batch {entry.spec['batch_size']} · {seed_text}"
     )
+
+
+def _or_unknown(value) -> str:
+    return "?" if value is None else str(value)
 
 
 def terminal_table(results: dict) -> str:
@@ -144,10 +145,10 @@ def terminal_table(results: dict) -> str:
             lines.append("")
             lines.append(entry_title(entry))
             lines += ["  " + line for line in _grid(*table_rows(entry))]
-            if len(entry.get("seeds", [])) > 1:
+            if len(entry.seeds) > 1:
                 lines += ["  " + line for line in _grid(*seed_rows(entry))]
             lines += ["  " + line for line in divergence_lines(entry)]
-            for check in entry["acceptance"]["checks"]:
+            for check in entry.acceptance["checks"]:
                 lines.append(f"  {check['status'].upper():4}  {check['name']}: {check['detail']}")
     meta = results["meta"]
     verdict = "ACCEPTED" if results["acceptance"]["passed"] else "NOT ACCEPTED"
@@ -207,11 +208,11 @@ PRESET_NOTES = {
 def chaos_text(by_dtype: dict) -> str:
     """Two sentences for a chaotic preset, with this run's figures (float64 if it ran)."""
     entry = by_dtype.get("float64") or next(iter(by_dtype.values()))
-    div = entry.get("divergence") or {}
-    twins = [div[k] for k in ("torch", "keras") if k in div and "agree_steps" in div[k]]
+    div = entry.divergence or {}
+    twins = [div[k] for k in TWIN_KINDS if k in div and "agree_steps" in div[k]]
     if not twins:
         return ""
-    bar = DIVERGENCE_BAR[entry["dtype"]]
+    bar = DIVERGENCE_BAR[entry.dtype]
     stretch = "/".join(str(d["agree_steps"]) for d in twins)
     control = div.get(NUDGED, {}).get("agree_steps")
     control_text = f"; the reference nudged by one ulp: {control}" if control is not None else ""
@@ -223,7 +224,7 @@ def chaos_text(by_dtype: dict) -> str:
         "Per-sample training on raw 0..255 pixels drives the sigmoids into saturation, where every step "
         "amplifies a difference between two trajectories, so the torch and keras twins, whose arithmetic "
         f"differs from the reference's only by rounding, agree to {bar:.0e} for the first {stretch} steps "
-        f"({entry['dtype']}{control_text}) and then separate{rate}{apart} (plot below). "
+        f"({entry.dtype}{control_text}) and then separate{rate}{apart} (plot below). "
         "That is why this preset is judged by that first stretch and by the 3-epoch accuracy as a "
         "distribution over seeds (`bprop validate --seeds 5 --preset mnist-sigmoid-per-sample`), not by "
         "one run's final weights or accuracy."
@@ -255,18 +256,18 @@ def markdown(results: dict, plots: dict) -> str:
         md += ["## Failures", ""] + [f"- {f}" for f in acc["failures"]] + [""]
     for preset_name, by_dtype in results["presets"].items():
         first = next(iter(by_dtype.values()))
-        md += [f"## {preset_name}", "", first["spec"].get("description", ""), ""]
-        if first["acceptance"].get("mode") == "chaotic":
+        md += [f"## {preset_name}", "", first.spec.get("description", ""), ""]
+        if first.acceptance.get("mode") == "chaotic":
             md += [chaos_text(by_dtype), ""]
-        if first["acceptance"].get("claim"):
-            md += [f"Acceptance: {first['acceptance']['claim']}.", ""]
+        if first.acceptance.get("claim"):
+            md += [f"Acceptance: {first.acceptance['claim']}.", ""]
         for dtype, entry in by_dtype.items():
             md += [f"### {dtype}", "", entry_title(entry), ""]
             md += [*_md_table(*table_rows(entry)), ""]
-            if len(entry.get("seeds", [])) > 1:
+            if len(entry.seeds) > 1:
                 md += ["Final test accuracy over the seeds:", "", *_md_table(*seed_rows(entry)), ""]
             md += [f"- {line}" for line in divergence_lines(entry)]
-            md += [f"- **{c['status']}** {c['name']}: {c['detail']}" for c in entry["acceptance"]["checks"]]
+            md += [f"- **{c['status']}** {c['name']}: {c['detail']}" for c in entry.acceptance["checks"]]
             md += [""]
             md += _per_epoch_md(entry)
         for title, path in plots.get(preset_name, []):
@@ -287,11 +288,11 @@ def markdown(results: dict, plots: dict) -> str:
     return "\n".join(md) + "\n"
 
 
-def _per_epoch_md(entry: dict) -> list[str]:
+def _per_epoch_md(entry: PresetResult) -> list[str]:
     """The twins against the reference after every epoch (the tables show the last epoch)."""
     rows = []
     for kind in frameworks_of(entry, controls=True):
-        vs = entry[kind].get("vs_reference")
+        vs = entry.frameworks[kind].vs_reference
         if not vs:
             continue
         for e, (rel, ab, dp) in enumerate(zip(vs["param_rel_error"], vs["param_max_abs"], vs["differing_predictions"])):
@@ -305,7 +306,7 @@ def _per_epoch_md(entry: dict) -> list[str]:
         "Δparam max abs",
         "test predictions ≠ reference",
     ]
-    suffix = " (the worst seed)" if len(entry.get("seeds", [])) > 1 else ""
+    suffix = " (the worst seed)" if len(entry.seeds) > 1 else ""
     return [
         f"<details><summary>Against the reference, epoch by epoch{suffix}</summary>",
         "",
@@ -323,9 +324,7 @@ def _timing_md(results: dict) -> list[str]:
         for name, v in sorted(t["by_group"].items(), key=lambda kv: -kv[1]["wall_s"])
     ]
     matrix = t.get("by_preset_and_framework", {})
-    columns = [
-        c for c in ("reference", "torch", "keras", NUDGED, "divergence runs") if any(c in m for m in matrix.values())
-    ]
+    columns = [c for c in (*FRAMEWORKS, NUDGED, "divergence runs") if any(c in m for m in matrix.values())]
     head = ["wall seconds of work", *[ROW_NAMES.get(c, c) for c in columns], "total"]
     grid = [[p, *[f"{m.get(c, 0.0):.0f}" for c in columns], f"{sum(m.values()):.0f}"] for p, m in matrix.items()]
     totals = [sum(m.get(c, 0.0) for m in matrix.values()) for c in columns]
@@ -355,6 +354,8 @@ def _timing_md(results: dict) -> list[str]:
 
 
 def _plain(obj):
+    if isinstance(obj, PresetResult):
+        return _plain(obj.to_dict())
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.run import DTYPES
+from oracles import TWIN_KINDS
 
 ROWS = (("batched_epoch_s", "batched epoch (s)"), ("per_sample_step_us", "per-sample step (µs)"))
 
@@ -44,7 +45,7 @@ def table(doc: dict, cpu: bool = False) -> str:
             )
         fb = res["forward_backward_ms"]
         for name in fb.get("reference", {}):
-            ref, t, k = (fb.get(c, {}).get(name) for c in ("reference", "torch", "keras"))
+            ref, t, k = (fb.get(c, {}).get(name) for c in ("reference", *TWIN_KINDS))
             lines.append(
                 f"| {dtype} | fwd+bwd, batch 128, {name} (ms) | {fmt(ref)} | {fmt(t)} | {fmt(k)} | – | "
                 f"{ratio(ref, t)} | {ratio(ref, k)} | – |"
