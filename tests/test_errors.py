@@ -355,3 +355,12 @@ def test_train_epoch_with_a_bad_order(n):
     opt = make_optimizer(CLS.optimizer)
     with raises(ShapeError, "train_epoch", "expected an order of 1..4 row indices", f"got {n}"):
         train_epoch(net, opt, x, y, np.arange(n) % 4, batch_size=2)
+
+
+def test_a_missing_tensor_fails_its_comparison():
+    """compare_arrays on None: a failure that says which side is missing, never a pass."""
+    from oracles.compare import compare_arrays
+
+    for mine, theirs, side in ((None, np.zeros(3), "mine"), (np.zeros(3), None, "theirs")):
+        row = compare_arrays("dense_1.dW", mine, theirs, 1e-12)
+        assert not row.passed and row.note == f"missing: {side} is None"
