@@ -162,12 +162,12 @@ def test_min_accuracy_has_floors_for_some_epoch_counts_only():
     )
     # the digits lab's floors: 90 % after 3 epochs and 97 % after 15 (lowest measured 90.37 %, 97.41 %)
     floors = A.ACCEPTANCE["digits-sigmoid-per-sample"].min_accuracy
-    low = entry("digits-sigmoid-per-sample", "float64", {k: [[0.5, 0.969]] for k in ("reference", "torch", "keras")})
-    low["epochs"] = 15
+    low = entry("digits-sigmoid-per-sample", "float64", {k: [[0.5, 0.969]] for k in FRAMEWORKS})
+    low.epochs = 15
     assert A.check_min_accuracy(low, floors, full_data=True).failed
-    low["epochs"] = 3
+    low.epochs = 3
     assert A.check_min_accuracy(low, floors, full_data=True).status == "pass"
-    low["keras"]["runs"][0]["test_accuracy"][-1] = 0.899
+    low.frameworks["keras"].runs[0]["test_accuracy"][-1] = 0.899
     check = A.check_min_accuracy(low, floors, full_data=True)
     assert check.failed and check.detail == "keras seed 0: 89.90 % < 90.00 %"
 
