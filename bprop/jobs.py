@@ -104,6 +104,8 @@ def load_data(spec: ModelSpec, limit: int | None = None) -> tuple[np.ndarray, np
                         f"load_for_spec({spec.name}): {name} should be ({spec.dtype}, (n, {spec.n_in})), "
                         f"got ({a.dtype}, {a.shape})"
                     )
+            if spec.input_shape is not None:  # images: (n, C, H, W) views of the (n, C H W) rows
+                x, xt = x.reshape(-1, *spec.input_shape), xt.reshape(-1, *spec.input_shape)
             _DATA_CACHE[full] = (x, y.astype(np.int64), xt, yt.astype(np.int64))
         x, y, xt, yt = _DATA_CACHE[full]
         _DATA_CACHE[key] = (x[:limit], y[:limit], xt[:limit], yt[:limit])
