@@ -8,6 +8,14 @@ update. A spec feature Keras cannot express exactly raises NotImplementedError s
 How each part is matched, and why (every claim here is tested in tests/test_keras_twin.py):
 
 - Layout. A Keras Dense kernel is W itself, (n_in, n_out); the bias is b (n_out,). No transpose.
+- Images. Keras is NHWC: the input is transposed once inside the graph (so the tape's dL/dx is
+  NCHW), a Conv2D kernel is W.transpose(2, 3, 1, 0) (KH, KW, C, F), explicit zero padding is a
+  ZeroPadding2D before a valid Conv2D (padding="same" is another function for even kernels and
+  strides > 1), and the trace reports image tensors back in NCHW. A Flatten of NHWC orders the
+  features (h W + w) C + c, the reference c H W + h W + w: the Dense after it takes W's rows in
+  Keras' order (flatten_permutation), converted in _to_keras/_to_canonical, written once.
+  Without it (permute_flatten_rows=False, for the pitfall's test) the logits are another function.
+  Dropout masks on images or permuted features are the reference's masks, converted the same way.
 - Layers are called one by one: Dense, then a separate Activation layer (Dense(activation=...) would
   hide the pre-activation), so a GradientTape sees every intermediate and gives dL/d(every output).
 - dtype. `keras.config.set_floatx` alone is silently ignored once the dtype policy has been read,

@@ -18,6 +18,9 @@ Gradients. Every layer output gets `retain_grad()` and the input `requires_grad`
 parameter: torch's own autograd, nothing hand-differentiated.
 
 What torch expresses exactly, and what it cannot (NotImplementedError says which, at build time):
+- Images: conv2d = nn.Conv2d (weight (F, C, KH, KW): the canonical layout, no conversion),
+  maxpool2d / avgpool2d = nn.MaxPool2d / nn.AvgPool2d (ceil_mode=False), flatten = nn.Flatten (NCHW
+  order, the reference's). Max-pool ties: torch routes to the first maximum, as the reference.
 - Layers: dense = nn.Linear, relu/leaky_relu/sigmoid/tanh = nn.*, softmax = nn.Softmax(dim=1),
   batchnorm = nn.BatchNorm1d, dropout = x * (mask / (1 - rate)) with the caller's 0/1 keep-mask
   (torch's own nn.Dropout draws from torch's RNG and could not share the reference's mask). Without

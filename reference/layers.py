@@ -2,7 +2,8 @@
 
 The contract, stated once for every layer in this file:
 
-    out, cache = layer.forward(x, train)      x (batch, n_in) -> out (batch, n_out)
+    out, cache = layer.forward(x, train)      x (batch, n_in) -> out (batch, n_out); images (batch, C, H, W)
+                                              -> (batch, F, OH, OW); element-wise layers keep any shape
     dL_dx, grads = layer.backward(dL_dout, cache)
                                               grads: {"W": dL/dW, "b": dL/db} (or {"gamma", "beta"});
                                               {} for layers without parameters
@@ -283,12 +284,12 @@ class MaxPool2D(Layer):
         """out[n, c, i, j] = max_{u, v} x[n, c, i sh + u, j sw + v]"""
         _check_images(self.name, x)
         out, first = conv.maxpool2d_forward(x, self.pool, self.stride)
-        return out, (x.shape, first)
+        return out, (x, first)
 
     def backward(self, dL_dout, cache):
         """dL/dx[window's first argmax] += g (every other element of the window gets 0)"""
-        x_shape, first = cache
-        return conv.maxpool2d_backward(dL_dout, first, x_shape, self.pool, self.stride), {}
+        x, first = cache
+        return conv.maxpool2d_backward(dL_dout, first, x.shape, self.pool, self.stride, like=x), {}
 
 
 class AvgPool2D(Layer):

@@ -320,17 +320,19 @@ PRESETS: dict[str, ModelSpec] = {
         description="784-100-200-10 ReLU, softmax cross-entropy (mean), He-normal weights N(0, 2/n_in), "
         "SGD lr 0.1, batch 32, pixels / 255",
     ),
-    # The LeNet-like CNN (issue 13): conv 3x3 x8, relu, maxpool 2, conv 3x3 x16, relu, maxpool 2,
-    # flatten, dense 10 on 1x28x28 images (28 -> 26 -> 13 -> 11 -> 5: 400 features), 9,098
-    # parameters; SGD with momentum 0.9, lr 0.05, batch 64, pixels / 255, He-uniform weights.
+    # The LeNet-like CNN (issue 13): conv 3x3 x8 (zero padding 1), relu, maxpool 2, conv 3x3 x16
+    # (padding 1), relu, maxpool 2, flatten, dense 10 on 1x28x28 images (28 -> 14 -> 7: 784
+    # features), 9,098 parameters; SGD with momentum 0.9, lr 0.05, batch 64, pixels / 255, He-uniform.
+    # Measured with the reference (float64, seed 0, 3 epochs): 98.21 / 98.03 / 98.60 %; without the
+    # padding (28 -> 26 -> 13 -> 11 -> 5: 400 features) 97.85 / 98.20 / 98.38 %, under the issue's 98.5 %.
     "mnist-cnn": ModelSpec(
         n_in=784,
         input_shape=(1, 28, 28),
         layers=(
-            LayerSpec("conv2d", filters=8, kernel=(3, 3)),
+            LayerSpec("conv2d", filters=8, kernel=(3, 3), padding=1),
             LayerSpec("relu"),
             LayerSpec("maxpool2d", pool=(2, 2)),
-            LayerSpec("conv2d", filters=16, kernel=(3, 3)),
+            LayerSpec("conv2d", filters=16, kernel=(3, 3), padding=1),
             LayerSpec("relu"),
             LayerSpec("maxpool2d", pool=(2, 2)),
             LayerSpec("flatten"),
@@ -341,8 +343,8 @@ PRESETS: dict[str, ModelSpec] = {
         batch_size=64,
         preprocess="scale255",
         name="mnist-cnn",
-        description="1x28x28 -> conv 3x3 x8, ReLU, max-pool 2 -> conv 3x3 x16, ReLU, max-pool 2 -> "
-        "flatten (400) -> dense 10; softmax cross-entropy (mean), He-uniform weights, SGD momentum 0.9 "
+        description="1x28x28 -> conv 3x3 x8 pad 1, ReLU, max-pool 2 -> conv 3x3 x16 pad 1, ReLU, max-pool 2 -> "
+        "flatten (784) -> dense 10; softmax cross-entropy (mean), He-uniform weights, SGD momentum 0.9 "
         "lr 0.05, batch 64, pixels / 255",
     ),
     # The digits lab: 64-32-10, sigmoid hidden, softmax output layer, summed NLL, per-sample.

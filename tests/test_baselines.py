@@ -80,7 +80,8 @@ def inputs(spec: ModelSpec, n: int) -> tuple[np.ndarray, np.ndarray]:
     from data_loaders import preprocess
 
     x, y = training_set(spec.dataset)
-    return preprocess(x[:n], spec.preprocess, spec.dtype), y[:n]
+    x = preprocess(x[:n], spec.preprocess, spec.dtype)
+    return (x if spec.input_shape is None else x.reshape(-1, *spec.input_shape)), y[:n]
 
 
 def baseline_arrays(name: str, dtype: str) -> dict[str, np.ndarray]:

@@ -16,6 +16,8 @@ torch and keras parity suites (batch 1, 7, 128, both dtypes), hypothesis (test_p
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from cases import CONV_CASES, DTYPES, LAYER_CASES, make_batch
@@ -42,15 +44,18 @@ def image_spec(*layers: LayerSpec, shape=(2, 7, 6), **kw) -> ModelSpec:
 def test_every_layer_shape_is_inferred():
     spec = preset("mnist-cnn")
     assert spec.layer_shapes() == [
-        (8, 26, 26),
-        (8, 26, 26),
-        (8, 13, 13),
-        (16, 11, 11),
-        (16, 11, 11),
-        (16, 5, 5),  # 11 // 2: the last row and column are dropped, as torch and keras drop them
-        (400,),
+        (8, 28, 28),
+        (8, 28, 28),
+        (8, 14, 14),
+        (16, 14, 14),
+        (16, 14, 14),
+        (16, 7, 7),
+        (784,),
         (10,),
     ]
+    unpadded = spec.replace(layers=tuple(dataclasses.replace(ls, padding=0) for ls in spec.layers))
+    # 11 // 2: the last row and column are dropped, as torch (ceil_mode=False) and keras ("valid") drop them
+    assert unpadded.layer_shapes()[3:7] == [(16, 11, 11), (16, 11, 11), (16, 5, 5), (400,)]
     net = Network(spec, seed=0)
     outs, _ = net.forward_cached(np.zeros((3, 1, 28, 28)))
     assert [o.shape[1:] for o in outs] == spec.layer_shapes()
@@ -59,7 +64,7 @@ def test_every_layer_shape_is_inferred():
         "conv2d_1.b": (8,),
         "conv2d_2.W": (16, 8, 3, 3),
         "conv2d_2.b": (16,),
-        "dense_1.W": (400, 10),
+        "dense_1.W": (784, 10),
         "dense_1.b": (10,),
     }
 
@@ -312,16 +317,16 @@ def test_max_pool_ties_go_to_the_first_maximum_in_all_three(pool, stride, dtype)
 
 
 def test_cnn_preset_structure_matches_finite_differences():
-    """mnist-cnn's layers at 1 x 16 x 16 with each max-pool before its ReLU: max(relu(x)) = relu(max(x)),
+    """mnist-cnn's layers at 1 x 12 x 12 with each max-pool before its ReLU: max(relu(x)) = relu(max(x)),
     so the same function, but one that finite differences can check (a window of ReLU zeros ties)."""
     layers = list(preset("mnist-cnn").layers)
     layers[1], layers[2] = layers[2], layers[1]
     layers[4], layers[5] = layers[5], layers[4]
-    spec = preset("mnist-cnn", n_in=256, input_shape=(1, 16, 16), layers=tuple(layers))
+    spec = preset("mnist-cnn", n_in=144, input_shape=(1, 12, 12), layers=tuple(layers))
     assert [ls.kind for ls in spec.layers][:6] == ["conv2d", "maxpool2d", "relu", "conv2d", "maxpool2d", "relu"]
     net = Network(spec, seed=1)
-    same = Network(preset("mnist-cnn", n_in=256, input_shape=(1, 16, 16)), params=net.get_params())
-    x, y = kink_free_batch(net, 3, seed=2)
+    same = Network(preset("mnist-cnn", n_in=144, input_shape=(1, 12, 12)), params=net.get_params())
+    x, y = kink_free_batch(net, 2, seed=2)
     np.testing.assert_array_equal(net.forward(x), same.forward(x))
     check_numeric(net, x, y)
 
