@@ -112,8 +112,8 @@ def col2im_cropped_at_the_corner(d_cols, x_shape, kernel, stride, padding):
 
 
 def maxpool_backward_to_the_whole_window(self, dL_dout, cache):
-    x_shape, _ = cache
-    return conv.avgpool2d_backward(dL_dout, x_shape, self.pool, self.stride) * (self.pool[0] * self.pool[1]), {}
+    x, _ = cache
+    return conv.avgpool2d_backward(dL_dout, x.shape, self.pool, self.stride) * (self.pool[0] * self.pool[1]), {}
 
 
 def conv_forward_with_flipped_kernel(self, x, train=True):
