@@ -11,6 +11,10 @@ What is timed, for float32 and float64, on real MNIST (the 8x8 digits for the di
                          products that epoch needs, back to back (benchmarks/gemm.py)
     per_sample_step_us   10,000 steps of the per-sample homework (preset mnist-sigmoid-per-sample,
                          784-32-32-10 sigmoid, batch 1), per step
+    cnn_epoch_s          one epoch of the CNN preset (mnist-cnn: conv 3x3 x8, relu, max-pool 2, conv 3x3
+                         x16, relu, max-pool 2, dense 10), batch 64, 60,000 rows: reference vs each
+                         twin's train_epoch, and gemm_limit: the conv and dense GEMMs of that epoch
+                         alone (benchmarks/gemm.py, conv_gemm_epoch)
     forward_backward_ms  one forward + backward of a batch of 128 through each preset, recording
                          every tensor (Network.trace vs twin.trace), per preset
 

@@ -54,3 +54,58 @@ def gemm_epoch(spec: ModelSpec, order: np.ndarray, batch_size: int, seed: int = 
                     np.matmul(g, weights[k].T, out=dh)
 
     return epoch
+
+
+def conv_gemm_epoch(spec: ModelSpec, order: np.ndarray, batch_size: int, seed: int = 0) -> Callable[[], None]:
+    """The GEMMs of one epoch of a CNN `spec` (reference/conv.py's fast forms), back to back.
+
+    Per batch, for every conv2d layer (F filters over C channels, kernel KH x KW, output OH x OW,
+    P = b OH OW positions) the three products of reference/conv.py:
+        forward    W2 (F, KH KW C) @ cols (KH KW C, P)          out
+        backward   g_T (F, P) @ cols^T (P, KH KW C)             dL/dW
+                   W2^T (KH KW C, F) @ g_T (F, P)               dL/d(cols), every conv layer but the first
+    and for every dense layer those of gemm_epoch. Nothing else: no im2col copy, no col2im, no
+    pooling, no activation, no loss, no update.
+    """
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(spec.dtype)
+    shape = spec.sample_shape
+    shapes = spec.layer_shapes()
+    products: list[tuple[str, tuple[int, ...]]] = []  # (kind, dims) per conv or dense layer, in order
+    for layer, out_shape in zip(spec.layers, shapes):
+        if layer.kind == "conv2d":
+            (kh, kw), _, _ = layer.pairs()
+            products.append(("conv", (layer.filters, kh * kw * shape[0], out_shape[1] * out_shape[2])))
+        elif layer.kind == "dense":
+            products.append(("dense", (shape[0], layer.units)))
+        shape = out_shape
+    sizes = [len(idx) for idx in batches(order, batch_size)]
+
+    def operands(b: int) -> list[tuple[np.ndarray, ...]]:
+        """Per layer: (A, B, out) triples for its forward, dW and (if needed) d-input products."""
+        per_layer = []
+        for k, (kind, dims) in enumerate(products):
+            if kind == "conv":
+                f, kdim, hw = dims
+                W2, cols, g = (rng.normal(size=s).astype(dtype) for s in ((f, kdim), (kdim, b * hw), (f, b * hw)))
+                triples = [(W2, cols, np.empty((f, b * hw), dtype)), (g, cols.T, np.empty((f, kdim), dtype))]
+                if k > 0:
+                    triples.append((W2.T, g, np.empty((kdim, b * hw), dtype)))
+            else:
+                n_in, n_out = dims
+                h, W, g = (rng.normal(size=s).astype(dtype) for s in ((b, n_in), (n_in, n_out), (b, n_out)))
+                triples = [(h, W, np.empty((b, n_out), dtype)), (h.T, g, np.empty((n_in, n_out), dtype))]
+                if k > 0:
+                    triples.append((g, W.T, np.empty((b, n_in), dtype)))
+            per_layer.append(triples)
+        return per_layer
+
+    per_size = {b: operands(b) for b in set(sizes)}
+
+    def epoch() -> None:
+        for b in sizes:
+            for triples in per_size[b]:
+                for A, B, out in triples:
+                    np.matmul(A, B, out=out)
+
+    return epoch

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from benchmarks.floor import straight_epoch
-from benchmarks.gemm import gemm_epoch
+from benchmarks.gemm import conv_gemm_epoch, gemm_epoch
 from benchmarks.machine import machine_info
 from oracles import TWIN_KINDS
 from reference import Network, init_params, make_optimizer, preset
@@ -21,8 +21,8 @@ from reference.train import train_epoch
 
 DTYPES = ("float32", "float64")
 CONTENDERS = ("reference", *TWIN_KINDS)
-TASKS = ("batched_epoch_s", "per_sample_step_us", "forward_backward_ms")
-BATCHED, PER_SAMPLE = "mnist-relu-batched", "mnist-sigmoid-per-sample"
+TASKS = ("batched_epoch_s", "per_sample_step_us", "forward_backward_ms", "cnn_epoch_s")
+BATCHED, PER_SAMPLE, CNN = "mnist-relu-batched", "mnist-sigmoid-per-sample", "mnist-cnn"
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,10 @@ class Sizes:
     fb_batch: int = 128
     fb_calls: int = 20  # forward+backward calls per repetition (one call is too short to time alone)
     repeats: int = 5
+    cnn_rows: int = 60_000  # one MNIST epoch of the CNN preset
 
 
-QUICK = Sizes(batched_rows=1_024, per_sample_steps=200, fb_calls=2, repeats=1)
+QUICK = Sizes(batched_rows=1_024, per_sample_steps=200, fb_calls=2, repeats=1, cnn_rows=256)
 
 
 @dataclass
@@ -67,7 +68,8 @@ def rows(data, spec: ModelSpec, n: int) -> tuple[np.ndarray, np.ndarray]:
 
     x, y = data[spec.dataset]
     fitted = fit_preprocessing(x, spec.preprocess, spec.dtype)  # standardise: the training split's statistics
-    return preprocess(x[:n], spec.preprocess, spec.dtype, fitted), y[:n]
+    x = preprocess(x[:n], spec.preprocess, spec.dtype, fitted)
+    return (x if spec.input_shape is None else x.reshape(-1, *spec.input_shape)), y[:n]
 
 
 def make_contender(kind: str, spec: ModelSpec, params: dict[str, np.ndarray], threads: int = 1):
@@ -102,9 +104,11 @@ def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[st
     order_rng = np.random.default_rng(0)
     batched_order = order_rng.permutation(sizes.batched_rows)
     per_sample_order = order_rng.permutation(sizes.per_sample_steps)
+    cnn_order = order_rng.permutation(sizes.cnn_rows)
     for dtype in DTYPES:
         for name, task, n_rows, order, bs, per in (
             (BATCHED, "batched_epoch_s", sizes.batched_rows, batched_order, 128, 1.0),
+            (CNN, "cnn_epoch_s", sizes.cnn_rows, cnn_order, 64, 1.0),
             (
                 PER_SAMPLE,
                 "per_sample_step_us",
@@ -125,6 +129,8 @@ def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[st
                 jobs.append(Job(dtype, task, kind, lambda t=train, x=x, y=y, o=order, b=bs: t(x, y, o, b), reset, per))
             if task == "batched_epoch_s":
                 jobs.append(Job(dtype, task, "gemm_limit", gemm_epoch(spec, order, bs)))
+            elif task == "cnn_epoch_s":
+                jobs.append(Job(dtype, task, "gemm_limit", conv_gemm_epoch(spec, order, bs)))
             else:
                 live = {k: v.copy() for k, v in params.items()}
                 straight = straight_epoch(live, spec.optimizer.lr)
@@ -196,7 +202,7 @@ def ratios(results: dict) -> dict:
     out = {}
     for dtype in DTYPES:
         r = {}
-        for task in ("batched_epoch_s", "per_sample_step_us"):
+        for task in ("batched_epoch_s", "per_sample_step_us", "cnn_epoch_s"):
             medians = results[dtype][task]
             for other in (*TWIN_KINDS, "gemm_limit", "numpy_floor"):
                 if "reference" in medians and other in medians:
@@ -239,6 +245,7 @@ def run(
             "repeats": repeats,
             "batched": {"preset": BATCHED, "rows": sizes.batched_rows, "batch_size": 128},
             "per_sample": {"preset": PER_SAMPLE, "steps": sizes.per_sample_steps, "batch_size": 1},
+            "cnn": {"preset": CNN, "rows": sizes.cnn_rows, "batch_size": 64},
             "forward_backward": {
                 "batch": sizes.fb_batch,
                 "calls_per_repetition": sizes.fb_calls,

@@ -5,7 +5,11 @@ from __future__ import annotations
 from benchmarks.run import DTYPES
 from oracles import TWIN_KINDS
 
-ROWS = (("batched_epoch_s", "batched epoch (s)"), ("per_sample_step_us", "per-sample step (µs)"))
+ROWS = (
+    ("batched_epoch_s", "batched epoch (s)"),
+    ("per_sample_step_us", "per-sample step (µs)"),
+    ("cnn_epoch_s", "CNN epoch, mnist-cnn, batch 64 (s)"),
+)
 
 
 def fmt(value: float | None) -> str:
@@ -58,8 +62,9 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 LIMITS = (
-    "limit: batched, the GEMMs of the epoch alone, back to back (benchmarks/gemm.py); per-sample, the same "
-    "SGD step written straight in numpy, no layers or checks (benchmarks/floor.py)"
+    "limit: batched and CNN, the GEMMs of the epoch alone, back to back (benchmarks/gemm.py: for the CNN the "
+    "three im2col products per conv layer, without the im2col copies, pooling or activations); per-sample, "
+    "the same SGD step written straight in numpy, no layers or checks (benchmarks/floor.py)"
 )
 
 

@@ -64,6 +64,15 @@ ACCEPTANCE: dict[str, Acceptance] = {
         "(float32 rounding flips ReLU kinks and the run separates within the first epoch, the reference "
         "nudged by one ulp alike: see its row)",
     ),
+    "mnist-cnn": Acceptance(
+        mode="parity",
+        float32_accuracy_gap=None,
+        min_accuracy={3: 0.985},
+        claim="at least 98.5 % after 3 epochs in all three frameworks; in float64 identical accuracies and "
+        "parameters within 1e-12 after every epoch (issue 13). The reference alone, float64 seed 0: "
+        "98.21 / 98.03 / 98.60 %. float32 is reported, not held to a gap (ReLU kinks and max-pool "
+        "choices flip under float32 rounding, as in the deep net)",
+    ),
     "mnist-sigmoid-per-sample": Acceptance(
         mode="chaotic",
         min_accuracy={3: 0.50},

@@ -93,7 +93,7 @@ def load_data(spec: ModelSpec, limit: int | None = None) -> tuple[np.ndarray, np
     """(x_train, y_train, x_test, y_test) for `spec` (dataset, preprocessing, dtype) from
     data_loaders.load_for_spec, the first `limit` rows of each split if given. Cached per process
     (a worker meets every preset; MNIST in float64 is 0.4 GB, all of them together about 1.2 GB)."""
-    key = (spec.dataset, spec.preprocess, spec.dtype, limit)
+    key = (spec.dataset, spec.preprocess, spec.dtype, limit, spec.input_shape)
     if key not in _DATA_CACHE:
         full = (spec.dataset, spec.preprocess, spec.dtype, None)
         if full not in _DATA_CACHE:
@@ -108,6 +108,8 @@ def load_data(spec: ModelSpec, limit: int | None = None) -> tuple[np.ndarray, np
                     )
             _DATA_CACHE[full] = (x, y.astype(np.int64), xt, yt.astype(np.int64))
         x, y, xt, yt = _DATA_CACHE[full]
+        if spec.input_shape is not None:  # images: (n, C, H, W) views of the flat (n, C H W) rows
+            x, xt = x.reshape(-1, *spec.input_shape), xt.reshape(-1, *spec.input_shape)
         _DATA_CACHE[key] = (x[:limit], y[:limit], xt[:limit], yt[:limit])
     return _DATA_CACHE[key]
 

@@ -162,6 +162,7 @@ def digit_grid(
 ) -> Path:
     """A grid of test digits, each captioned with its label and the three frameworks' predictions."""
     idx = pick_digits(preds, y, n)
+    images = images.reshape(len(images), -1)  # flat rows or (n, 1, H, W) images alike
     side = round(float(np.sqrt(images.shape[1])))
     cols = min(5, len(idx)) or 1
     rows = -(-len(idx) // cols) or 1

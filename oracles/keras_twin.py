@@ -8,6 +8,14 @@ update. A spec feature Keras cannot express exactly raises NotImplementedError s
 How each part is matched, and why (every claim here is tested in tests/test_keras_twin.py):
 
 - Layout. A Keras Dense kernel is W itself, (n_in, n_out); the bias is b (n_out,). No transpose.
+- Images. Keras is NHWC: the input is transposed once inside the graph (so the tape's dL/dx is
+  NCHW), a Conv2D kernel is W.transpose(2, 3, 1, 0) (KH, KW, C, F), explicit zero padding is a
+  ZeroPadding2D before a valid Conv2D (padding="same" is another function for even kernels and
+  strides > 1), and the trace reports image tensors back in NCHW. A Flatten of NHWC orders the
+  features (h W + w) C + c, the reference c H W + h W + w: the Dense after it takes W's rows in
+  Keras' order (flatten_permutation), converted in _to_keras/_to_canonical, written once.
+  Without it (permute_flatten_rows=False, for the pitfall's test) the logits are another function.
+  Dropout masks on images or permuted features are the reference's masks, converted the same way.
 - Layers are called one by one: Dense, then a separate Activation layer (Dense(activation=...) would
   hide the pre-activation), so a GradientTape sees every intermediate and gives dL/d(every output).
 - dtype. `keras.config.set_floatx` alone is silently ignored once the dtype policy has been read,
@@ -253,7 +261,7 @@ def _float32_exact(value: float) -> bool:
     return float(np.float32(value)) == value
 
 
-def _build_layer(name: str, kind: str, ls, spec: ModelSpec, width: int) -> keras.layers.Layer | None:
+def _build_layer(name: str, kind: str, ls, spec: ModelSpec, width) -> keras.layers.Layer | None:
     """The Keras layer for one LayerSpec (None for dropout, applied as a mask in the graph)."""
     policy = keras.DTypePolicy(spec.dtype)
     if kind == "dense":
@@ -273,6 +281,20 @@ def _build_layer(name: str, kind: str, ls, spec: ModelSpec, width: int) -> keras
         return keras.layers.Activation(lambda x: ops.where(x > 0, x, alpha * x), dtype=policy, name=name)
     if kind == "dropout":
         return None
+    if kind == "conv2d":
+        # Valid convolution on an input ZeroPadding2D has padded (KerasTwin keeps the two apart).
+        # padding="same" is another function: for an even kernel or a stride > 1 it pads
+        # asymmetrically (more at the bottom/right), never (ph, pw) on both sides.
+        kernel, stride, _ = ls.pairs()
+        layer = keras.layers.Conv2D(ls.filters, kernel, strides=stride, padding="valid", dtype=policy, name=name)
+        layer.build((None, *width))  # width: the padded (H, W, C) input
+        return layer
+    if kind in ("maxpool2d", "avgpool2d"):
+        pool, stride, _ = ls.pairs()
+        cls = keras.layers.MaxPooling2D if kind == "maxpool2d" else keras.layers.AveragePooling2D
+        return cls(pool_size=pool, strides=stride, padding="valid", dtype=policy, name=name)
+    if kind == "flatten":
+        return keras.layers.Flatten(dtype=policy, name=name)  # NHWC: feature (h W + w) C + c
     if kind == "batchnorm":
         if ls.convention != "keras":
             raise NotImplementedError(
@@ -288,6 +310,45 @@ def _build_layer(name: str, kind: str, ls, spec: ModelSpec, width: int) -> keras
     raise SpecError(f"keras twin: no Keras layer for {kind!r}")
 
 
+# Image layout: the canonical NCHW against Keras' NHWC -------------------------------------------
+
+# A layer output's layout inside the Keras model: None (canonical), NHWC (an image, channels last),
+# or a permutation array: a flat vector whose feature k is canonical feature perm[k] (the output of
+# a Flatten of NHWC images, and of the element-wise layers after it, up to the next Dense).
+NHWC = "nhwc"
+
+
+def flatten_permutation(shape: tuple[int, int, int]) -> np.ndarray:
+    """perm with keras_flat[:, k] = canonical_flat[:, perm[k]] for a Flatten of (C, H, W) images.
+
+    torch and the reference flatten NCHW: feature c H W + h W + w. Keras flattens NHWC: feature
+    (h W + w) C + c. The same features in another order, so the Dense after a Flatten computes the
+    reference's function only with its kernel rows permuted: kernel = W[perm].
+    """
+    c, h, w = shape
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+
+
+def to_canonical(a: np.ndarray, layout) -> np.ndarray:
+    """A Keras-layout batch (NHWC image, or permuted features) in the canonical layout."""
+    if layout is None:
+        return a
+    if isinstance(layout, str):
+        return np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
+    out = np.empty_like(a)
+    out[:, layout] = a
+    return out
+
+
+def from_canonical(a: np.ndarray, layout) -> np.ndarray:
+    """The inverse of to_canonical: a canonical batch in the Keras layout."""
+    if layout is None:
+        return a
+    if isinstance(layout, str):
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # (N, C, H, W) -> (N, H, W, C)
+    return a[:, layout]
+
+
 # The twin -------------------------------------------------------------------------------------
 
 
@@ -296,7 +357,11 @@ class KerasTwin:
 
     kind = "keras"
 
-    def __init__(self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0) -> None:
+    def __init__(
+        self, spec: ModelSpec, params: dict[str, np.ndarray], seed: int = 0, permute_flatten_rows: bool = True
+    ) -> None:
+        """permute_flatten_rows=False copies a Dense-after-Flatten kernel unpermuted: the pitfall, for its test."""
+        self.permute_flatten_rows = permute_flatten_rows
         if not isinstance(spec, ModelSpec):
             raise SpecError(f"keras twin: expected a ModelSpec, got {type(spec).__name__}")
         self.spec = spec
@@ -311,20 +376,43 @@ class KerasTwin:
     def _build(self) -> None:
         spec = self.spec
         self.layers: dict[str, keras.layers.Layer | None] = {}
-        self._dropouts: list[tuple[str, float, int]] = []  # (name, rate, width) of active dropouts
+        self._dropouts: list[tuple[str, float, tuple, object]] = []  # (name, rate, shape, layout), active ones
         self._vars: dict[str, keras.Variable] = {}  # canonical name -> variable, in layer order
-        width = spec.n_in
-        for name, ls in zip(self.names, spec.layers):
+        self._pads: dict[str, keras.layers.ZeroPadding2D] = {}  # conv2d name -> its explicit zero padding
+        self._row_perm: dict[str, np.ndarray] = {}  # dense after a flatten -> its kernel's row order
+        self.layouts: list = []  # each layer's output layout in Keras (see flatten_permutation)
+        shape = spec.sample_shape
+        layout = NHWC if spec.input_shape is not None else None
+        for name, ls, out_shape in zip(self.names, spec.layers, spec.layer_shapes()):
+            width = shape[0]
+            if ls.kind == "conv2d":
+                _, _, (ph, pw) = ls.pairs()
+                if (ph, pw) != (0, 0):
+                    self._pads[name] = keras.layers.ZeroPadding2D((ph, pw), dtype=keras.DTypePolicy(spec.dtype))
+                width = (shape[1] + 2 * ph, shape[2] + 2 * pw, shape[0])
+            if ls.kind == "batchnorm" and layout is not None:
+                raise NotImplementedError(f"keras twin: {name}: a batchnorm between a flatten and a dense")
             layer = _build_layer(name, ls.kind, ls, spec, width)
             self.layers[name] = layer
-            if ls.kind == "dense":
+            if ls.kind in ("dense", "conv2d"):
                 self._vars[f"{name}.W"], self._vars[f"{name}.b"] = layer.kernel, layer.bias
-                width = ls.units
+                if ls.kind == "dense" and layout is not None and self.permute_flatten_rows:
+                    self._row_perm[name] = layout
             elif ls.kind == "batchnorm":
                 self._vars[f"{name}.gamma"], self._vars[f"{name}.beta"] = layer.gamma, layer.beta
             elif ls.kind == "dropout" and ls.rate > 0:
-                self._dropouts.append((name, ls.rate, width))
-        self.n_out = width
+                self._dropouts.append((name, ls.rate, out_shape, layout))
+            if ls.kind in ("conv2d", "maxpool2d", "avgpool2d"):
+                layout = NHWC
+            elif ls.kind == "flatten":
+                layout = flatten_permutation(shape)
+            elif ls.kind == "dense":
+                layout = None
+            self.layouts.append(layout)
+            shape = out_shape
+        if layout is not None:
+            raise NotImplementedError("keras twin: the network's output must come from a dense layer after a flatten")
+        self.n_out = spec.n_out
         self.loss_fn = make_keras_loss(spec)
         self.optimizer = make_keras_optimizer(spec.optimizer, spec.dtype)
         variables = list(self._vars.values())
@@ -338,8 +426,11 @@ class KerasTwin:
         label = (
             tf.TensorSpec((None,), tf.int64) if self.classification else tf.TensorSpec((None, self.n_out), self.dtype)
         )
-        mask_specs = tuple(tf.TensorSpec((None, w), self.dtype) for _, _, w in self._dropouts)
-        x_spec = tf.TensorSpec((None, spec.n_in), self.dtype)
+        mask_specs = tuple(
+            tf.TensorSpec((None, *from_canonical(np.empty((1, *shape)), layout).shape[1:]), self.dtype)
+            for _, _, shape, layout in self._dropouts
+        )
+        x_spec = tf.TensorSpec((None, *spec.sample_shape), self.dtype)
         self._step_fn = tf.function(
             self._train_step, input_signature=[x_spec, label, mask_specs], autograph=False, jit_compile=False
         )
@@ -358,8 +449,29 @@ class KerasTwin:
     def variables(self) -> list[keras.Variable]:
         return list(self._vars.values())
 
+    def _to_keras(self, name: str, value: np.ndarray) -> np.ndarray:
+        """Canonical -> Keras layout, written once: conv W (F, C, KH, KW) -> kernel (KH, KW, C, F);
+        the Dense after a Flatten takes W's rows in Keras' NHWC feature order."""
+        layer = name.rsplit(".", 1)[0]
+        if name.endswith(".W") and value.ndim == 4:
+            return value.transpose(2, 3, 1, 0)
+        if name.endswith(".W") and layer in self._row_perm:
+            return value[self._row_perm[layer]]
+        return value
+
+    def _to_canonical(self, name: str, value: np.ndarray) -> np.ndarray:
+        """The inverse of _to_keras: a fresh canonical array."""
+        layer = name.rsplit(".", 1)[0]
+        if name.endswith(".W") and value.ndim == 4:
+            return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
+        if name.endswith(".W") and layer in self._row_perm:
+            out = np.empty_like(value)
+            out[self._row_perm[layer]] = value
+            return out
+        return np.array(value, copy=True)
+
     def get_params(self) -> dict[str, np.ndarray]:
-        return {k: np.array(v.numpy(), copy=True) for k, v in self._vars.items()}
+        return {k: self._to_canonical(k, v.numpy()) for k, v in self._vars.items()}
 
     def set_params(self, params: dict[str, np.ndarray]) -> None:
         if not isinstance(params, dict) or set(params) != set(self._vars):
@@ -367,11 +479,12 @@ class KerasTwin:
             raise ShapeError(f"keras twin: expected parameters {sorted(self._vars)}, got {got}")
         for k, v in params.items():
             var = self._vars[k]
-            if not isinstance(v, np.ndarray) or v.shape != tuple(var.shape):
-                raise ShapeError(f"keras twin: parameter {k}: expected shape {tuple(var.shape)}, got {describe(v)}")
+            shape = self._to_canonical(k, np.empty(tuple(var.shape), self.dtype)).shape
+            if not isinstance(v, np.ndarray) or v.shape != shape:
+                raise ShapeError(f"keras twin: parameter {k}: expected shape {shape}, got {describe(v)}")
             if v.dtype != self.dtype:
                 raise DTypeError(f"keras twin: parameter {k}: expected dtype {self.dtype}, got {describe(v)}")
-            var.assign(v)
+            var.assign(self._to_keras(k, v))
 
     def _state_vars(self) -> dict[str, keras.Variable]:
         out = {}
@@ -398,7 +511,7 @@ class KerasTwin:
     # Inputs ----------------------------------------------------------------------------------
 
     def _check_x(self, x: np.ndarray, train: bool) -> None:
-        check_array(x, f"keras twin input (to {self.names[0]})", self.dtype, ndim=2, width=self.spec.n_in)
+        check_array(x, f"keras twin input (to {self.names[0]})", self.dtype, sample_shape=self.spec.sample_shape)
         if train and x.shape[0] < 2 and any(ls.kind == "batchnorm" for ls in self.spec.layers):
             raise ShapeError(f"keras twin: batchnorm in training mode needs a batch of at least 2, got {describe(x)}")
 
@@ -412,13 +525,13 @@ class KerasTwin:
     def _masks(self, batch: int, masks: dict[str, np.ndarray] | None) -> tuple[np.ndarray, ...]:
         """One 0/1 keep-mask per active dropout layer: the given one, else drawn as the reference draws."""
         out = []
-        for name, rate, width in self._dropouts:
+        for name, rate, shape, layout in self._dropouts:
             m = (masks or {}).get(name)
             if m is None:  # as reference Dropout.draw_mask does, layer by layer, from the same stream
-                m = self._rng.random((batch, width)) >= rate
-            elif not isinstance(m, np.ndarray) or m.shape != (batch, width):
-                raise ShapeError(f"keras twin: {name}: expected a mask of shape {(batch, width)}, got {describe(m)}")
-            out.append(m.astype(self.dtype))
+                m = self._rng.random((batch, *shape)) >= rate
+            elif not isinstance(m, np.ndarray) or m.shape != (batch, *shape):
+                raise ShapeError(f"keras twin: {name}: expected a mask of shape {(batch, *shape)}, got {describe(m)}")
+            out.append(from_canonical(m.astype(self.dtype), layout))  # the canonical mask, in Keras' layout
         return tuple(out)
 
     # The computation (shared by trace, step and the epoch loop) -------------------------------
@@ -426,9 +539,13 @@ class KerasTwin:
     def _forward(self, x, training: bool, masks) -> list:
         """Every layer's output, first to last; dropout multiplies by mask / (1 - rate) in training."""
         outs, h = [], x
-        mask_of = dict(zip([name for name, _, _ in self._dropouts], masks or ()))
+        if self.spec.input_shape is not None:
+            h = ops.transpose(x, (0, 2, 3, 1))  # NCHW in, NHWC inside: dL/dx comes back NCHW
+        mask_of = dict(zip([d[0] for d in self._dropouts], masks or ()))
         for name, ls in zip(self.names, self.spec.layers):
             layer = self.layers[name]
+            if name in self._pads:
+                h = self._pads[name](h)
             if ls.kind == "dropout":
                 if training and name in mask_of:
                     h = h * (mask_of[name] / tf.constant(1 - ls.rate, self.dtype))
@@ -504,16 +621,17 @@ class KerasTwin:
         variables = self.variables
         d_hs, d_vars = tape.gradient(loss, (hs, variables))
         d_hs = [np.zeros(h.shape, self.dtype) if g is None else g.numpy() for h, g in zip(hs, d_hs)]
-        grads = dict(zip(self._vars, (g.numpy() for g in d_vars)))
+        grads = {k: self._to_canonical(k, g.numpy()) for k, g in zip(self._vars, d_vars)}
+        layouts = [None, *self.layouts]  # layouts[k]: of layer k's input (x_t is the NCHW input itself)
         records = []
         for k, (name, ls) in enumerate(zip(self.names, self.spec.layers)):
-            pnames = {"dense": ("W", "b"), "batchnorm": ("gamma", "beta")}.get(ls.kind, ())
+            pnames = {"dense": ("W", "b"), "conv2d": ("W", "b"), "batchnorm": ("gamma", "beta")}.get(ls.kind, ())
             records.append(
                 LayerTrace(
                     name,
-                    out=outs[k].numpy(),
-                    grad_out=d_hs[k + 1],
-                    grad_in=d_hs[k],
+                    out=to_canonical(outs[k].numpy(), layouts[k + 1]),
+                    grad_out=to_canonical(d_hs[k + 1], layouts[k + 1]),
+                    grad_in=to_canonical(d_hs[k], layouts[k]),
                     grads={p: grads[f"{name}.{p}"] for p in pnames},
                 )
             )

@@ -18,6 +18,9 @@ Gradients. Every layer output gets `retain_grad()` and the input `requires_grad`
 parameter: torch's own autograd, nothing hand-differentiated.
 
 What torch expresses exactly, and what it cannot (NotImplementedError says which, at build time):
+- Images: conv2d = nn.Conv2d (weight (F, C, KH, KW): the canonical layout, no conversion),
+  maxpool2d / avgpool2d = nn.MaxPool2d / nn.AvgPool2d (ceil_mode=False), flatten = nn.Flatten (NCHW
+  order, the reference's). Max-pool ties: torch routes to the first maximum, as the reference.
 - Layers: dense = nn.Linear, relu/leaky_relu/sigmoid/tanh = nn.*, softmax = nn.Softmax(dim=1),
   batchnorm = nn.BatchNorm1d, dropout = x * (mask / (1 - rate)) with the caller's 0/1 keep-mask
   (torch's own nn.Dropout draws from torch's RNG and could not share the reference's mask). Without
@@ -123,14 +126,17 @@ class SharedMaskDropout(nn.Module):
 
 
 def _to_torch(name: str, value: np.ndarray) -> torch.Tensor:
-    """Canonical numpy -> torch layout: dense W (n_in, n_out) becomes nn.Linear.weight (n_out, n_in)."""
-    return torch.from_numpy(value.T if name.endswith(".W") else value)
+    """Canonical numpy -> torch layout: dense W (n_in, n_out) becomes nn.Linear.weight (n_out, n_in).
+
+    A conv2d W (F, C, KH, KW) is nn.Conv2d.weight's own layout: no change.
+    """
+    return torch.from_numpy(value.T if name.endswith(".W") and value.ndim == 2 else value)
 
 
 def _to_numpy(name: str, value: torch.Tensor) -> np.ndarray:
-    """torch -> canonical numpy layout, a fresh C-contiguous array (the transpose undone for W)."""
+    """torch -> canonical numpy layout, a fresh C-contiguous array (the transpose undone for dense W)."""
     a = value.detach().numpy()
-    return np.ascontiguousarray(a.T if name.endswith(".W") else a).copy()
+    return np.ascontiguousarray(a.T if name.endswith(".W") and a.ndim == 2 else a).copy()
 
 
 def build_optimizer(opt: OptimizerSpec, named: dict[str, nn.Parameter]) -> tuple[torch.optim.Optimizer, float | None]:
@@ -188,10 +194,10 @@ class TorchTwin:
         self.named: dict[str, nn.Parameter] = {}  # canonical name -> torch parameter
         self.batchnorms: dict[str, tuple[nn.BatchNorm1d, str]] = {}  # name -> (module, convention)
         self.kernels: list[nn.Parameter] = []  # dense weights, for spec.l2
-        n = spec.n_in
-        for name, ls in zip(self.names, spec.layers):
-            self.modules.append(self._build_layer(name, ls, n))
-            n = ls.units if ls.kind == "dense" else n
+        shape = spec.sample_shape
+        for name, ls, out_shape in zip(self.names, spec.layers, spec.layer_shapes()):
+            self.modules.append(self._build_layer(name, ls, shape[0], shape))
+            shape = out_shape
         self.dropouts = [name for name, ls in zip(self.names, spec.layers) if ls.kind == "dropout"]
         self._keras_bn_stale: set[str] = set()  # keras-convention batchnorms torch has updated
         self.loss_fn = self._build_loss()
@@ -202,7 +208,22 @@ class TorchTwin:
 
     # Building -----------------------------------------------------------------------------------
 
-    def _build_layer(self, name: str, ls, n_in: int) -> nn.Module:
+    def _build_layer(self, name: str, ls, n_in: int, in_shape: tuple[int, ...] = ()) -> nn.Module:
+        if ls.kind == "conv2d":
+            # nn.Conv2d is a cross-correlation with weight (F, C, KH, KW): the canonical layout.
+            kernel, stride, padding = ls.pairs()
+            conv = nn.utils.skip_init(
+                nn.Conv2d, in_shape[0], ls.filters, kernel, stride=stride, padding=padding, dtype=self.tdtype
+            )
+            self.named[f"{name}.W"], self.named[f"{name}.b"] = conv.weight, conv.bias
+            return conv
+        if ls.kind in ("maxpool2d", "avgpool2d"):
+            # ceil_mode=False (the default) drops what no window reaches, as the reference does;
+            # AvgPool2d without padding has nothing for count_include_pad to change.
+            pool, stride, _ = ls.pairs()
+            return (nn.MaxPool2d if ls.kind == "maxpool2d" else nn.AvgPool2d)(pool, stride=stride)
+        if ls.kind == "flatten":
+            return nn.Flatten()  # (batch, C, H, W) -> (batch, C H W) in C order, as the reference
         if ls.kind == "dense":
             # skip_init: no draw from torch's global RNG; set_params fills every value.
             lin = nn.utils.skip_init(nn.Linear, n_in, ls.units, dtype=self.tdtype)
@@ -252,7 +273,8 @@ class TorchTwin:
         if set(params) != set(self.named):
             raise ShapeError(f"torch twin: expected parameters {sorted(self.named)}, got {sorted(params)}")
         for k, v in params.items():
-            shape = tuple(self.named[k].shape[::-1] if k.endswith(".W") else self.named[k].shape)
+            dense_w = k.endswith(".W") and self.named[k].ndim == 2
+            shape = tuple(self.named[k].shape[::-1] if dense_w else self.named[k].shape)
             if not isinstance(v, np.ndarray) or v.shape != shape:
                 raise ShapeError(f"torch twin: parameter {k}: expected shape {shape}, got {describe(v)}")
             if v.dtype != self.dtype:
@@ -304,7 +326,7 @@ class TorchTwin:
 
     def _inputs(self, x: np.ndarray, y: np.ndarray, where: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Checked numpy (x, y) as torch tensors: labels int64, targets in the model's dtype."""
-        check_array(x, f"torch twin {where}: input", self.dtype, ndim=2, width=self.spec.n_in)
+        check_array(x, f"torch twin {where}: input", self.dtype, sample_shape=self.spec.sample_shape)
         like = np.broadcast_to(np.zeros((), self.dtype), (x.shape[0], self.spec.n_out))  # no memory
         if self.spec.loss in CLASSIFICATION:
             check_labels(y, like, f"torch twin {where}: labels")
@@ -361,7 +383,7 @@ class TorchTwin:
         return loss
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        check_array(x, "torch twin forward: input", self.dtype, ndim=2, width=self.spec.n_in)
+        check_array(x, "torch twin forward: input", self.dtype, sample_shape=self.spec.sample_shape)
         with torch.no_grad():
             return self._forward(torch.from_numpy(x), train)[-1].numpy().copy()
 

@@ -37,9 +37,18 @@ def describe(a: object) -> str:
 
 
 def check_array(
-    a: object, where: str, dtype: np.dtype, ndim: int | None = None, width: int | None = None
+    a: object,
+    where: str,
+    dtype: np.dtype,
+    ndim: int | None = None,
+    width: int | None = None,
+    sample_shape: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    """Check that `a` is a finite ndarray of `dtype` with `ndim` dims and last axis `width`."""
+    """Check that `a` is a finite ndarray of `dtype` with `ndim` dims and last axis `width`.
+
+    sample_shape: instead of ndim and width, the shape of one row, a = (batch, *sample_shape):
+    (n_in,) for flat inputs, (C, H, W) for images.
+    """
     if not isinstance(a, np.ndarray):
         raise ShapeError(f"{where}: expected a numpy array, got {describe(a)}")
     if a.dtype != dtype:
@@ -47,6 +56,11 @@ def check_array(
             f"{where}: expected dtype {np.dtype(dtype)}, got {describe(a)}"
             " (cast explicitly; the reference never up- or down-casts silently)"
         )
+    if sample_shape is not None and len(sample_shape) == 1:
+        ndim, width = 2, sample_shape[0]
+    elif sample_shape is not None and (a.ndim != len(sample_shape) + 1 or a.shape[1:] != tuple(sample_shape)):
+        expected = f"(batch, {', '.join(str(d) for d in sample_shape)})"
+        raise ShapeError(f"{where}: expected shape (batch, C, H, W) = {expected}, got {describe(a)}")
     if ndim is not None and a.ndim != ndim:
         expected = "(batch, features)" if ndim == 2 else f"{ndim} dimensions"
         raise ShapeError(f"{where}: expected shape {expected}, got {describe(a)}")

@@ -1,5 +1,9 @@
 """Named initialisers. Contract: init(rng, n_in, n_out) -> (W (n_in, n_out), b (n_out,)) in float64.
 
+A conv2d layer (F filters over C channels, kernel KH x KW) is the GEMM of im2col: its kernel is
+drawn as the (C KH KW, F) matrix, fan-in C KH KW, and reshaped to (F, C, KH, KW) (`conv_kernel`).
+Glorot's fan-out is then F KH KW, as torch and keras count it (`receptive` below).
+
 Every draw comes from the caller's seeded `numpy.random.Generator`, W before b, layer by layer, so
 the same seed gives the same weights; the network casts to the spec's dtype afterwards (a float32
 model starts from the float64 draw rounded once).
@@ -34,14 +38,14 @@ def uniform_01(rng: np.random.Generator, n_in: int, n_out: int):
     return rng.uniform(-0.1, 0.1, (n_in, n_out)), rng.uniform(-0.1, 0.1, n_out)
 
 
-def glorot_normal(rng: np.random.Generator, n_in: int, n_out: int):
-    """W ~ N(0, 2/(n_in + n_out)), b = 0 (torch xavier_normal_; keras' GlorotNormal truncates)."""
-    return rng.normal(0.0, np.sqrt(2.0 / (n_in + n_out)), (n_in, n_out)), np.zeros(n_out)
+def glorot_normal(rng: np.random.Generator, n_in: int, n_out: int, receptive: int = 1):
+    """W ~ N(0, 2/(n_in + n_out * receptive)), b = 0 (torch xavier_normal_; keras' GlorotNormal truncates)."""
+    return rng.normal(0.0, np.sqrt(2.0 / (n_in + n_out * receptive)), (n_in, n_out)), np.zeros(n_out)
 
 
-def glorot_uniform(rng: np.random.Generator, n_in: int, n_out: int):
-    """W ~ U(-a, a), a = sqrt(6/(n_in + n_out)), b = 0 (Glorot & Bengio 2010)."""
-    a = np.sqrt(6.0 / (n_in + n_out))
+def glorot_uniform(rng: np.random.Generator, n_in: int, n_out: int, receptive: int = 1):
+    """W ~ U(-a, a), a = sqrt(6/(n_in + n_out * receptive)), b = 0 (Glorot & Bengio 2010)."""
+    a = np.sqrt(6.0 / (n_in + n_out * receptive))
     return rng.uniform(-a, a, (n_in, n_out)), np.zeros(n_out)
 
 
@@ -66,3 +70,11 @@ INITIALIZERS: dict[str, Initializer] = {
     "he_normal": he_normal,
     "he_uniform": he_uniform,
 }
+
+
+def conv_kernel(name: str, rng: np.random.Generator, shape: tuple[int, int, int, int]):
+    """(W (F, C, KH, KW), b (F,)): initialiser `name` with fan-in C KH KW (and Glorot fan-out F KH KW)."""
+    F, C, KH, KW = shape
+    extra = {"receptive": KH * KW} if name.startswith("glorot") else {}
+    W, b = INITIALIZERS[name](rng, C * KH * KW, F, **extra)  # (C KH KW, F): the im2col GEMM's matrix
+    return np.ascontiguousarray(W.T).reshape(F, C, KH, KW), b

@@ -2,7 +2,8 @@
 
 The contract, stated once for every layer in this file:
 
-    out, cache = layer.forward(x, train)      x (batch, n_in) -> out (batch, n_out)
+    out, cache = layer.forward(x, train)      x (batch, n_in) -> out (batch, n_out); images (batch, C, H, W)
+                                              -> (batch, F, OH, OW); element-wise layers keep any shape
     dL_dx, grads = layer.backward(dL_dout, cache)
                                               grads: {"W": dL/dW, "b": dL/db} (or {"gamma", "beta"});
                                               {} for layers without parameters
@@ -21,6 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from reference import conv
 from reference.errors import ShapeError, SpecError, describe
 
 
@@ -238,3 +240,91 @@ class BatchNorm(Layer):
         n = dL_dout.shape[0]
         dL_dx = (gamma * inv_sigma / n) * (n * dL_dout - grads["beta"] - x_hat * grads["gamma"])
         return dL_dx, grads
+
+
+# Images: NCHW, x (batch, C, H, W); the maths in reference/conv.py -----------------------------
+
+
+class Conv2D(Layer):
+    """Cross-correlation with F filters W (F, C, KH, KW), bias b (F,), stride and zero padding."""
+
+    def __init__(self, name: str, W: np.ndarray, b: np.ndarray, stride, padding) -> None:
+        super().__init__(name)
+        if W.ndim != 4 or b.shape != (W.shape[0],) or W.dtype != b.dtype:
+            raise ShapeError(
+                f"{name}: expected W (F, C, KH, KW) and b (F,) of one dtype, got W {describe(W)}, b {describe(b)}"
+            )
+        self.params = {"W": W, "b": b}
+        self.stride, self.padding = tuple(stride), tuple(padding)
+
+    def forward(self, x, train=True):
+        """out[n, f, i, j] = b[f] + sum_{c,u,v} W[f, c, u, v] xp[n, c, i sh + u, j sw + v]"""
+        W = self.params["W"]
+        if x.ndim != 4 or x.shape[1] != W.shape[1]:
+            raise ShapeError(f"{self.name}: expected input of shape (batch, {W.shape[1]}, H, W), got {describe(x)}")
+        out, cols = conv.conv2d_forward(x, W, self.params["b"], self.stride, self.padding)
+        return out, (x.shape, cols)  # out (batch, F, OH, OW)
+
+    def backward(self, dL_dout, cache):
+        """dL/dW = sum g (x) window,  dL/db = sum_{n,i,j} g,  dL/dx = col2im(g W)"""
+        x_shape, _ = cache
+        dL_dx = conv.conv2d_input_grad(dL_dout, self.params["W"], x_shape, self.stride, self.padding)
+        return dL_dx, self.param_grads(dL_dout, cache)  # (batch, C, H, W)
+
+    def param_grads(self, dL_dout, cache):
+        """dL/dW[f,c,u,v] = sum_{n,i,j} g[n,f,i,j] xp[n,c,i sh+u,j sw+v],  dL/db = sum_{n,i,j} g"""
+        dL_dW, dL_db = conv.conv2d_param_grads(dL_dout, cache[1], self.params["W"])
+        return {"W": dL_dW, "b": dL_db}
+
+
+class MaxPool2D(Layer):
+    """Max over PH x PW windows; ties: the gradient goes to the first maximum in row-major order."""
+
+    def __init__(self, name: str, pool, stride) -> None:
+        super().__init__(name)
+        self.pool, self.stride = tuple(pool), tuple(stride)
+
+    def forward(self, x, train=True):
+        """out[n, c, i, j] = max_{u, v} x[n, c, i sh + u, j sw + v]"""
+        _check_images(self.name, x)
+        out, first = conv.maxpool2d_forward(x, self.pool, self.stride)
+        return out, (x, first)
+
+    def backward(self, dL_dout, cache):
+        """dL/dx[window's first argmax] += g (every other element of the window gets 0)"""
+        x, first = cache
+        return conv.maxpool2d_backward(dL_dout, first, x.shape, self.pool, self.stride, like=x), {}
+
+
+class AvgPool2D(Layer):
+    """Mean over PH x PW windows."""
+
+    def __init__(self, name: str, pool, stride) -> None:
+        super().__init__(name)
+        self.pool, self.stride = tuple(pool), tuple(stride)
+
+    def forward(self, x, train=True):
+        """out[n, c, i, j] = sum_{u, v} x[n, c, i sh + u, j sw + v] / (PH PW)"""
+        _check_images(self.name, x)
+        return conv.avgpool2d_forward(x, self.pool, self.stride), x.shape
+
+    def backward(self, dL_dout, x_shape):
+        """dL/dx[window] += g / (PH PW)"""
+        return conv.avgpool2d_backward(dL_dout, x_shape, self.pool, self.stride), {}
+
+
+class Flatten(Layer):
+    """(batch, C, H, W) -> (batch, C H W) in C order: feature c H W + h W + w (torch's nn.Flatten)."""
+
+    def forward(self, x, train=True):
+        """out[n, (c, h, w)] = x[n, c, h, w]"""
+        return x.reshape(x.shape[0], -1), x.shape
+
+    def backward(self, dL_dout, x_shape):
+        """dL/dx = g reshaped back to the input's shape"""
+        return dL_dout.reshape(x_shape), {}
+
+
+def _check_images(name: str, x: np.ndarray) -> None:
+    if x.ndim != 4:
+        raise ShapeError(f"{name}: expected input of shape (batch, C, H, W), got {describe(x)}")

@@ -7,7 +7,8 @@
     out = net.forward(x)                        # inference (dropout off, batchnorm running stats)
 
 Parameters are named "<layer>.<param>" ("dense_1.W", "dense_1.b", "batchnorm_1.gamma"), W is
-(n_in, n_out) and b is (n_out,): the canonical layout every twin converts from and to.
+(n_in, n_out) and b is (n_out,): the canonical layout every twin converts from and to. A conv2d W
+is (F, C, KH, KW), its b (F,); image inputs are (batch, C, H, W) (spec.input_shape).
 """
 
 from __future__ import annotations
@@ -15,8 +16,21 @@ from __future__ import annotations
 import numpy as np
 
 from reference.errors import DTypeError, ShapeError, check_array, describe
-from reference.init import INITIALIZERS
-from reference.layers import BatchNorm, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from reference.init import INITIALIZERS, conv_kernel
+from reference.layers import (
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
 from reference.losses import make_loss
 from reference.spec import ModelSpec
 from reference.trace import LayerTrace, Trace
@@ -28,16 +42,25 @@ def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """Fresh parameters for `spec` from numpy.random.default_rng(seed), in the spec's dtype."""
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
-    n_in = spec.n_in
-    for name, layer in zip(spec.layer_names(), spec.layers):
+    shape = spec.sample_shape
+    for name, layer, out_shape in zip(spec.layer_names(), spec.layers, spec.layer_shapes()):
         if layer.kind == "dense":
-            W, b = INITIALIZERS[layer.init or spec.init](rng, n_in, layer.units)
+            W, b = INITIALIZERS[layer.init or spec.init](rng, shape[0], layer.units)
             params[f"{name}.W"], params[f"{name}.b"] = W.astype(spec.dtype), b.astype(spec.dtype)
-            n_in = layer.units
+        elif layer.kind == "conv2d":
+            W, b = conv_kernel(layer.init or spec.init, rng, conv_weight_shape(layer, shape))
+            params[f"{name}.W"], params[f"{name}.b"] = W.astype(spec.dtype), b.astype(spec.dtype)
         elif layer.kind == "batchnorm":
-            params[f"{name}.gamma"] = np.ones(n_in, spec.dtype)
-            params[f"{name}.beta"] = np.zeros(n_in, spec.dtype)
+            params[f"{name}.gamma"] = np.ones(shape[0], spec.dtype)
+            params[f"{name}.beta"] = np.zeros(shape[0], spec.dtype)
+        shape = out_shape
     return params
+
+
+def conv_weight_shape(layer, in_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(F, C, KH, KW) of a conv2d LayerSpec on a (C, H, W) input."""
+    (kh, kw), _, _ = layer.pairs()
+    return (layer.filters, in_shape[0], kh, kw)
 
 
 class Network:
@@ -48,12 +71,21 @@ class Network:
         dropout_rng = np.random.default_rng([seed, 1])  # apart from the init stream
         source = init_params(spec, seed) if params is None else params
         self.layers = []
-        n_in = spec.n_in
-        for name, ls in zip(spec.layer_names(), spec.layers):
+        shape = spec.sample_shape
+        for name, ls, out_shape in zip(spec.layer_names(), spec.layers, spec.layer_shapes()):
+            n_in, in_shape, shape = shape[0], shape, out_shape
             if ls.kind == "dense":
                 W, b = self._take(source, name, {"W": (n_in, ls.units), "b": (ls.units,)})
                 self.layers.append(Dense(name, W, b))
-                n_in = ls.units
+            elif ls.kind == "conv2d":
+                _, stride, padding = ls.pairs()
+                W, b = self._take(source, name, {"W": conv_weight_shape(ls, in_shape), "b": (ls.filters,)})
+                self.layers.append(Conv2D(name, W, b, stride, padding))
+            elif ls.kind in ("maxpool2d", "avgpool2d"):
+                pool, stride, _ = ls.pairs()
+                self.layers.append((MaxPool2D if ls.kind == "maxpool2d" else AvgPool2D)(name, pool, stride))
+            elif ls.kind == "flatten":
+                self.layers.append(Flatten(name))
             elif ls.kind == "batchnorm":
                 layer = BatchNorm(name, n_in, self.dtype, ls.convention, ls.momentum, ls.eps)
                 gamma, beta = self._take(source, name, {"gamma": (n_in,), "beta": (n_in,)})
@@ -104,7 +136,7 @@ class Network:
     # Forward and backward -------------------------------------------------------------------
 
     def _check_input(self, x: np.ndarray) -> None:
-        check_array(x, f"network input (to {self.layers[0].name})", self.dtype, ndim=2, width=self.spec.n_in)
+        check_array(x, f"network input (to {self.layers[0].name})", self.dtype, sample_shape=self.spec.sample_shape)
 
     def _check_masks(self, masks: dict[str, np.ndarray] | None) -> None:
         """A mask for a layer that is not a dropout layer would be ignored: a fresh mask, silently."""

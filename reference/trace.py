@@ -3,9 +3,12 @@ a student's submission behind its adapter), so comparing and reporting are writt
 
     Trace.loss                  scalar (0-d array in the model's dtype)
     Trace.layers[i].name        "dense_1", "sigmoid_1", ... in forward order
-    Trace.layers[i].out         forward output of the layer           (batch, n_out)
-    Trace.layers[i].grad_out    dL/d(out)                              (batch, n_out)
-    Trace.layers[i].grad_in     dL/d(input of the layer)               (batch, n_in)
+    Trace.layers[i].out         forward output of the layer           (batch, *out shape)
+    Trace.layers[i].grad_out    dL/d(out)                              (batch, *out shape)
+    Trace.layers[i].grad_in     dL/d(input of the layer)               (batch, *in shape)
+
+Shapes per sample are (n,) for flat layers and (C, H, W) for images, NCHW in every implementation
+(the keras twin converts from its NHWC).
     Trace.layers[i].grads       {"W": dL/dW, "b": dL/db} for layers with parameters
 
 Any field may be None when an implementation cannot reveal it (a student's submission that only

@@ -29,16 +29,17 @@ def batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
 def check_inputs(net: Network, x: np.ndarray, where: str) -> None:
     """check_array's checks (ndarray, dtype, (n, n_in), no NaN/Inf) on a whole training set, fast.
 
-    The plain form is check_array(x, where, net.dtype, ndim=2, width=net.spec.n_in). A finite sum
+    The plain form is check_array(x, where, net.dtype, sample_shape=net.spec.sample_shape). A finite sum
     proves every element finite (a NaN or an Inf makes any sum non-finite) in one pass without the
     boolean temporary of np.isfinite(x).all(); only when the sum is not finite (a bad element, or a
     sum that overflowed) does check_array scan element by element, and name the culprit.
     """
-    if isinstance(x, np.ndarray) and x.dtype == net.dtype and x.ndim == 2 and x.shape[1] == net.spec.n_in:
+    sample = net.spec.sample_shape
+    if isinstance(x, np.ndarray) and x.dtype == net.dtype and x.ndim == len(sample) + 1 and x.shape[1:] == sample:
         with np.errstate(over="ignore", invalid="ignore"):  # a non-finite sum only means: look closer
             if np.isfinite(x.sum()):
                 return
-    check_array(x, where, net.dtype, ndim=2, width=net.spec.n_in)
+    check_array(x, where, net.dtype, sample_shape=sample)
 
 
 def train_step(net: Network, opt: Optimizer, x: np.ndarray, y: np.ndarray, check_input: bool = True) -> np.ndarray:

@@ -82,7 +82,8 @@ def inputs(spec: ModelSpec, n: int) -> tuple[np.ndarray, np.ndarray]:
 
     x, y = training_set(spec.dataset)
     fitted = fit_preprocessing(x, spec.preprocess, spec.dtype)  # standardise: the training split's statistics
-    return preprocess(x[:n], spec.preprocess, spec.dtype, fitted), y[:n]
+    x = preprocess(x[:n], spec.preprocess, spec.dtype, fitted)
+    return (x if spec.input_shape is None else x.reshape(-1, *spec.input_shape)), y[:n]
 
 
 def baseline_arrays(name: str, dtype: str) -> dict[str, np.ndarray]:

@@ -19,12 +19,13 @@ from reference import Network, init_params, make_optimizer, preset
 from reference.train import train_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
-TASKS = ("batched_epoch_s", "per_sample_step_us", "forward_backward_ms")
+TASKS = ("batched_epoch_s", "per_sample_step_us", "forward_backward_ms", "cnn_epoch_s")
 PRESETS = (
     "mnist-sigmoid-per-sample",
     "mnist-relu-batched",
     "mnist-relu-batched-raw",
     "mnist-relu-deep",
+    "mnist-cnn",
     "digits-sigmoid-per-sample",
 )
 
@@ -60,6 +61,9 @@ def check_schema(doc: dict, contenders: tuple[str, ...]) -> None:
     for dtype in ("float32", "float64"):
         assert set(doc[dtype]) == set(TASKS), doc[dtype].keys()
         assert set(doc[dtype]["batched_epoch_s"]) == {*contenders, "gemm_limit"}
+        assert set(doc[dtype]["cnn_epoch_s"]) == {*contenders, "gemm_limit"}
+        assert all(positive(v) for v in doc[dtype]["cnn_epoch_s"].values())
+        assert positive(doc["ratios"][dtype]["cnn_epoch_s reference/gemm_limit"])
         assert set(doc[dtype]["per_sample_step_us"]) == {*contenders, "numpy_floor"}
         assert set(doc[dtype]["forward_backward_ms"]) == set(contenders)
         for contender in contenders:

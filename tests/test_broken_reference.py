@@ -7,6 +7,8 @@ and compares the broken reference against an oracle:
 
     torch     the torch twin (oracles/torch_twin.py), float32 and float64: sees forward bugs at the
               layer's output and backward bugs at the gradient they corrupt
+    keras     the keras twin (oracles/keras_twin.py), float32 and float64, for the conv bugs: the
+              same verdicts through the NHWC layout and the permuted Dense after the Flatten
     numeric   finite differences (oracles/numeric.py), float64, no torch needed: it differentiates
               the reference's own forward pass, so a forward bug shows up only in the gradient of
               the layer below (the analytic backward no longer matches the function computed)
@@ -27,7 +29,7 @@ from cases import LAYER_CASES, OPTIMIZER_CASES, make_batch
 
 from oracles.compare import Comparison, compare, compare_params
 from oracles.numeric import draw_masks, numeric_trace
-from reference import layers, losses, optimizers
+from reference import conv, layers, losses, optimizers
 from reference.network import Network
 from reference.optimizers import make_optimizer
 from reference.train import train_step
@@ -95,13 +97,38 @@ def loss_value_summed(self, logits, labels):
     return value * logits.shape[0], grad  # reports the sum, differentiates the mean
 
 
+def conv_dW_in_im2col_order(g, cols, W):
+    dW2 = conv._g_matrix(g) @ cols.T  # (F, KH KW C)
+    return dW2.reshape(W.shape), conv._g_matrix(g).sum(axis=1)  # forgot the (KH, KW, C) -> (C, KH, KW) transpose
+
+
+_col2im = conv.col2im  # the correct one, before any patch
+
+
+def col2im_cropped_at_the_corner(d_cols, x_shape, kernel, stride, padding):
+    (N, C, H, W), (ph, pw) = x_shape, padding
+    padded = _col2im(d_cols, (N, C, H + 2 * ph, W + 2 * pw), kernel, stride, (0, 0))
+    return padded[:, :, :H, :W]  # the padding cut off at the bottom-right only: dx shifted by (ph, pw)
+
+
+def maxpool_backward_to_the_whole_window(self, dL_dout, cache):
+    x, _ = cache
+    return conv.avgpool2d_backward(dL_dout, x.shape, self.pool, self.stride) * (self.pool[0] * self.pool[1]), {}
+
+
+def conv_forward_with_flipped_kernel(self, x, train=True):
+    W = self.params["W"][:, :, ::-1, ::-1]  # a convolution, not the cross-correlation every framework computes
+    out, cols = conv.conv2d_forward(x, W, self.params["b"], self.stride, self.padding)
+    return out, (x.shape, cols)
+
+
 @dataclass(frozen=True)
 class Bug:
     case: str  # a tests/cases.py LAYER_CASES id
     owner: object  # the class patched
     method: str
     broken: Callable
-    first: dict[str, str]  # oracle -> the tensor named as the first divergence
+    first: dict[str, str]  # oracle -> the tensor named as the first divergence (the oracles it is checked with)
 
 
 BUGS = {
@@ -185,6 +212,37 @@ BUGS = {
         loss_value_summed,
         {"torch": "loss", "numeric": "dense_2.grad_out"},
     ),
+    # Convolutions: each caught by finite differences, torch and keras.
+    "conv-dW-in-im2col-order": Bug(
+        "conv2d-k3x2-s2-p0",
+        conv,
+        "conv2d_param_grads",
+        conv_dW_in_im2col_order,
+        {"torch": "conv2d_1.dW", "keras": "conv2d_1.dW", "numeric": "conv2d_1.dW"},
+    ),
+    "conv-dx-padding-cut-at-one-corner": Bug(
+        "conv2d-k2x3-s1-p1",
+        conv,
+        "col2im",
+        col2im_cropped_at_the_corner,
+        {"torch": "conv2d_1.grad_in", "keras": "conv2d_1.grad_in", "numeric": "conv2d_1.grad_in"},
+    ),
+    "maxpool-backward-to-the-whole-window": Bug(
+        "maxpool2d-p2-s2",
+        layers.MaxPool2D,
+        "backward",
+        maxpool_backward_to_the_whole_window,
+        {"torch": "maxpool2d_1.grad_in", "keras": "maxpool2d_1.grad_in", "numeric": "maxpool2d_1.grad_in"},
+    ),
+    # A forward bug: the twins see the output; finite differences differentiate the flipped forward,
+    # which the (correct) backward does not match, first at dW.
+    "conv-forward-flipped-kernel": Bug(
+        "conv2d-k3x2-s1-p0",
+        layers.Conv2D,
+        "forward",
+        conv_forward_with_flipped_kernel,
+        {"torch": "conv2d_1.out", "keras": "conv2d_1.out", "numeric": "conv2d_1.dW"},
+    ),
 }
 
 BATCH = 4  # > 1: a sum and a mean over the batch differ; small: finite differences stay cheap
@@ -193,8 +251,10 @@ BATCH = 4  # > 1: a sum and a mean over the batch differ; small: finite differen
 def oracle_params():
     for bug in BUGS:
         yield pytest.param(bug, "numeric", "float64", id=f"{bug}-numeric")
-        for dtype in ("float32", "float64"):
-            yield pytest.param(bug, "torch", dtype, id=f"{bug}-torch-{dtype}")
+        for twin in ("torch", "keras"):
+            if twin in BUGS[bug].first:
+                for dtype in ("float32", "float64"):
+                    yield pytest.param(bug, twin, dtype, id=f"{bug}-{twin}-{dtype}")
 
 
 def compare_with(oracle: str, spec, params, x, y, masks) -> Comparison:
@@ -204,6 +264,11 @@ def compare_with(oracle: str, spec, params, x, y, masks) -> Comparison:
     if oracle == "numeric":
         theirs = numeric_trace(Network(spec, params=params), x, y, masks=masks)
         return compare(mine, theirs, oracle="numeric", dtype=spec.dtype)
+    if oracle == "keras":
+        pytest.importorskip("keras")
+        from oracles.keras_twin import KerasTwin
+
+        return compare(mine, KerasTwin(spec, params).trace(x, y, masks=masks), oracle="twin")
     pytest.importorskip("torch")
     from oracles.torch_twin import TorchTwin
 

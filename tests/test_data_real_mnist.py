@@ -116,6 +116,7 @@ def test_truncated_real_cache_is_rebuilt(mnist, cache_dir, tmp_path):
         ("mnist-relu-batched", "float32"),
         ("mnist-relu-batched-raw", "float64"),
         ("mnist-relu-deep", "float64"),
+        ("mnist-cnn", "float32"),  # flat rows too: bprop.jobs views them as (n, 1, 28, 28)
     ],
 )
 def test_load_for_spec_mnist_presets(mnist, cache_dir, monkeypatch, name, dtype):
@@ -124,6 +125,7 @@ def test_load_for_spec_mnist_presets(mnist, cache_dir, monkeypatch, name, dtype)
         "mnist-relu-batched",
         "mnist-relu-batched-raw",
         "mnist-relu-deep",
+        "mnist-cnn",
     }, "a new MNIST preset: add it to this test"
     monkeypatch.setenv("BPROP_CACHE_DIR", str(cache_dir))
     monkeypatch.delenv("BPROP_MNIST", raising=False)

@@ -10,6 +10,8 @@ policy of oracles/compare.py (the same function computed another way is exactly 
     Network.loss_and_grads no trace, no first dL/dx   == the gradients of Network.trace, bit for bit
     train_epoch            checks x once per epoch    == still a clear error for NaN / Inf / dtype
     check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
+    conv2d (forward, dW, db, dx)  im2col + one GEMM each  == the loops over output positions
+    maxpool2d, avgpool2d   window view, KH KW strided adds == the loops (max-pool bit for bit)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from cases import BATCH_SIZES, DTYPES, LAYER_CASES, OPTIMIZER_CASES, make_batch
 from helpers import assert_close
 
-from reference import DTypeError, Network, NonFiniteError, ShapeError, make_optimizer, preset
+from reference import DTypeError, Network, NonFiniteError, ShapeError, conv, make_optimizer, preset
 from reference.layers import Dense, sigmoid
 from reference.optimizers import SGD
 from reference.spec import PRESETS, OptimizerSpec
@@ -165,3 +167,61 @@ def test_check_inputs_names_the_element_when_infs_cancel_to_nan(dtype):
     x[1, 2], x[3, 4] = np.inf, -np.inf  # the sum is nan, with no RuntimeWarning
     with pytest.raises(NonFiniteError, match=r"probe: expected finite values, got inf at index \(1, 2\)"):
         check_inputs(Network(spec, seed=0), x, "probe")
+
+
+def random_conv_problem(seed: int, dtype: str):
+    """Random N, C, H, W, F, kernel (non-square), stride and padding (each 1 or 2 / 0..2) that fit."""
+    rng = np.random.default_rng(seed)
+    N, C, F = (int(v) for v in rng.integers(1, 5, 3))
+    H, W = (int(v) for v in rng.integers(3, 11, 2))
+    stride = tuple(int(v) for v in rng.integers(1, 3, 2))
+    padding = tuple(int(v) for v in rng.integers(0, 3, 2))
+    kernel = (
+        int(rng.integers(1, min(H + 2 * padding[0], 5) + 1)),
+        int(rng.integers(1, min(W + 2 * padding[1], 5) + 1)),
+    )
+    x = rng.normal(size=(N, C, H, W)).astype(dtype)
+    Wt, b = rng.normal(size=(F, C, *kernel)).astype(dtype), rng.normal(size=F).astype(dtype)
+    return rng, x, Wt, b, kernel, stride, padding
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", range(40))
+def test_conv2d_im2col_gemm_is_the_loop_over_output_positions(seed, dtype):
+    rng, x, W, b, _, stride, padding = random_conv_problem(seed, dtype)
+    plain = conv.conv2d_forward_plain(x, W, b, stride, padding)
+    fast, cols = conv.conv2d_forward(x, W, b, stride, padding)
+    assert fast.shape == plain.shape and fast.dtype == plain.dtype == np.dtype(dtype)
+    assert_close("out", fast, plain, dtype, "forward", names=("fast", "plain"))
+    g = rng.normal(size=plain.shape).astype(dtype)
+    dx, dW, db = conv.conv2d_backward_plain(g, x, W, stride, padding)
+    fast_dW, fast_db = conv.conv2d_param_grads(g, cols, W)
+    fast_dx = conv.conv2d_input_grad(g, W, x.shape, stride, padding)
+    for name, a, p in (("dx", fast_dx, dx), ("dW", fast_dW, dW), ("db", fast_db, db)):
+        assert a.shape == p.shape and a.dtype == p.dtype, name
+        assert_close(name, a, p, dtype, "gradient", names=("fast", "plain"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", range(40))
+def test_pools_on_the_window_view_are_the_loops(seed, dtype):
+    rng, x, _, _, pool, stride, _ = random_conv_problem(seed, dtype)
+    pool = (min(pool[0], x.shape[2]), min(pool[1], x.shape[3]))
+    if seed % 2:
+        x = np.round(x).astype(dtype)  # ties in most windows: the first maximum, in both forms
+    out, first = conv.maxpool2d_forward(x, pool, stride)
+    np.testing.assert_array_equal(out, conv.maxpool2d_forward_plain(x, pool, stride))
+    g = rng.normal(size=out.shape).astype(dtype)
+    fast, plain = (
+        conv.maxpool2d_backward(g, first, x.shape, pool, stride),
+        conv.maxpool2d_backward_plain(g, x, pool, stride),
+    )
+    assert fast.dtype == plain.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(fast != 0, plain != 0)  # the same elements get the gradient
+    fp = {"names": ("fast", "plain")}
+    assert_close("maxpool dx", fast, plain, dtype, "gradient", **fp)  # sums of overlapping windows in another order
+    avg_out = conv.avgpool2d_forward(x, pool, stride)
+    assert_close("avgpool out", avg_out, conv.avgpool2d_forward_plain(x, pool, stride), dtype, "forward", **fp)
+    fast = conv.avgpool2d_backward(g, x.shape, pool, stride)
+    assert fast.dtype == np.dtype(dtype)
+    assert_close("avgpool dx", fast, conv.avgpool2d_backward_plain(g, x, pool, stride), dtype, "gradient", **fp)

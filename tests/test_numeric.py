@@ -26,7 +26,8 @@ from cases import LAYER_CASES, LOSS_CASES, make_batch
 
 from oracles.compare import Comparison, compare
 from oracles.numeric import as_float64, draw_masks, numeric_trace, numerical_gradient
-from reference.layers import LeakyReLU, ReLU, Sigmoid
+from reference.conv import windows
+from reference.layers import LeakyReLU, MaxPool2D, ReLU, Sigmoid
 from reference.network import Network
 from reference.spec import PRESETS, ModelSpec, preset
 
@@ -34,11 +35,19 @@ KINK_MARGIN = 1e-4  # 5x the widest difference step (2h = 2e-5): no ReLU input o
 SMALL_N_IN = 5  # the presets' layer structure on a narrow input, so differences stay cheap
 
 
+def pool_gap(layer: MaxPool2D, h: np.ndarray) -> float:
+    """The smallest gap between a max-pool window's largest and second largest input (0: a tie)."""
+    win = windows(h, layer.pool, layer.stride)
+    top2 = np.sort(win.reshape(*win.shape[:4], -1), axis=-1)[..., -2:]
+    return float((top2[..., 1] - top2[..., 0]).min()) if top2.shape[-1] == 2 else np.inf
+
+
 def kink_distance(net: Network, x: np.ndarray, y: np.ndarray, train: bool = True) -> float:
-    """The smallest |ReLU input| (and |pred - target| for L1) over the batch; inf if there is none."""
+    """The smallest |ReLU input|, max-pool gap (and |pred - target| for L1) over the batch; inf if none."""
     outs, _ = copy.deepcopy(net).forward_cached(x, train)  # a copy: batchnorm statistics stay
     inputs = [x, *outs[:-1]]
     dist = [np.abs(h).min() for layer, h in zip(net.layers, inputs) if isinstance(layer, ReLU | LeakyReLU)]
+    dist += [pool_gap(layer, h) for layer, h in zip(net.layers, inputs) if isinstance(layer, MaxPool2D)]
     if net.spec.loss == "l1":
         dist.append(np.abs(outs[-1] - y).min())
     return float(min(dist, default=np.inf))
@@ -101,15 +110,21 @@ def test_loss_matches_finite_differences(case, batch):
 
 
 def small_preset(name: str) -> ModelSpec:
-    """The preset's layers, loss, reduction and init on SMALL_N_IN inputs."""
+    """The preset's layers, loss, reduction and init on SMALL_N_IN inputs (images: 1 x 12 x 12)."""
+    if PRESETS[name].input_shape is not None:
+        return preset(name, n_in=144, input_shape=(1, 12, 12))
     return preset(name, n_in=SMALL_N_IN)
 
 
 # The deep preset (23k parameters, 4 losses each) only at batch 1: at 7 it costs ~15 s of CPU, and
 # test_batching shows its batch gradient is the mean of these per-sample ones.
+# The CNN preset pools ReLU outputs: a window of ReLU zeros is a tie, where the max has no
+# derivative, so no batch is kink-free. tests/test_conv.py checks its layers in the other order
+# (max-pool, then ReLU: the same function, and differentiable wherever the window has one maximum).
 PRESET_PARAMS = [
     pytest.param(name, batch, id=f"{name}-batch{batch}")
     for name in sorted(PRESETS)
+    if name != "mnist-cnn"
     for batch in ((1,) if name == "mnist-relu-deep" else (1, 7))
 ]
 

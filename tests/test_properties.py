@@ -27,6 +27,7 @@ from reference.errors import NonFiniteError
 from reference.layers import BatchNorm, Sigmoid, Softmax, Tanh, softmax
 from reference.losses import make_loss
 from reference.network import Network
+from reference.spec import LayerSpec, ModelSpec
 
 FAST = settings(max_examples=50, deadline=None, derandomize=True, database=None)
 DTYPES = st.sampled_from(["float32", "float64"])
@@ -184,7 +185,7 @@ def test_network_trace_is_finite(data, dtype, case, batch, scale):
     if case.startswith("batchnorm") and batch == 1:
         batch = 2
     net = Network(spec, seed=data.draw(st.integers(0, 3)))
-    x = (scale * data.draw(arrays("float64", (batch, spec.n_in), bound=1.0))).astype(dtype)
+    x = (scale * data.draw(arrays("float64", (batch, *spec.sample_shape), bound=1.0))).astype(dtype)
     y = data.draw(hnp.arrays(np.int64, batch, elements=st.integers(0, spec.n_out - 1)))
     with strict_fp():
         trace = net.trace(x, y)
@@ -201,11 +202,20 @@ def test_network_trace_is_finite(data, dtype, case, batch, scale):
 def test_batch_gradient_is_the_mean_of_sample_gradients(data, case, batch):
     spec = LAYER_CASES[case]
     net = Network(spec, seed=0)
-    x = data.draw(arrays("float64", (batch, spec.n_in), bound=5.0))
+    x = data.draw(arrays("float64", (batch, *spec.sample_shape), bound=5.0))
     y = data.draw(hnp.arrays(np.int64, batch, elements=st.integers(0, spec.n_out - 1)))
+    kinds = [ls.kind for ls in spec.layers]
     masks = (
-        {"dropout_1": data.draw(hnp.arrays(np.float64, (batch, 5), elements=st.sampled_from([0.0, 1.0])))}
-        if case == "dropout"
+        {
+            "dropout_1": data.draw(
+                hnp.arrays(
+                    np.float64,
+                    (batch, *spec.layer_shapes()[kinds.index("dropout")]),
+                    elements=st.sampled_from([0.0, 1.0]),
+                )
+            )
+        }
+        if "dropout" in kinds
         else None
     )
     _, batched = net.loss_and_grads(x, y, masks=masks)
@@ -230,3 +240,67 @@ def test_extreme_softmax_cross_entropy_examples(dtype):
             value, grad = make_loss("softmax_cross_entropy").value_and_grad(logits.astype(dtype), labels)
         assert np.isfinite(value) and np.all(np.isfinite(grad))
         assert vanishes(grad.sum(axis=1), max(float(np.abs(grad).max()), 1.0), dtype)
+
+
+# Convolution and pooling over shapes, strides and pads -------------------------------------------
+
+
+@st.composite
+def conv_problems(draw):
+    """A random image batch and a conv/pool geometry that fits it: non-square, stride 1-3, pad 0-2."""
+    n, c, f = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    kh, kw = draw(st.integers(1, min(h + 2 * ph, 5))), draw(st.integers(1, min(w + 2 * pw, 5)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    x = draw(arrays("float64", (n, c, h, w), bound=3.0))
+    return x, f, (kh, kw), stride, (ph, pw)
+
+
+@FAST
+@given(problem=conv_problems(), data=st.data())
+def test_conv_layer_shapes_and_adjoint_identity(problem, data):
+    """The spec's inferred shape is the layer's output shape, and backward is the adjoint: out is
+    linear in (W, b) and, less b, in x, so <g, out> = <dW, W> + <db, b> and <g, out> - <db, b> = <dx, x>."""
+    x, f, kernel, stride, padding = problem
+    spec = ModelSpec(
+        n_in=int(np.prod(x.shape[1:])),
+        input_shape=x.shape[1:],
+        layers=(LayerSpec("conv2d", filters=f, kernel=kernel, stride=stride, padding=padding), LayerSpec("flatten"),
+                LayerSpec("dense", units=2)),
+    )  # fmt: skip
+    net = Network(spec, seed=0)
+    layer = net.layers[0]
+    out, cache = layer.forward(x)
+    assert out.shape[1:] == spec.layer_shapes()[0]
+    g = data.draw(arrays("float64", out.shape, bound=1.0))
+    dx, grads = layer.backward(g, cache)
+    W, b = layer.params["W"], layer.params["b"]
+    g_out, g_b = float((g * out).sum()), float((grads["b"] * b).sum())
+    scale = float(np.abs(g).sum() * (np.abs(out).max() + np.abs(b).max() + 1))
+    assert abs(g_out - float((grads["W"] * W).sum()) - g_b) <= 1e-12 * scale
+    assert abs(g_out - g_b - float((dx * x).sum())) <= 1e-12 * scale
+
+
+@FAST
+@given(problem=conv_problems(), data=st.data(), kind=st.sampled_from(["maxpool2d", "avgpool2d"]))
+def test_pools_are_positively_homogeneous_and_route_what_comes(problem, data, kind):
+    """Max-pool and avg-pool are homogeneous of degree 1, so <g, pool(x)> = <dx, x>; max-pool
+    routes every window's gradient to one element, avg-pool spreads it: sum dx = sum g (each)."""
+    x, _, pool, stride, _ = problem
+    pool = (min(pool[0], x.shape[2]), min(pool[1], x.shape[3]))
+    spec = ModelSpec(
+        n_in=int(np.prod(x.shape[1:])),
+        input_shape=x.shape[1:],
+        layers=(LayerSpec(kind, pool=pool, stride=stride), LayerSpec("flatten"), LayerSpec("dense", units=2)),
+    )
+    layer = Network(spec, seed=0).layers[0]
+    out, cache = layer.forward(x)
+    assert out.shape[1:] == spec.layer_shapes()[0]
+    g = data.draw(arrays("float64", out.shape, bound=1.0))
+    dx, _ = layer.backward(g, cache)
+    scale = float(np.abs(g).sum() * (np.abs(x).max() + 1))
+    assert abs(float((g * out).sum()) - float((dx * x).sum())) <= 1e-12 * scale
+    assert abs(float(dx.sum()) - float(g.sum())) <= 1e-12 * (float(np.abs(g).sum()) + 1)
+    if kind == "maxpool2d":
+        assert (dx != 0).sum() <= (g != 0).sum()  # one element per window at most

@@ -87,6 +87,7 @@ def test_presets_are_the_course_configurations():
         "mnist-relu-batched": [128, 10],
         "mnist-relu-batched-raw": [128, 10],
         "mnist-relu-deep": [100, 200, 10],
+        "mnist-cnn": [10],
         "digits-sigmoid-per-sample": [32, 10],
     }
     assert kinds == {
@@ -94,6 +95,7 @@ def test_presets_are_the_course_configurations():
         "mnist-relu-batched": ["relu"],
         "mnist-relu-batched-raw": ["relu"],
         "mnist-relu-deep": ["relu"],
+        "mnist-cnn": ["conv2d", "flatten", "maxpool2d", "relu"],
         "digits-sigmoid-per-sample": ["sigmoid", "softmax"],
     }
     hw = PRESETS["mnist-sigmoid-per-sample"]
@@ -136,9 +138,9 @@ def test_preset_without_changes_is_the_preset_and_changes_do_not_leak():
 
 def test_unknown_preset():
     with pytest.raises(
-        SpecError, match=r"unknown preset 'mnist-cnn'; presets are \['digits-sigmoid-per-sample', 'mnist-relu-batched'"
+        SpecError, match=r"unknown preset 'mnist-lstm'; presets are \['digits-sigmoid-per-sample', 'mnist-cnn'"
     ):
-        preset("mnist-cnn")
+        preset("mnist-lstm")
 
 
 def test_a_changed_preset_is_validated():

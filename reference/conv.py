@@ -1,0 +1,262 @@
+"""Convolution and pooling on NCHW images: the plain maths first, then the fast forms the layers use.
+
+Shapes, stated once:
+
+    x    (N, C, H, W)        a batch of images, channels first (torch's and CS231n's layout)
+    W    (F, C, KH, KW)      F filters; b (F,)
+    out  (N, F, OH, OW)      OH = (H + 2 ph - KH) // sh + 1, OW likewise (torch's floor rule)
+
+Stride (sh, sw) and zero padding (ph, pw) are pairs. A conv is a *cross-correlation*, as in every
+framework: the kernel is not flipped. Pools have no padding; a row or column a window never reaches
+(H = 11, pool 2) is dropped, as torch's ceil_mode=False and keras' padding="valid" drop it.
+
+Max-pool ties: the gradient goes to the FIRST maximal element of the window in row-major order
+(np.argmax's rule), and to no other. Overlapping windows (stride < pool) route independently, and an
+element that is the maximum of several windows collects all their gradients.
+
+The plain forms loop over output positions and are the definition; the fast forms loop over the
+KH KW kernel offsets instead (a handful of whole-array slab copies or adds: im2col, col2im, the
+pools) and do one GEMM per product. tests/test_fast_forms.py pins every fast form to its plain form
+on random shapes, strides and pads (and max-pool's tie rule bit for bit).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+Pair = tuple[int, int]
+
+
+def out_size(size: int, kernel: int, stride: int, pad: int = 0) -> int:
+    """(size + 2 pad - kernel) // stride + 1: output positions along one axis."""
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def pad_images(x: np.ndarray, padding: Pair) -> np.ndarray:
+    """Zero padding of (ph, pw) on both sides of H and W."""
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+
+
+# The plain forms: loops over output positions ------------------------------------------------
+
+
+def conv2d_forward_plain(x, W, b, stride: Pair, padding: Pair):
+    """out[n, f, i, j] = b[f] + sum_{c, u, v} W[f, c, u, v] xp[n, c, i sh + u, j sw + v]"""
+    (sh, sw), (F, _, KH, KW) = stride, W.shape
+    xp = pad_images(x, padding)
+    OH, OW = out_size(xp.shape[2], KH, sh), out_size(xp.shape[3], KW, sw)
+    out = np.empty((x.shape[0], F, OH, OW), x.dtype)
+    for i in range(OH):
+        for j in range(OW):
+            patch = xp[:, :, i * sh : i * sh + KH, j * sw : j * sw + KW]  # (N, C, KH, KW)
+            out[:, :, i, j] = np.tensordot(patch, W, axes=([1, 2, 3], [1, 2, 3])) + b
+    return out
+
+
+def conv2d_backward_plain(g, x, W, stride: Pair, padding: Pair):
+    """dW[f,c,u,v] = sum_{n,i,j} g[n,f,i,j] xp[n,c,i sh+u,j sw+v];  db = sum g;  dxp[..window] += g W"""
+    (sh, sw), (_, _, KH, KW), (ph, pw) = stride, W.shape, padding
+    xp = pad_images(x, padding)
+    dxp, dW = np.zeros_like(xp), np.zeros_like(W)
+    for i in range(g.shape[2]):
+        for j in range(g.shape[3]):
+            window = (slice(None), slice(None), slice(i * sh, i * sh + KH), slice(j * sw, j * sw + KW))
+            dW += np.tensordot(g[:, :, i, j], xp[window], axes=([0], [0]))  # (F, C, KH, KW)
+            dxp[window] += np.tensordot(g[:, :, i, j], W, axes=([1], [0]))  # (N, C, KH, KW)
+    dx = dxp[:, :, ph : ph + x.shape[2], pw : pw + x.shape[3]]
+    return dx, dW, g.sum(axis=(0, 2, 3))
+
+
+def maxpool2d_forward_plain(x, pool: Pair, stride: Pair):
+    """out[n, c, i, j] = max_{u < PH, v < PW} x[n, c, i sh + u, j sw + v]"""
+    (PH, PW), (sh, sw) = pool, stride
+    OH, OW = out_size(x.shape[2], PH, sh), out_size(x.shape[3], PW, sw)
+    out = np.empty((*x.shape[:2], OH, OW), x.dtype)
+    for i in range(OH):
+        for j in range(OW):
+            out[:, :, i, j] = x[:, :, i * sh : i * sh + PH, j * sw : j * sw + PW].max(axis=(2, 3))
+    return out
+
+
+def maxpool2d_backward_plain(g, x, pool: Pair, stride: Pair):
+    """dx[n, c, window's first argmax] += g[n, c, i, j]  for every window (i, j)"""
+    (PH, PW), (sh, sw) = pool, stride
+    dx = np.zeros_like(x)
+    N, C = x.shape[:2]
+    for i in range(g.shape[2]):
+        for j in range(g.shape[3]):
+            window = x[:, :, i * sh : i * sh + PH, j * sw : j * sw + PW].reshape(N, C, PH * PW)
+            first = window.argmax(axis=2)  # (N, C): the first maximum in row-major order
+            routed = np.zeros((N, C, PH * PW), x.dtype)
+            np.put_along_axis(routed, first[:, :, None], g[:, :, i, j][:, :, None], axis=2)
+            dx[:, :, i * sh : i * sh + PH, j * sw : j * sw + PW] += routed.reshape(N, C, PH, PW)
+    return dx
+
+
+def avgpool2d_forward_plain(x, pool: Pair, stride: Pair):
+    """out[n, c, i, j] = sum_{u < PH, v < PW} x[n, c, i sh + u, j sw + v] / (PH PW)"""
+    (PH, PW), (sh, sw) = pool, stride
+    OH, OW = out_size(x.shape[2], PH, sh), out_size(x.shape[3], PW, sw)
+    out = np.empty((*x.shape[:2], OH, OW), x.dtype)
+    for i in range(OH):
+        for j in range(OW):
+            out[:, :, i, j] = x[:, :, i * sh : i * sh + PH, j * sw : j * sw + PW].sum(axis=(2, 3)) / (PH * PW)
+    return out
+
+
+def avgpool2d_backward_plain(g, x, pool: Pair, stride: Pair):
+    """dx[n, c, window] += g[n, c, i, j] / (PH PW)  for every window (i, j)"""
+    (PH, PW), (sh, sw) = pool, stride
+    dx = np.zeros_like(x)
+    for i in range(g.shape[2]):
+        for j in range(g.shape[3]):
+            dx[:, :, i * sh : i * sh + PH, j * sw : j * sw + PW] += (g[:, :, i, j] / (PH * PW))[:, :, None, None]
+    return dx
+
+
+# The fast forms: one GEMM per product ----------------------------------------------------------
+#
+# The GEMM's operands are laid out so that every copy runs along a whole image row:
+#   cols (KH KW C, N OH OW)  cols[(u, v, c), (n, i, j)] = xp[n, c, i sh + u, j sw + v]
+#   W2   (F, KH KW C)        W2[f, (u, v, c)] = W[f, c, u, v]
+#   out  = W2 @ cols         (F, N OH OW), returned as the (N, F, OH, OW) view of that memory
+# Building cols is KH KW slab copies (one per kernel offset), not N OH OW C KH KW scalar ones;
+# the adjoint (col2im) is KH KW strided adds. The layers downstream take views as they come.
+
+
+def windows(x: np.ndarray, kernel: Pair, stride: Pair) -> np.ndarray:
+    """The view win[n, c, i, j, u, v] = x[n, c, i sh + u, j sw + v]  (N, C, OH, OW, KH, KW), no copy."""
+    (sh, sw) = stride
+    return sliding_window_view(x, kernel, axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def _offset(x: np.ndarray, u: int, v: int, out_hw: Pair, stride: Pair) -> np.ndarray:
+    """The view x[:, :, i sh + u, j sw + v] over output positions (i, j): (N, C, OH, OW)."""
+    (OH, OW), (sh, sw) = out_hw, stride
+    return x[:, :, u : u + sh * (OH - 1) + 1 : sh, v : v + sw * (OW - 1) + 1 : sw]
+
+
+def im2col(xp: np.ndarray, kernel: Pair, stride: Pair) -> np.ndarray:
+    """cols[(u, v, c), (n, i, j)] = xp[n, c, i sh + u, j sw + v]   (KH KW C, N OH OW), one copy."""
+    (N, C, Hp, Wp), (KH, KW) = xp.shape, kernel
+    out_hw = (out_size(Hp, KH, stride[0]), out_size(Wp, KW, stride[1]))
+    cols = np.empty((KH, KW, C, N, *out_hw), xp.dtype)
+    for u in range(KH):
+        for v in range(KW):
+            cols[u, v] = _offset(xp, u, v, out_hw, stride).transpose(1, 0, 2, 3)  # (C, N, OH, OW)
+    return cols.reshape(KH * KW * C, -1)
+
+
+def col2im(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
+    """The adjoint of im2col, padding cut off: dx[n, c, i sh + u - ph, j sw + v - pw] += d_cols[(u, v, c), (n, i, j)]."""
+    (N, C, H, W), (KH, KW), (ph, pw) = x_shape, kernel, padding
+    out_hw = (out_size(H, KH, stride[0], ph), out_size(W, KW, stride[1], pw))
+    d = d_cols.reshape(KH, KW, C, N, *out_hw)
+    dxp = np.zeros((C, N, H + 2 * ph, W + 2 * pw), d_cols.dtype)  # (C, N, ...): the adds run along rows
+    for u in range(KH):
+        for v in range(KW):
+            _offset(dxp, u, v, out_hw, stride)[...] += d[u, v]
+    return dxp[:, :, ph : ph + H, pw : pw + W].transpose(1, 0, 2, 3)  # (N, C, H, W) view
+
+
+def _kernel_matrix(W: np.ndarray) -> np.ndarray:
+    """W2[f, (u, v, c)] = W[f, c, u, v]   (F, KH KW C)"""
+    return W.transpose(0, 2, 3, 1).reshape(W.shape[0], -1)
+
+
+def _g_matrix(g: np.ndarray) -> np.ndarray:
+    """g_T[f, (n, i, j)] = g[n, f, i, j]   (F, N OH OW); free when g is a view of out's memory."""
+    return g.transpose(1, 0, 2, 3).reshape(g.shape[1], -1)
+
+
+def conv2d_forward(x, W, b, stride: Pair, padding: Pair):
+    """conv2d_forward_plain as one GEMM: out = W2 @ im2col(xp) + b. Returns (out, cols)."""
+    F, _, KH, KW = W.shape
+    xp = pad_images(x, padding)
+    cols = im2col(xp, (KH, KW), stride)  # (KH KW C, N OH OW)
+    out_hw = (out_size(xp.shape[2], KH, stride[0]), out_size(xp.shape[3], KW, stride[1]))
+    out = _kernel_matrix(W) @ cols  # (F, N OH OW)
+    out += b[:, None]
+    return out.reshape(F, x.shape[0], *out_hw).transpose(1, 0, 2, 3), cols  # (N, F, OH, OW) view
+
+
+def conv2d_param_grads(g, cols, W):
+    """dW = g_T cols^T (one GEMM), db = sum over (n, i, j) of g."""
+    g_T = _g_matrix(g)  # (F, N OH OW)
+    dW2 = g_T @ cols.T  # (F, KH KW C)
+    F, C, KH, KW = W.shape
+    return dW2.reshape(F, KH, KW, C).transpose(0, 3, 1, 2).copy(), g_T.sum(axis=1)
+
+
+def conv2d_input_grad(g, W, x_shape: tuple[int, ...], stride: Pair, padding: Pair):
+    """dx = col2im(W2^T g_T) with the padding cut off (one GEMM, KH KW strided adds)."""
+    d_cols = _kernel_matrix(W).T @ _g_matrix(g)  # (KH KW C, N OH OW)
+    return col2im(d_cols, x_shape, W.shape[2:], stride, padding)
+
+
+def maxpool2d_forward(x, pool: Pair, stride: Pair):
+    """maxpool2d_forward_plain as PH PW running maxima over strided views. Returns (out, first).
+
+    first[n, c, i, j] = u PW + v of the window's first maximum in row-major order (the tie rule):
+    the smallest offset k whose element equals the window's maximum. Whole-array ufuncs only
+    (a masked copy, np.copyto(where=...), is ~10x slower than a comparison here).
+    """
+    (PH, PW), (_, _, H, W) = pool, x.shape
+    out_hw = (out_size(H, PH, stride[0]), out_size(W, PW, stride[1]))
+    slabs = [_offset(x, k // PW, k % PW, out_hw, stride) for k in range(PH * PW)]
+    out = slabs[0].copy()
+    for slab in slabs[1:]:
+        np.maximum(out, slab, out=out)
+    first = np.zeros(out.shape, np.int16 if PH * PW < 2**15 else np.intp)
+    pending = np.ones(out.shape, bool)  # windows whose first maximum is still to be found
+    hit = np.empty(out.shape, bool)
+    for k, slab in enumerate(slabs):
+        np.equal(slab, out, out=hit)
+        hit &= pending
+        if k:
+            first += hit * first.dtype.type(k)
+        pending ^= hit
+    return out, first
+
+
+def maxpool2d_backward(g, first, x_shape: tuple[int, ...], pool: Pair, stride: Pair, like: np.ndarray | None = None):
+    """maxpool2d_backward_plain: g to each window's first maximum, one strided write (or add) per offset.
+
+    like: an array of x's shape whose memory order dx takes (the layer passes its input), so the
+    layer below meets the layout it produced.
+    """
+    (PH, PW), (sh, sw) = pool, stride
+    dx = np.zeros(x_shape, g.dtype) if like is None else np.zeros_like(like, dtype=g.dtype)
+    chosen = np.empty(first.shape, bool)
+    for k in range(PH * PW):
+        np.equal(first, k, out=chosen)
+        target = _offset(dx, k // PW, k % PW, g.shape[2:], stride)
+        if sh < PH or sw < PW:  # overlapping windows share elements: add
+            target += g * chosen
+        else:  # every element in at most one window: write
+            np.multiply(g, chosen, out=target)
+    return dx
+
+
+def avgpool2d_forward(x, pool: Pair, stride: Pair):
+    """avgpool2d_forward_plain as PH PW strided adds: the window sums over PH PW."""
+    (PH, PW), (_, _, H, W) = pool, x.shape
+    out_hw = (out_size(H, PH, stride[0]), out_size(W, PW, stride[1]))
+    total = _offset(x, 0, 0, out_hw, stride).copy()
+    for k in range(1, PH * PW):
+        total += _offset(x, k // PW, k % PW, out_hw, stride)
+    return total / (PH * PW)
+
+
+def avgpool2d_backward(g, x_shape: tuple[int, ...], pool: Pair, stride: Pair):
+    """avgpool2d_backward_plain: g / (PH PW) to every element of its window, one strided add per offset."""
+    PH, PW = pool
+    share = g / (PH * PW)  # (N, C, OH, OW)
+    dx = np.zeros(x_shape, g.dtype)
+    for k in range(PH * PW):
+        _offset(dx, k // PW, k % PW, g.shape[2:], stride)[...] += share
+    return dx
