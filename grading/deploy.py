@@ -309,6 +309,9 @@ def layout(platform: str) -> dict[str, Path]:
 def _lock_down(paths: dict) -> None:
     """Before any submission code runs: the results folder root-owned and writable by its owner only,
     no results file left from anyone else, the grader's files readable by their owner only."""
+    root = paths["root"]
+    if os.geteuid() == 0 and root.stat().st_uid == 0:  # others may pass through, not list it
+        os.chmod(root, 0o711)
     results = paths["results"]
     results.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
