@@ -122,6 +122,10 @@ def merge(out: Path, shard_dirs: list[Path]) -> list[Path]:
         raise MergeError(
             f"the shards graded {sum(len(m['graded']) for m in manifests)} submissions; the folder had {first['submissions']}"
         )
+    if set(first["reports"]) & {"gradescope", "prairielearn", "autolab"}:  # per-submission folders expected
+        lost = [str(d / name) for d, m in zip(dirs, manifests) for name in m["graded"] if not (d / name).is_dir()]
+        if lost:
+            raise MergeError(f"results folders missing from their shard: {', '.join(lost[:10])}")
     if out.exists() and any(out.iterdir()):
         raise MergeError(f"{out}: exists and is not empty (merge never overwrites results)")
     out.mkdir(parents=True, exist_ok=True)
@@ -129,9 +133,8 @@ def merge(out: Path, shard_dirs: list[Path]) -> list[Path]:
     written: list[Path] = []
     for d, m in ordered:  # the results folders, each copied whole
         for name in m["graded"]:
-            src = d / name
-            if src.is_dir():
-                shutil.copytree(src, out / name)
+            if (d / name).is_dir():
+                shutil.copytree(d / name, out / name)
                 written.append(out / name)
     written += _merge_class_files(out, dirs, manifests)
     return written

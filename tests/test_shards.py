@@ -94,6 +94,17 @@ def test_merge_refuses_a_submission_graded_twice(runs, tmp_path):
         merge(tmp_path / "m", [shards[0], shards[1], forged])
 
 
+def test_merge_names_a_results_folder_a_shard_lost(runs, tmp_path):
+    _, shards = runs
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shards[1], damaged)
+    lost = json.loads((damaged / "shard.json").read_text())["graded"][3]
+    shutil.rmtree(damaged / lost)
+    with pytest.raises(MergeError, match=rf"results folders missing from their shard: .*{lost}"):
+        merge(tmp_path / "m", [shards[0], damaged, shards[2]])
+    assert not (tmp_path / "m").exists()
+
+
 def test_merge_never_overwrites(runs, tmp_path):
     _, shards = runs
     (tmp_path / "m").mkdir()
