@@ -25,7 +25,8 @@ Schemas, as the platforms document them (each checked by tests/test_reports.py):
     "after_published".
   PrairieLearn (prairielearn.readthedocs.io, "External Grading", "Grading results"):
     {gradable: bool, score: number in [0, 1], message, output, tests: [{name, points, max_points,
-    output, message}]}; a result with gradable false shows only its message.
+    output, message}]}; gradable false (input that cannot be graded, no attempt charged) with
+    format_errors instead of a score.
   Autolab (Tango / the autograder's output): the last line of the autograder's standard output is
     {"scores": {problem name: points, ...}}, optionally with "scoreboard": [...]; problem names must
     equal the assessment's problem names (here: the check titles, "layers: forward").
@@ -172,8 +173,13 @@ def gradescope(result, visibility: dict[str, str] | None = None, isolation: dict
 
 def prairielearn(result, visibility: dict[str, str] | None = None, isolation: dict | None = None) -> dict:
     """PrairieLearn's external-grader results: score as a fraction; checks a student may not see
-    yet are left out of `tests` (PrairieLearn shows every test) but count in the score."""
+    yet are left out of `tests` (PrairieLearn shows every test) but count in the score. A
+    submission of which nothing could run (it does not parse, no file, refused) is `gradable:
+    false` with the reason in `format_errors`: PrairieLearn then charges no attempt for it."""
     visibility = visibility or {}
+    if result.status == "refused":
+        reason = printable(result.error or "nothing could be graded")
+        return {"gradable": False, "message": f"Not graded: {reason}", "format_errors": [reason]}
     score = result.score / result.max_score if result.max_score > 0 else 0.0
     lines = [summary_line(result, visibility)]
     if not _withheld_divergence(result, visibility):

@@ -71,13 +71,18 @@ GRADESCOPE = {
     },
 }
 # PrairieLearn, "External Grading" > "Grading results": gradable, score in [0, 1], message, output,
-# tests with name, description, points, max_points, message, output.
+# images, tests with name, description, points, max_points, message, output, images; gradable false
+# (no points, no attempt charged) with format_errors and no score needed.
 PRAIRIELEARN = {
     "type": "object",
-    "required": ["gradable", "score"],
+    "required": ["gradable"],
+    "if": {"properties": {"gradable": {"const": True}}},
+    "then": {"required": ["score"]},
+    "else": {"required": ["format_errors"], "not": {"required": ["score"]}},
     "additionalProperties": False,
     "properties": {
         "gradable": {"type": "boolean"},
+        "format_errors": {"type": "array", "items": {"type": "string"}},
         "score": {"type": "number", "minimum": 0, "maximum": 1},
         "message": {"type": "string"},
         "output": {"type": "string"},
@@ -146,13 +151,14 @@ def check_junit(data: bytes) -> ET.Element:
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """A correct, a buggy and two hostile layer-api submissions, every report at once."""
+    """A correct, a buggy, two hostile and one unparsable layer-api submission, every report at once."""
     folder = tmp_path_factory.mktemp("class")
     correct = (LAYER / "correct.py").read_text()
     shutil.copy(LAYER / "correct.py", folder / "alice.py")
     shutil.copy(LAYER / "transpose_dW.py", folder / "bob.py")
     (folder / "mallory.py").write_text(correct + "\n\n" + (HOSTILE / "report_escapes.py").read_text())
     (folder / "sam.py").write_text(correct + "\n\n" + (HOSTILE / "report_surrogate.py").read_text())
+    (folder / "erin.py").write_text("def Dense(:\n")  # does not parse
     out = tmp_path_factory.mktemp("out")
     status = cli.main(
         [
@@ -167,6 +173,14 @@ def graded(tmp_path_factory):
     )
     assert status == 0
     return out
+
+
+def test_an_unparsable_submission_is_not_gradable_on_prairielearn(graded):
+    pl = json.loads((graded / "erin" / "prairielearn.json").read_text())
+    jsonschema.validate(pl, PRAIRIELEARN)
+    assert pl["gradable"] is False and "score" not in pl
+    assert "syntax" in pl["format_errors"][0].lower() or "parse" in pl["format_errors"][0].lower()
+    jsonschema.validate(json.loads((graded / "erin" / "results.json").read_text()), GRADESCOPE)
 
 
 @pytest.mark.parametrize("name", ["alice", "bob", "mallory", "sam"])
@@ -194,7 +208,8 @@ def test_scores_are_the_graders(graded):
 def test_junit_has_one_testcase_per_check_and_the_feedback(graded):
     root = check_junit((graded / "junit.xml").read_bytes())
     suites = {s.get("name"): s for s in root}
-    assert sorted(suites) == ["alice", "bob", "mallory", "sam"]
+    assert sorted(suites) == ["alice", "bob", "erin", "mallory", "sam"]
+    assert suites["erin"].get("errors") == "9" and suites["erin"].get("failures") == "0"
     assert suites["alice"].get("failures") == "0" and len(suites["alice"].findall("testcase")) == 9
     failure = suites["bob"].find("testcase[@name='weight_gradients']/failure")
     assert failure is not None and "diverge" in failure.text and "transpose" in failure.text
