@@ -37,6 +37,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from pathlib import Path
 PLATFORMS = ("gradescope", "prairielearn")
 ROOT_VARS = {"gradescope": ("AUTOGRADER_ROOT", "/autograder"), "prairielearn": ("PL_GRADE_ROOT", "/grade")}
 PYTHON = "python3.11"  # the project requires 3.11 (pyproject.toml: requires-python)
+PACKAGES = ("reference", "oracles", "data_loaders", "grading", "bprop", "benchmarks")  # pyproject's packages.find
 
 
 class DeployError(RuntimeError):
@@ -115,19 +117,21 @@ def project_wheel(dest: Path) -> Path:
     """This project as a wheel: built from the source tree when there is one, else repacked."""
     root = Path(__file__).resolve().parent.parent
     if (root / "pyproject.toml").is_file():
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(dest),
-            str(root),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PIP_NO_INDEX": "1"})
+        # built from a copy: setuptools writes build/ and *.egg-info into the tree it builds, and two
+        # builds at once in one tree (tests under xdist) would race there
+        tree = dest / "bprop-src"
+        tree.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(root / name, tree / name)
+        skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for package in PACKAGES:
+            if (root / package).is_dir():
+                shutil.copytree(root / package, tree / package, ignore=skip)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dest)]
+        proc = subprocess.run(
+            [*cmd, str(tree)], capture_output=True, text=True, env={**os.environ, "PIP_NO_INDEX": "1"}
+        )
+        shutil.rmtree(tree, ignore_errors=True)
         if proc.returncode != 0:
             raise DeployError(f"building the bprop wheel failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
         wheels = sorted(dest.glob("bprop-*.whl"))

@@ -129,16 +129,15 @@ def isolation_text(info: dict | None) -> str:
     return "Isolation: " + "; ".join(parts) + "."
 
 
-def _feedback_head(result) -> list[str]:
-    head = []
-    if result.error:
-        head.append(f"Nothing could be graded: {result.error}")
-    if result.first_divergence:
-        head.append(f"First diverging tensor: {result.first_divergence}")
-        if result.diagnosis:
-            head.append(f"Diagnosis: {result.diagnosis}")
-    head.extend(result.notes)
-    return head
+def _feedback_lines(result, visibility: dict[str, str]) -> list[str]:
+    """feedback.gradescope's submission-level text (already escaped), line by line; without the
+    first divergence and its diagnosis when those belong only to checks a student may not see yet."""
+    from grading import feedback
+
+    lines = feedback.gradescope(result)["output"].splitlines()
+    if _withheld_divergence(result, visibility):  # naming the tensor would tell what a hidden check found
+        lines = [line for line in lines if not line.startswith(("First diverging tensor:", "Diagnosis:"))]
+    return lines
 
 
 def _withheld_divergence(result, visibility: dict[str, str]) -> bool:
@@ -156,18 +155,16 @@ def gradescope(result, visibility: dict[str, str] | None = None, isolation: dict
 
     visibility = visibility or {}
     out = feedback.gradescope(result)
-    head = [summary_line(result, visibility)]
-    if _withheld_divergence(result, visibility):  # naming the tensor would tell what a hidden check found
-        head += [line for line in _feedback_head(result) if not line.startswith(("First diverging", "Diagnosis"))]
-    else:
-        head += _feedback_head(result)
+    head = [printable(summary_line(result, visibility)), *_feedback_lines(result, visibility)]
     text = isolation_text(isolation)
     if text:
-        head.append(text)
+        head.append(printable(text))
         out["extra_data"] = {"isolation": _plain(isolation)}
-    out["output"] = printable("\n".join(head))
+    out["output"] = "\n".join(head)
     for test, check in zip(out["tests"], result.checks):
         test["visibility"] = visibility.get(check.title, "visible")
+    if any(t["visibility"] != "visible" for t in out["tests"]):  # run_autograder's stdout lists every check
+        out["stdout_visibility"] = "hidden"
     return out
 
 
@@ -181,14 +178,10 @@ def prairielearn(result, visibility: dict[str, str] | None = None, isolation: di
         reason = printable(result.error or "nothing could be graded")
         return {"gradable": False, "message": f"Not graded: {reason}", "format_errors": [reason]}
     score = result.score / result.max_score if result.max_score > 0 else 0.0
-    lines = [summary_line(result, visibility)]
-    if not _withheld_divergence(result, visibility):
-        lines += _feedback_head(result)
-    else:
-        lines += [line for line in _feedback_head(result) if not line.startswith(("First diverging", "Diagnosis"))]
+    lines = [printable(summary_line(result, visibility)), *_feedback_lines(result, visibility)]
     text = isolation_text(isolation)
     if text:
-        lines.append(text)
+        lines.append(printable(text))
     tests = [
         {
             "name": printable(c.title, newlines=False),
@@ -203,8 +196,8 @@ def prairielearn(result, visibility: dict[str, str] | None = None, isolation: di
     return {
         "gradable": True,
         "score": min(1.0, max(0.0, score)),
-        "message": printable(lines[0]),
-        "output": printable("\n".join(lines[1:])),
+        "message": lines[0],
+        "output": "\n".join(lines[1:]),
         "tests": tests,
     }
 
@@ -265,7 +258,7 @@ def junit(results: list, names: list[str] | None = None) -> bytes:
         suite.set("skipped", "0")
         suite.set("time", f"{r.seconds:.3f}")
         out = ET.SubElement(suite, "system-out")
-        out.text = xml_text(f"{name}: {r.score:g} / {r.max_score:g}\n" + "\n".join(_feedback_head(r)))
+        out.text = xml_text(f"{name}: {r.score:g} / {r.max_score:g}\n" + "\n".join(_feedback_lines(r, {})))
     for k, v in total.items():
         root.set(k, str(v))
     ET.indent(root)

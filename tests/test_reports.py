@@ -283,6 +283,8 @@ def test_the_summary_never_says_all_passed_when_a_hidden_check_failed():
     assert gs["output"].startswith(line)
     assert "dense_1.dW" not in gs["output"]  # the hidden check's finding is not told through the summary
     assert [t["visibility"] for t in gs["tests"]] == ["visible", "visible", "hidden"]
+    assert gs["stdout_visibility"] == "hidden"  # the instructor's log lists the hidden check's result
+    assert "stdout_visibility" not in platforms.gradescope(r)
     pl = platforms.prairielearn(r, vis)
     assert [t["name"] for t in pl["tests"]] == ["layers: forward", "layers: loss"] and pl["score"] == pytest.approx(
         2 / 3
