@@ -1,7 +1,7 @@
 """`bprop check FOLDER --shard I/N` and `bprop merge OUT SHARD_OUT...`: sharded equals unsharded.
 
 A 60-submission folder (the layer-api fixtures of tests/submissions/layer, four copies each under new
-names) is graded once whole and once as 3 shards; merged, the shards' summary.csv, summary.md,
+names) is graded once whole and once as 3 shards (the third in a process of its own); merged, the shards' summary.csv, summary.md,
 junit.xml (timings aside) and every results.json equal the whole run's, byte for byte.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from grading import cli
 from grading.shards import MergeError, ShardError, merge, parse_shard, select
 
 LAYER = Path(__file__).parent / "submissions" / "layer"
+ROOT = Path(__file__).parent.parent
 REPORTS = "gradescope,csv,junit"
 
 
@@ -42,10 +45,15 @@ def runs(sixty, tmp_path_factory):
     whole = tmp_path_factory.mktemp("whole")
     assert check(sixty, whole) == 0
     shards = []
-    for i in (1, 2, 3):
+    for i in (1, 2):
         out = tmp_path_factory.mktemp(f"shard{i}")
         assert check(sixty, out, "--shard", f"{i}/3") == 0
         shards.append(out)
+    out = tmp_path_factory.mktemp("shard3")  # on "another machine": a process of its own
+    cmd = [sys.executable, "-m", "bprop", "check", str(sixty), "--assignment", "layer-api", "--out", str(out)]
+    proc = subprocess.run([*cmd, "--report", REPORTS, "--shard", "3/3"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shards.append(out)
     return whole, shards
 
 
