@@ -12,6 +12,8 @@ The Gradescope zip (gradescope-autograders.readthedocs.io, "Autograder Specifica
     run_autograder  grades $ROOT/submission into $ROOT/results/results.json; $ROOT is
                     $AUTOGRADER_ROOT, default /autograder (so a test runs it on a temporary tree)
     assignment.toml (or .json) the assignment file
+    probe_seed      with --probe-seed N: BPROP_PROBE_SEED for grading (root-only after setup; the
+                    probes cannot then be rebuilt offline from this public repository)
     wheels/         bprop-<version>-py3-none-any.whl and, with --numpy bundle (the default), the numpy
                     wheel repacked from the numpy this grader runs with: setup.sh then downloads nothing
                     (with --numpy pin it pip-installs numpy==<that version> from PyPI)
@@ -46,6 +48,7 @@ import zipfile
 from pathlib import Path
 
 PLATFORMS = ("gradescope", "prairielearn")
+SEED_FILE = "probe_seed"  # beside the assignment, root-only: BPROP_PROBE_SEED for this course
 ROOT_VARS = {"gradescope": ("AUTOGRADER_ROOT", "/autograder"), "prairielearn": ("PL_GRADE_ROOT", "/grade")}
 PYTHON = "python3.11"  # the project requires 3.11 (pyproject.toml: requires-python)
 PACKAGES = ("reference", "oracles", "data_loaders", "grading", "bprop", "benchmarks")  # pyproject's packages.find
@@ -83,6 +86,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("prairielearn-grader"), help="the folder (default prairielearn-grader)"
     )
     pl.add_argument("--numpy", choices=("bundle", "pin"), default="bundle", help="as for gradescope")
+    for q in (gs, pl):
+        q.add_argument(
+            "--probe-seed",
+            type=int,
+            default=None,
+            metavar="N",
+            help="BPROP_PROBE_SEED for grading, kept in a root-only file beside the assignment (keep it secret: "
+            "nobody can then rebuild the probes offline)",
+        )
     p.set_defaults(func=run_cli)
     return p
 
@@ -91,10 +103,8 @@ def run_cli(args: argparse.Namespace) -> int:
     from grading.assignment import AssignmentError
 
     try:
-        if args.platform == "gradescope":
-            out = build_gradescope(args.assignment, args.out, numpy=args.numpy)
-        else:
-            out = build_prairielearn(args.assignment, args.out, numpy=args.numpy)
+        build = build_gradescope if args.platform == "gradescope" else build_prairielearn
+        out = build(args.assignment, args.out, numpy=args.numpy, probe_seed=args.probe_seed)
     except (AssignmentError, DeployError) as e:
         print(f"bprop autograder: {e}", file=sys.stderr)
         return 2
@@ -223,9 +233,18 @@ def _add(z: zipfile.ZipFile, name: str, data: bytes | str, mode: int = 0o644) ->
     z.writestr(info, data.encode() if isinstance(data, str) else data)
 
 
-def build_gradescope(assignment: str, out: Path, numpy: str = "bundle") -> Path:
+def _seed_text(probe_seed: int | None) -> str | None:
+    if probe_seed is None:
+        return None
+    if isinstance(probe_seed, bool) or not isinstance(probe_seed, int) or probe_seed < 0:
+        raise DeployError(f"--probe-seed: expected a non-negative integer, got {probe_seed!r}")
+    return f"{probe_seed}\n"
+
+
+def build_gradescope(assignment: str, out: Path, numpy: str = "bundle", probe_seed: int | None = None) -> Path:
     """The autograder zip (see the module doc); setup.sh and run_autograder at its root."""
     name, data = assignment_file(assignment)
+    seed = _seed_text(probe_seed)
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="bprop-autograder-") as tmp:
         wheels = _wheels(numpy, Path(tmp))
@@ -234,6 +253,8 @@ def build_gradescope(assignment: str, out: Path, numpy: str = "bundle") -> Path:
             _add(z, "setup.sh", setup, 0o755)
             _add(z, "run_autograder", RUN_AUTOGRADER, 0o755)
             _add(z, name, data)
+            if seed is not None:
+                _add(z, SEED_FILE, seed, 0o600)
             for w in wheels:
                 _add(z, f"wheels/{w.name}", w.read_bytes())
     return out
@@ -261,15 +282,16 @@ PYTHONPATH="$LIB" exec "$VENV/bin/python" -m grading.deploy run prairielearn
 """
 
 
-def build_prairielearn(assignment: str, out: Path, numpy: str = "bundle") -> Path:
+def build_prairielearn(assignment: str, out: Path, numpy: str = "bundle", probe_seed: int | None = None) -> Path:
     """The grader folder: Dockerfile and wheels/ for the image, tests/run.sh and the assignment."""
     name, data = assignment_file(assignment)
+    seed = _seed_text(probe_seed)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DeployError(f"{out}: exists and is not empty")
     (out / "wheels").mkdir(parents=True)
     (out / "tests").mkdir()
-    wheels = _wheels(numpy, out / "wheels")
+    _wheels(numpy, out / "wheels")
     version = _numpy_version()
     line = (
         f'/opt/bprop-venv/bin/pip install --no-index --find-links /opt/bprop-wheels "numpy=={version}"'
@@ -280,7 +302,9 @@ def build_prairielearn(assignment: str, out: Path, numpy: str = "bundle") -> Pat
     (out / "tests" / "run.sh").write_text(PL_RUN_SH)
     (out / "tests" / "run.sh").chmod(0o755)
     (out / "tests" / name).write_bytes(data)
-    assert all(w.parent == out / "wheels" for w in wheels)
+    if seed is not None:
+        (out / "tests" / SEED_FILE).write_text(seed)
+        (out / "tests" / SEED_FILE).chmod(0o600)
     return out
 
 
@@ -335,6 +359,19 @@ def _find_assignment(folder: Path) -> Path:
     return found[0]
 
 
+def apply_probe_seed(folder: Path) -> str | None:
+    """BPROP_PROBE_SEED from the root-only seed file beside the assignment, when there is one (it
+    overrides the environment); checked as grading.checks.probe_seed checks it."""
+    from grading.checks import SEED_ENV, probe_seed
+
+    path = folder / SEED_FILE
+    if not path.is_file():
+        return None
+    os.environ[SEED_ENV] = path.read_text().strip()
+    probe_seed()  # a bad file fails here, naming the variable and the value
+    return os.environ[SEED_ENV]
+
+
 def run(platform: str) -> int:
     """Grade the platform's submission folder into its results file; 0 when a result was written."""
     from grading import platforms
@@ -348,6 +385,7 @@ def run(platform: str) -> int:
     paths = layout(platform)
     _lock_down(paths)
     assignment = load_assignment(_find_assignment(paths["assignment_dir"]))
+    apply_probe_seed(paths["assignment_dir"])
     try:
         info = isolation()
     except SandboxError as e:

@@ -95,11 +95,14 @@ def autograder(assignment_file):
     try:
         os.chmod(root, 0o755)
         zip_path = root.parent / f"{root.name}.zip"
-        proc = bprop("autograder", "gradescope", "--assignment", str(assignment_file), "--out", str(zip_path))
+        args = ("--assignment", str(assignment_file), "--out", str(zip_path), "--probe-seed", SEED)
+        proc = bprop("autograder", "gradescope", *args)
         assert proc.returncode == 0, proc.stderr
         with zipfile.ZipFile(zip_path) as z:
             names = z.namelist()
-            assert {"setup.sh", "run_autograder", "assignment.toml"} <= set(names)
+            assert {"setup.sh", "run_autograder", "assignment.toml", "probe_seed"} <= set(names)
+            assert z.read("probe_seed") == f"{SEED}\n".encode()
+            assert (z.getinfo("probe_seed").external_attr >> 16) & 0o777 == 0o600
             assert not any(n.split("/")[-1].startswith(("torch", "keras", "tensorflow")) for n in names)
             z.extractall(root / "source")
         zip_path.unlink()
@@ -174,10 +177,12 @@ def test_a_hostile_submission_can_neither_forge_the_results_nor_read_the_grader(
     outputs = [t["output"] for t in results["tests"] if "FINDINGS " in t["output"]]
     assert outputs, text[:2000]
     findings = json.loads(re.search(r"FINDINGS (\{[^}]*\})", outputs[0]).group(1))
-    assert set(findings) == {"w_results", "w_dir", "r_assign", "r_run", "ls_lib", "r_lib", "r_env"}
+    assert set(findings) == {"w_results", "w_dir", "r_assign", "r_run", "r_seed", "ls_lib", "r_lib", "r_env"}
     assert "SUCCEEDED" not in findings.values(), findings
     expected = "PermissionError" if drop else "FileNotFoundError"  # no chroot: permissions; chroot: not there
-    assert findings["w_results"] == findings["r_assign"] == findings["r_lib"] == expected, findings
+    assert findings["w_results"] == findings["r_assign"] == findings["r_seed"] == findings["r_lib"] == expected, (
+        findings
+    )
     assert 0 < results["score"] < 13.0 and results["max_score"] == 13.0  # its loss fails; the rest is graded
     assert {t["name"]: t["status"] for t in results["tests"]}["layers: loss"] == "failed"
     assert '"score": 100' not in text
@@ -219,6 +224,21 @@ def test_prairielearn_grader_runs_on_a_temporary_grade_root(autograder, assignme
             assert results["gradable"] is True and results["score"] == pytest.approx(score)
     finally:
         shutil.rmtree(grade_root, ignore_errors=True)
+
+
+def test_the_seed_file_sets_the_probe_seed(tmp_path, monkeypatch):
+    from grading import deploy
+    from grading.checks import probe_seed
+
+    monkeypatch.setenv("BPROP_PROBE_SEED", "1")
+    assert deploy.apply_probe_seed(tmp_path) is None and probe_seed() == 1  # no file: the environment's
+    (tmp_path / "probe_seed").write_text("424242\n")
+    assert deploy.apply_probe_seed(tmp_path) == "424242" and probe_seed() == 424242
+    (tmp_path / "probe_seed").write_text("secret\n")
+    with pytest.raises(ValueError, match=r"BPROP_PROBE_SEED: expected a non-negative integer, got 'secret'"):
+        deploy.apply_probe_seed(tmp_path)
+    with pytest.raises(deploy.DeployError, match=r"--probe-seed: expected a non-negative integer, got -3"):
+        deploy.build_gradescope("layer-api", tmp_path / "a.zip", probe_seed=-3)
 
 
 def test_an_assignment_that_cannot_be_used_is_refused_when_building(tmp_path):

@@ -2,7 +2,8 @@
 
 Its loss function, with the autograder's root filled in by the test (__AUTOGRADER_ROOT__), tries to
   - write a forged results.json (100 / 13) into the results folder, or any file there;
-  - read the grader's files: the assignment, run_autograder, the installed grader (bprop-lib);
+  - read the grader's files: the assignment, the probe seed, run_autograder, the installed grader
+    (bprop-lib);
   - read the grader's environment (BPROP_PROBE_SEED) from /proc/<pid>/environ;
   - leave a process behind that keeps trying to write results.json after grading ends.
 Then it raises, so that the loss checks fail with what it found in the message: the test reads that
@@ -50,6 +51,7 @@ def softmax_crossentropy_with_logits(logits, reference_answers):
     attempt("w_dir", lambda: write(f"{root}/results/planted.txt", "x"))
     attempt("r_assign", lambda: read(f"{root}/source/assignment.toml"))
     attempt("r_run", lambda: read(f"{root}/run_autograder"))
+    attempt("r_seed", lambda: read(f"{root}/source/probe_seed"))
     attempt("ls_lib", lambda: os.listdir(f"{root}/bprop-lib"))
     attempt("r_lib", lambda: read(f"{root}/bprop-lib/grading/checks.py"))
     attempt("r_env", environs)
