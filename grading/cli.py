@@ -1,18 +1,22 @@
-"""`bprop check PATH... --assignment NAME --out DIR`: grade submissions, write Gradescope results.
+"""`bprop check PATH... --assignment NAME --out DIR [--report ...] [--shard I/N]`: grade submissions.
 
     add_parser(subparsers)      adds the `check` sub-command to bprop's argparse parser
     run(args) -> int            grades; 0 whenever grading ran (whatever the scores), 1 if a result could
                                 not be written, 2 on bad usage
     main(argv) -> int           the same, standalone: python -m grading.cli PATH... --assignment NAME
 
-Writes DIR/<submission stem>/results.json (Gradescope's schema), DIR/summary.csv, DIR/summary.md,
-and prints a summary: per submission its score, the first diverging tensor with its diagnosis, and each failed
+Writes the reports --report names (grading/platforms.py; default gradescope,csv:
+DIR/<submission stem>/results.json in Gradescope's schema, DIR/summary.csv, DIR/summary.md; also
+prairielearn, autolab, junit), each naming the isolation the children ran with, and prints a
+summary: per submission its score, the first diverging tensor with its diagnosis, and each failed
 check's explanation. Submissions are graded in parallel (--workers, default 2), each submission's
 calls in their own sandboxed children; a submission that cannot run still gets a result (0, with
 the reason). Symbolic links and files that resolve outside the folder they were found in are
 refused unread; a submission that uses a module the assignment forbids (`forbidden`, by default
 torch, tensorflow, keras, jax, autograd, scipy) gets 0 with a verdict naming the module and the line.
 Exit status 0 whenever grading ran and every result was written, 1 if a result could not be written.
+`--shard I/N` grades the I-th of N slices of the submissions sorted by name (grading/shards.py);
+`bprop merge OUT SHARD_OUT...` combines the slices' folders (add_merge_parser, run_merge).
 """
 
 from __future__ import annotations
