@@ -95,7 +95,7 @@ def summary_line(result, visibility: dict[str, str] | None = None) -> str:
     passed = sum(c.passed for c in shown)
     if not withheld:
         if passed == len(shown):
-            return f"{head} All {len(shown)} checks passed."
+            return f"{head} All {len(shown)} check{'s' if len(shown) != 1 else ''} passed."
         return f"{head} {passed} of {len(shown)} checks passed."
     kinds: dict[str, int] = {}
     for c in withheld:
@@ -118,13 +118,16 @@ def isolation_text(info: dict | None) -> str:
     else:
         err = info.get("namespaces_error")
         parts = ["no namespaces" + (f" (refused: {err})" if err else "")]
-        parts.append("network and System V IPC NOT isolated; the grader's files protected by file permissions")
-    if info.get("root") and info.get("nproc"):
+        parts.append("network and System V IPC NOT isolated")
+    own_uid = info.get("root") and info.get("nproc")
+    if own_uid:
         parts.append("an unprivileged uid of its own per run, with a process limit")
+        if not info.get("namespaces"):
+            parts.append("the grader's files and the results kept from it by file permissions")
     elif info.get("caps_dropped"):
         parts.append("a user namespace with every capability dropped")
     else:
-        parts.append("the grader's own uid")
+        parts.append("the grader's own uid" + ("" if info.get("namespaces") else ": NOT kept from the grader's files"))
     parts.append("rlimits (CPU, memory, file size, core) and a wall clock per call")
     return "Isolation: " + "; ".join(parts) + "."
 

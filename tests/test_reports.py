@@ -225,6 +225,25 @@ def test_what_a_submission_prints_is_escaped_in_every_format(graded):
     assert "\\x1b[1A" in junit
 
 
+@pytest.mark.parametrize(
+    ("info", "says"),
+    [
+        ({"namespaces": True, "pidns": True, "chroot": True, "root": True, "nproc": True}, "namespaces (mount"),
+        ({"namespaces": False, "root": True, "nproc": True}, "kept from it by file permissions"),
+        (
+            {"namespaces": False, "root": False, "nproc": False},
+            "the grader's own uid: NOT kept from the grader's files",
+        ),
+    ],
+    ids=["namespaces", "uid", "minimal"],
+)
+def test_the_isolation_line_claims_only_what_is_in_force(info, says):
+    text = platforms.isolation_text(info)
+    assert says in text
+    if not info["root"]:
+        assert "file permissions" not in text and "unprivileged" not in text
+
+
 def test_xml_never_carries_a_character_xml_forbids():
     nasty = "a\x00b\x0bc\x1b[2Jd\ufffe\uffff\ud800 </failure>]]>&<!-- \u202e"
     check = CheckResult("layers", "forward", 2.0, 0.0, nasty)
@@ -290,7 +309,7 @@ def test_the_summary_never_says_all_passed_when_a_hidden_check_failed():
         2 / 3
     )
     assert platforms.summary_line(r) == "Score: 2 / 3. 2 of 3 checks passed."
-    assert platforms.summary_line(result_with({"forward": True})) == "Score: 1 / 1. All 1 checks passed."
+    assert platforms.summary_line(result_with({"forward": True})) == "Score: 1 / 1. All 1 check passed."
 
 
 def test_visibility_comes_from_the_assignment_file(tmp_path):
