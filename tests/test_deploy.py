@@ -164,6 +164,7 @@ def test_the_zip_grades_a_correct_and_a_buggy_submission(autograder, drop):
     assert line in ok["output"] and "Isolation: " in ok["output"]
     if drop:
         assert "network and System V IPC NOT isolated" in ok["output"]
+        assert "the grader's files and the results kept from it by file permissions" in ok["output"]
 
 
 @needs_python
