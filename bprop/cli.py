@@ -4,6 +4,8 @@
     bprop validate --preset mnist-relu-batched --dtype float64 --epochs 1 --limit 5000
     bprop validate --seeds 5 --preset mnist-sigmoid-per-sample
     bprop check ...                        grading.cli (student submissions)
+    bprop merge OUT SHARD_OUT...           grading.cli (the outputs of `bprop check --shard I/N`)
+    bprop autograder PLATFORM ...          grading.deploy (a Gradescope zip, a PrairieLearn grader)
 
 Exit status: 0 every acceptance check passes; 1 some check fails (the reasons are printed);
 2 the command could not run (bad options, missing data or framework).
@@ -171,6 +173,10 @@ def add_check_parser(subparsers) -> bool:
         p.set_defaults(check_unavailable=f"{type(e).__name__}: {e}")
         return False
     grading_cli.add_parser(subparsers)
+    grading_cli.add_merge_parser(subparsers)
+    from grading import deploy
+
+    deploy.add_parser(subparsers)
     return True
 
 
@@ -197,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         from grading import cli as grading_cli
 
         return grading_cli.run(args)
+    if args.command in ("merge", "autograder"):  # registered with `check` (grading.cli, grading.deploy)
+        return args.func(args)
     return EXIT_USAGE
 
 

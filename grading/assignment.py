@@ -24,9 +24,11 @@ more `[[parts]]`, each with:
                    own helpers): they are not graded and cost nothing; only the function format's
                    helpers can be (activation, derivative, softmax, loss)
     limits         optional {wall_s, cpu_s, memory_mb} per sandboxed call
-    checks         [{name, points, scoring}] from CHECKS[format]; scoring is "all_or_nothing"
+    checks         [{name, points, scoring, visibility}] from CHECKS[format]; scoring is "all_or_nothing"
                    (the default, and the built-ins': the points when every comparison agrees, else
-                   0) or "fraction" (the points times the fraction of comparisons that agree)
+                   0) or "fraction" (the points times the fraction of comparisons that agree);
+                   visibility (Gradescope's names) "visible" (the default) | "hidden" |
+                   "after_due_date" | "after_published": when a student sees the check's result
 
 Check names are fixed per format (CHECKS); what each covers is written in grading/checks.py.
 Besides small_sizes, every check runs on a sweep of shapes (`Part.sweep`: all square, all different,
@@ -125,6 +127,7 @@ class AssignmentError(ValueError):
 
 
 SCORING = ("all_or_nothing", "fraction")
+VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")  # Gradescope's test visibility
 PROVIDABLE = {"function": ("activation", "derivative", "softmax", "loss")}  # keys of DEFAULT_NAMES
 
 
@@ -133,6 +136,7 @@ class Check:
     name: str
     points: float
     scoring: str = "all_or_nothing"
+    visibility: str = "visible"  # one of VISIBILITY
 
 
 @dataclass(frozen=True)
@@ -336,7 +340,12 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
                 raise AssignmentError(
                     f"{source}: {where}.checks[{j}].scoring: expected one of {SCORING}, got {scoring!r}"
                 )
-            checks.append(Check(cname, float(points), scoring))
+            visibility = c.get("visibility", "visible")
+            if visibility not in VISIBILITY:
+                raise AssignmentError(
+                    f"{source}: {where}.checks[{j}].visibility: expected one of {VISIBILITY}, got {visibility!r}"
+                )
+            checks.append(Check(cname, float(points), scoring, visibility))
         limits = dict(p.get("limits", {}))
         bad = set(limits) - {"wall_s", "cpu_s", "memory_mb"}
         if bad:

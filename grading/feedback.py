@@ -3,6 +3,7 @@
     explain_check(findings, passed) -> str          the output text of one check
     gradescope(result) -> dict                      {"score", "max_score", "output", "tests": [...]}
     write_results(results, out_dir) -> [Path]       DIR/<name>/results.json, DIR/summary.csv, DIR/summary.md
+    write_summary(results, out_dir, folders)        DIR/summary.csv, DIR/summary.md (the class)
     terminal(results, details=True) -> str          what a student or a TA reads after a run
 
 Gradescope's schema: score, max_score, and tests, each with name, score, max_score, status
@@ -11,7 +12,8 @@ output_format "text", so nothing a submission prints is rendered as HTML or Mark
 
 Everything a submission controls (its file name, what it prints, its exception messages, and so every
 check's output) is data: each writer passes it through grading/escaping.py (terminal, CSV, JSON,
-Markdown, folder names). A write that fails for one submission does not stop the others
+Markdown, folder names). The other platforms' reports (PrairieLearn, Autolab, JUnit) and Gradescope's
+test visibility are in grading/platforms.py. A write that fails for one submission does not stop the others
 (ResultsWriteError at the end names what failed).
 """
 
@@ -108,6 +110,15 @@ def write_results(results: list, out_dir: Path) -> list[Path]:
             failed.append(f"{name}/results.json: {type(e).__name__}: {e}")
             continue
         written.append(target)
+    written += write_summary(results, out_dir, folders)
+    if failed:
+        raise ResultsWriteError("could not write " + "; ".join(map(printable, failed)))
+    return written
+
+
+def write_summary(results: list, out_dir: Path, folders: list[str]) -> list[Path]:
+    """DIR/summary.csv (one row per submission, input order) and DIR/summary.md."""
+    out_dir = Path(out_dir)
     with (out_dir / "summary.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
         writer.writeheader()
@@ -123,12 +134,8 @@ def write_results(results: list, out_dir: Path) -> list[Path]:
                 "error": r.error or "",
             }
             writer.writerow({k: csv_cell(v) for k, v in row.items()})
-    written.append(out_dir / "summary.csv")
     (out_dir / "summary.md").write_text(summary_markdown(results, folders), encoding="utf-8")
-    written.append(out_dir / "summary.md")
-    if failed:
-        raise ResultsWriteError("could not write " + "; ".join(map(printable, failed)))
-    return written
+    return [out_dir / "summary.csv", out_dir / "summary.md"]
 
 
 def summary_markdown(results: list, folders: list[str] | None = None) -> str:

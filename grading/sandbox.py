@@ -16,6 +16,14 @@ so that file permissions and RLIMIT_NPROC apply. Nothing it starts outlives it: 
 dies with it, and the grader kills the process group and every process of that uid. See
 `isolation()` for what is in force on this machine, grading/_child.py's docstring for the steps and
 the wire format.
+
+Where namespaces are refused (a container without CAP_SYS_ADMIN, as Gradescope's usually is) the
+child still runs, with what remains: as root, a uid of its own (so file permissions keep it from the
+grader's files and the results folder: grading/deploy.py makes those root-only), RLIMIT_NPROC and
+kill-by-uid, rlimits and the wall clock; there is then no chroot, no network or IPC isolation and
+no masking of the forbidden modules' files (the static scan and the import blocker remain), and the
+interpreter and numpy must be readable by that uid (the child says so if they are not).
+`isolation()["mode"]` names the mode; the results name it too (grading/platforms.isolation_text).
 """
 
 from __future__ import annotations
@@ -127,6 +135,12 @@ def isolation() -> dict:
     info["root"] = os.geteuid() == 0
     info["network"] = "none (empty network namespace)" if info["namespaces"] else "host network: NOT isolated"
     info["ipc"] = "private (own IPC namespace)" if info["namespaces"] else "host System V IPC: NOT isolated"
+    if info["namespaces"]:
+        info["mode"] = "namespaces"
+    elif info["root"] and info["nproc"]:  # e.g. a container without CAP_SYS_ADMIN (Gradescope's)
+        info["mode"] = "uid: no namespaces; an unprivileged uid, rlimits, a wall clock, file permissions"
+    else:
+        info["mode"] = "minimal: no namespaces and the grader's own uid; rlimits and a wall clock only"
     return info
 
 
