@@ -190,24 +190,35 @@ def check(
     comparisons ("Dense.backward", "Dense", "softmax_crossentropy_with_logits")."""
     start = time.perf_counter()
     from grading.assignment import load_assignment
-    from grading.checks import grade_submission
-    from grading.notebook import write_module
 
     spec = load_assignment(assignment)
     shell = _shell()
+    history: list[str] = []
+    if shell is not None:
+        history = _history(shell)
+        ns = shell.user_ns if namespace is None else namespace
+    else:
+        ns = (_caller or sys._getframe(1).f_globals) if namespace is None else namespace
+        script = ns.get("__file__") if namespace is None else None
+        if script and str(script).endswith(".py") and Path(script).is_file():
+            history = [Path(script).read_text(encoding="utf-8", errors="replace")]
+    cells, notes = gather_cells(spec.needed_names(), ns, history)
+    in_kernel = shell is not None and namespace is None
+    out = check_cells(cells, spec, only, limits, n_history=len(history) if in_kernel else None)
+    out.notes[:0] = notes
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def check_cells(cells: list[str], spec, only: str | None = None, limits=None, n_history: int | None = None):
+    """Grade `cells` (the sources, in the order they ran) as a notebook handed to `bprop check`;
+    n_history: how many of them are the kernel's history (the last one the cell calling check)."""
+    from grading.checks import grade_submission
+    from grading.notebook import write_module
+
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bprop-notebook-") as tmp:
         folder = Path(tmp)
-        history: list[str] = []
-        if shell is not None:
-            history = _history(shell)
-            ns = shell.user_ns if namespace is None else namespace
-        else:
-            caller = (_caller or sys._getframe(1).f_globals) if namespace is None else namespace
-            ns = caller
-            script = caller.get("__file__") if namespace is None else None
-            if script and str(script).endswith(".py") and Path(script).is_file():
-                history = [Path(script).read_text(encoding="utf-8", errors="replace")]
-        cells, notes = gather_cells(spec.needed_names(), ns, history)
         path = _write_notebook(cells, folder)
         result = grade_submission(path, spec, limits, shrink=only is None)
         owner = {id(f): c for c in result.checks for f in c.findings}
@@ -223,17 +234,14 @@ def check(
             module_path, _ = write_module(path, spec.needed_names(), folder / "module")
             cx = counterexample(module_path, part, first, limits)
     tests = _tests(result, chosen, only)
-    in_kernel = shell is not None and namespace is None
-    div = _divergence(result, chosen, first, len(history) if in_kernel else None, _binders(cells))
-    div = div if first is not None else None
     out = NotebookResult(
         assignment=spec.name,
         score=round(sum(t["score"] for t in tests), 2),
         max_score=sum(t["max_score"] for t in tests),
         tests=tests,
-        first_divergence=div,
+        first_divergence=_divergence(result, chosen, first, n_history, _binders(cells)),
         counterexample=cx,
-        notes=[*notes, *result.notes],
+        notes=list(result.notes),
         error=result.error,
         only=only,
         result=result,

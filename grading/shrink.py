@@ -14,8 +14,9 @@ like the grading itself; the reference side stays in the grader.
 
 Chosen: the smallest candidate (widest dimension first, then the number of entries) on which the same
 tensor of the same check diverges with numbers of the right shape; failing that, one on which it
-fails at all (a wrong shape, an exception); failing that, any tensor of the same check and function.
-No candidate failing: no counterexample (the bug needs a larger shape). The function format keeps
+fails with an array of the wrong shape; failing that, any tensor of the same check and function.
+No candidate failing with an array: no counterexample (the bug needs a larger shape, or the call
+raised: the exception says more than a small case would). The function format keeps
 its notebook's 784 inputs and 10 outputs, too many numbers for paper: it gets none.
 """
 
@@ -71,8 +72,9 @@ class Counterexample:
     notes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
+        numbers = "small numbers, logits scaled to 1e3" if self.check == "stability" else "small integers"
         lines = [
-            f"counterexample (the smallest case that still fails; fresh integers, not a graded case): "
+            f"counterexample (the smallest case that still fails; fresh {numbers}, not a graded case): "
             f"{self.function} on {self.case}",
         ]
         for name, value in self.inputs:
@@ -90,8 +92,12 @@ def fmt(value) -> str:
     if a.dtype.kind != "f":
         return str(value)
 
+    finite = a[np.isfinite(a)]
+    noise = 1e-12 * float(np.abs(finite).max(initial=0.0))  # float64 rounding of an exact 0 (2e-17)
+
     def one(v: float) -> str:
-        return f"{v:.0f}" if np.isfinite(v) and v == round(v) and abs(v) < 1e15 else f"{v:.4g}"
+        v = 0.0 if abs(v) <= noise else v + 0.0  # no -0
+        return f"{v:.0f}" if np.isfinite(v) and v == round(v) and abs(v) < 1e15 else f"{v:.6g}"
 
     def rec(x):
         if x.ndim == 0:
@@ -169,7 +175,9 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
         for f in found:
             if f.passed or f.key.function != key.function or f.check != finding.check:
                 continue
-            numeric = isinstance(f.yours, np.ndarray) and f.yours.shape == f.expected.shape
+            if not isinstance(f.yours, np.ndarray):  # an exception, not numbers: a small case shows nothing
+                continue
+            numeric = f.yours.shape == f.expected.shape
             rank = (f.key.tensor != key.tensor, not numeric, i)
             ranked.append((rank, case, f))
             break
