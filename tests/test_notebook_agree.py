@@ -1,0 +1,72 @@
+"""Feedback in the notebook and from `bprop check` agree on every fixture submission: the same code,
+as notebook cells through bprop.notebook.check_cells and as the file through grade_submission."""
+
+from __future__ import annotations
+
+import html
+
+import pytest
+from notebook_cells import FIXTURES, ROOT, assignment_of, cells_of
+
+from bprop.notebook import check_cells, render_html, text
+from grading.checks import grade_submission
+from grading.escaping import printable
+from grading.feedback import gradescope
+
+
+@pytest.mark.parametrize("rel", FIXTURES)
+def test_notebook_and_bprop_check_agree(rel):
+    assignment = assignment_of(rel)
+    cli = grade_submission(ROOT / rel, assignment)
+    nb = check_cells(cells_of((ROOT / rel).read_text()), assignment)
+    assert (nb.score, nb.max_score) == (cli.score, cli.max_score)
+    assert [(t["name"], t["score"], t["status"], t["output"]) for t in nb.tests] == [
+        (t["name"], t["score"], t["status"], t["output"]) for t in gradescope(cli)["tests"]
+    ]
+    page, plain = render_html(nb), text(nb)
+    if cli.first_divergence is None:
+        assert nb.first_divergence is None and nb.counterexample is None and cli.counterexample is None
+        return
+    d = nb.first_divergence
+    assert f"{d.tensor} ({d.case})" == cli.first_divergence
+    assert d.diagnosis == cli.diagnosis
+    assert html.escape(printable(d.tensor)) in page and d.tensor in plain
+    if d.diagnosis:
+        assert html.escape(printable(d.diagnosis)) in page
+    if cli.counterexample is None:
+        assert nb.counterexample is None
+    else:
+        assert nb.counterexample.text() == cli.counterexample.text()
+        assert html.escape(printable(cli.counterexample.text())) in page
+
+
+def _python(code: str, tmp_path, name: str = "script.py"):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / name
+    script.write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_import_bprop_stays_light(tmp_path):
+    done = _python(
+        "import sys, bprop\nheavy = [m for m in ('torch', 'keras', 'tensorflow', 'numpy', 'grading', 'IPython')"
+        " if m in sys.modules]\nprint(heavy)",
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_without_ipython_a_script_gets_the_same_as_text(tmp_path):
+    """Outside a kernel, bprop.check grades the calling script; the result prints as text."""
+    source = (ROOT / "layer/wrong_sign.py").read_text()
+    done = _python(source + '\nimport bprop\nprint(bprop.check("layer-api"))\n', tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "bprop check layer-api: 7 / 13" in done.stdout
+    assert "first failing: dense_3.dW (5, 3) in layers: weight_gradients (small-float64)" in done.stdout
+    assert "counterexample" in done.stdout and "x.T @ grad_out" in done.stdout
