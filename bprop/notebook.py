@@ -58,6 +58,8 @@ class Divergence:
     worst: str  # the worst element, in words
     diagnosis: str | None
     cell: str | None = None  # where the failing code was defined, and whether that is the cell just run
+    formula: str | None = None  # the equation the reference used (grading/shrink.formula)
+    worst_index: tuple | None = None
 
 
 @dataclass
@@ -239,7 +241,7 @@ def check_cells(cells: list[str], spec, only: str | None = None, limits=None, n_
         score=round(sum(t["score"] for t in tests), 2),
         max_score=sum(t["max_score"] for t in tests),
         tests=tests,
-        first_divergence=_divergence(result, chosen, first, n_history, _binders(cells)),
+        first_divergence=_divergence(result, chosen, first, n_history, _binders(cells), spec),
         counterexample=cx,
         notes=list(result.notes),
         error=result.error,
@@ -292,7 +294,7 @@ def _tests(result, chosen, only) -> list[dict]:
     return tests
 
 
-def _divergence(result, chosen, first, n_history: int | None, bound) -> Divergence | None:
+def _divergence(result, chosen, first, n_history: int | None, bound, spec) -> Divergence | None:
     if first is None:
         return None
     check = next(c for c, f in chosen if f is first)
@@ -317,7 +319,19 @@ def _divergence(result, chosen, first, n_history: int | None, bound) -> Divergen
         worst=first.row.describe(("yours", "reference")),
         diagnosis=first.diagnosis.text if first.diagnosis else None,
         cell=cell,
+        formula=_formula(spec, check, first),
+        worst_index=first.row.worst_index,
     )
+
+
+def _formula(spec, check, finding) -> str | None:
+    """The reference's equation for the failing tensor, from the graded case's own model."""
+    from grading.checks import build_cases
+    from grading.shrink import formula
+
+    part = next((p for p in spec.parts if p.id == check.part), None)
+    case = next((c for c in build_cases(part) if c.id == finding.case), None) if part else None
+    return formula(part, case, finding.key) if case is not None and finding.key is not None else None
 
 
 # Showing ----------------------------------------------------------------------------------------
@@ -341,6 +355,8 @@ def text(r: NotebookResult) -> str:
         lines.append("  " + printable(d.worst, False))
         if d.diagnosis:
             lines.append("  diagnosis: " + printable(d.diagnosis, False))
+        if d.formula:
+            lines.append(f"  the reference computes {printable(d.tensor, False)} = {printable(d.formula, False)}")
         if d.cell:
             lines.append("  " + printable(d.cell, False))
     if r.counterexample is not None:
@@ -357,6 +373,7 @@ def _picture(d: Divergence) -> str | None:
     if d.yours is None or d.reference is None or d.yours.shape != d.reference.shape or d.yours.size == 0:
         return None
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     ref = np.asarray(d.reference, dtype=np.float64)
     yours = np.asarray(d.yours, dtype=np.float64)
@@ -375,16 +392,24 @@ def _picture(d: Divergence) -> str | None:
         (axes[2], diff, "yours - reference", dlim),
     ):
         if matrix:
-            im = ax.imshow(values.reshape(-1, values.shape[-1]), cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto")
+            grid = values.reshape(-1, values.shape[-1])
+            im = ax.imshow(grid, cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto", interpolation="nearest")
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            ax.set_xticks(range(0, grid.shape[1], max(1, grid.shape[1] // 8)))
+            ax.set_yticks(range(0, grid.shape[0], max(1, grid.shape[0] // 8)))
+            if d.worst_index is not None and len(d.worst_index) == 2:
+                r, c = d.worst_index
+                ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="#f0a030", linewidth=2))
         else:
             flat = values.ravel()
             ax.bar(np.arange(flat.size), np.nan_to_num(flat), color=np.where(flat >= 0, "#c0392b", "#2e6da4"))
             ax.set_ylim(-scale * 1.1, scale * 1.1)
             ax.axhline(0, color="black", linewidth=0.6)
+            ax.set_xticks(range(0, flat.size, max(1, flat.size // 8)))
         ax.set_title(title, fontsize=10)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"{printable(d.tensor, False)}  {tuple(d.shape)}", fontsize=10)
+    worst = " (the worst element boxed)" if matrix and d.worst_index is not None else ""
+    fig.suptitle(f"{printable(d.tensor, False)}  {tuple(d.shape)}{worst}", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -393,9 +418,10 @@ def _picture(d: Divergence) -> str | None:
 
 STYLE = (
     "<style>.bprop{font-family:system-ui,sans-serif;font-size:13px;max-width:60em}"
-    ".bprop table{border-collapse:collapse;margin:4px 0}.bprop td,.bprop th{padding:2px 10px;text-align:left;"
+    ".bprop table{border-collapse:collapse;margin:4px 0}.bprop td,.bprop th{padding:2px 10px;text-align:left!important;"
     "border-bottom:1px solid #ddd}.bprop .ok{color:#1e7d32;font-weight:600}.bprop .fail{color:#b71c1c;"
-    "font-weight:600}.bprop pre{background:#f6f6f6;padding:6px;white-space:pre-wrap;font-size:12px}"
+    "font-weight:600}.bprop pre{background:#f6f6f6;padding:6px;white-space:pre-wrap;font-size:12px;"
+    "font-family:ui-monospace,'DejaVu Sans Mono',Menlo,Consolas,monospace!important}"
     ".bprop .diag{background:#fff4e5;border-left:4px solid #f0a030;padding:6px}</style>"
 )
 
@@ -425,11 +451,13 @@ def render_html(r: NotebookResult) -> str:
         if png:
             parts.append(f'<img alt="yours, the reference and the difference" src="data:image/png;base64,{png}"/>')
         parts.append(f"<p>Worst element: {_e(d.worst)}</p>")
+        if d.formula:
+            parts.append(f"<p>The reference computes <code>{_e(d.tensor)} = {_e(d.formula)}</code></p>")
         if d.diagnosis:
             parts.append(f'<p class="diag"><b>Likely bug:</b> {_e(d.diagnosis)}</p>')
     if r.counterexample is not None:
         parts.append("<h4>A counterexample small enough to check by hand</h4>")
-        parts.append(f"<pre>{_e(r.counterexample.text())}</pre>")
+        parts.append(f'<pre class="cx">{_e(r.counterexample.text())}</pre>')
     for t in r.tests:
         if t["status"] != "passed" and t.get("output"):
             parts.append(f"<details><summary>{_e(t['name'])}: details</summary><pre>{_e(t['output'])}</pre></details>")

@@ -74,8 +74,8 @@ class Counterexample:
     def text(self) -> str:
         numbers = "small numbers, logits scaled to 1e3" if self.check == "stability" else "small integers"
         lines = [
-            f"counterexample (the smallest case that still fails; fresh {numbers}, not a graded case): "
-            f"{self.function} on {self.case}",
+            f"counterexample: {self.function} on {self.case}",
+            f"  (the smallest case that still fails; fresh {numbers}, not a graded case)",
         ]
         for name, value in self.inputs:
             lines.append(f"  {name:<9}= {fmt(value)}")
