@@ -22,8 +22,10 @@ its notebook's 784 inputs and 10 outputs, too many numbers for paper: it gets no
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -152,6 +154,25 @@ def _case(part: Part, kind: str, sizes, batch: int, k: int):
     return None
 
 
+def candidate_cases(part: Part, kind: str) -> list:
+    """Every candidate of `part`, smallest first (built once per distinct part and kind: they do not
+    depend on the submission)."""
+    from grading.checks import _freeze
+
+    key = (_freeze(part), kind)
+    _PARTS[key] = part
+    return list(_candidate_cases(key))
+
+
+_PARTS: dict = {}
+
+
+@lru_cache(maxsize=16)
+def _candidate_cases(key) -> tuple:
+    part, kind = _PARTS[key], key[1]
+    return tuple(c for k, (sizes, batch) in enumerate(_candidates(part)) if (c := _case(part, kind, sizes, batch, k)))
+
+
 def counterexample(module_path, part: Part, finding, limits: Limits | None = None) -> Counterexample | None:
     """The smallest candidate on which `finding`'s tensor still fails (see the module doc), or None."""
     from grading.checks import _per_case, compare_case, default_limits
@@ -160,7 +181,7 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
     if part.format not in FORMATS or key is None:
         return None
     kind = "stability" if finding.check == "stability" else "small"
-    cases = [c for k, (sizes, batch) in enumerate(_candidates(part)) if (c := _case(part, kind, sizes, batch, k))]
+    cases = candidate_cases(part, kind)
     reqs = [r for r in adapters.requests(part, cases) if r.name == key.function]
     if not reqs:
         return None
@@ -168,19 +189,19 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
     outcome = run_calls(module_path, adapters.DRIVER, [(req.function, req.kwargs)], default_limits(part, limits))[0]
     per_case = _per_case(req, outcome, len(cases))
     ranked = []
-    for i, case in enumerate(cases):
+    for i, case in enumerate(cases):  # smallest first: stop at the first with the same tensor, in numbers
         if per_case[i] is None:
             continue
+        own = dataclasses.replace(case, expected=[e for e in case.expected if e.key.function == key.function])
         with np.errstate(all="ignore"):  # an inf that came back is a finding, not a warning
-            found = compare_case(part, case, adapters.observe(part, case, {key.function: per_case[i]}))
+            found = compare_case(part, own, adapters.observe(part, own, {key.function: per_case[i]}))
         for f in found:
-            if f.passed or f.key.function != key.function or f.check != finding.check:
+            if f.passed or f.check != finding.check:
                 continue
             if not isinstance(f.yours, np.ndarray):  # an exception, not numbers: a small case shows nothing
                 continue
-            numeric = f.yours.shape == f.expected.shape
-            rank = (f.key.tensor != key.tensor, not numeric, i)
-            ranked.append((rank, case, f))
+            ranked.append(((f.key.tensor != key.tensor, f.yours.shape != f.expected.shape, i), case, f))
+        if any(rank[:2] == (False, False) for rank, _, _ in ranked):
             break
     if not ranked:
         return None
