@@ -17,6 +17,7 @@ nbclient = pytest.importorskip("nbclient", reason="nbclient is in the test extra
 pytest.importorskip("ipykernel", reason="ipykernel is in the test extras (pip install bprop[test])")
 
 REPO = Path(__file__).parents[1]
+pytestmark = pytest.mark.slow  # a kernel start and a few gradings per test
 CHECK = 'import bprop\nresult = bprop.check("{assignment}")\nresult'
 
 

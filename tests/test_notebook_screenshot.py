@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).parents[1]
+pytestmark = pytest.mark.slow  # a kernel start and a few gradings per test
 pytest.importorskip("nbclient", reason="nbclient is in the test extras (pip install bprop[test])")
 pytest.importorskip("nbconvert", reason="nbconvert is in the test extras (pip install bprop[test])")
 
