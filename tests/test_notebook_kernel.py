@@ -21,12 +21,15 @@ pytestmark = pytest.mark.slow  # a kernel start and a few gradings per test
 CHECK = 'import bprop\nresult = bprop.check("{assignment}")\nresult'
 
 
-def run(cells: list[str], order: list[int] | None = None, timeout: int = 300):
-    """Execute `cells` in a fresh kernel (in `order`, default top to bottom); the executed notebook."""
+def run(cells: list[str], order: list[int] | None = None, timeout: int = 300, cwd: Path | None = None):
+    """Execute `cells` in a fresh kernel (in `order`, default top to bottom; in `cwd`); the executed notebook."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False)
+    resources = {"metadata": {"path": str(cwd)}} if cwd else {}
+    client = nbclient.NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", allow_errors=False, resources=resources
+    )
     with client.setup_kernel(env=env):
         for i in order if order is not None else range(len(cells)):
             client.execute_cell(nb.cells[i], i)
@@ -107,6 +110,19 @@ def test_the_cell_just_edited_is_named():
     nb = run([*cells, CHECK.format(assignment="layer-api")], order=order)
     plain, page = result_of(nb.cells[-1])
     assert "the cell you ran last" in plain and "the failure is in the code you just edited" in page
+
+
+def test_a_class_from_the_students_own_file(tmp_path):
+    """Where the history cannot reach the source: Dense imported from the student's own .py is graded
+    from that file (its `from mylayers import Dense` line is left out of the module)."""
+    cells = cells_of((ROOT / "layer/wrong_sign.py").read_text())
+    dense = next(c for c in cells if c.startswith("class Dense"))
+    (tmp_path / "mylayers.py").write_text("import numpy as np\n\n\nclass Layer:\n    pass\n\n\n" + dense + "\n")
+    rest = [c for c in cells if not c.startswith("class Dense") and "network = [Dense(" not in c]
+    nb = run([*rest, "from mylayers import Dense", CHECK.format(assignment="layer-api")], cwd=tmp_path)
+    plain, page = result_of(nb.cells[-1])
+    assert score_in(plain)[0] == 7.0  # wrong_sign's Dense, from the file
+    assert "mylayers: source from its file mylayers.py" in page and "dense_3.dW" in page
 
 
 HOSTILE = """
