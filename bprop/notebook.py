@@ -370,15 +370,15 @@ def _e(value) -> str:
 
 def _picture(d: Divergence) -> str | None:
     """Yours, the reference's and the difference side by side, as an embedded PNG (None: no array)."""
-    if d.yours is None or d.reference is None or d.yours.shape != d.reference.shape or d.yours.size == 0:
-        return None
+    if d.yours is None or d.reference is None or d.yours.shape != d.reference.shape or d.yours.size <= 1:
+        return None  # no array, the wrong shape, or one number (the worst element says it all)
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     ref = np.asarray(d.reference, dtype=np.float64)
-    yours = np.asarray(d.yours, dtype=np.float64)
-    if not np.isfinite(yours).all():
-        yours = np.where(np.isfinite(yours), yours, np.nan)
+    raw = np.asarray(d.yours, dtype=np.float64)
+    bad = ~np.isfinite(raw)  # shown as labels ("inf", "nan"), left out of the colour scale
+    yours = np.where(bad, np.nan, raw)
     diff = yours - ref
     matrix = ref.ndim >= 2 and min(ref.shape[-2:]) > 1
     fig = Figure(figsize=(9.0, 2.6 if matrix else 2.2), dpi=80)
@@ -397,6 +397,9 @@ def _picture(d: Divergence) -> str | None:
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
             ax.set_xticks(range(0, grid.shape[1], max(1, grid.shape[1] // 8)))
             ax.set_yticks(range(0, grid.shape[0], max(1, grid.shape[0] // 8)))
+            if title != "reference":
+                for r, c in zip(*np.nonzero(bad.reshape(grid.shape))):
+                    ax.text(c, r, f"{raw.reshape(grid.shape)[r, c]:g}", ha="center", va="center", color="#b71c1c")
             if d.worst_index is not None and len(d.worst_index) == 2:
                 r, c = d.worst_index
                 ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="#f0a030", linewidth=2))
@@ -405,6 +408,9 @@ def _picture(d: Divergence) -> str | None:
             ax.bar(np.arange(flat.size), np.nan_to_num(flat), color=np.where(flat >= 0, "#c0392b", "#2e6da4"))
             ax.set_ylim(-scale * 1.1, scale * 1.1)
             ax.axhline(0, color="black", linewidth=0.6)
+            if title != "reference":
+                for k in np.nonzero(bad.ravel())[0]:
+                    ax.text(k, 0, f"{raw.ravel()[k]:g}", ha="center", va="bottom", color="#b71c1c", fontsize=8)
             ax.set_xticks(range(0, flat.size, max(1, flat.size // 8)))
         ax.set_title(title, fontsize=10)
         ax.tick_params(labelsize=7)
