@@ -94,3 +94,31 @@ def test_bprop_check_shows_it(graded):
     result = graded("layer/wrong_sign.py")
     assert "counterexample" in terminal([result]) and "x.T @ grad_out" in terminal([result])
     assert "counterexample" in gradescope(result)["output"]
+
+
+def test_a_submission_that_spots_the_small_integers_cannot_change_the_verdict(tmp_path):
+    """Dense.backward hangs on integer-valued inputs (the shrinker's) and is wrong otherwise: the shrink
+    call is killed at the same wall limit as grading, the graded verdict stands, no counterexample."""
+    import dataclasses
+
+    from grading.sandbox import Limits
+
+    source = (ROOT / "layer/wrong_sign.py").read_text()
+    trap = "    def backward(self, input, grad_output):\n"
+    assert source.count(trap) >= 1
+    hostile = source.replace(
+        "        grad_input = grad_output @ self.weights.T\n",
+        "        if np.array_equal(input, np.round(input)):\n"
+        "            while True:\n"
+        "                pass\n"
+        "        grad_input = grad_output @ self.weights.T\n",
+    )
+    assert hostile != source
+    path = tmp_path / "spots_integers.py"
+    path.write_text(hostile)
+    limits = dataclasses.replace(Limits(), wall_s=8.0, cpu_s=8.0)
+    result = grade_submission(path, assignment_of("layer/wrong_sign.py"), limits)
+    plain = grade_submission(ROOT / "layer/wrong_sign.py", assignment_of("layer/wrong_sign.py"), limits)
+    assert result.score == plain.score == 7.0
+    assert result.first_divergence == plain.first_divergence
+    assert result.counterexample is None and plain.counterexample is not None
