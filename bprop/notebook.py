@@ -235,7 +235,7 @@ def check_cells(cells: list[str], spec, only: str | None = None, limits=None, n_
             part = next(p for p in spec.parts if p.id == check_result.part)
             module_path, _ = write_module(path, spec.needed_names(), folder / "module")
             cx = counterexample(module_path, part, first, limits)
-    tests = _tests(result, chosen, only)
+    tests = _tests(result, chosen, only, spec)
     out = NotebookResult(
         assignment=spec.name,
         score=round(sum(t["score"] for t in tests), 2),
@@ -272,24 +272,26 @@ def _first(chosen):
     return next((f for f in ordered if not f.passed), None)
 
 
-def _tests(result, chosen, only) -> list[dict]:
+def _tests(result, chosen, only, spec) -> list[dict]:
     """One record per check (Gradescope's fields); with `only`, each check's score on its comparisons
     of that function alone, scored the way the assignment scores the check."""
-    from grading.feedback import gradescope
+    from grading.feedback import explain_check, gradescope
 
     if only is None:
         return gradescope(result)["tests"]
+    scoring = {(p.id, ch.name): ch.scoring for p in spec.parts for ch in p.checks}
     tests = []
     for c in result.checks:
         mine = [f for cc, f in chosen if cc is c]
         if not mine:
             continue
         passed = sum(f.passed for f in mine)
-        score = c.points if passed == len(mine) else 0.0  # all or nothing (the built-ins')
-        if getattr(c, "scoring", None) == "fraction":
+        if scoring.get((c.part, c.name)) == "fraction":
             score = round(c.points * passed / len(mine), 2)
+        else:  # all or nothing
+            score = c.points if passed == len(mine) else 0.0
         status = "passed" if score >= c.points else "failed"
-        output = f"{passed} of {len(mine)} comparisons of {only} agree"
+        output = f"only {only}'s comparisons: " + explain_check(mine, passed)
         tests.append({"name": c.title, "score": score, "max_score": c.points, "status": status, "output": output})
     return tests
 

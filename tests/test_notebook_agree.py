@@ -70,3 +70,33 @@ def test_without_ipython_a_script_gets_the_same_as_text(tmp_path):
     assert "bprop check layer-api: 7 / 13" in done.stdout
     assert "first failing: dense_3.dW (5, 3) in layers: weight_gradients (small-float64)" in done.stdout
     assert "counterexample" in done.stdout and "x.T @ grad_out" in done.stdout
+
+
+def test_only_one_function_scores_its_own_comparisons():
+    import dataclasses
+
+    rel = "layer/wrong_sign.py"
+    assignment = assignment_of(rel)
+    cells = cells_of((ROOT / rel).read_text())
+    relu = check_cells(cells, assignment, only="ReLU")  # wrong_sign's ReLU is right
+    assert relu.score == relu.max_score > 0 and relu.first_divergence is None and relu.counterexample is None
+    dense = check_cells(cells, assignment, only="Dense.backward")
+    assert [t["name"] for t in dense.tests] == [
+        "layers: backward",
+        "layers: weight_gradients",
+        "layers: bias_gradients",
+        "layers: stability",
+    ]
+    assert dense.first_divergence.tensor == "dense_3.dW" and dense.counterexample.function == "Dense.backward"
+    assert "only Dense.backward's comparisons" in dense.tests[1]["output"]
+    part = assignment.parts[0]
+    checks = tuple(
+        dataclasses.replace(c, scoring="fraction") if c.name == "weight_gradients" else c for c in part.checks
+    )
+    fraction = dataclasses.replace(assignment, parts=(dataclasses.replace(part, checks=checks),))
+    halved = cells_of((ROOT / "layer/dW_divided_twice.py").read_text())  # right at a batch of 1 (width1)
+    tests = check_cells(halved, fraction, only="Dense").tests
+    partial = next(t for t in tests if t["name"].endswith("weight_gradients"))
+    assert 0 < partial["score"] < partial["max_score"]  # the assignment's fraction scoring, on Dense's own
+    with pytest.raises(ValueError, match="only='affine_backward': no check of layer-api compares it"):
+        check_cells(cells, assignment, only="affine_backward")
