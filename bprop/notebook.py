@@ -10,8 +10,9 @@ What is graded: the classes and functions the running kernel defines under the n
 uses. Their source comes from the kernel's cell history (IPython's raw input history, in the order
 the cells RAN, so cells run out of order and a class redefined after a fix both mean what they
 mean in the kernel: the latest definition wins), and from `inspect` where the history cannot reach
-it (a name the history never binds: defined by %run or exec, or imported from the student's own
-.py file, whose source then replaces the import). Outside IPython the caller's script file is
+it (a name the history never binds: a function defined by %run FILE; or a name imported from the
+student's own .py file, whose source then replaces the import; code made by exec has no source, and
+the result's notes say so). Outside IPython the caller's script file is
 graded. The cells are written as a notebook and graded by grading.checks.grade_submission, the
 function behind `bprop check`: the same extraction, sandbox, checks and points, so the verdict here
 is the instructor's verdict on the same code (and only the assignment file's checks: nothing hidden
