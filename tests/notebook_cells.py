@@ -21,3 +21,8 @@ def assignment_of(rel: str):
 def cells_of(source: str) -> list[str]:
     """One cell per top-level class or def (imports and comments stay with the cell before)."""
     return [c for c in re.split(r"\n(?=class |def )", source) if c.strip()]
+
+
+def definitions_only(cells: list[str]) -> list[str]:
+    """The cells without the top-level work the layer fixtures end with (`# top-level work ...`)."""
+    return [c.split("\n# top-level work")[0] for c in cells]

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from notebook_cells import ROOT, assignment_of, cells_of
+from notebook_cells import ROOT, assignment_of, cells_of, definitions_only
 
 from grading.checks import grade_submission
 
@@ -118,11 +118,24 @@ def test_a_class_from_the_students_own_file(tmp_path):
     cells = cells_of((ROOT / "layer/wrong_sign.py").read_text())
     dense = next(c for c in cells if c.startswith("class Dense"))
     (tmp_path / "mylayers.py").write_text("import numpy as np\n\n\nclass Layer:\n    pass\n\n\n" + dense + "\n")
-    rest = [c for c in cells if not c.startswith("class Dense") and "network = [Dense(" not in c]
+    rest = definitions_only([c for c in cells if not c.startswith("class Dense")])
     nb = run([*rest, "from mylayers import Dense", CHECK.format(assignment="layer-api")], cwd=tmp_path)
     plain, page = result_of(nb.cells[-1])
     assert score_in(plain)[0] == 7.0  # wrong_sign's Dense, from the file
     assert "mylayers: source from its file mylayers.py" in page and "dense_3.dW" in page
+
+
+def test_functions_defined_by_run_come_from_inspect(tmp_path):
+    """`%run losses.py` binds the loss functions outside the history: their source comes from inspect."""
+    cells = cells_of((ROOT / "layer/correct.py").read_text())
+    losses = [c for c in cells if c.startswith(("def softmax_crossentropy", "def grad_softmax_crossentropy"))]
+    assert len(losses) == 2
+    (tmp_path / "losses.py").write_text("import numpy as np\n\n\n" + "\n\n".join(losses) + "\n")
+    rest = definitions_only([c for c in cells if c not in losses])
+    nb = run([*rest, "%run losses.py", CHECK.format(assignment="layer-api")], cwd=tmp_path)
+    plain, page = result_of(nb.cells[-1])
+    assert score_in(plain) == (13.0, 13.0)
+    assert "softmax_crossentropy_with_logits: source from inspect" in page
 
 
 HOSTILE = """
@@ -143,11 +156,15 @@ class Dense(Layer):
 
 def test_hostile_code_leaves_the_kernel_alive_and_the_verdict_comes_back():
     cells = [HOSTILE if c.startswith("class Dense") else c for c in cells_of((ROOT / "layer/correct.py").read_text())]
-    cells = [c for c in cells if "network = [Dense(" not in c]  # no top-level training with this Dense
+    cells = definitions_only(cells)  # no top-level training with this Dense
     nb = run([*cells, CHECK.format(assignment="layer-api"), "print('kernel alive', 6 * 7)"])
     plain, page = result_of(nb.cells[-2])
     score, top = score_in(plain)
-    assert top == 13.0 and score < top
+    assert (score, top) == (2.0, 13.0)  # the loss and its gradient: the checks that never touch Dense
+    assert re.search(r"^  ok   layers: loss_gradient ", plain, re.M) and re.search(
+        r"^  FAIL layers: backward ", plain, re.M
+    )
+    assert "dense_3.backward raised PermissionError" in page  # the sandbox refused the kill; the reason shown
     assert "<script>" not in page and "<img src=x" not in page and "&lt;img src=x" in page
     assert "\x1b" not in page
     assert "kernel alive 42" in "".join(o.get("text", "") for o in nb.cells[-1].outputs)
