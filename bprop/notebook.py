@@ -223,7 +223,8 @@ def check_cells(cells: list[str], spec, only: str | None = None, limits=None, n_
     with tempfile.TemporaryDirectory(prefix="bprop-notebook-") as tmp:
         folder = Path(tmp)
         path = _write_notebook(cells, folder)
-        result = grade_submission(path, spec, limits, shrink=only is None)
+        functions = None if only is None else (lambda name: _matches(name, only))
+        result = grade_submission(path, spec, limits, shrink=only is None, functions=functions)
         owner = {id(f): c for c in result.checks for f in c.findings}
         findings = [(owner[id(f)], f) for f in result.findings if id(f) in owner]  # computation order
         chosen = _select(result, findings, only)

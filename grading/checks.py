@@ -419,13 +419,18 @@ def default_limits(part: Part, base: Limits | None = None) -> Limits:
 
 
 def run_probes(
-    module_path: Path, parts: list[Part], limits: Limits | None = None, verdicts: list[str] | None = None
+    module_path: Path,
+    parts: list[Part],
+    limits: Limits | None = None,
+    verdicts: list[str] | None = None,
+    functions=None,
 ) -> list[dict[str, list]]:
     """Per part, {student function: [per-case record or Failed]}: one sandboxed call per student
     function, all of them in one child where the submission allows (each call imports the submission
     afresh; a call that kills its child gets its verdict and the rest run in a fresh child, so a crash
     costs only the function that crashed). Parts whose limits differ run in children of their own.
-    The failed calls' verdicts are appended to `verdicts` as "<function>: <verdict>"."""
+    The failed calls' verdicts are appended to `verdicts` as "<function>: <verdict>". `functions`, a
+    predicate on the call's name, leaves the other calls out (bprop.check's `only=`)."""
     plans = [(part, build_cases(part)) for part in parts]
     out: list[dict[str, list]] = [{} for _ in parts]
     groups: dict[Limits, list[int]] = {}
@@ -433,6 +438,8 @@ def run_probes(
         groups.setdefault(default_limits(part, limits), []).append(k)
     for group_limits, members in groups.items():
         reqs = [(k, r) for k in members for r in adapters.requests(plans[k][0], plans[k][1])]
+        if functions is not None:  # only these student functions (Key.function) are called; the rest "not run"
+            reqs = [(k, r) for k, r in reqs if functions(r.name)]
         outcomes = run_calls(module_path, adapters.DRIVER, [(r.function, r.kwargs) for _, r in reqs], group_limits)
         for (k, req), outcome in zip(reqs, outcomes):
             out[k][req.name] = _per_case(req, outcome, len(plans[k][1]))
@@ -473,10 +480,14 @@ def grade_part(part: Part, probes: dict[str, list]) -> tuple[list[CheckResult], 
 
 
 def grade_module(
-    module_path: Path, parts: list[Part], limits: Limits | None = None, verdicts: list[str] | None = None
+    module_path: Path,
+    parts: list[Part],
+    limits: Limits | None = None,
+    verdicts: list[str] | None = None,
+    functions=None,
 ) -> list[tuple[list[CheckResult], list[Finding]]]:
-    """Every part of an assignment on an extracted submission module."""
-    probes = run_probes(module_path, parts, limits, verdicts)
+    """Every part of an assignment on an extracted submission module (see run_probes for `functions`)."""
+    probes = run_probes(module_path, parts, limits, verdicts, functions)
     return [grade_part(part, part_probes) for part, part_probes in zip(parts, probes)]
 
 
@@ -499,10 +510,11 @@ def _score(part: Part, check, findings: list[Finding]) -> CheckResult:
 
 
 def grade_submission(
-    path: Path, assignment: Assignment, limits: Limits | None = None, shrink: bool = True
+    path: Path, assignment: Assignment, limits: Limits | None = None, shrink: bool = True, functions=None
 ) -> SubmissionResult:
     """Every check of every part for one submission; a result with the reason even when nothing ran.
-    With `shrink`, the first failing comparison also gets a counterexample (grading/shrink.py)."""
+    With `shrink`, the first failing comparison also gets a counterexample (grading/shrink.py);
+    `functions` (a predicate on a student function's name) calls only those (run_probes)."""
     start = time.perf_counter()
     path = Path(path)
     result = SubmissionResult(path, assignment.name, [], name=path.stem)
@@ -518,7 +530,7 @@ def grade_submission(
             )
         all_findings, owner = [], []
         for part, (checks, findings) in zip(
-            assignment.parts, grade_module(module_path, list(assignment.parts), limits, result.verdicts)
+            assignment.parts, grade_module(module_path, list(assignment.parts), limits, result.verdicts, functions)
         ):
             result.checks.extend(checks)
             all_findings.extend(findings)

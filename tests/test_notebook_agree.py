@@ -100,3 +100,28 @@ def test_only_one_function_scores_its_own_comparisons():
     assert 0 < partial["score"] < partial["max_score"]  # the assignment's fraction scoring, on Dense's own
     with pytest.raises(ValueError, match="only='affine_backward': no check of layer-api compares it"):
         check_cells(cells, assignment, only="affine_backward")
+
+
+def test_only_calls_only_that_function():
+    """Working through one function at a time: an unfinished train that never returns does not hold up
+    only="Dense.backward" (train is not called at all), while the full check waits for its verdict."""
+    import dataclasses
+    import time
+
+    from grading.sandbox import Limits
+
+    source = (ROOT / "layer/correct.py").read_text()
+    unfinished = source.replace(
+        "def train(network, X, y):\n", "def train(network, X, y):\n    while True:\n        pass\n"
+    )
+    assert unfinished != source
+    assignment = assignment_of("layer/correct.py")
+    limits = dataclasses.replace(Limits(), wall_s=10.0, cpu_s=10.0)
+    start = time.perf_counter()
+    dense = check_cells(cells_of(unfinished), assignment, only="Dense.backward", limits=limits)
+    assert dense.score == dense.max_score == 6.0  # backward 2, weight_gradients 2, bias 1, stability 1
+    assert dense.result.verdicts == []
+    assert time.perf_counter() - start < 10.0  # never waited for train's wall limit
+    full = check_cells(cells_of(unfinished), assignment, limits=limits)
+    assert any(v.startswith("train(network, X, y): ") for v in full.result.verdicts)
+    assert full.score == full.max_score - 2  # training_step
