@@ -218,31 +218,39 @@ def _build_cases(key) -> tuple[Case, ...]:
         if data is None:
             continue
         x64, y = data
-        spec64 = part.spec(tuple(sizes), "float64")
-        params = _known_params(spec64, x64, rng)
-        if kind == "stability":
-            logits = (
-                Network(spec64, params).forward(x64)
-                if part.loss == "softmax_cross_entropy"
-                else _logits(spec64, params, x64)
-            )
-            last = [n for n, ls in zip(spec64.layer_names(), spec64.layers) if ls.kind == "dense"][-1]
-            peak = logits.flat[np.abs(logits).argmax()]
-            scale = STABILITY_LOGIT / peak  # the largest logit becomes +1e3 (exp overflows past ~709)
-            logits = logits * scale
-            params[f"{last}.W"] *= scale
-            params[f"{last}.b"] *= scale
-            y = np.argmin(logits, axis=1)  # the worst case: the true class has the smallest logit
-        spec = part.spec(tuple(sizes), dtype)
-        params = {k: v.astype(dtype) for k, v in params.items()}
-        x = x64.astype(dtype)
-        trace = _stable_trace(part, spec, params, x, y) if kind == "stability" else _trace(spec, params, x, y)
-        step_x, step_y = (x[:1], y[:1]) if part.format == "class" else (x, y)
-        step_trace = trace if kind == "stability" else _trace(spec, params, step_x, step_y)  # no step check there
-        case = Case(f"{kind}-{dtype}", kind, dtype, spec, params, x, y, trace, step_x, step_y, step_trace)
-        adapters.plan_case(part, case, np.random.default_rng([seed, 7, len(cases)]))  # probe inputs of their own
-        cases.append(case)
+        params = _known_params(part.spec(tuple(sizes), "float64"), x64, rng)
+        probe_rng = np.random.default_rng([seed, 7, len(cases)])  # probe inputs of their own
+        cases.append(make_case(part, kind, sizes, dtype, x64, y, params, probe_rng))
     return tuple(cases)
+
+
+def make_case(part: Part, kind: str, sizes, dtype: str, x64, y, params, probe_rng) -> Case:
+    """One case from its float64 inputs, labels and parameters: the stability scaling (kind
+    "stability"), the reference traces, and the probes and expected values (adapters.plan_case)."""
+    spec64 = part.spec(tuple(sizes), "float64")
+    params = dict(params)
+    if kind == "stability":
+        logits = (
+            Network(spec64, params).forward(x64)
+            if part.loss == "softmax_cross_entropy"
+            else _logits(spec64, params, x64)
+        )
+        last = [n for n, ls in zip(spec64.layer_names(), spec64.layers) if ls.kind == "dense"][-1]
+        peak = logits.flat[np.abs(logits).argmax()]
+        scale = STABILITY_LOGIT / peak  # the largest logit becomes +1e3 (exp overflows past ~709)
+        logits = logits * scale
+        params[f"{last}.W"] = params[f"{last}.W"] * scale
+        params[f"{last}.b"] = params[f"{last}.b"] * scale
+        y = np.argmin(logits, axis=1)  # the worst case: the true class has the smallest logit
+    spec = part.spec(tuple(sizes), dtype)
+    params = {k: v.astype(dtype) for k, v in params.items()}
+    x = x64.astype(dtype)
+    trace = _stable_trace(part, spec, params, x, y) if kind == "stability" else _trace(spec, params, x, y)
+    step_x, step_y = (x[:1], y[:1]) if part.format == "class" else (x, y)
+    step_trace = trace if kind == "stability" else _trace(spec, params, step_x, step_y)  # no step check there
+    case = Case(f"{kind}-{dtype}", kind, dtype, spec, params, x, y, trace, step_x, step_y, step_trace)
+    adapters.plan_case(part, case, probe_rng)
+    return case
 
 
 def _logits(spec, params, x) -> np.ndarray:
@@ -263,6 +271,8 @@ class Finding:
     row: Row
     diagnosis: Diagnosis | None = None
     key: Key | None = None
+    yours: np.ndarray | None = None  # what came back (None: no usable array), for the notebook's picture
+    expected: np.ndarray | None = None  # the reference's value (grader side only; never sent)
 
     @property
     def passed(self) -> bool:
@@ -311,7 +321,7 @@ def compare_case(part: Part, case: Case, observed: dict) -> list[Finding]:
         else:
             row = compare_arrays(key.tensor, yours, exp.value, tol, check_dtype=False, atol=floor)
         check = "stability" if case.kind == "stability" else key.check
-        finding = Finding(case.id, check, row, key=key)
+        finding = Finding(case.id, check, row, key=key, yours=yours, expected=exp.value)
         if not row.passed and yours is not None and yours.dtype.kind in "iuf":
             finding.diagnosis = _diagnose(case, exp, yours)
         findings.append(finding)
@@ -376,6 +386,9 @@ class SubmissionResult:
     seconds: float = 0.0
     name: str = ""  # the results folder name (the file stem, made unique in a batch)
     verdicts: list[str] = field(default_factory=list)  # "<function>: <sandbox verdict>" of calls that failed
+    first_finding: Finding | None = None  # the comparison first_divergence names
+    findings: list[Finding] = field(default_factory=list)  # every comparison, in computation order
+    counterexample: object = None  # grading.shrink.Counterexample for the first failing comparison, if one fails
 
     @property
     def status(self) -> str:
@@ -406,13 +419,18 @@ def default_limits(part: Part, base: Limits | None = None) -> Limits:
 
 
 def run_probes(
-    module_path: Path, parts: list[Part], limits: Limits | None = None, verdicts: list[str] | None = None
+    module_path: Path,
+    parts: list[Part],
+    limits: Limits | None = None,
+    verdicts: list[str] | None = None,
+    functions=None,
 ) -> list[dict[str, list]]:
     """Per part, {student function: [per-case record or Failed]}: one sandboxed call per student
     function, all of them in one child where the submission allows (each call imports the submission
     afresh; a call that kills its child gets its verdict and the rest run in a fresh child, so a crash
     costs only the function that crashed). Parts whose limits differ run in children of their own.
-    The failed calls' verdicts are appended to `verdicts` as "<function>: <verdict>"."""
+    The failed calls' verdicts are appended to `verdicts` as "<function>: <verdict>". `functions`, a
+    predicate on the call's name, leaves the other calls out (bprop.check's `only=`)."""
     plans = [(part, build_cases(part)) for part in parts]
     out: list[dict[str, list]] = [{} for _ in parts]
     groups: dict[Limits, list[int]] = {}
@@ -420,6 +438,8 @@ def run_probes(
         groups.setdefault(default_limits(part, limits), []).append(k)
     for group_limits, members in groups.items():
         reqs = [(k, r) for k in members for r in adapters.requests(plans[k][0], plans[k][1])]
+        if functions is not None:  # only these student functions (Key.function) are called; the rest "not run"
+            reqs = [(k, r) for k, r in reqs if functions(r.name)]
         outcomes = run_calls(module_path, adapters.DRIVER, [(r.function, r.kwargs) for _, r in reqs], group_limits)
         for (k, req), outcome in zip(reqs, outcomes):
             out[k][req.name] = _per_case(req, outcome, len(plans[k][1]))
@@ -460,10 +480,14 @@ def grade_part(part: Part, probes: dict[str, list]) -> tuple[list[CheckResult], 
 
 
 def grade_module(
-    module_path: Path, parts: list[Part], limits: Limits | None = None, verdicts: list[str] | None = None
+    module_path: Path,
+    parts: list[Part],
+    limits: Limits | None = None,
+    verdicts: list[str] | None = None,
+    functions=None,
 ) -> list[tuple[list[CheckResult], list[Finding]]]:
-    """Every part of an assignment on an extracted submission module."""
-    probes = run_probes(module_path, parts, limits, verdicts)
+    """Every part of an assignment on an extracted submission module (see run_probes for `functions`)."""
+    probes = run_probes(module_path, parts, limits, verdicts, functions)
     return [grade_part(part, part_probes) for part, part_probes in zip(parts, probes)]
 
 
@@ -485,8 +509,12 @@ def _score(part: Part, check, findings: list[Finding]) -> CheckResult:
     return CheckResult(part.id, check.name, check.points, score, output, findings)
 
 
-def grade_submission(path: Path, assignment: Assignment, limits: Limits | None = None) -> SubmissionResult:
-    """Every check of every part for one submission; a result with the reason even when nothing ran."""
+def grade_submission(
+    path: Path, assignment: Assignment, limits: Limits | None = None, shrink: bool = True, functions=None
+) -> SubmissionResult:
+    """Every check of every part for one submission; a result with the reason even when nothing ran.
+    With `shrink`, the first failing comparison also gets a counterexample (grading/shrink.py);
+    `functions` (a predicate on a student function's name) calls only those (run_probes)."""
     start = time.perf_counter()
     path = Path(path)
     result = SubmissionResult(path, assignment.name, [], name=path.stem)
@@ -500,11 +528,21 @@ def grade_submission(path: Path, assignment: Assignment, limits: Limits | None =
             result.notes.append(
                 "Real MNIST rows were not checked: MNIST is not available on this machine (data_loaders)."
             )
-        all_findings = []
-        for checks, findings in grade_module(module_path, list(assignment.parts), limits, result.verdicts):
+        all_findings, owner = [], []
+        for part, (checks, findings) in zip(
+            assignment.parts, grade_module(module_path, list(assignment.parts), limits, result.verdicts, functions)
+        ):
             result.checks.extend(checks)
             all_findings.extend(findings)
-    _first_divergence(result, all_findings)
+            owner.extend([part] * len(findings))
+        result.findings = all_findings
+        first = _first_divergence(result, all_findings)
+        if shrink and first is not None:
+            from grading.shrink import counterexample
+
+            result.counterexample = counterexample(
+                module_path, next(p for p, f in zip(owner, all_findings) if f is first), first, limits
+            )
     _whole_failure(result, all_findings, extracted)
     result.seconds = time.perf_counter() - start
     return result
@@ -519,12 +557,14 @@ def _nothing_ran(result: SubmissionResult, assignment: Assignment, reason: str, 
     return result
 
 
-def _first_divergence(result: SubmissionResult, findings: list[Finding]) -> None:
+def _first_divergence(result: SubmissionResult, findings: list[Finding]) -> Finding | None:
     ordered = [f for f in findings if "stability" not in f.case] + [f for f in findings if "stability" in f.case]
     first = next((f for f in ordered if not f.passed), None)
     if first is not None:
         result.first_divergence = f"{first.row.name} ({first.case})"
         result.diagnosis = first.diagnosis.text if first.diagnosis else None
+        result.first_finding = first
+    return first
 
 
 def _whole_failure(result: SubmissionResult, findings: list[Finding], extracted: Extracted) -> None:

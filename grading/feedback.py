@@ -5,6 +5,7 @@
     write_results(results, out_dir) -> [Path]       DIR/<name>/results.json, DIR/summary.csv, DIR/summary.md
     write_summary(results, out_dir, folders)        DIR/summary.csv, DIR/summary.md (the class)
     terminal(results, details=True) -> str          what a student or a TA reads after a run
+    counterexample_lines(result) -> [str]           the hand-sized counterexample (grading/shrink.py)
 
 Gradescope's schema: score, max_score, and tests, each with name, score, max_score, status
 ("passed" / "failed") and output (https://gradescope-autograders.readthedocs.io, "Output format");
@@ -75,6 +76,7 @@ def gradescope(result) -> dict:
         head.append(f"First diverging tensor: {result.first_divergence}")
         if result.diagnosis:
             head.append(f"Diagnosis: {result.diagnosis}")
+    head.extend(counterexample_lines(result))
     head.extend(result.notes)
     return {
         "score": result.score,
@@ -93,6 +95,12 @@ def gradescope(result) -> dict:
             for c in result.checks
         ],
     }
+
+
+def counterexample_lines(result) -> list[str]:
+    """The first failing comparison's hand-sized counterexample (grading/shrink.py), as lines; none without one."""
+    cx = getattr(result, "counterexample", None)
+    return cx.text().splitlines() if cx is not None else []
 
 
 def write_results(results: list, out_dir: Path) -> list[Path]:
@@ -162,6 +170,7 @@ def terminal(results: list, details: bool = True) -> str:
             lines.append(f"  first diverging tensor: {printable(r.first_divergence, newlines=False)}")
             if r.diagnosis:
                 lines.append(f"  diagnosis: {printable(r.diagnosis, newlines=False)}")
+            lines.extend("  " + printable(line, newlines=False) for line in counterexample_lines(r))
         if details and not r.error:
             for c in r.checks:
                 mark = "ok  " if c.passed else "FAIL"
