@@ -608,16 +608,22 @@ def unique_names(paths: list[Path]) -> list[str]:
 
 
 def grade_many(
-    paths: list[Path], assignment: Assignment, workers: int = 2, limits: Limits | None = None, on_result=None
+    paths: list[Path],
+    assignment: Assignment,
+    workers: int = 2,
+    limits: Limits | None = None,
+    on_result=None,
+    shrink: bool = True,
 ) -> list[SubmissionResult]:
-    """Grade in parallel (each submission's calls in their own sandbox children); input order kept."""
+    """Grade in parallel (each submission's calls in their own sandbox children); input order kept.
+    `shrink=False`: no hand-sized counterexample (one sandboxed call less per failing submission)."""
     names = unique_names(paths)
     for part in assignment.parts:  # build the reference cases once, before the workers share them
         build_cases(part)
 
     def one(i: int) -> SubmissionResult:
         try:
-            r = grade_submission(paths[i], assignment, limits)
+            r = grade_submission(paths[i], assignment, limits, shrink=shrink)
         except Exception as e:  # a grader bug must not lose the batch: this submission gets the reason
             r = _nothing_ran(
                 SubmissionResult(Path(paths[i]), assignment.name, []),

@@ -376,3 +376,18 @@ def test_each_writer_escapes_what_a_submission_controls(function, text, expected
     from grading import escaping as feedback
 
     assert getattr(feedback, function)(text) == expected
+
+
+def test_no_counterexample_skips_the_shrinker_and_nothing_else(tmp_path):
+    """--no-counterexample: the same scores and first divergence, without the counterexample block."""
+    bug = SUBMISSIONS / "layer" / "transpose_dW.py"
+    outputs = {}
+    for flag in ([], ["--no-counterexample"]):
+        out = tmp_path / ("plain" if flag else "with")
+        assert cli.main([str(bug), "--assignment", "layer-api", "--out", str(out), *flag]) == 0
+        outputs[bool(flag)] = json.loads((out / "transpose_dW" / "results.json").read_text())
+    with_cx, without = outputs[False], outputs[True]
+    assert "counterexample:" in with_cx["output"]
+    assert "counterexample:" not in without["output"]
+    assert without["score"] == with_cx["score"] < without["max_score"]
+    assert [t["score"] for t in without["tests"]] == [t["score"] for t in with_cx["tests"]]
