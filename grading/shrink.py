@@ -232,7 +232,8 @@ def show(value) -> str:
                 rest = "[" + ", ".join([*map(str, prefix), "k"]) + "]" if a.ndim <= 2 else "[...]"
                 parts.append(f"{rest} = {fmt(bg)} elsewhere")
         out.append(", ".join(parts))
-    return "x".join(map(str, a.shape)) + ": " + "; ".join(out)
+    flat = " (flattened)" if a.ndim > 2 else ""
+    return "x".join(map(str, a.shape)) + flat + ": " + "; ".join(out)
 
 
 def _candidates(part: Part) -> list[tuple[tuple[int, ...], int]]:

@@ -86,6 +86,23 @@ def test_the_formula_shown_recomputes_the_reference(graded, rel):
     np.testing.assert_array_equal(i["x"].T @ i["grad_out"], cx.reference)
 
 
+@pytest.mark.parametrize(
+    ("value", "text", "numbers"),
+    [
+        (np.eye(784, 1)[::-1] * 2, "784x1: [783, :] = [2], [k, :] = 0 elsewhere", 2),
+        (np.array([[0.5] * 9 + [-1.0]]), "1x10: [0, 9] = -1, [0, k] = 0.5 elsewhere", 2),
+        (np.array([[0, 3] + [0] * 8, [1] * 10]), "2x10: [0, 1] = 3, [0, k] = 0 elsewhere; [1, k] = 1 elsewhere", 3),
+        (np.array([np.nan, 0, 0, 0]), "4: [0] = nan, [k] = 0 elsewhere", 2),
+        (np.arange(4.0), "4: [0] = 0, [1] = 1, [2] = 2, [3] = 3", 4),
+        (np.array([[1.0, 2.0]]), "[[1, 2]]", 2),
+    ],
+)
+def test_the_sparse_display_stands_for_the_whole_array(value, text, numbers):
+    assert show(value) == text
+    assert shown_numbers(value) == numbers
+    np.testing.assert_array_equal(expand(value.shape, sparse(value)) if max(value.shape) > 3 else value, value)
+
+
 def _sigmoid(z):
     return 1 / (1 + np.exp(-z))
 
