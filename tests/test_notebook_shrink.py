@@ -199,3 +199,25 @@ def test_a_submission_that_spots_the_small_integers_cannot_change_the_verdict(tm
     assert result.score == plain.score == 7.0
     assert result.first_divergence == plain.first_divergence
     assert result.counterexample is None and plain.counterexample is not None
+
+
+def test_a_function_submission_that_spots_the_sparse_sample_cannot_change_the_verdict(tmp_path):
+    """train_one_sample hangs on a sample with at most two nonzero pixels (the shrinker's) and adds the
+    gradient otherwise: the shrink call is killed at the same wall limit, the graded verdict stands."""
+    import dataclasses
+
+    from grading.sandbox import Limits
+
+    rel = "function/wrong_sign.py"
+    source = (ROOT / rel).read_text()
+    trap = "def train_one_sample(sample, y, learning_rate=0.003):\n"
+    assert source.count(trap) == 1
+    hostile = source.replace(trap, trap + "    while np.count_nonzero(sample) <= 2:\n        pass\n")
+    path = tmp_path / "spots_sparse.py"
+    path.write_text(hostile)
+    limits = dataclasses.replace(Limits(), wall_s=8.0, cpu_s=8.0)
+    result = grade_submission(path, assignment_of(rel), limits)
+    plain = grade_submission(ROOT / rel, assignment_of(rel), limits)
+    assert result.score == plain.score == 4.0
+    assert result.first_divergence == plain.first_divergence
+    assert result.counterexample is None and plain.counterexample is not None
