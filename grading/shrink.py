@@ -108,7 +108,9 @@ class Counterexample:
         width = max([9, *(len(name) + 1 for name, _ in self.inputs)])
         for name, value in self.inputs:
             lines.append(f"  {name:<{width}}= {show(value)}")
-        lines.append(f"  reference {self.tensor} = {self.formula}")
+        head, *where = self.formula.split("; ")  # the function format's definitions, one line each
+        lines.append(f"  reference {self.tensor} = {head}")
+        lines.extend(f"            {'where' if i == 0 else '     '} {w}" for i, w in enumerate(where))
         lines.append(f"            = {show(self.reference)}")
         yours = show(self.yours) if isinstance(self.yours, np.ndarray) else str(self.yours)
         lines.append(f"  yours     {self.tensor} = {yours}")

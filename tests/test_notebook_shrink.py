@@ -71,7 +71,7 @@ def test_the_counterexample_still_fails_and_is_small(graded, rel):
         assert not row.passed, f"{rel}: the counterexample agrees: {row.describe()}"
     else:
         assert "shape" in str(cx.yours)
-    assert cx.formula in text
+    assert all(piece in text for piece in cx.formula.split("; "))
 
 
 def _inputs(cx) -> dict:
@@ -116,7 +116,7 @@ def test_function_format_counterexample_is_sparse_and_recomputes(graded, rel):
     weights[0] 0 outside their rows, hidden widths of 1..3, and the reference tensor shown is what
     the formula shown gives from the shown inputs (forward, softmax, backprop by hand in numpy)."""
     cx = graded(rel).counterexample
-    assert cx.formula in cx.text()
+    assert all(piece in cx.text() for piece in cx.formula.split("; "))
     i = _inputs(cx)
     W, b, x, y = [i[f"weights[{k}]"] for k in range(3)], [i[f"biases[{k}]"] for k in range(3)], i["sample"], int(i["y"])
     assert x.shape == (784,) and W[0].shape[0] == 784 and W[2].shape[1] == 10
