@@ -15,6 +15,8 @@ like the grading itself; the reference side stays in the grader.
 Chosen: the smallest candidate (widest dimension first, then the number of entries) on which the same
 tensor of the same check diverges with numbers of the right shape; failing that, one on which it
 fails with an array of the wrong shape; failing that, any tensor of the same check and function.
+Within each, a candidate whose sparse display (below) writes at most MAX_SHOWN numbers per array
+comes before one that writes more.
 No candidate failing with an array: no counterexample (the bug needs a larger shape, or the call
 raised: the exception says more than a small case would).
 
@@ -384,8 +386,10 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
                 continue
             if not isinstance(f.yours, np.ndarray):  # an exception, not numbers: a small case shows nothing
                 continue
-            ranked.append(((f.key.tensor != key.tensor, f.yours.shape != f.expected.shape, i), case, f))
-        if any(rank[:2] == (False, False) for rank, _, _ in ranked):
+            shown = [f.expected, f.yours, *(v for _, v in _inputs(part, case, f.key))]
+            wide = any(max(np.shape(v), default=1) > MAX_ACROSS and shown_numbers(v) > MAX_SHOWN for v in shown)
+            ranked.append(((f.key.tensor != key.tensor, f.yours.shape != f.expected.shape, wide, i), case, f))
+        if any(rank[:3] == (False, False, False) for rank, _, _ in ranked):
             break
     if not ranked:
         return None
