@@ -15,9 +15,21 @@ like the grading itself; the reference side stays in the grader.
 Chosen: the smallest candidate (widest dimension first, then the number of entries) on which the same
 tensor of the same check diverges with numbers of the right shape; failing that, one on which it
 fails with an array of the wrong shape; failing that, any tensor of the same check and function.
+Within each, a candidate whose sparse display (below) writes at most MAX_SHOWN numbers per array
+comes before one that writes more.
 No candidate failing with an array: no counterexample (the bug needs a larger shape, or the call
-raised: the exception says more than a small case would). The function format keeps
-its notebook's 784 inputs and 10 outputs, too many numbers for paper: it gets none.
+raised: the exception says more than a small case would).
+
+The function format's notebook fixes its 784 inputs (it reshapes every sample to 28 * 28) and its 10
+outputs (integer_to_one_hot(y, 10)) and the number of layers (weights[0..2]); the hidden widths are
+the shapes of the weights the grader sets, so they shrink to 1..3. Its candidates are sparse: batch 1
+(the API takes one sample), a sample that is 0 except one or two pixels of 1 or 2, weights[0] 0 except
+the rows of those pixels, the hidden layers' weights small integers, the output layer's weights 0
+except one column, its biases 0 except (in a second variant) one entry, and the unit functions'
+probes of 10 logits 0 except one. Such an array is shown by its entries that differ from the most
+common value ("784x1: [3, :] = [2], [k, :] = [0] elsewhere"; `sparse`, `show`), the reference's and
+the student's tensors too, so the whole counterexample is a few numbers; the comparison that says it
+still fails is made on the full arrays.
 """
 
 from __future__ import annotations
@@ -33,12 +45,15 @@ from grading import adapters
 from grading.adapters import Key
 from grading.assignment import Part
 from grading.sandbox import Limits, run_calls
+from reference.network import Network
 
 SHRINK_SEED = 15  # public on purpose: the candidates reveal nothing about the graded probes
 WIDTHS = (1, 2, 3)
 BATCHES = (1, 2)
-FORMATS = ("layer", "class", "logistic")
-MAX_ACROSS = 3  # the widest dimension of any tensor a counterexample shows
+FORMATS = ("layer", "class", "logistic", "function")
+MAX_ACROSS = 3  # the widest dimension of a tensor shown whole; a wider one is shown sparsely (`sparse`)
+MAX_SHOWN = 8  # the most numbers a sparse display writes for one array (`shown_numbers`)
+PIXELS = (1, 2)  # the function format's nonzero pixels per sample
 
 
 class SmallIntegers:
@@ -60,6 +75,19 @@ class SmallIntegers:
         return self.rng.integers(low, high, size)
 
 
+class SparseIntegers(SmallIntegers):
+    """SmallIntegers whose normal draws of more than MAX_ACROSS entries (the function format's 10 logits)
+    are 0 except one entry: a probe too wide for paper that is still a few numbers."""
+
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        shape = () if size is None else tuple(np.atleast_1d(size))
+        if int(np.prod(shape)) <= MAX_ACROSS:
+            return super().normal(loc, scale, size)
+        out = np.zeros(shape)
+        out.flat[self.rng.integers(out.size)] = self.rng.choice(self.VALUES)
+        return out
+
+
 @dataclass
 class Counterexample:
     check: str
@@ -79,11 +107,14 @@ class Counterexample:
             f"counterexample: {self.function} on {self.case}",
             f"  (the smallest case that still fails; fresh {numbers}, not a graded case)",
         ]
+        width = max([9, *(len(name) + 1 for name, _ in self.inputs)])
         for name, value in self.inputs:
-            lines.append(f"  {name:<9}= {fmt(value)}")
-        lines.append(f"  reference {self.tensor} = {self.formula}")
-        lines.append(f"            = {fmt(self.reference)}")
-        yours = fmt(self.yours) if isinstance(self.yours, np.ndarray) else str(self.yours)
+            lines.append(f"  {name:<{width}}= {show(value)}")
+        head, *where = self.formula.split("; ")  # the function format's definitions, one line each
+        lines.append(f"  reference {self.tensor} = {head}")
+        lines.extend(f"            {'where' if i == 0 else '     '} {w}" for i, w in enumerate(where))
+        lines.append(f"            = {show(self.reference)}")
+        yours = show(self.yours) if isinstance(self.yours, np.ndarray) else str(self.yours)
         lines.append(f"  yours     {self.tensor} = {yours}")
         return "\n".join(lines)
 
@@ -109,8 +140,118 @@ def fmt(value) -> str:
     return rec(a)
 
 
+def _keys(a: np.ndarray) -> np.ndarray:
+    """Each entry as the display writes it (6 significant digits; float64 rounding of an exact 0 is
+    0), so entries that look equal group together."""
+    finite = a[np.isfinite(a)]
+    noise = 1e-12 * float(np.abs(finite).max(initial=0.0))
+    return np.array([f"{(0.0 if abs(v) <= noise else v + 0.0):.6g}" for v in a.reshape(-1)]).reshape(a.shape)
+
+
+def _most_common(keys: list):
+    """The most frequent key, or None when no key repeats."""
+    counts: dict = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+    best = max(counts, key=counts.get)
+    return best if counts[best] > 1 else None
+
+
+def sparse(value) -> list[tuple[tuple, object, list[tuple[tuple, np.ndarray]]]]:
+    """A wide array as groups (prefix, background, [(index, value)]): the entries that differ from
+    the group's most common value, with their indices; the background (None: nothing repeats)
+    stands for the rest.
+
+    Tall (more than MAX_ACROSS rows of at most MAX_ACROSS columns: weights[0], 784x1): one group,
+    background the most common row, the other rows whole. Wide (more than MAX_ACROSS columns: a 1x10
+    row, a 2x10 gradient): one group per row, background the row's most common entry. A vector: one
+    group. Anything else: one group over the flattened entries."""
+    a = np.asarray(value, dtype=np.float64)
+    keys = _keys(a)
+    if a.ndim == 2 and a.shape[1] <= MAX_ACROSS:
+        rows = ["|".join(r) for r in keys]
+        best = _most_common(rows)
+        bg = None if best is None else a[rows.index(best)]
+        return [((), bg, [((i,), a[i]) for i, r in enumerate(rows) if r != best])]
+    if a.ndim == 2:
+        lines = [((i,), a[i], keys[i]) for i in range(a.shape[0])]
+    else:
+        lines = [((), a.reshape(-1), keys.reshape(-1))]
+    groups = []
+    for prefix, row, k in lines:
+        best = _most_common(list(k))
+        bg = None if best is None else row[list(k).index(best)]
+        groups.append((prefix, bg, [((j,), np.asarray(row[j])) for j in range(row.size) if k[j] != best]))
+    return groups
+
+
+def expand(shape: tuple, groups) -> np.ndarray:
+    """The array a sparse display stands for (its inverse, for the tests)."""
+    out = np.full(shape if len(shape) in (1, 2) else (int(np.prod(shape)),), np.nan)
+    for prefix, bg, exceptions in groups:
+        view = out[prefix] if prefix else out
+        if bg is not None:
+            view[...] = bg
+        for idx, v in exceptions:
+            view[idx] = v
+    return out.reshape(shape)
+
+
+def shown_numbers(value) -> int:
+    """How many numbers `show` writes for an array: every entry of a narrow one; for a sparse
+    display each group's background (one number when it is constant) and every listed entry."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "iufb":
+        return 0
+    if max(a.shape, default=1) <= MAX_ACROSS:
+        return a.size
+    n = 0
+    for _, bg, exceptions in sparse(a):
+        if bg is not None:
+            n += 1 if np.ndim(bg) == 0 or len(set(np.ravel(bg).tolist())) == 1 else np.size(bg)
+        n += sum(np.size(v) for _, v in exceptions)
+    return n
+
+
+def show(value) -> str:
+    """`fmt` for an array at most MAX_ACROSS across; a wider one by its shape and the entries that
+    differ from the most common value: "784x1: [3, :] = [2], [k, :] = [0] elsewhere"."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "iufb" or max(a.shape, default=1) <= MAX_ACROSS:
+        return fmt(value)
+    a = a.astype(np.float64)
+    tall = a.ndim == 2 and a.shape[1] <= MAX_ACROSS
+    out = []
+    for prefix, bg, exceptions in sparse(a):
+        parts = []
+        for idx, v in exceptions:
+            full = (*prefix, *idx)
+            index = f"[{full[0]}, :]" if tall else "[" + ", ".join(map(str, full)) + "]"
+            parts.append(f"{index} = {fmt(v)}")
+        if bg is not None:
+            if tall:
+                const = len(set(np.ravel(bg).tolist())) == 1
+                parts.append(f"[k, :] = {fmt(np.ravel(bg)[0]) if const else fmt(bg)} elsewhere")
+            else:
+                rest = "[" + ", ".join([*map(str, prefix), "k"]) + "]" if a.ndim <= 2 else "[...]"
+                parts.append(f"{rest} = {fmt(bg)} elsewhere")
+        out.append(", ".join(parts))
+    flat = " (flattened)" if a.ndim > 2 else ""
+    return "x".join(map(str, a.shape)) + flat + ": " + "; ".join(out)
+
+
 def _candidates(part: Part) -> list[tuple[tuple[int, ...], int]]:
-    """(sizes, batch), smallest first: the widest dimension, then the number of entries."""
+    """(sizes, batch), smallest first: the widest dimension, then the number of entries. The function
+    format: (sizes, (pixels, output biases)) with its fixed inputs and outputs, hidden widths in WIDTHS."""
+    if part.format == "function":
+        first, last, hidden = part.sizes[0], part.sizes[-1], len(part.sizes) - 2
+        out = []
+        for widths in itertools.product(WIDTHS, repeat=hidden):
+            for pixels, out_bias in itertools.product(PIXELS, (0, 1)):
+                ws = (pixels, *widths)
+                numbers = pixels + sum(a * b + b for a, b in itertools.pairwise(ws)) + widths[-1] + out_bias
+                out.append(((max(widths), numbers, out_bias), (first, *widths, last), (pixels, out_bias)))
+        return [(sizes, variant) for _, sizes, variant in sorted(out)]
     depth = len(part.small_sizes or part.sizes)
     out = []
     for sizes in itertools.product(WIDTHS, repeat=depth):
@@ -120,9 +261,54 @@ def _candidates(part: Part) -> list[tuple[tuple[int, ...], int]]:
     return [(sizes, batch) for _, sizes, batch in sorted(out)]
 
 
+def _function_case(part: Part, kind: str, sizes, variant: tuple[int, int], k: int):
+    """One sparse candidate of the function format (see the module doc): one sample, `pixels` nonzero
+    pixels of 1 or 2, weights[0] 0 outside their rows, hidden weights nonzero integers in -2..2 and
+    biases +-1, the output layer's weights 0 except one column and its biases 0 except `out_bias` entry."""
+    from grading.checks import make_case
+
+    pixels, out_bias = variant
+    spec = part.spec(tuple(sizes), "float64")
+    for attempt in range(20):  # redrawn while every logit is 0 (no stability scaling; a blind probe)
+        rng = np.random.default_rng([SHRINK_SEED, k, attempt])
+        x, y, params = _function_draw(spec, sizes, pixels, out_bias, rng)
+        if np.abs(Network(spec, params).forward(x)).max() > 0:
+            break
+    else:
+        return None
+    case = make_case(part, kind, sizes, "float64", x, y, params, SparseIntegers(rng))
+    widths = "-".join(map(str, sizes[1:-1]))
+    case.id = f"one sample, {pixels} nonzero pixel{'s' * (pixels > 1)}, hidden widths {widths}"
+    return case
+
+
+def _function_draw(spec, sizes, pixels: int, out_bias: int, rng):
+    dense = [n for n, ls in zip(spec.layer_names(), spec.layers) if ls.kind == "dense"]
+    x = np.zeros((1, sizes[0]))
+    where = np.sort(rng.choice(sizes[0], pixels, replace=False))
+    x[0, where] = rng.choice([1.0, 2.0], pixels)
+    params = {}
+    for i, (name, n_in, n_out) in enumerate(zip(dense, sizes[:-1], sizes[1:])):
+        W, b = np.zeros((n_in, n_out)), np.zeros(n_out)
+        if i == 0:
+            W[where] = SmallIntegers(rng).normal(size=(pixels, n_out))
+        elif i < len(dense) - 1:
+            W[...] = SmallIntegers(rng).normal(size=(n_in, n_out))
+        else:
+            W[:, rng.integers(n_out)] = SmallIntegers(rng).normal(size=n_in)
+            b[rng.choice(n_out, out_bias, replace=False)] = rng.choice([-1.0, 1.0], out_bias)
+        if i < len(dense) - 1:
+            b = rng.choice([-1.0, 1.0], n_out)
+        params[f"{name}.W"], params[f"{name}.b"] = W, b
+    return x, rng.integers(0, sizes[-1], 1), params
+
+
 def _case(part: Part, kind: str, sizes, batch: int, k: int):
     """One candidate: integer weights and inputs, redrawn (at most 20 times) until no pre-activation is 0."""
     from grading.checks import make_case
+
+    if part.format == "function":
+        return _function_case(part, kind, sizes, batch, k)
 
     spec = part.spec(tuple(sizes), "float64")
     for attempt in range(20):
@@ -200,8 +386,10 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
                 continue
             if not isinstance(f.yours, np.ndarray):  # an exception, not numbers: a small case shows nothing
                 continue
-            ranked.append(((f.key.tensor != key.tensor, f.yours.shape != f.expected.shape, i), case, f))
-        if any(rank[:2] == (False, False) for rank, _, _ in ranked):
+            shown = [f.expected, f.yours, *(v for _, v in _inputs(part, case, f.key))]
+            wide = any(max(np.shape(v), default=1) > MAX_ACROSS and shown_numbers(v) > MAX_SHOWN for v in shown)
+            ranked.append(((f.key.tensor != key.tensor, f.yours.shape != f.expected.shape, wide, i), case, f))
+        if any(rank[:3] == (False, False, False) for rank, _, _ in ranked):
             break
     if not ranked:
         return None
@@ -213,7 +401,7 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
         tensor=f.key.tensor,
         function=f.key.function,
         case=case.id,
-        inputs=_inputs(case, f.key),
+        inputs=_inputs(part, case, f.key),
         reference=f.expected,
         yours=yours,
         formula=formula(part, case, f.key),
@@ -221,8 +409,10 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
     )
 
 
-def _inputs(case, key: Key) -> list[tuple[str, np.ndarray]]:
+def _inputs(part: Part, case, key: Key) -> list[tuple[str, np.ndarray]]:
     """What the failing function was sent in this case: every array and number of its probe."""
+    if part.format == "function":
+        return _function_inputs(part, case, key)
     items = case.probes[key.function][2]
     item = items[adapters._index(case, key)] if items else {}
     out: list[tuple[str, np.ndarray]] = []
@@ -243,6 +433,71 @@ def _inputs(case, key: Key) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+UNIT_ARGS = {"loss": ("y", "p")}  # the function format's unit calls: argument names (else "z")
+
+
+def _function_inputs(part: Part, case, key: Key) -> list[tuple[str, np.ndarray]]:
+    """The function format's call: the module-level weights and biases set before it, the sample and
+    its label (feed_forward_sample, train_one_sample); a unit function's arguments (sigmoid(z) ...)."""
+    n = part.names
+    driver, _, items = case.probes[key.function]
+    if driver == "unit_call":
+        same = [e.key for e in case.expected if e.key.function == key.function]
+        args = items[same.index(key)]
+        role = next((r for r in ("loss",) if n.get(r) == key.function), None)
+        names = UNIT_ARGS.get(role, ("z",))
+        return [(names[i] if i < len(names) else f"arg{i}", np.asarray(a)) for i, a in enumerate(args)]
+    item = items[0]
+    out = [(f"{n['weights']}[{i}]", np.asarray(W)) for i, W in enumerate(item["W"])]
+    out += [(f"{n['biases']}[{i}]", np.asarray(b)) for i, b in enumerate(item["b"])]
+    out += [("sample", np.asarray(item["x"])), ("y", np.asarray(item["y"]))]
+    if key.check == "training_step":
+        out.append(("lr", np.asarray(part.learning_rate)))
+    return out
+
+
+def _function_formula(part: Part, case, key: Key) -> str:
+    """The reference's equation for a function-format tensor, in the notebook's names."""
+    n = part.names
+    dense = [d for d, ls in zip(case.spec.layer_names(), case.spec.layers) if ls.kind == "dense"]
+    kinds = part.activations if len(set(part.activations)) == 1 else ("f_k",)  # one activation, or f_k per layer
+    last = len(dense)
+    w, b = n["weights"], n["biases"]
+    act = {"sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu"}
+    deriv = {"sigmoid": "a_k * (1 - a_k)", "tanh": "1 - a_k**2", "relu": "(z_k > 0)"}
+    chain = (
+        f"a_0 = sample, z_k = a_(k-1) @ {w}[k-1] + {b}[k-1], a_k = {act.get(kinds[0], kinds[0])}(z_k), "
+        f"p = softmax(z_{last})"
+    )
+    f, fallback = key.field, "f_k'(z_k)"
+    if key.function == n["train"] and f in ("dW", "db") and key.layer in dense:
+        k = dense.index(key.layer) + 1
+        grad = f"a_{k - 1}.T @ delta_{k}" if f == "dW" else f"delta_{k}"
+        back = f"delta_{last} = p - onehot(y)"
+        if k < last:
+            back += f", delta_k = (delta_(k+1) @ {w}[k].T) * {deriv.get(kinds[0], fallback)}"
+        return f"{grad}; {back}; {chain}"
+    if f == "loss" and key.function == n["forward"]:
+        return f"-log(p[y]); {chain}"
+    if f == "prediction":
+        return f"onehot(argmax(p)); {chain}"
+    if f in ("W", "b") and key.function == n["forward"]:
+        return "the value set before the call (a forward pass changes no parameter)"
+    if f == "softmax":
+        return "exp(z) / sum(exp(z)), computed as exp(z - max(z)) / sum(exp(z - max(z)))"
+    if f == "loss":
+        return "-sum(y * log(p))"
+    table = {
+        ("value", "sigmoid"): "1 / (1 + exp(-z))",
+        ("value", "tanh"): "tanh(z)",
+        ("value", "relu"): "max(z, 0)",
+        ("d", "sigmoid"): "s * (1 - s), s = 1 / (1 + exp(-z))",
+        ("d", "tanh"): "1 - tanh(z)**2",
+        ("d", "relu"): "(z > 0)",
+    }
+    return table.get((f, kinds[0]), "the reference's value (reference/)")
+
+
 def formula(part: Part, case, key: Key) -> str:
     """The equation the reference used for this tensor, in the probe's own names."""
     mean = part.reduction == "mean"
@@ -250,6 +505,8 @@ def formula(part: Part, case, key: Key) -> str:
     if key.layer is not None and key.layer in case.spec.layer_names():
         kind = case.spec.layers[case.spec.layer_names().index(key.layer)].kind
     f = key.field
+    if part.format == "function" and not key.tensor.startswith("step:"):
+        return _function_formula(part, case, key)
     if part.format == "layer" and not key.tensor.startswith(("network:", "step:")):
         table = {
             ("dense", "out"): "x @ W + b",
