@@ -538,11 +538,14 @@ def grade_submission(
         result.findings = all_findings
         first = _first_divergence(result, all_findings)
         if shrink and first is not None:
-            from grading.shrink import counterexample
+            from grading.shrink import ShrinkFailed, counterexample
 
-            result.counterexample = counterexample(
-                module_path, next(p for p, f in zip(owner, all_findings) if f is first), first, limits
-            )
+            try:
+                result.counterexample = counterexample(
+                    module_path, next(p for p, f in zip(owner, all_findings) if f is first), first, limits
+                )
+            except ShrinkFailed as e:
+                result.notes.append(f"no counterexample: {e}")
     _whole_failure(result, all_findings, extracted)
     result.seconds = time.perf_counter() - start
     return result

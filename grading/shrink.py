@@ -359,8 +359,13 @@ def _candidate_cases(key) -> tuple:
     return tuple(c for k, (sizes, batch) in enumerate(_candidates(part)) if (c := _case(part, kind, sizes, batch, k)))
 
 
+class ShrinkFailed(RuntimeError):
+    """The shrinker's own sandboxed call failed (crashed, hung, was killed): no counterexample, and why."""
+
+
 def counterexample(module_path, part: Part, finding, limits: Limits | None = None) -> Counterexample | None:
-    """The smallest candidate on which `finding`'s tensor still fails (see the module doc), or None."""
+    """The smallest candidate on which `finding`'s tensor still fails (see the module doc), or None.
+    Raises ShrinkFailed when the call on the candidates does not come back (the caller says so)."""
     from grading.checks import _per_case, compare_case, default_limits
 
     key: Key = finding.key
@@ -373,6 +378,8 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
         return None
     req = reqs[0]
     outcome = run_calls(module_path, adapters.DRIVER, [(req.function, req.kwargs)], default_limits(part, limits))[0]
+    if not outcome.ok:  # said, not swallowed: the feedback names why no counterexample came
+        raise ShrinkFailed(f"{key.function} on the small cases: {outcome.verdict or 'the sandboxed call failed'}")
     per_case = _per_case(req, outcome, len(cases))
     ranked = []
     for i, case in enumerate(cases):  # smallest first: stop at the first with the same tensor, in numbers

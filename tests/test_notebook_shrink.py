@@ -199,6 +199,9 @@ def test_a_submission_that_spots_the_small_integers_cannot_change_the_verdict(tm
     assert result.score == plain.score == 7.0
     assert result.first_divergence == plain.first_divergence
     assert result.counterexample is None and plain.counterexample is not None
+    # said, not swallowed: the feedback names why no counterexample came
+    assert any(n.startswith("no counterexample: Dense.backward on the small cases: timed out") for n in result.notes)
+    assert not any(n.startswith("no counterexample") for n in plain.notes)
 
 
 def test_a_function_submission_that_spots_the_sparse_sample_cannot_change_the_verdict(tmp_path):
@@ -221,3 +224,4 @@ def test_a_function_submission_that_spots_the_sparse_sample_cannot_change_the_ve
     assert result.score == plain.score == 4.0
     assert result.first_divergence == plain.first_divergence
     assert result.counterexample is None and plain.counterexample is not None
+    assert any(n.startswith("no counterexample: train_one_sample on the small cases:") for n in result.notes)
