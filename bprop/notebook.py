@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from grading import pyast
 from grading.escaping import printable
 
 
@@ -106,7 +107,7 @@ def _binders(cells: list[str]) -> dict[str, int]:
     pattern = re.compile(r"^(?:class|def|async\s+def)\s+([A-Za-z_]\w*)|^([A-Za-z_]\w*)\s*(?::[^=]*)?=(?!=)", re.M)
     for i, cell in enumerate(cells):
         try:
-            tree = ast.parse(cell)
+            tree = pyast.parse(cell)
         except SyntaxError:  # magics: fall back to the line patterns
             for m in pattern.finditer(cell):
                 out[m.group(1) or m.group(2)] = i

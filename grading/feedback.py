@@ -103,21 +103,28 @@ def counterexample_lines(result) -> list[str]:
     return cx.text().splitlines() if cx is not None else []
 
 
+def write_each(results: list, folders: list[str], out_dir: Path, filename: str, build) -> tuple[list[Path], list[str]]:
+    """out_dir/<folder>/filename = json of build(result), per submission: (written, failures); a write
+    that fails loses only that one file."""
+    written, failed = [], []
+    for r, name in zip(results, folders):
+        target = out_dir / name / filename
+        try:
+            target.parent.mkdir(exist_ok=True)
+            target.write_text(json.dumps(build(r), indent=2) + "\n", encoding="utf-8")
+        except (OSError, ValueError, TypeError) as e:  # this one is lost; the others are not
+            failed.append(f"{name}/{filename}: {type(e).__name__}: {e}")
+            continue
+        written.append(target)
+    return written, failed
+
+
 def write_results(results: list, out_dir: Path) -> list[Path]:
     """One results.json per submission, and summary.csv for the class (one row each, input order)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, failed = [], []
     folders = folder_names([r.name or os.fsdecode(r.path.stem) for r in results])
-    for r, name in zip(results, folders):
-        target = out_dir / name / "results.json"
-        try:
-            target.parent.mkdir(exist_ok=True)
-            target.write_text(json.dumps(gradescope(r), indent=2) + "\n", encoding="utf-8")
-        except (OSError, ValueError, TypeError) as e:  # this one is lost; the others are not
-            failed.append(f"{name}/results.json: {type(e).__name__}: {e}")
-            continue
-        written.append(target)
+    written, failed = write_each(results, folders, out_dir, "results.json", gradescope)
     written += write_summary(results, out_dir, folders)
     if failed:
         raise ResultsWriteError("could not write " + "; ".join(map(printable, failed)))

@@ -32,6 +32,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from grading import pyast
+
 DEFAULT_FORBIDDEN = ("torch", "tensorflow", "keras", "jax", "autograd", "scipy")
 GRADER_PACKAGES = ("reference", "oracles", "grading", "bprop", "data_loaders", "benchmarks")
 IMPLIED = {  # packages that are a way into a forbidden one
@@ -98,7 +100,7 @@ def scan(source: str, forbidden) -> list[Use]:
     """Every use of a forbidden module in `source` (see the module docstring); [] if none."""
     names = set(expand(forbidden))
     try:
-        tree = ast.parse(source)
+        tree = pyast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []  # what does not parse does not run either: the sandbox reports the error
     try:
@@ -207,7 +209,7 @@ class _Scanner:
 
     def _scan_inner(self, code: str) -> list[Use]:
         try:
-            tree = ast.parse(code)
+            tree = pyast.parse(code)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return []
         inner = _Scanner(self.names, code)

@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grading import pyast
+
 # Cell magics whose body is still Python: the magic line goes, the body stays.
 PYTHON_CELL_MAGICS = ("time", "timeit", "capture", "prun")
 KEPT_KINDS = (
@@ -254,7 +256,7 @@ def _cell_statements(path: Path, cell: int | None, source: str, skipped: list[Sk
 def _parse(path: Path, text: str) -> ast.Module:
     """ast.parse; what the parser itself cannot take (nesting too deep, null bytes) is a verdict."""
     try:
-        return ast.parse(text)
+        return pyast.parse(text)
     except (RecursionError, MemoryError, ValueError) as e:
         raise SubmissionError(f"{_display(path)}: the parser gave up ({type(e).__name__}: {e})") from None
 

@@ -43,7 +43,6 @@ written by xml.etree, which escapes markup.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -305,18 +304,9 @@ def write_reports(
     }
     written, failed = [], []
     for fmt in formats:
-        if fmt not in per_submission:
-            continue
-        filename, build = per_submission[fmt]
-        for r, name in zip(results, folders):
-            target = out_dir / name / filename
-            try:
-                target.parent.mkdir(exist_ok=True)
-                target.write_text(json.dumps(build(r), indent=2) + "\n", encoding="utf-8")
-            except (OSError, ValueError, TypeError) as e:  # this one is lost; the others are not
-                failed.append(f"{name}/{filename}: {type(e).__name__}: {e}")
-                continue
-            written.append(target)
+        if fmt in per_submission:
+            w, f = feedback.write_each(results, folders, out_dir, *per_submission[fmt])
+            written, failed = written + w, failed + f
     if "junit" in formats:
         (out_dir / "junit.xml").write_bytes(junit(results, folders))
         written.append(out_dir / "junit.xml")

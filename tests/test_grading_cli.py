@@ -391,3 +391,25 @@ def test_no_counterexample_skips_the_shrinker_and_nothing_else(tmp_path):
     assert "counterexample:" not in without["output"]
     assert without["score"] == with_cx["score"] < without["max_score"]
     assert [t["score"] for t in without["tests"]] == [t["score"] for t in with_cx["tests"]]
+
+
+def test_the_grader_parses_python_through_one_lock():
+    """grade_many grades in threads, and CPython 3.11's ast.parse is not thread-safe (a full run here
+    once gave a submission "internal grading error: SystemError: AST constructor recursion depth
+    mismatch"): every parse in grading/ and bprop/ goes through grading.pyast.parse."""
+    import threading
+
+    from grading import pyast
+
+    root = Path(__file__).parents[1]
+    direct = [
+        f"{p.relative_to(root)}:{i}"
+        for folder in ("grading", "bprop")
+        for p in sorted((root / folder).rglob("*.py"))
+        if p.name != "pyast.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"\bast\.parse\(", line)
+    ]
+    assert direct == [], direct
+    assert isinstance(pyast._LOCK, type(threading.Lock()))
+    assert pyast.parse("x = 1").body[0].targets[0].id == "x"

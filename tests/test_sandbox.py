@@ -329,15 +329,10 @@ def test_the_reference_is_neither_importable_nor_readable():
     outcome = call("steal_reference", "steal", scan=False, project=str(PROJECT))
     assert outcome.ok, outcome.verdict
     results = outcome.value
-    for name in (
-        "reference",
-        "reference.network",
-        "oracles.compare",
-        "grading",
-        "grading.sandbox",
-        "data_loaders",
-        "bprop",
-    ):
+    # the hostile file's own list of what it tries: every one of the grader's packages among them
+    tried = {k.removeprefix("import ") for k in results if k.startswith("import ") and " " not in k[7:]}
+    assert {"reference", "oracles.compare", "grading", "data_loaders", "bprop"} <= tried, tried
+    for name in tried:
         assert results[f"import {name}"].startswith("ModuleNotFoundError"), results[f"import {name}"]
     assert results["import after removing the blocker"].startswith("ModuleNotFoundError")
     assert results["read reference/network.py"].startswith("FileNotFoundError")
