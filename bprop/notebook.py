@@ -193,9 +193,9 @@ def check(
     name or a .toml / .json path), as `bprop check` would; `only` restricts to one function's
     comparisons ("Dense.backward", "Dense", "softmax_crossentropy_with_logits")."""
     start = time.perf_counter()
-    from grading.assignment import load_assignment
+    from grading.assignment import load_assignment, visible_only
 
-    spec = load_assignment(assignment)
+    spec = visible_only(load_assignment(assignment))  # a check the instructor hides is neither run nor shown
     shell = _shell()
     history: list[str] = []
     if shell is not None:

@@ -39,6 +39,7 @@ grading.integrity.DEFAULT_FORBIDDEN; the grader's own packages are always forbid
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from dataclasses import dataclass, field
@@ -236,6 +237,15 @@ class Assignment:
 
     def needed_names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(name for p in self.parts for name in p.needed_names()))
+
+
+def visible_only(assignment: Assignment) -> Assignment:
+    """The assignment as a student may run it before grades are out: only the checks whose visibility
+    is "visible" (a part left without checks is dropped). bprop.check in a notebook grades this."""
+    parts = tuple(
+        dataclasses.replace(p, checks=tuple(c for c in p.checks if c.visibility == "visible")) for p in assignment.parts
+    )
+    return dataclasses.replace(assignment, parts=tuple(p for p in parts if p.checks))
 
 
 def builtin_names() -> list[str]:

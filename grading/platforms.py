@@ -43,6 +43,7 @@ written by xml.etree, which escapes markup.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -136,18 +137,25 @@ def _feedback_lines(result, visibility: dict[str, str]) -> list[str]:
     first divergence and its diagnosis when those belong only to checks a student may not see yet."""
     from grading import feedback
 
-    lines = feedback.gradescope(result)["output"].splitlines()
-    if _withheld_divergence(result, visibility):  # naming the tensor would tell what a hidden check found
-        lines = [line for line in lines if not line.startswith(("First diverging tensor:", "Diagnosis:"))]
-    return lines
+    if not _withheld_divergence(result, visibility):
+        return feedback.gradescope(result)["output"].splitlines()
+    # naming the tensor, its diagnosis or a counterexample would tell what a hidden check found
+    lines = feedback.gradescope(dataclasses.replace(result, counterexample=None))["output"].splitlines()
+    return [line for line in lines if not line.startswith(("First diverging tensor:", "Diagnosis:"))]
 
 
 def _withheld_divergence(result, visibility: dict[str, str]) -> bool:
-    """The first diverging tensor belongs only to checks a student may not see yet."""
+    """The first diverging tensor belongs to a check a student may not see yet: every failed check is
+    withheld, or the first divergence's own check is (the visible checks' outputs still say what
+    failed in them)."""
     if not result.first_divergence:
         return False
     failed = [c for c in result.checks if not c.passed]
-    return bool(failed) and all(visibility.get(c.title, "visible") != "visible" for c in failed)
+    if failed and all(visibility.get(c.title, "visible") != "visible" for c in failed):
+        return True
+    first = getattr(result, "first_finding", None)
+    own = [v for title, v in visibility.items() if first is not None and title.endswith(f": {first.check}")]
+    return any(v != "visible" for v in own)
 
 
 def gradescope(result, visibility: dict[str, str] | None = None, isolation: dict | None = None) -> dict:

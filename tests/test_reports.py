@@ -331,3 +331,52 @@ def test_visibility_comes_from_the_assignment_file(tmp_path):
     (tmp_path / "b.toml").write_text(text.replace('"after_due_date"', '"secret"'))
     with pytest.raises(AssignmentError, match=r"checks\[4\]\.visibility: expected one of .*got 'secret'"):
         load_assignment(tmp_path / "b.toml")
+
+
+def _with_hidden_weight_gradients():
+    """The built-in layer-api with its weight_gradients check hidden, as an instructor's file would."""
+    import dataclasses
+
+    from grading.assignment import load_assignment
+
+    a = load_assignment("layer-api")
+    parts = tuple(
+        dataclasses.replace(
+            p,
+            checks=tuple(
+                dataclasses.replace(c, visibility="hidden") if c.name == "weight_gradients" else c for c in p.checks
+            ),
+        )
+        for p in a.parts
+    )
+    return dataclasses.replace(a, parts=parts)
+
+
+def test_a_hidden_check_s_counterexample_is_not_shown():
+    """transpose_dW fails only weight_gradients: with that check hidden, neither its tensor, its
+    diagnosis nor the counterexample built from it reaches the student's output."""
+    from grading.checks import grade_submission
+
+    a = _with_hidden_weight_gradients()
+    r = grade_submission(LAYER / "transpose_dW.py", a)
+    assert r.counterexample is not None and r.first_divergence.startswith("dense_")  # the grader knows
+    vis = platforms.visibilities(a)
+    out = platforms.gradescope(r, vis)["output"]
+    assert "counterexample" not in out and "First diverging tensor" not in out and "Diagnosis" not in out
+    shown = platforms.gradescope(r, {})["output"]  # the same result with every check visible: all told
+    assert "counterexample" in shown and "First diverging tensor" in shown
+
+
+def test_the_notebook_check_runs_no_hidden_check():
+    """bprop.check grades visible_only(assignment): a hidden check is neither run nor shown."""
+    from grading.assignment import visible_only
+
+    a = _with_hidden_weight_gradients()
+    names = [c.name for p in visible_only(a).parts for c in p.checks]
+    assert "weight_gradients" not in names and "forward" in names
+    assert len(names) == sum(len(p.checks) for p in a.parts) - 1
+    import inspect
+
+    from bprop import notebook
+
+    assert "visible_only(load_assignment(assignment))" in inspect.getsource(notebook.check)

@@ -104,40 +104,41 @@ def _read_params(layer, names: dict) -> dict:
     }
 
 
-def layer_forward(module, names: dict, lr: float, cases: list) -> list:
-    """Each layer alone on its own probe input: forward(input)."""
+def _each_layer(module, names: dict, lr: float, cases: list, run, failed=lambda made: made) -> list:
+    """run(layer, spec) on a freshly made layer for every probe spec of every case; where the layer
+    cannot be made, failed(that error) is the entry."""
     results = []
     for items in cases:
         out = []
         for spec in items:
             made = _call(f"constructing {spec['kind']}", _make_layer, module, names, spec, lr)
-            if "error" in made:
-                out.append(made)
-                continue
-            what = f"{spec['name']}.forward"
-            out.append(_as_array_result(_call(what, made["value"].forward, spec["x"].copy()), what))
+            out.append(failed(made) if "error" in made else run(made["value"], spec))
         results.append(out)
     return results
+
+
+def layer_forward(module, names: dict, lr: float, cases: list) -> list:
+    """Each layer alone on its own probe input: forward(input)."""
+
+    def run(layer, spec):
+        what = f"{spec['name']}.forward"
+        return _as_array_result(_call(what, layer.forward, spec["x"].copy()), what)
+
+    return _each_layer(module, names, lr, cases, run)
 
 
 def layer_backward(module, names: dict, lr: float, cases: list) -> list:
     """Each layer alone: backward(input, grad_output) on inputs of its own; parameters read back."""
-    results = []
-    for items in cases:
-        out = []
-        for spec in items:
-            made = _call(f"constructing {spec['kind']}", _make_layer, module, names, spec, lr)
-            if "error" in made:
-                out.append({"backward": made})
-                continue
-            layer, what = made["value"], f"{spec['name']}.backward"
-            backward = _as_array_result(_call(what, layer.backward, spec["x"].copy(), spec["grad_out"].copy()), what)
-            record = {"backward": backward}
-            if spec["kind"] == "dense" and "value" in backward:
-                record["params"] = _call("reading parameters", _read_params, layer, names)
-            out.append(record)
-        results.append(out)
-    return results
+
+    def run(layer, spec):
+        what = f"{spec['name']}.backward"
+        backward = _as_array_result(_call(what, layer.backward, spec["x"].copy(), spec["grad_out"].copy()), what)
+        record = {"backward": backward}
+        if spec["kind"] == "dense" and "value" in backward:
+            record["params"] = _call("reading parameters", _read_params, layer, names)
+        return record
+
+    return _each_layer(module, names, lr, cases, run, failed=lambda made: {"backward": made})
 
 
 def loss_call(module, name: str, cases: list) -> list:
