@@ -68,14 +68,19 @@ def explain_check(findings: list, passed: int) -> str:
     return "\n".join(lines)
 
 
-def gradescope(result) -> dict:
-    head = []
-    if result.error:
-        head.append(f"Nothing could be graded: {result.error}")
-    if result.first_divergence:
-        head.append(f"First diverging tensor: {result.first_divergence}")
+def verdict_lines(result, with_error: bool = True) -> list[tuple[str, str]]:
+    """(label, text) of the submission's verdict: what could not be graded, the first diverging tensor
+    and its diagnosis (`with_error=False`: the divergence only when nothing failed as a whole)."""
+    lines = [("Nothing could be graded", result.error)] if result.error else []
+    if result.first_divergence and (with_error or not result.error):
+        lines.append(("First diverging tensor", result.first_divergence))
         if result.diagnosis:
-            head.append(f"Diagnosis: {result.diagnosis}")
+            lines.append(("Diagnosis", result.diagnosis))
+    return lines
+
+
+def gradescope(result) -> dict:
+    head = [f"{label}: {text}" for label, text in verdict_lines(result)]
     head.extend(counterexample_lines(result))
     head.extend(result.notes)
     return {
@@ -171,12 +176,9 @@ def terminal(results: list, details: bool = True) -> str:
         lines = [
             f"{name} ({display_name(r.path)}): {r.score:g} / {r.max_score:g}  [{printable(r.assignment, False)}, {r.seconds:.1f} s]"
         ]
-        if r.error:
-            lines.append(f"  nothing could be graded: {printable(r.error, newlines=False)}")
-        elif r.first_divergence:
-            lines.append(f"  first diverging tensor: {printable(r.first_divergence, newlines=False)}")
-            if r.diagnosis:
-                lines.append(f"  diagnosis: {printable(r.diagnosis, newlines=False)}")
+        for label, text in verdict_lines(r, with_error=False):
+            lines.append(f"  {label[0].lower()}{label[1:]}: {printable(text, newlines=False)}")
+        if not r.error and r.first_divergence:
             lines.extend("  " + printable(line, newlines=False) for line in counterexample_lines(r))
         if details and not r.error:
             for c in r.checks:
