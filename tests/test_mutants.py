@@ -240,3 +240,15 @@ def test_dropout_keeps_a_unit_whose_draw_equals_the_rate():
     drops u == rate too (mutant 3). The draws 0.25 and 0.5 are exact in binary, so the boundary is hit."""
     layer = Dropout("dropout_1", 0.25, _Draws(np.array([0.0, 0.2499999, 0.25, 0.2500001, 0.5])))
     np.testing.assert_array_equal(layer.draw_mask((1, 5), np.float64), [[0, 0, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
+def test_a_pool_given_a_flat_input_names_itself(kind):
+    """Kills reference.layers.xǁAvgPool2Dǁforward__mutmut_2 (the error names `None` instead of the
+    layer) and its MaxPool2D twin: a pool fed (batch, n) says which layer and what it expected."""
+    from reference.errors import ShapeError
+    from reference.layers import AvgPool2D, MaxPool2D
+
+    layer = (MaxPool2D if kind == "maxpool" else AvgPool2D)(f"{kind}2d_3", (2, 2), (2, 2))
+    with pytest.raises(ShapeError, match=rf"^{kind}2d_3: expected input of shape \(batch, C, H, W\), got "):
+        layer.forward(np.zeros((4, 16)))
