@@ -244,11 +244,28 @@ def test_dropout_keeps_a_unit_whose_draw_equals_the_rate():
 
 @pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
 def test_a_pool_given_a_flat_input_names_itself(kind):
-    """Kills reference.layers.xǁAvgPool2Dǁforward__mutmut_2 (the error names `None` instead of the
-    layer) and its MaxPool2D twin: a pool fed (batch, n) says which layer and what it expected."""
+    """Kills reference.layers.xǁAvgPool2Dǁforward__mutmut_2 and xǁMaxPool2Dǁforward__mutmut_2 (the
+    error names `None` instead of the layer), x__check_images__mutmut_3 and _4 (no message; `None`
+    described instead of the input): a pool fed (batch, n) says which layer, what it expected and what came."""
     from reference.errors import ShapeError
     from reference.layers import AvgPool2D, MaxPool2D
 
     layer = (MaxPool2D if kind == "maxpool" else AvgPool2D)(f"{kind}2d_3", (2, 2), (2, 2))
-    with pytest.raises(ShapeError, match=rf"^{kind}2d_3: expected input of shape \(batch, C, H, W\), got "):
+    with pytest.raises(
+        ShapeError,
+        match=rf"^{kind}2d_3: expected input of shape \(batch, C, H, W\), got float64 array of shape \(4, 16\)",
+    ):
         layer.forward(np.zeros((4, 16)))
+
+
+@pytest.mark.parametrize(
+    ("W_shape", "b_shape"), [((8, 1, 3, 3), (7,)), ((8, 3, 3), (8,))], ids=["bias-of-another-width", "kernel-not-4-d"]
+)
+def test_a_conv_layer_refuses_parameters_of_the_wrong_shape(W_shape, b_shape):
+    """Kills reference.layers.xǁConv2Dǁ__init____mutmut_2 (`or` -> `and` before the dtype test: a bias
+    of the wrong width in the right dtype passed) and _3 (a 3-d kernel with a fitting bias passed)."""
+    from reference.errors import ShapeError
+    from reference.layers import Conv2D
+
+    with pytest.raises(ShapeError, match=r"^conv2d_1: "):
+        Conv2D("conv2d_1", np.zeros(W_shape), np.zeros(b_shape), (1, 1), (0, 0))
