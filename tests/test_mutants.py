@@ -9,6 +9,8 @@ result (equivalent mutants) are listed in README "Regression checks", with the r
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from cases import LAYER_CASES, make_batch
@@ -263,9 +265,14 @@ def test_a_pool_given_a_flat_input_names_itself(kind):
 )
 def test_a_conv_layer_refuses_parameters_of_the_wrong_shape(W_shape, b_shape):
     """Kills reference.layers.xǁConv2Dǁ__init____mutmut_2 (`or` -> `and` before the dtype test: a bias
-    of the wrong width in the right dtype passed) and _3 (a 3-d kernel with a fitting bias passed)."""
+    of the wrong width in the right dtype passed), _3 (a 3-d kernel with a fitting bias passed) and
+    _9, _10, _11 (the message lost, or `None` described instead of W or b)."""
     from reference.errors import ShapeError
     from reference.layers import Conv2D
 
-    with pytest.raises(ShapeError, match=r"^conv2d_1: "):
+    expected = (
+        "conv2d_1: expected W (F, C, KH, KW) and b (F,) of one dtype, "
+        f"got W float64 array of shape {W_shape}, b float64 array of shape {b_shape}"
+    )
+    with pytest.raises(ShapeError, match=f"^{re.escape(expected)}$"):
         Conv2D("conv2d_1", np.zeros(W_shape), np.zeros(b_shape), (1, 1), (0, 0))
