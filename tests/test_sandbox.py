@@ -499,12 +499,16 @@ def test_run_calls_wall_limit_is_per_call():
     # 7 s in all, over the 6 s limit of one call: both complete only if the limit is per call. Each
     # call's wall_s includes the submission's import (about 1 s on a loaded machine), hence the margin;
     # no upper bound on wall_s is asserted (a timing bound is noise; a call over its limit is killed).
+    # A call's clock is the grader's: it starts when the grader has read the previous result, and the
+    # child starts the next call as soon as it has sent that result, so on a busy machine one call
+    # can read up to the grader's lag short of its 3.5 s (seen: a full test run beside mutation
+    # testing). Together the two cannot read less than 7 s less that lag.
     limits = Limits(wall_s=6, memory_mb=512)
     calls = [("call", {"name": "nap", "seconds": 3.5})] * 2
     outcomes = run_calls(HOSTILE / "mixed.py", DRIVER, calls, limits)
     assert [o.verdict for o in outcomes] == [None, None]
     assert [o.value for o in outcomes] == [3.5] * 2
-    assert all(o.wall_s >= 3.5 for o in outcomes)
+    assert sum(o.wall_s for o in outcomes) >= 7.0 - SLACK_S, outcomes
 
 
 def test_a_deadly_import_is_not_rerun_for_every_call():
