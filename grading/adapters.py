@@ -62,6 +62,9 @@ class Expected:
     view: RefView | None  # the reference quantities the hypotheses are computed from; None: none apply
     quantity: str  # the tolerance policy's quantity (oracles/compare.py)
     finite_only: bool = False  # stability with a loss of probabilities: only finiteness is required
+    # a registered format's known bugs: ((bug, text, what the tensor would be under it), ...); see
+    # grading.diagnose.diagnose_alternatives. None: the notebook formats' hypotheses (view) apply
+    alternatives: tuple | None = None
 
 
 class Problem(str):

@@ -45,11 +45,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grading import formats as format_modules
 from grading.integrity import DEFAULT_FORBIDDEN
 from reference.spec import LayerSpec, ModelSpec
 
 BUILTIN_DIR = Path(__file__).parent / "assignments"
-FORMATS = ("layer", "function", "class", "logistic")
+NOTEBOOK_FORMATS = ("layer", "function", "class", "logistic")  # planned in grading/adapters.py
+FORMATS = NOTEBOOK_FORMATS + format_modules.names()  # and the registered ones (grading/formats/)
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 LOSSES = ("softmax_cross_entropy", "cross_entropy")
 
@@ -157,6 +159,7 @@ class Part:
     checks: tuple[Check, ...]
     limits: dict[str, float] = field(default_factory=dict)
     provided: tuple[str, ...] = ()  # function names given by the instructor: not graded
+    options: dict = field(default_factory=dict)  # a registered format's own fields (its parse_options)
 
     def sweep(self) -> list[tuple[str, tuple[int, ...], int]]:
         """(label, sizes, batch) of the synthetic cases: the part's own small shapes, then shapes
@@ -210,6 +213,9 @@ class Part:
 
     def needed_names(self) -> tuple[str, ...]:
         """Module-level names the drivers use: what the notebook extraction must keep."""
+        module = format_modules.get(self.format)
+        if module is not None:
+            return tuple(module.needed_names(self))
         n = self.names
         if self.format == "layer":
             names = [n["dense"], *(n[a] for a in set(self.activations)), n["loss"], n["loss_grad"]]
@@ -287,6 +293,9 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
         fmt = need(p, "format", where, str)
         if fmt not in FORMATS:
             raise AssignmentError(f"{source}: {where}.format: expected one of {FORMATS}, got {fmt!r}")
+        if fmt in format_modules.names():
+            parts.append(_parse_registered(p, where, source, fmt, need))
+            continue
         sizes = tuple(need(p, "sizes", where, list))
         small = tuple(p["small_sizes"]) if p.get("small_sizes") else None
         for label, s in (("sizes", sizes), ("small_sizes", small)):
@@ -329,39 +338,9 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
         batch = int(p.get("batch", 1 if fmt == "function" else 4))
         if fmt == "function" and batch != 1:
             raise AssignmentError(f"{source}: {where}.batch: the function format takes one sample at a time; use 1")
-        names = {**DEFAULT_NAMES[fmt], **p.get("names", {})}
-        unknown = set(p.get("names", {})) - set(DEFAULT_NAMES[fmt])
-        if unknown:
-            raise AssignmentError(
-                f"{source}: {where}.names: unknown keys {sorted(unknown)}; known {sorted(DEFAULT_NAMES[fmt])}"
-            )
-        checks = []
-        for j, c in enumerate(need(p, "checks", where, list)):
-            cname = need(c, "name", f"{where}.checks[{j}]", str)
-            if cname not in CHECKS[fmt]:
-                raise AssignmentError(
-                    f"{source}: {where}.checks[{j}].name: {cname!r} is not a {fmt}-format check; known: {CHECKS[fmt]}"
-                )
-            points = need(c, "points", f"{where}.checks[{j}]", (int, float))
-            if points < 0:
-                raise AssignmentError(f"{source}: {where}.checks[{j}].points: expected >= 0, got {points}")
-            scoring = c.get("scoring", "all_or_nothing")
-            if scoring not in SCORING:
-                raise AssignmentError(
-                    f"{source}: {where}.checks[{j}].scoring: expected one of {SCORING}, got {scoring!r}"
-                )
-            visibility = c.get("visibility", "visible")
-            if visibility not in VISIBILITY:
-                raise AssignmentError(
-                    f"{source}: {where}.checks[{j}].visibility: expected one of {VISIBILITY}, got {visibility!r}"
-                )
-            checks.append(Check(cname, float(points), scoring, visibility))
-        limits = dict(p.get("limits", {}))
-        bad = set(limits) - {"wall_s", "cpu_s", "memory_mb"}
-        if bad:
-            raise AssignmentError(
-                f"{source}: {where}.limits: unknown keys {sorted(bad)}; known wall_s, cpu_s, memory_mb"
-            )
+        names = _parse_names(p, where, source, DEFAULT_NAMES[fmt])
+        checks = _parse_checks(p, where, source, fmt, CHECKS[fmt], need)
+        limits = _parse_limits(p, where, source)
         provided = p.get("provided", [])
         allowed = {names[k] for k in PROVIDABLE.get(fmt, ())}
         if not isinstance(provided, list) or any(f not in allowed for f in provided):
@@ -383,7 +362,7 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
                 dtypes=dtypes,
                 preprocess=p.get("preprocess", "scale255"),
                 names=names,
-                checks=tuple(checks),
+                checks=checks,
                 limits=limits,
                 provided=tuple(provided),
             )
@@ -396,4 +375,71 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
         raise AssignmentError(f"{source}: forbidden: expected a list of top-level module names, got {forbidden!r}")
     return Assignment(
         name=name, title=str(data.get("title", name)), parts=tuple(parts), source=source, forbidden=tuple(forbidden)
+    )
+
+
+def _parse_checks(p: dict, where: str, source: str, fmt: str, known: tuple[str, ...], need) -> tuple[Check, ...]:
+    checks = []
+    for j, c in enumerate(need(p, "checks", where, list)):
+        cname = need(c, "name", f"{where}.checks[{j}]", str)
+        if cname not in known:
+            raise AssignmentError(
+                f"{source}: {where}.checks[{j}].name: {cname!r} is not a {fmt}-format check; known: {known}"
+            )
+        points = need(c, "points", f"{where}.checks[{j}]", (int, float))
+        if points < 0:
+            raise AssignmentError(f"{source}: {where}.checks[{j}].points: expected >= 0, got {points}")
+        scoring = c.get("scoring", "all_or_nothing")
+        if scoring not in SCORING:
+            raise AssignmentError(f"{source}: {where}.checks[{j}].scoring: expected one of {SCORING}, got {scoring!r}")
+        visibility = c.get("visibility", "visible")
+        if visibility not in VISIBILITY:
+            raise AssignmentError(
+                f"{source}: {where}.checks[{j}].visibility: expected one of {VISIBILITY}, got {visibility!r}"
+            )
+        checks.append(Check(cname, float(points), scoring, visibility))
+    return tuple(checks)
+
+
+def _parse_limits(p: dict, where: str, source: str) -> dict:
+    limits = dict(p.get("limits", {}))
+    bad = set(limits) - {"wall_s", "cpu_s", "memory_mb"}
+    if bad:
+        raise AssignmentError(f"{source}: {where}.limits: unknown keys {sorted(bad)}; known wall_s, cpu_s, memory_mb")
+    return limits
+
+
+def _parse_names(p: dict, where: str, source: str, defaults: dict[str, str]) -> dict[str, str]:
+    unknown = set(p.get("names", {})) - set(defaults)
+    if unknown:
+        raise AssignmentError(f"{source}: {where}.names: unknown keys {sorted(unknown)}; known {sorted(defaults)}")
+    return {**defaults, **p.get("names", {})}
+
+
+def _parse_registered(p: dict, where: str, source: str, fmt: str, need) -> Part:
+    """A part of a registered format (grading/formats/): the common fields here, its own in its module."""
+    module = format_modules.get(fmt)
+    dtypes = tuple(p.get("dtypes", ["float64"]))
+    if not dtypes or any(d not in ("float32", "float64") for d in dtypes):
+        raise AssignmentError(
+            f"{source}: {where}.dtypes: expected a subset of ['float64', 'float32'], got {list(dtypes)}"
+        )
+    common = {"id", "format", "names", "checks", "limits", "dtypes"}
+    options = module.parse_options({k: v for k, v in p.items() if k not in common}, where, source)
+    return Part(
+        id=str(p.get("id", fmt)),
+        format=fmt,
+        sizes=(),
+        small_sizes=None,
+        activations=(),
+        loss="",
+        reduction="mean",
+        learning_rate=0.0,
+        batch=0,
+        dtypes=dtypes,
+        preprocess="raw",
+        names=_parse_names(p, where, source, module.NAMES),
+        checks=_parse_checks(p, where, source, fmt, tuple(module.CHECKS), need),
+        limits=_parse_limits(p, where, source),
+        options=options,
     )

@@ -53,9 +53,10 @@ from pathlib import Path
 import numpy as np
 
 from grading import adapters
+from grading import formats as format_modules
 from grading.adapters import STABILITY_LOGIT, Failed, Key, ProbeRequest, Problem
 from grading.assignment import Assignment, Part
-from grading.diagnose import Diagnosis, diagnose
+from grading.diagnose import Diagnosis, diagnose, diagnose_alternatives
 from grading.notebook import Extracted, SubmissionError, write_module
 from grading.sandbox import Limits, run_calls
 from oracles.compare import Row, atol, compare_arrays, rel_error, tolerance
@@ -204,6 +205,9 @@ _PARTS: dict = {}
 @lru_cache(maxsize=16)
 def _build_cases(key) -> tuple[Case, ...]:
     part, seed = _PARTS[key], key[1]
+    module = format_modules.get(part.format)
+    if module is not None:  # a registered format plans its own cases (grading/formats/)
+        return tuple(module.build_cases(part, seed))
     cases = []
     sweep = part.sweep()
     plan = [(label, sizes, batch, "float64") for label, sizes, batch in sweep]
@@ -329,6 +333,9 @@ def compare_case(part: Part, case: Case, observed: dict) -> list[Finding]:
 
 
 def _diagnose(case: Case, exp, yours: np.ndarray) -> Diagnosis | None:
+    if exp.alternatives is not None:  # a registered format's hypotheses, computed when it planned the case
+        with np.errstate(all="ignore"):
+            return diagnose_alternatives(exp.key.tensor, yours, exp.value, exp.alternatives, case.dtype, exp.quantity)
     if exp.key.check == "forward" and exp.key.field in ("W", "b"):  # a parameter feed_forward must not change
         return _diagnose_side_effect(case, exp.key, yours)
     with np.errstate(all="ignore"):
@@ -440,12 +447,30 @@ def run_probes(
         reqs = [(k, r) for k in members for r in adapters.requests(plans[k][0], plans[k][1])]
         if functions is not None:  # only these student functions (Key.function) are called; the rest "not run"
             reqs = [(k, r) for k, r in reqs if functions(r.name)]
-        outcomes = run_calls(module_path, adapters.DRIVER, [(r.function, r.kwargs) for _, r in reqs], group_limits)
-        for (k, req), outcome in zip(reqs, outcomes):
+        by_driver: dict[Path, list] = {}
+        for k, r in reqs:  # each registered format has a driver of its own
+            by_driver.setdefault(driver_of(plans[k][0]), []).append((k, r))
+        done = []
+        for driver, group in by_driver.items():
+            calls = [(r.function, r.kwargs) for _, r in group]
+            done.extend(zip(group, run_calls(module_path, driver, calls, group_limits)))
+        for (k, req), outcome in done:
             out[k][req.name] = _per_case(req, outcome, len(plans[k][1]))
             if not outcome.ok and verdicts is not None:
                 verdicts.append(f"{req.name}: {outcome.verdict}")
     return out
+
+
+def driver_of(part: Part) -> Path:
+    """The child-side driver file of the part's format."""
+    module = format_modules.get(part.format)
+    return module.DRIVER if module is not None else adapters.DRIVER
+
+
+def observe(part: Part, case, results: dict) -> dict:
+    """{Key: what came back}, read by the part's format (grading/formats/, or grading/adapters.py)."""
+    module = format_modules.get(part.format)
+    return (module.observe if module is not None else adapters.observe)(part, case, results)
 
 
 def _per_case(req: ProbeRequest, outcome, n_cases: int) -> list:
@@ -475,7 +500,7 @@ def grade_part(part: Part, probes: dict[str, list]) -> tuple[list[CheckResult], 
     findings: list[Finding] = []
     for i, case in enumerate(cases):
         results = {name: values[i] for name, values in probes.items() if values[i] is not None}
-        findings.extend(compare_case(part, case, adapters.observe(part, case, results)))
+        findings.extend(compare_case(part, case, observe(part, case, results)))
     return [_score(part, check, [f for f in findings if f.check == check.name]) for check in part.checks], findings
 
 
@@ -520,11 +545,14 @@ def grade_submission(
     result = SubmissionResult(path, assignment.name, [], name=path.stem)
     with tempfile.TemporaryDirectory(prefix="bprop-grade-") as tmp:
         try:
-            module_path, extracted = write_module(path, assignment.needed_names(), Path(tmp))
+            module_path, extracted = write_submission(path, assignment, Path(tmp))
         except (SubmissionError, OSError, UnicodeDecodeError) as e:
             return _nothing_ran(result, assignment, str(e), start)
         result.notes.append(extracted.summary())
-        if any(not any(c.kind == "mnist" for c in build_cases(p)) for p in assignment.parts):
+        if any(
+            format_modules.get(p.format) is None and not any(c.kind == "mnist" for c in build_cases(p))
+            for p in assignment.parts
+        ):
             result.notes.append(
                 "Real MNIST rows were not checked: MNIST is not available on this machine (data_loaders)."
             )
@@ -549,6 +577,18 @@ def grade_submission(
     _whole_failure(result, all_findings, extracted)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def write_submission(path: Path, assignment: Assignment, out_dir: Path) -> tuple[Path, Extracted]:
+    """The submission as one module in out_dir: a registered format's own shape (its `assemble`,
+    such as CS231n's cs231n/ folder), else the notebook or .py file's extraction."""
+    for part in assignment.parts:
+        module = format_modules.get(part.format)
+        if module is not None and hasattr(module, "assemble"):
+            made = module.assemble(path, assignment.needed_names(), out_dir)
+            if made is not None:
+                return made
+    return write_module(path, assignment.needed_names(), out_dir)
 
 
 def _nothing_ran(result: SubmissionResult, assignment: Assignment, reason: str, start: float) -> SubmissionResult:

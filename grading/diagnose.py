@@ -314,6 +314,17 @@ def diagnose(
     if yours.dtype.kind not in "biuf":
         return None
     expected = _reference(view, base) if expected is None and view is not None and not step else expected
+    first = _first_signs(name, yours, expected, step)
+    if first is not None:
+        return first
+    if view is None:  # a probe with no hypotheses of its own (a helper function on a random input)
+        return None
+    quantity = "parameters" if step else quantity_of(base)
+    return _best(name, yours, expected, hypotheses(name, yours, view, key), view.dtype, quantity)
+
+
+def _first_signs(name: str, yours: np.ndarray, expected: np.ndarray | None, step: bool) -> Diagnosis | None:
+    """unstable (non-finite where the reference is finite) and zero (nothing computed or updated)."""
     if yours.size and not np.isfinite(yours).all() and (expected is None or np.isfinite(expected).all()):
         idx = tuple(int(i) for i in np.argwhere(~np.isfinite(yours))[0])
         at = f" at {list(idx)}" if idx else ""
@@ -325,12 +336,14 @@ def diagnose(
             "never updated: the parameter is unchanged" if step else "zero everywhere (never computed or never updated)"
         )
         return Diagnosis("zero", f"{what}; the reference's largest entry is {np.abs(expected).max():.4g}")
-    if view is None:  # a probe with no hypotheses of its own (a helper function on a random input)
-        return None
-    quantity = "parameters" if step else quantity_of(base)
-    tol, floor = tolerance("submission", view.dtype, quantity), atol("submission", view.dtype)
+    return None
+
+
+def _best(name: str, yours, expected, candidates, dtype: str, quantity: str) -> Diagnosis | None:
+    """The closest hypothesis within tolerance that differs from the reference; None if none matches."""
+    tol, floor = tolerance("submission", dtype, quantity), atol("submission", dtype)
     best = None
-    for bug, text, h in hypotheses(name, yours, view, key):
+    for bug, text, h in candidates:
         h = np.asarray(h)
         if h.shape != yours.shape or (
             expected is not None and h.shape == expected.shape and _close(h, expected, tol, floor)
@@ -350,6 +363,51 @@ def diagnose(
     return Diagnosis(
         bug, f"{text}. Your {name} matches that to a relative error of {err:.1g} (tolerance {tol:.0e}){off}."
     )
+
+
+def generic_alternatives(expected: np.ndarray, batch: int | None = None) -> list[tuple[str, str, np.ndarray]]:
+    """The layout-free hypotheses every format shares: transposed, sign, a batch factor, reshaped."""
+    out = [("sign", "the sign is flipped (a + where the chain rule has a -, or the update's direction)", -expected)]
+    if expected.ndim == 2 and expected.shape[0] != expected.shape[1]:
+        out.append(
+            ("transpose", "the right numbers transposed (W stored the other way round, or W used for W.T)", expected.T)
+        )
+    elif expected.ndim == 2:
+        out.append(("transpose", "transposed (W used where W.T belongs)", expected.T))
+    if batch and batch > 1:
+        out.append(
+            (
+                "batch_size",
+                f"summed over the batch instead of averaged (the reference times N = {batch})",
+                expected * batch,
+            )
+        )
+        out.append(
+            ("batch_size", f"divided by the batch size once too often (the reference / N = {batch})", expected / batch)
+        )
+    return out
+
+
+def diagnose_alternatives(
+    name: str, yours: np.ndarray, expected: np.ndarray, alternatives, dtype: str, quantity: str, step: bool = False
+) -> Diagnosis | None:
+    """A registered format's diagnosis: unstable, zero, then the closest of its own hypotheses
+    `alternatives` ((bug, text, value), computed in the grader when the case was planned) that
+    matches `yours` and differs from the reference. A tensor of the expected numbers in another
+    shape is "reshaped"."""
+    yours = np.asarray(yours)
+    if yours.dtype.kind not in "biuf":
+        return None
+    first = _first_signs(name, yours, expected, step)
+    if first is not None:
+        return first
+    if yours.shape != expected.shape and yours.size == expected.size:
+        tol, floor = tolerance("submission", dtype, quantity), atol("submission", dtype)
+        if _close(yours.reshape(expected.shape), expected, tol, floor):
+            return Diagnosis(
+                "reshaped", f"the right numbers in the wrong shape: {yours.shape} where {expected.shape} belongs"
+            )
+    return _best(name, yours, expected, alternatives, dtype, quantity)
 
 
 def _close(a: np.ndarray, b: np.ndarray, tol: float, floor: float) -> bool:
