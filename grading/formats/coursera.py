@@ -717,41 +717,36 @@ def _plan_update(part, case, draw: _Draw, dims, m: int) -> None:
         "update_call",
         {"parameters": params, "grads": steps, "rates": rates, "keys": names},
     )
-    now = dict(params)
+    # each known bug as an update rule, chained over both steps (step 2 starts from the bug's own step 1)
+    rules = {
+        None: ("", lambda p, g, r: p - r * g),
+        "sign": ("+ where - belongs: the step goes uphill (W + learning_rate dW)", lambda p, g, r: p + r * g),
+        "zero": ("never updated: the parameter is unchanged", lambda p, g, r: p),
+        "learning_rate": ("the learning rate is not applied: W - dW", lambda p, g, r: p - g),
+    }
+    now = {bug: dict(params) for bug in rules}
     for s, (g, rate) in enumerate(zip(steps, rates), start=1):
-        before = now
         step = np.asarray(rate, case.dtype)
-        now = {k: before[k] - step * g[f"d{k}"] for k in names}
+        now = {bug: {k: rule(now[bug][k], g[f"d{k}"], step) for k in names} for bug, (_, rule) in rules.items()}
         for k in names:
-            alts = [
-                (
-                    "sign",
-                    "+ where - belongs: the step goes uphill (W + learning_rate dW)",
-                    before[k] + step * g[f"d{k}"],
-                ),
-                ("zero", "never updated: the parameter is unchanged", before[k]),
-                ("learning_rate", "the learning rate is not applied: W - dW", before[k] - g[f"d{k}"]),
-            ]
+            alts = [(bug, text, now[bug][k]) for bug, (text, _) in rules.items() if bug is not None]
             if s == 2:
+                restarted = params[k] - step * g[f"d{k}"]
                 alts.append(
-                    (
-                        "restarted",
-                        "step 2 started from the original parameters, not from step 1's result",
-                        params[k] - step * g[f"d{k}"],
-                    )
+                    ("restarted", "step 2 started from the original parameters, not step 1's result", restarted)
                 )
-            key_name = f"{fn}.{k} (step {s})"
+            tensor = f"{fn}.{k} (step {s})"
             _expect(
                 case,
                 part,
                 "update_parameters",
                 "update_parameters",
                 f"{s}:{k}",
-                now[k],
+                now[None][k],
                 "parameters",
                 alts,
                 i,
-                key_name,
+                tensor,
             )
 
 
