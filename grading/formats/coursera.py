@@ -33,7 +33,7 @@ Cases (each function probed on every layer shape of each):
     m1             3-2-1, m = 1 (L = 2): one example (a db not summed over the examples passes here)
     deep           6-5-4-3-1, m = 7 (L = 4): every size and m different
     stability      4-3-1, m = 5: the sigmoid saturated; unit probes at |Z| up to 1000, the model's
-                   output Z at +-30 with Y on the wrong side (AL about 1e-13 from its label), where
+                   output Z from -30 to +30 and every label on the far side (AL within 1e-13 of 0 or 1), where
                    the notebook's own formulas are still finite
 Known bugs are hypotheses (Expected.alternatives) computed here with the reference and shown only
 when the submission's tensor matches one (grading.diagnose.diagnose_alternatives).
@@ -390,7 +390,7 @@ class _Draw:
         return A_prev.astype(self.dtype), W.astype(self.dtype), b.astype(self.dtype)
 
     def parameters(self, dims, m: int, peak: float | None = None):
-        """X and parameters W1, b1, ... with every pre-activation O(1) (the output's at +-peak)."""
+        """X and parameters W1, b1, ... with every pre-activation O(1) (the output's from -peak to +peak)."""
         X = self.rng.normal(0.0, 1.0, (dims[0], m))
         params, A = {}, X
         for j in range(1, len(dims)):
@@ -399,9 +399,10 @@ class _Draw:
             )
             b = self.rng.uniform(-0.5, 0.5, (dims[j], 1))
             Z = W @ A + b
-            if j == len(dims) - 1 and peak is not None:
-                s = peak / np.abs(Z).max()
-                W, b, Z = W * s, b * s, Z * s
+            if j == len(dims) - 1 and peak is not None:  # the output's Z from -peak to +peak: both ends saturated
+                lo, hi = Z.min(axis=1, keepdims=True), Z.max(axis=1, keepdims=True)
+                s = 2 * peak / (hi - lo)
+                W, b, Z = W * s, b * s - peak - s * lo, Z * s - peak - s * lo
             params[f"W{j}"], params[f"b{j}"] = W, b
             A = np.maximum(Z, 0)
         return X.astype(self.dtype), {k: v.astype(self.dtype) for k, v in params.items()}

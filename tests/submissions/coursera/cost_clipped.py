@@ -3,6 +3,7 @@
 (the stability case's AL of about 1e-13); no known bug matches it, so no diagnosis is claimed.
 """
 # expect: stability compute_cost.cost none
+# clean: compute_cost small-float64
 
 import numpy as np
 from dnn_utils import sigmoid, relu

@@ -3,6 +3,7 @@
 (right at m = 1 only).
 """
 # expect: compute_cost compute_cost.cost batch_size
+# clean: compute_cost m1-float64
 
 import numpy as np
 from dnn_utils import sigmoid, relu

@@ -2,6 +2,8 @@
 """Coursera DNN: compute_cost squeezes Y and AL to vectors and uses @: at m = 1 they become 0-d and @ raises.
 """
 # expect: compute_cost compute_cost.cost error
+# clean: compute_cost deep-float64
+# clean: compute_cost small-float64
 
 import numpy as np
 from dnn_utils import sigmoid, relu

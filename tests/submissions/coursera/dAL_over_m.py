@@ -3,6 +3,7 @@
 divides by m already). At m = 1 it is right.
 """
 # expect: L_model_backward L_model_backward.dA2 batch_size
+# clean: L_model_backward m1-float64
 # expect: L_model_backward L_model_backward.dW3 batch_size
 
 import numpy as np

@@ -2,6 +2,7 @@
 """Coursera DNN: linear_backward forgets the 1/m on dW (db has it): the summed cost's gradient. At m = 1 it is right.
 """
 # expect: linear_backward linear_backward[1].dW batch_size
+# clean: linear_backward m1-float64
 # expect: L_model_backward L_model_backward.dW3 batch_size
 
 import numpy as np

@@ -3,6 +3,9 @@
 disagree: right on every non-square layer, transposed on a square one (only the square case shows it).
 """
 # expect: linear_backward linear_backward[1].dW transpose
+# clean: linear_backward m1-float64
+# clean: linear_backward deep-float64
+# clean: linear_backward small-float64
 
 import numpy as np
 from dnn_utils import sigmoid, relu

@@ -2,6 +2,7 @@
 """Coursera DNN: linear_backward keeps db per example (dZ / m): invisible at m = 1, wrong on every other case.
 """
 # expect: linear_backward linear_backward[1].db not_summed
+# clean: linear_backward m1-float64
 
 import numpy as np
 from dnn_utils import sigmoid, relu

@@ -3,6 +3,7 @@
 (the m1 case), a shape error where the widths differ, and wrong numbers on the square net.
 """
 # expect: L_model_forward L_model_forward.AL fed_input
+# clean: L_model_forward m1-float64
 # expect: L_model_forward L_model_forward.AL error
 
 import numpy as np

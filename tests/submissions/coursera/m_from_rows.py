@@ -3,6 +3,7 @@
 right only where the two agree (the square case, n_prev = m = 4).
 """
 # expect: linear_backward linear_backward[1].dW wrong_axis
+# clean: linear_backward square-float64
 # expect: linear_backward linear_backward[1].db wrong_axis
 
 import numpy as np

@@ -3,6 +3,8 @@
 exp(-Z) overflows (Z below -709): only the saturated stability case shows it.
 """
 # expect: stability sigmoid_backward[1].dZ unstable
+# clean: sigmoid_backward deep-float64
+# clean: sigmoid_backward small-float64
 
 import numpy as np
 from dnn_utils import sigmoid, relu

@@ -2,6 +2,7 @@
 """Coursera DNN: its own sigmoid, exp(Z) / (1 + exp(Z)): nan once exp(Z) overflows (Z above 709).
 """
 # expect: stability linear_activation_forward[2, sigmoid].A unstable
+# clean: linear_activation_forward small-float64
 
 import numpy as np
 from dnn_utils import relu

@@ -4,6 +4,7 @@ are never updated. The course's own test of update_parameters has two layers, so
 every net with L >= 3 shows it.
 """
 # expect: update_parameters update_parameters.W3 (step 1) zero
+# clean: update_parameters m1-float64
 
 import numpy as np
 from dnn_utils import sigmoid, relu
