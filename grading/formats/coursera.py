@@ -190,17 +190,15 @@ def ref_backward(layers, params, dAL, acts, dA_scale: float = 1.0, derivative=No
 # Hypotheses: what a tensor would be under each known bug (computed here, never sent) ----------------
 
 
-def _layout_transpose(value: np.ndarray, what: str) -> list:
+def _layout_transpose(value: np.ndarray, what: str, how: str = "") -> list:
+    """The reference's own layout: examples in rows, W as (n_in, n_out)."""
     if value.ndim != 2 or value.shape[0] == 1 or value.shape[1] == 1:  # a vector: "reshaped" says it
         return []
-    return [
-        (
-            "transpose",
-            f"{what} transposed: the reference's layout (examples in rows, W as (n_in, n_out)); the course keeps "
-            "examples in columns and W as (n_l, n_{l-1})",
-            value.T,
-        )
-    ]
+    text = (
+        f"{what} transposed{how}: the reference's layout (examples in rows, W as (n_in, n_out)), not the course's "
+        "(examples in columns, W as (n_l, n_{l-1}))"
+    )
+    return [("transpose", text, value.T)]
 
 
 def _derivative_alternatives(kind: str, dA, Z) -> list:
@@ -277,7 +275,7 @@ def _linear_alternatives(dZ, A_prev, W, b, correct) -> dict[str, list]:
                     value * m / n_rows,
                 )
             )
-    alt["dW"] += _layout_transpose(dW, "dW = A_prev dZ^T / m, i.e. dW")
+    alt["dW"] += _layout_transpose(dW, "dW", " (A_prev dZ^T / m where dZ A_prev^T / m belongs)")
     if W.shape[0] == W.shape[1]:
         alt["dA_prev"].append(("transpose", "W dZ where W^T dZ belongs", W @ dZ))
     for key in alt:
