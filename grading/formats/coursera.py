@@ -47,6 +47,7 @@ import numpy as np
 
 from grading.adapters import Expected, Failed, Key, Problem
 from grading.assignment import AssignmentError
+from grading.diagnose import generic_alternatives
 from grading.formats import FormatCase
 from reference.layers import Dense, ReLU, Sigmoid
 from reference.losses import BCE
@@ -232,13 +233,7 @@ def _derivative_alternatives(kind: str, dA, Z) -> list:
             )
         )
     else:
-        out.append(
-            (
-                "at_activation",
-                "relu's derivative taken where dA > 0 instead of Z > 0",
-                dA * (dA > 0),
-            )
-        )
+        out.append(("wrong_mask", "the mask taken from dA instead of Z: dZ[dA <= 0] = 0", dA * (dA > 0)))
     return out
 
 
@@ -276,6 +271,7 @@ def _linear_alternatives(dZ, A_prev, W, b, correct) -> dict[str, list]:
                 )
             )
     alt["dW"] += _layout_transpose(dW, "dW", " (A_prev dZ^T / m where dZ A_prev^T / m belongs)")
+    alt["dA_prev"] += _layout_transpose(dA_prev, "dA_prev", " (dZ^T W where W^T dZ belongs)")
     if W.shape[0] == W.shape[1]:
         alt["dA_prev"].append(("transpose", "W dZ where W^T dZ belongs", W @ dZ))
     for key in alt:
@@ -591,7 +587,7 @@ def _plan_case(part, case: FormatCase, dims, m: int, rng) -> None:
             Z = draw.away_from_zero((n_l, m))
             i = _probe(case, part, fn, "unit_call", {"args": [dA, Z], "outputs": ["dZ"]})
             dZ = ref_activation_backward(kind, dA, Z)
-            alts = [*_derivative_alternatives(kind, dA, Z), ("sign", "the sign is flipped", -dZ)]
+            alts = [*_derivative_alternatives(kind, dA, Z), *generic_alternatives(dZ)]
             _expect(case, part, fn, check(fn), "dZ", dZ, "gradient", alts, i, f"{n[fn]}[{j}].dZ")
     if "linear_activation_backward" in graded:
         fn = "linear_activation_backward"
@@ -694,6 +690,18 @@ def _plan_model_backward(part, case, draw: _Draw, dims, m: int, peak, check: str
             (grads[f"dA{layer - 1}"], grads[f"dW{layer}"], grads[f"db{layer}"]),
         )
         alts += local[{"dA": "dA_prev", "dW": "dW", "db": "db"}[key[:2]]]
+        if key.startswith("dA") and 0 < j < L:  # the dA that the relu layer j's backward received
+            _, Z_j, _ = layers[j - 1]
+            masked = ref_activation_backward("relu", grads[key], Z_j)
+            alts.append(
+                (
+                    "in_place",
+                    f"grads['{key}'] was changed in place by relu_backward (dZ = dA without a copy, then "
+                    f"dZ[Z <= 0] = 0): it holds dZ{j}",
+                    masked,
+                )
+            )
+        alts += generic_alternatives(grads[key], m)  # after the format's own: a tie goes to the more specific
         _expect(case, part, "L_model_backward", check, key, grads[key], "gradient", alts, i, f"{fn}.{key}")
 
 
