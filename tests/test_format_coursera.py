@@ -95,7 +95,9 @@ def test_the_first_divergence_names_the_function_and_the_diagnosis_its_numbers()
     assert "relative error of" in result.diagnosis and "differs from the reference by" in result.diagnosis
     square = graded("dW_transposed_square_only.py")
     assert square.first_divergence == "linear_backward[1].dW (square-float64)"
-    assert "examples in columns" in square.diagnosis
+    assert "the reference's layout (W as (n_in, n_out)), not the course's (W as (n_l, n_{l-1}))" in square.diagnosis
+    rows = graded("rows_layout_forward.py")
+    assert "Z transposed: the reference's layout (examples in rows), not the course's (in columns)" in rows.diagnosis
 
 
 def test_hostile_submission_costs_only_its_own_marks():

@@ -191,14 +191,12 @@ def ref_backward(layers, params, dAL, acts, dA_scale: float = 1.0, derivative=No
 # Hypotheses: what a tensor would be under each known bug (computed here, never sent) ----------------
 
 
-def _layout_transpose(value: np.ndarray, what: str, how: str = "") -> list:
+def _layout_transpose(value: np.ndarray, what: str, how: str = "", weight: bool = False) -> list:
     """The reference's own layout: examples in rows, W as (n_in, n_out)."""
     if value.ndim != 2 or value.shape[0] == 1 or value.shape[1] == 1:  # a vector: "reshaped" says it
         return []
-    text = (
-        f"{what} transposed{how}: the reference's layout (examples in rows, W as (n_in, n_out)), not the course's "
-        "(examples in columns, W as (n_l, n_{l-1}))"
-    )
+    ours, theirs = ("W as (n_in, n_out)", "W as (n_l, n_{l-1})") if weight else ("examples in rows", "in columns")
+    text = f"{what} transposed{how}: the reference's layout ({ours}), not the course's ({theirs})"
     return [("transpose", text, value.T)]
 
 
@@ -270,7 +268,7 @@ def _linear_alternatives(dZ, A_prev, W, b, correct) -> dict[str, list]:
                     value * m / n_rows,
                 )
             )
-    alt["dW"] += _layout_transpose(dW, "dW", " (A_prev dZ^T / m where dZ A_prev^T / m belongs)")
+    alt["dW"] += _layout_transpose(dW, "dW", " (A_prev dZ^T / m where dZ A_prev^T / m belongs)", weight=True)
     alt["dA_prev"] += _layout_transpose(dA_prev, "dA_prev", " (dZ^T W where W^T dZ belongs)")
     if W.shape[0] == W.shape[1]:
         alt["dA_prev"].append(("transpose", "W dZ where W^T dZ belongs", W @ dZ))
