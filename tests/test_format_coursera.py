@@ -279,3 +279,21 @@ def test_bad_options_are_named(field, value, message):
     with pytest.raises(AssignmentError, match=re.escape(message)) as err:
         parse_assignment(data, "course.toml")
     assert "course.toml" in str(err.value) and "parts[0]" in str(err.value)
+
+
+def test_bprop_check_grades_a_class_folder_with_the_built_in(tmp_path, capsys):
+    """The command an instructor runs: results.json per submission (Gradescope's schema), the summary."""
+    from grading import cli
+
+    folder = tmp_path / "class"
+    folder.mkdir()
+    for name, fixture in (("ada", "correct.py"), ("ben", "update_two_layers.py")):
+        (folder / f"{name}.py").write_text((ROOT / fixture).read_text())
+    out = tmp_path / "results"
+    assert cli.main([str(folder), "--assignment", "coursera-dnn", "--out", str(out)]) == 0
+    ada, ben = (json.loads((out / n / "results.json").read_text()) for n in ("ada", "ben"))
+    assert ada["score"] == ada["max_score"] == 14 and ben["score"] == 13
+    failed = [t for t in ben["tests"] if t["status"] == "failed"]
+    assert [t["name"] for t in failed] == ["dnn: update_parameters"]
+    assert "update_parameters.W3 (step 1)" in failed[0]["output"] and "never updated" in failed[0]["output"]
+    assert "ben" in capsys.readouterr().out
