@@ -45,8 +45,10 @@ def _array(value, what: str) -> np.ndarray:
     else:
         try:
             a = np.array(value, copy=True)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{what} is {type(value).__name__}, which is not an array of numbers ({e})") from None
+        except Exception as e:  # the student's object decides what converting it does: its error is reported
+            raise TypeError(
+                f"{what} is {type(value).__name__}, which is not an array of numbers ({type(e).__name__}: {e})"
+            ) from None
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{what} is {type(value).__name__} of dtype {a.dtype}, expected real numbers")
     return a
