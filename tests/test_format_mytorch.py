@@ -281,3 +281,69 @@ def test_a_part_with_some_checks_probes_only_their_classes():
     assert part.needed_names() == ("Linear", "SGD")
     labels = {label for case in build_cases(part) for label in case.probes}
     assert labels == {"SGD.step"}
+
+
+# The handout's own layout: the mytorch/ package, as a folder or Autolab's handin archive -------------
+
+HANDIN = ROOT / "handin"
+
+
+def _tar(tmp_path: Path, folder: Path, name: str = "handin.tar") -> Path:
+    import tarfile
+
+    out = tmp_path / name
+    with tarfile.open(out, "w:gz" if name.endswith("gz") else "w") as tar:
+        tar.add(folder, arcname="mytorch")
+    return out
+
+
+def test_the_package_layout_as_a_folder_and_as_a_handin_archive_gets_full_marks(tmp_path):
+    package = HANDIN / "HW1P1" / "mytorch"
+    for path in (HANDIN, package, _tar(tmp_path, package), _tar(tmp_path, package, "handin.tgz")):
+        result = grade_submission(path, assignment(), shrink=False)
+        assert result.score == result.max_score == 100, (path, [c.output for c in result.checks if not c.passed])
+        assert "mytorch package (6 files" in result.notes[0]
+
+
+def test_the_package_layout_is_graded_like_one_file(tmp_path):
+    import shutil
+
+    package = tmp_path / "mytorch"
+    shutil.copytree(HANDIN / "HW1P1" / "mytorch", package)
+    linear = package / "nn" / "linear.py"
+    linear.write_text(linear.read_text().replace("self.dLdW = dLdZ.T @ self.A\n", "self.dLdW = self.A.T @ dLdZ\n"))
+    result = grade_submission(_tar(tmp_path, package), assignment(), shrink=False)
+    failing = [f for f in result.findings if f.row.name == "dLdW" and not f.passed]
+    bugs = {f.diagnosis.bug for f in failing}
+    assert "transpose" in bugs and bugs <= {"transpose", "reshaped"}  # 1 -> 6: a (1, 6) for (6, 1) is both
+    assert {c.name for c in result.checks if not c.passed} == {"weight_gradients", "mlp_backward"}
+
+
+def test_the_package_layout_refuses_links_and_unreadable_archives(tmp_path):
+    import shutil
+    import tarfile
+
+    package = tmp_path / "pkg" / "mytorch"
+    shutil.copytree(HANDIN / "HW1P1" / "mytorch", package)
+    secret = tmp_path / "secret.py"
+    secret.write_text("SECRET = 42\n")
+    (package / "nn" / "extra.py").symlink_to(secret)
+    result = grade_submission(tmp_path / "pkg", assignment(), shrink=False)
+    assert result.score == 0 and "not a regular file" in result.error and result.status == "refused"
+    linked = tmp_path / "linked.tar"
+    with tarfile.open(linked, "w") as tar:
+        tar.add(HANDIN / "HW1P1" / "mytorch", arcname="mytorch")
+        info = tarfile.TarInfo("mytorch/nn/extra.py")
+        info.type, info.linkname = tarfile.SYMTYPE, str(secret)
+        tar.addfile(info)
+    result = grade_submission(linked, assignment(), shrink=False)
+    assert result.score == 0 and "not a regular file in the archive" in result.error
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"not a tar at all" * 100)
+    result = grade_submission(junk, assignment(), shrink=False)
+    assert result.score == 0 and "not a readable tar archive" in result.error
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("hello")
+    result = grade_submission(empty, assignment(), shrink=False)
+    assert result.score == 0 and "no mytorch/ package" in result.error

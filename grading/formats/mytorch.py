@@ -50,7 +50,11 @@ never updated, and an MLP's backward returning dLdZ0 instead of dLdA0; plus the 
 
 from __future__ import annotations
 
+import ast
 import itertools
+import os
+import stat
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +63,8 @@ from grading.adapters import Expected, Failed, Key, Problem
 from grading.assignment import AssignmentError
 from grading.diagnose import generic_alternatives
 from grading.formats import FormatCase
+from grading.notebook import MAX_BYTES, Extracted, SubmissionError, write_module
+from grading.pyast import parse
 from reference.layers import BatchNorm, Dense, ReLU, Sigmoid, Tanh
 from reference.losses import MSE, SoftmaxCrossEntropy
 from reference.optimizers import SGD, Momentum
@@ -625,6 +631,7 @@ def _plan_sgd(p: _Plan, rng, sizes) -> None:
             _run_optimizer(rule, rates[0], mu, convention, canon, g_canon, rates)
             for rule, convention in (("momentum", "torch"), ("momentum", "keras"), ("sgd", "torch"))
         )
+        constant = _run_optimizer("momentum", rates[0], mu, "torch", canon, g_canon, (rates[0],) * len(rates))
         for k in range(len(rates)):
             before = canon if k == 0 else expected[k - 1]
             for j in range(len(layers)):
@@ -644,6 +651,12 @@ def _plan_sgd(p: _Plan, rng, sizes) -> None:
                             to_mytorch(q, plain[k][name]),
                         ),
                         ("never_updated", f"layers[{j}].{q} unchanged by step()", to_mytorch(q, before[name])),
+                        (
+                            "lr_ignored",
+                            f"the rate set on the optimizer's {n['lr']!r} between steps not used: every step at "
+                            f"lr = {rates[0]:g}",
+                            to_mytorch(q, constant[k][name]),
+                        ),
                     ]
                     tensor = f"layers[{j}].{q} after step {k + 1} ({label})"
                     key = Key("sgd", fn, tensor, f"layers[{j}]", q)
@@ -651,6 +664,20 @@ def _plan_sgd(p: _Plan, rng, sizes) -> None:
 
 
 # MLPs -------------------------------------------------------------------------------------------
+
+
+def _chain_backward(layers: list, caches: list, dLdA, relu_derivative: bool = True) -> tuple:
+    """Backpropagate dLdA through the reference layers: (dLdA0, [(dLdZ_j, {"W", "b"}) per Linear, in
+    order]); relu_derivative=False: every ReLU passes its gradient through (the hypothesis)."""
+    g, grads = dLdA, []
+    for layer, cache in zip(reversed(layers), reversed(caches)):
+        if isinstance(layer, ReLU) and not relu_derivative:
+            continue
+        g_in = g
+        g, gr = layer.backward(g, cache)
+        if gr:
+            grads.append((g_in, gr))
+    return g, grads[::-1]
 
 
 def _plan_mlps(p: _Plan, rng, batch: int) -> None:
@@ -676,13 +703,9 @@ def _plan_mlps(p: _Plan, rng, batch: int) -> None:
                 continue
             dLdA = (rng.normal(0.0, 1.0, h.shape) / batch).astype(dt)
             i = p.probe(fn, "mlp_backward", common, {**item, "dLdA": dLdA})
-            g, grads = dLdA, []
-            for layer, cache in zip(reversed(layers), reversed(caches)):
-                g_in = g
-                g, gr = layer.backward(g, cache)
-                if gr:
-                    grads.append((g_in, gr))
-            grads.reverse()  # [(dLdZ_j, {"W", "b"}) per Linear, first to last]
+            g, grads = _chain_backward(layers, caches, dLdA)
+            no_relu, no_relu_grads = _chain_backward(layers, caches, dLdA, relu_derivative=False)
+            relu_text = "ReLU's derivative left out of the chain rule (its backward passes dLdA through)"
             dLdZ0 = grads[0][0]
             p.expect(
                 Key("mlp_backward", fn, f"{cls}: dLdA0", cls, "dLdA0"),
@@ -697,11 +720,15 @@ def _plan_mlps(p: _Plan, rng, batch: int) -> None:
                         dLdZ0,
                     ),
                     ("sign", "the sign is flipped", -g),
+                    ("missing_derivative", relu_text, no_relu),
                 ],
             )
             for j, (gz, gr) in enumerate(grads):
                 dW, db = to_mytorch("W", gr["W"]), to_mytorch("b", gr["b"])
                 w_alts, b_alts = _linear_grad_alternatives(gz, dW, db, batch)
+                _, wrong = no_relu_grads[j]
+                w_alts += (("missing_derivative", relu_text, to_mytorch("W", wrong["W"])),)
+                b_alts += (("missing_derivative", relu_text, to_mytorch("b", wrong["b"])),)
                 p.expect(
                     Key("mlp_backward", fn, f"{cls}: layers[{2 * j}].dLdW", cls, "dLdW"),
                     dW,
@@ -758,3 +785,133 @@ def _value(entry, out: str, key: Key):
     if "value" not in result:
         return Problem(f"{key.function}: no value for {key.tensor}")
     return result["value"]
+
+
+# The handout's own layout ------------------------------------------------------------------------
+
+PACKAGE_ORDER = ("nn", "optim", "models")  # mytorch/nn/*.py first: optim and the models import from it
+ARCHIVES = (".tar", ".tgz", ".tar.gz")
+MAX_FILES = 200
+
+
+def assemble(path, needed, out_dir: Path) -> tuple[Path, Extracted] | None:
+    """The handout's layout as one module: a folder holding `mytorch/` (HW1P1/, or the mytorch/ folder
+    itself) or Autolab's handin archive (.tar, .tgz, .tar.gz) of it. Every .py file under mytorch/
+    (and a top-level models/, the older handouts' place for mlp.py) is read in dependency order (nn,
+    optim, models; __init__.py re-exports skipped), its imports of the package itself dropped (the
+    names are defined above it in the one module), and the result extracted like a .py file. Returns
+    None for a path of another shape (a .py file or notebook: the generic extraction applies).
+    Symbolic links and archive members other than regular files are refused, never followed."""
+    path = Path(path)
+    if path.is_symlink():
+        return None  # the generic reader refuses it with the reason
+    if path.is_dir():
+        files = _folder_files(path)
+    elif path.name.endswith(ARCHIVES) and path.is_file():
+        files = _archive_files(path)
+    else:
+        return None
+    if not files:
+        raise SubmissionError(f"{path.name}: no mytorch/ package (.py files under mytorch/) found")
+    source = "\n\n".join(f"# ---- {name}\n{_without_package_imports(text, name)}" for name, text in _ordered(files))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    combined = out_dir / "mytorch_handin.py"
+    combined.write_text(source, encoding="utf-8")
+    module_path, extracted = write_module(combined, needed, out_dir / "extracted")
+    extracted.origin = f"mytorch package ({len(files)} files: {', '.join(sorted(files))})"
+    return module_path, extracted
+
+
+def _package_root(names) -> str | None:
+    """The prefix under which mytorch/ sits ("", "HW1P1/", ...), from relative posix names."""
+    roots = sorted({n[: n.index("mytorch/")] for n in names if "mytorch/" in n and n.endswith(".py")}, key=len)
+    return roots[0] if roots else None
+
+
+def _wanted(rel: str) -> bool:
+    parts = rel.split("/")
+    return rel.endswith(".py") and parts[-1] != "__init__.py" and parts[0] in ("mytorch", "models")
+
+
+def _folder_files(root: Path) -> dict[str, str]:
+    found = []
+    base = root.parent if root.name == "mytorch" else root
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__")))
+        for f in filenames:
+            found.append(Path(dirpath, f).relative_to(base).as_posix())
+    prefix = _package_root(found)
+    if prefix is None:
+        return {}
+    out, total = {}, 0
+    for rel in sorted(found):
+        if not rel.startswith(prefix) or not _wanted(rel[len(prefix) :]):
+            continue
+        st = os.lstat(base / rel)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+            raise SubmissionError(f"{rel}: not a regular file (a symbolic link?); submissions must be regular files")
+        total += st.st_size
+        if total > MAX_BYTES or len(out) >= MAX_FILES:
+            raise SubmissionError(
+                f"{root.name}: the mytorch package is larger than {MAX_BYTES // 2**20} MB; not graded"
+            )
+        out[rel[len(prefix) :]] = (base / rel).read_bytes().decode("utf-8", errors="replace")
+    return out
+
+
+def _archive_files(path: Path) -> dict[str, str]:
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            members, declared = [], 0
+            for m in tar:  # headers only; a member too large stops the walk before its data is skipped
+                declared += m.size
+                if m.size > MAX_BYTES or declared > 4 * MAX_BYTES or len(members) >= MAX_FILES * 10:
+                    raise SubmissionError(f"{path.name}: the archive is larger than the grader reads; not graded")
+                members.append(m)
+            prefix = _package_root([m.name.lstrip("./") for m in members])
+            if prefix is None:
+                return {}
+            out, total = {}, 0
+            for m in members:
+                rel = m.name.lstrip("./")
+                if not rel.startswith(prefix) or not _wanted(rel[len(prefix) :]):
+                    continue
+                if not m.isfile():
+                    raise SubmissionError(f"{path.name}: {rel} is not a regular file in the archive (a link?)")
+                total += m.size
+                if total > MAX_BYTES or len(out) >= MAX_FILES:
+                    raise SubmissionError(f"{path.name}: the mytorch package is larger than {MAX_BYTES // 2**20} MB")
+                data = tar.extractfile(m).read(m.size + 1)  # read in memory: nothing is written from the archive
+                out[rel[len(prefix) :]] = data.decode("utf-8", errors="replace")
+            return out
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise SubmissionError(f"{path.name}: not a readable tar archive ({type(e).__name__}: {e})") from None
+
+
+def _ordered(files: dict[str, str]) -> list[tuple[str, str]]:
+    def rank(name: str) -> tuple:
+        parts = name.split("/")
+        sub = parts[1] if parts[0] == "mytorch" and len(parts) > 2 else parts[0]
+        return (PACKAGE_ORDER.index(sub) if sub in PACKAGE_ORDER else len(PACKAGE_ORDER), name)
+
+    return sorted(files.items(), key=lambda kv: rank(kv[0]))
+
+
+def _without_package_imports(text: str, name: str) -> str:
+    """The file without its top-level imports of mytorch / models / relative modules (their names are
+    defined earlier in the one module); a file that does not parse is kept as is (its syntax error is
+    reported by the extraction, naming the combined line)."""
+    try:
+        tree = parse(text, name)
+    except SyntaxError:
+        return text
+    drop = set()
+    for node in tree.body:
+        own = (
+            isinstance(node, ast.ImportFrom)
+            and (node.level > 0 or (node.module or "").split(".")[0] in ("mytorch", "models"))
+        ) or (isinstance(node, ast.Import) and any(a.name.split(".")[0] in ("mytorch", "models") for a in node.names))
+        if own:
+            drop.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    lines = text.splitlines()
+    return "\n".join(line for i, line in enumerate(lines, 1) if i not in drop)
