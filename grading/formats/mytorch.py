@@ -43,9 +43,14 @@ activation's derivative left out or taken at its output, MSE without its factor 
 mean, cross-entropy without its mean, BatchNorm with the unbiased variance, alpha on the wrong side
 of the running statistics, eval mode with the batch's statistics, backward without the mean and
 variance terms, SGD momentum in the classical lr-inside form (v = momentum v - lr dLdW, W += v: the
-same numbers at a constant rate, different once the rate changes), momentum ignored, a parameter
-never updated, and an MLP's backward returning dLdZ0 instead of dLdA0; plus the generic ones
+same numbers at a constant rate, different once the rate changes), momentum ignored, the rate set
+between steps not used, a parameter never updated, ReLU's derivative missing inside an MLP, and an
+MLP's backward returning dLdZ0 instead of dLdA0; plus the generic ones
 (grading.diagnose.generic_alternatives) where they make sense.
+
+Submission shapes: one .py file or notebook (the generic extraction), or the handout's package
+layout (`assemble`): a folder holding mytorch/ or Autolab's handin .tar / .tgz of it, combined into
+one module in dependency order with the package's own imports dropped.
 """
 
 from __future__ import annotations
@@ -431,7 +436,9 @@ def _plan_losses(p: _Plan, rng, shape, stable: bool = False) -> None:
 
 def _reference_bn(C: int, dtype, alpha: float, eps: float, BW, Bb) -> BatchNorm:
     """The reference's BatchNorm in MyTorch's convention: running = alpha running + (1 - alpha) batch,
-    biased variance, running mean from zeros and running variance from ones."""
+    biased variance, running mean from zeros and running variance from ones. That is the reference's
+    "keras" rule with momentum = alpha and eps given (i12ref's "mytorch" convention, not on main yet,
+    is the same rule with these defaults; tests/test_format_mytorch.py pins it to the handout's example)."""
     bn = BatchNorm("bn", C, dtype, convention="keras", momentum=alpha, eps=eps)
     bn.params["gamma"][...] = BW.reshape(-1)
     bn.params["beta"][...] = Bb.reshape(-1)
