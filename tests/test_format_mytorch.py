@@ -347,3 +347,19 @@ def test_the_package_layout_refuses_links_and_unreadable_archives(tmp_path):
     (empty / "notes.txt").write_text("hello")
     result = grade_submission(empty, assignment(), shrink=False)
     assert result.score == 0 and "no mytorch/ package" in result.error
+
+
+def test_a_submission_computing_in_float32_as_the_handout_does_keeps_full_marks(tmp_path):
+    """The handout's skeletons use dtype="f"; float32 rounding (~6e-8 relative) is far inside the bar."""
+    text = (ROOT / "correct.py").read_text()
+    for old, new in (
+        ("return A @ self.W.T + self.Ones @ self.b.T\n", 'return (A @ self.W.T + self.Ones @ self.b.T).astype("f")\n'),
+        ("self.dLdW = dLdZ.T @ self.A\n", 'self.dLdW = (dLdZ.T @ self.A).astype("f")\n'),
+        ("self.BZ = self.BW * self.NZ + self.Bb\n", 'self.BZ = (self.BW * self.NZ + self.Bb).astype("f")\n'),
+    ):
+        assert text.count(old) == 1
+        text = text.replace(old, new)
+    path = tmp_path / "float32.py"
+    path.write_text(text)
+    result = grade_submission(path, assignment(), shrink=False)
+    assert result.score == result.max_score, [c.output for c in result.checks if not c.passed]
