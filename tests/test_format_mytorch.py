@@ -99,15 +99,12 @@ def test_buggy_submission_is_flagged_on_its_tensor_with_its_diagnosis(name):
 
 
 def _owner(check: str, tensor: str) -> str:
-    """The student method a tensor comes from: "Sigmoid: dLdZ" -> Sigmoid.backward, "dLdW" -> Linear.backward."""
-    if ":" in tensor:
-        cls = tensor.split(":")[0]
-        forward = check in ("activations", "loss", "mlp_forward", "batchnorm_forward", "batchnorm_running_stats")
-        forward = forward and not tensor.endswith(("dLdZ", "dLdA"))
-        if check == "stability":
-            forward = tensor.endswith(": L")
-        return f"{cls}.{'forward' if forward else 'backward'}"
-    return {"linear_forward": "Linear.forward", "sgd": "SGD.step"}.get(check, "Linear.backward")
+    """The student method a tensor comes from: "Sigmoid: dLdZ" -> Sigmoid.backward, "SGD: ..." -> SGD.step."""
+    cls, what = tensor.split(": ", 1)
+    if cls == "SGD":
+        return "SGD.step"
+    forward = what in ("Z", "A", "L", "output") or what.startswith(("BZ", "running_"))
+    return f"{cls}.{'forward' if forward else 'backward'}"
 
 
 def _failing_cases(name: str, tensor: str) -> set[str]:
@@ -117,10 +114,10 @@ def _failing_cases(name: str, tensor: str) -> set[str]:
 
 def test_bugs_that_show_only_on_some_shapes_modes_and_settings():
     # batch 1: a squeezed Z loses its batch axis there and nowhere else
-    assert _failing_cases("forward_squeeze_batch1.py", "Z") == {"batch1-float64"}
+    assert _failing_cases("forward_squeeze_batch1.py", "Linear: Z") == {"batch1-float64"}
     # the batch factor cannot show on one row: averaged == summed there
-    assert "batch1-float64" not in _failing_cases("dLdW_averaged.py", "dLdW")
-    assert _failing_cases("dLdW_averaged.py", "dLdW") >= {"small-float64", "square-float64", "distinct-float64"}
+    assert "batch1-float64" not in _failing_cases("dLdW_averaged.py", "Linear: dLdW")
+    assert _failing_cases("dLdW_averaged.py", "Linear: dLdW") >= {"small-float64", "square-float64", "distinct-float64"}
     # eval mode only: the training steps of the same layer pass
     result, _ = graded("bn_eval_ignored.py")
     bn = {f.row.name for f in result.findings if f.check == "batchnorm_forward" and not f.passed}
@@ -313,7 +310,7 @@ def test_the_package_layout_is_graded_like_one_file(tmp_path):
     linear = package / "nn" / "linear.py"
     linear.write_text(linear.read_text().replace("self.dLdW = dLdZ.T @ self.A\n", "self.dLdW = self.A.T @ dLdZ\n"))
     result = grade_submission(_tar(tmp_path, package), assignment(), shrink=False)
-    failing = [f for f in result.findings if f.row.name == "dLdW" and not f.passed]
+    failing = [f for f in result.findings if f.row.name == "Linear: dLdW" and not f.passed]
     bugs = {f.diagnosis.bug for f in failing}
     assert "transpose" in bugs and bugs <= {"transpose", "reshaped"}  # 1 -> 6: a (1, 6) for (6, 1) is both
     assert {c.name for c in result.checks if not c.passed} == {"weight_gradients", "mlp_backward"}

@@ -318,7 +318,7 @@ def _plan_linear(p: _Plan, rng, sizes, batch: int) -> None:
     z_alts = [("missing_bias", "the bias b left out of Z = A W^T + b", A @ W.T)]
     if n_in == n_out:
         z_alts.append(("transpose", "W used where W^T belongs (Z = A W + b)", A @ W + b.T))
-    p.expect(Key("linear_forward", f"{cls}.forward", "Z", "Linear", "Z"), Z, "forward", i, "Z", z_alts)
+    p.expect(Key("linear_forward", f"{cls}.forward", f"{cls}: Z", cls, "Z"), Z, "forward", i, "Z", z_alts)
     # backward: inputs of its own
     W, b = _weights(rng, n_in, n_out, dt)
     A = rng.normal(0.0, 1.0, (batch, n_in)).astype(dt)
@@ -330,12 +330,12 @@ def _plan_linear(p: _Plan, rng, sizes, batch: int) -> None:
     i = p.probe(f"{cls}.backward", "linear_backward", common, item)
     w_alts, b_alts = _linear_grad_alternatives(g, dW, db, batch)
     fn = f"{cls}.backward"
-    p.expect(Key("weight_gradients", fn, "dLdW", "Linear", "dLdW"), dW, "gradient", i, "dLdW", w_alts)
-    p.expect(Key("bias_gradients", fn, "dLdb", "Linear", "dLdb"), db, "gradient", i, "dLdb", b_alts)
+    p.expect(Key("weight_gradients", fn, f"{cls}: dLdW", cls, "dLdW"), dW, "gradient", i, "dLdW", w_alts)
+    p.expect(Key("bias_gradients", fn, f"{cls}: dLdb", cls, "dLdb"), db, "gradient", i, "dLdb", b_alts)
     a_alts = [("sign", "the sign is flipped", -dA)]
     if n_in == n_out:
         a_alts.append(("transpose", "W^T used where W belongs (dLdA = dLdZ W^T)", g @ W.T))
-    p.expect(Key("linear_backward", fn, "dLdA", "Linear", "dLdA"), dA, "gradient", i, "dLdA", a_alts)
+    p.expect(Key("linear_backward", fn, f"{cls}: dLdA", cls, "dLdA"), dA, "gradient", i, "dLdA", a_alts)
 
 
 def _reference_activation(kind: str):
@@ -665,7 +665,7 @@ def _plan_sgd(p: _Plan, rng, sizes) -> None:
                             to_mytorch(q, constant[k][name]),
                         ),
                     ]
-                    tensor = f"layers[{j}].{q} after step {k + 1} ({label})"
+                    tensor = f"{n['sgd']}: layers[{j}].{q} after step {k + 1} ({label})"
                     key = Key("sgd", fn, tensor, f"layers[{j}]", q)
                     p.expect(key, to_mytorch(q, expected[k][name]), "parameters", i, f"{q} {j} {k + 1}", alts)
 

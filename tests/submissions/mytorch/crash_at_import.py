@@ -1,7 +1,7 @@
 # ruff: noqa  -- a student submission (test fixture): its style and bugs are deliberate
 """mlp.py pasted in with its package import (from mytorch.nn.activation import ReLU) instead of the class: the module does not import in a one-file submission, and every check says why."""
-# expect: linear_forward Z error
-# expect: sgd layers[0].W after step 1 (momentum 0) error
+# expect: linear_forward Linear: Z error
+# expect: sgd SGD: layers[0].W after step 1 (momentum 0) error
 # expect: mlp_forward MLP0: output error
 
 import numpy as np

@@ -1,7 +1,7 @@
 # ruff: noqa  -- a student submission (test fixture): its style and bugs are deliberate
 """Linear.backward averages dLdW and dLdb over the batch (the handout's autograder wants them summed)."""
-# expect: weight_gradients dLdW batch_size
-# expect: bias_gradients dLdb batch_size
+# expect: weight_gradients Linear: dLdW batch_size
+# expect: bias_gradients Linear: dLdb batch_size
 # expect: mlp_backward MLP4: layers[0].dLdW batch_size
 
 import numpy as np

@@ -1,6 +1,6 @@
 # ruff: noqa  -- a student submission (test fixture): its style and bugs are deliberate
 """Linear.backward writes dLdW = A^T dLdZ, the (in, out) layout of a W stored the other way round."""
-# expect: weight_gradients dLdW transpose
+# expect: weight_gradients Linear: dLdW transpose
 # expect: mlp_backward MLP1: layers[2].dLdW transpose
 
 import numpy as np

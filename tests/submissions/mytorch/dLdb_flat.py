@@ -1,6 +1,6 @@
 # ruff: noqa  -- a student submission (test fixture): its style and bugs are deliberate
 """Linear.backward sums dLdb over the batch but keeps it flat, (out,) instead of the column (out, 1)."""
-# expect: bias_gradients dLdb reshaped
+# expect: bias_gradients Linear: dLdb reshaped
 
 import numpy as np
 

@@ -1,6 +1,6 @@
 # ruff: noqa  -- a student submission (test fixture): its style and bugs are deliberate
 """Linear.backward sums dLdZ over axis 1 (the outputs) for dLdb instead of over the batch."""
-# expect: bias_gradients dLdb wrong_axis
+# expect: bias_gradients Linear: dLdb wrong_axis
 
 import numpy as np
 

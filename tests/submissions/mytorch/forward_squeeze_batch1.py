@@ -1,6 +1,6 @@
 # ruff: noqa  -- a student submission (test fixture): its style and bugs are deliberate
 """Linear.forward squeezes Z: right on every batch but 1, where Z loses its batch axis (only batch 1 shows it)."""
-# expect: linear_forward Z reshaped
+# expect: linear_forward Linear: Z reshaped
 
 import numpy as np
 

@@ -2,7 +2,7 @@
 """Hostile but otherwise correct: dLdW a dict, dLdBW a property that raises, Identity.backward an object
 whose __array__ raises, and junk (fake results, frame-like bytes) printed on every call. Each costs only
 the checks that read it."""
-# expect: weight_gradients dLdW error
+# expect: weight_gradients Linear: dLdW error
 # expect: mlp_backward MLP1: layers[0].dLdW error
 # expect: batchnorm_backward BatchNorm1d: dLdBW error
 # expect: activations Identity: dLdZ error

@@ -1,7 +1,7 @@
 # ruff: noqa  -- a student submission (test fixture): its style and bugs are deliberate
 """SGD puts lr inside the velocity (v = mu v - lr dLdW, W += v): the same numbers as torch's form at a constant rate; only momentum > 0 with the rate changed between steps shows it."""
-# expect: sgd layers[0].W after step 2 (momentum 0.9, lr changed between steps) classical_momentum
-# expect: sgd layers[1].b after step 3 (momentum 0.9, lr changed between steps) classical_momentum
+# expect: sgd SGD: layers[0].W after step 2 (momentum 0.9, lr changed between steps) classical_momentum
+# expect: sgd SGD: layers[1].b after step 3 (momentum 0.9, lr changed between steps) classical_momentum
 
 import numpy as np
 

@@ -1,6 +1,6 @@
 # ruff: noqa  -- a student submission (test fixture): its style and bugs are deliberate
 """SGD computes the velocity but never stores it back: momentum has no effect (momentum > 0 from step 2 shows it)."""
-# expect: sgd layers[0].W after step 2 (momentum 0.9) momentum_ignored
+# expect: sgd SGD: layers[0].W after step 2 (momentum 0.9) momentum_ignored
 
 import numpy as np
 
