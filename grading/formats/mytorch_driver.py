@@ -110,8 +110,19 @@ def _each(cases: list, one) -> list:
 # Linear -----------------------------------------------------------------------------------------
 
 
-def _linear(module, names: dict, n_in: int, n_out: int, W, b):
+def _linear(module, names: dict, n_in: int, n_out: int, W, b, own_layout: bool = False):
+    """Linear(n_in, n_out) with the grader's W and b set. own_layout: first, a W the constructor made
+    the other way round, (in, out), is the error it is (MyTorch's W is (out, in)); only Linear's own
+    checks ask, so a transposed initialisation costs neither SGD nor the MLPs (which check it themselves)."""
     layer = _cls(module, names["linear"])(n_in, n_out)
+    if own_layout and n_in != n_out and hasattr(layer, names["W"]):
+        shape = np.shape(getattr(layer, names["W"]))
+        if tuple(shape) == (n_in, n_out):
+            raise ValueError(
+                f"{names['linear']}({n_in}, {n_out}) makes {names['W']} of shape {tuple(shape)}, (in_features, "
+                f"out_features); MyTorch's {names['W']} is (out_features, in_features) = ({n_out}, {n_in}): W "
+                f"stored transposed, so the grader's W cannot be used"
+            )
     setattr(layer, names["W"], W.copy())
     setattr(layer, names["b"], b.copy())
     return layer
@@ -119,7 +130,7 @@ def _linear(module, names: dict, n_in: int, n_out: int, W, b):
 
 def linear_forward(module, names: dict, cases: list) -> list:
     def one(item):
-        made = _call(f"{names['linear']}({item['n_in']}, {item['n_out']})", _linear, module, names, *_lin(item))
+        made = _call(f"{names['linear']}({item['n_in']}, {item['n_out']})", _linear, module, names, *_lin(item, True))
         if "error" in made:
             return made
         z = _call("forward(A)", lambda: _method(made["value"], "forward")(item["A"].copy()))
@@ -128,13 +139,13 @@ def linear_forward(module, names: dict, cases: list) -> list:
     return _each(cases, one)
 
 
-def _lin(item) -> tuple:
-    return item["n_in"], item["n_out"], item["W"], item["b"]
+def _lin(item, own_layout: bool = False) -> tuple:
+    return item["n_in"], item["n_out"], item["W"], item["b"], own_layout
 
 
 def linear_backward(module, names: dict, cases: list) -> list:
     def one(item):
-        made = _call(f"{names['linear']}({item['n_in']}, {item['n_out']})", _linear, module, names, *_lin(item))
+        made = _call(f"{names['linear']}({item['n_in']}, {item['n_out']})", _linear, module, names, *_lin(item, True))
         if "error" in made:
             return made
         layer = made["value"]
