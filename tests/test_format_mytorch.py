@@ -189,6 +189,12 @@ def test_batchnorm_convention_reproduces_the_handouts_example():
     # running = alpha * running + (1 - alpha) * batch, the biased variance (mean 4, variance 9 and 4)
     np.testing.assert_allclose(bn.state["running_mean"], 0.1 * np.array([4.0, 2.0]))
     np.testing.assert_allclose(bn.state["running_var"], 0.9 + 0.1 * np.array([9.0, 4.0]))
+    # the reference's own "mytorch" defaults are the format's (and the built-in assignment's)
+    from reference.layers import BatchNorm
+
+    part = assignment().parts[0]
+    assert BatchNorm.resolve("mytorch", None, None) == (part.options["alpha"], part.options["eps"]) == (0.9, 1e-8)
+    assert bn.convention == "mytorch"
 
 
 def test_losses_reproduce_the_handouts_examples():

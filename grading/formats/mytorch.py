@@ -436,10 +436,10 @@ def _plan_losses(p: _Plan, rng, shape, stable: bool = False) -> None:
 
 def _reference_bn(C: int, dtype, alpha: float, eps: float, BW, Bb) -> BatchNorm:
     """The reference's BatchNorm in MyTorch's convention: running = alpha running + (1 - alpha) batch,
-    biased variance, running mean from zeros and running variance from ones. That is the reference's
-    "keras" rule with momentum = alpha and eps given (i12ref's "mytorch" convention, not on main yet,
-    is the same rule with these defaults; tests/test_format_mytorch.py pins it to the handout's example)."""
-    bn = BatchNorm("bn", C, dtype, convention="keras", momentum=alpha, eps=eps)
+    biased variance, running mean from zeros and running variance from ones: the reference's "mytorch"
+    convention, with the assignment's alpha and eps (tests/test_format_mytorch.py pins it to the
+    handout's own example)."""
+    bn = BatchNorm("bn", C, dtype, convention="mytorch", momentum=alpha, eps=eps)
     bn.params["gamma"][...] = BW.reshape(-1)
     bn.params["beta"][...] = Bb.reshape(-1)
     return bn
