@@ -366,3 +366,30 @@ def test_a_submission_computing_in_float32_as_the_handout_does_keeps_full_marks(
     path.write_text(text)
     result = grade_submission(path, assignment(), shrink=False)
     assert result.score == result.max_score, [c.output for c in result.checks if not c.passed]
+
+
+def test_bprop_check_in_a_notebook_kernel_grades_the_format(tmp_path):
+    """bprop.check("mytorch-mlp") in an IPython kernel: the cell's classes graded, the diagnosis shown (a
+    key naming no reference layer: the notebook's equation lookup once crashed on a registered format)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "kernel.py"
+    script.write_text(
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "sh = InteractiveShell.instance()\n"
+        f"sh.run_cell(open({str(ROOT / 'sgd_velocity_not_kept.py')!r}).read(), store_history=True)\n"
+        "sh.run_cell(\"import bprop\\nprint(bprop.check('mytorch-mlp'))\", store_history=True)\n"
+    )
+    root = Path(__file__).parent.parent
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert "bprop check mytorch-mlp: 90 / 100" in out.stdout, out.stdout + out.stderr
+    assert "the momentum ignored (no velocity kept between steps)" in out.stdout

@@ -318,7 +318,7 @@ def _plan_linear(p: _Plan, rng, sizes, batch: int) -> None:
     z_alts = [("missing_bias", "the bias b left out of Z = A W^T + b", A @ W.T)]
     if n_in == n_out:
         z_alts.append(("transpose", "W used where W^T belongs (Z = A W + b)", A @ W + b.T))
-    p.expect(Key("linear_forward", f"{cls}.forward", f"{cls}: Z", cls, "Z"), Z, "forward", i, "Z", z_alts)
+    p.expect(Key("linear_forward", f"{cls}.forward", f"{cls}: Z", None, "Z"), Z, "forward", i, "Z", z_alts)
     # backward: inputs of its own
     W, b = _weights(rng, n_in, n_out, dt)
     A = rng.normal(0.0, 1.0, (batch, n_in)).astype(dt)
@@ -330,12 +330,12 @@ def _plan_linear(p: _Plan, rng, sizes, batch: int) -> None:
     i = p.probe(f"{cls}.backward", "linear_backward", common, item)
     w_alts, b_alts = _linear_grad_alternatives(g, dW, db, batch)
     fn = f"{cls}.backward"
-    p.expect(Key("weight_gradients", fn, f"{cls}: dLdW", cls, "dLdW"), dW, "gradient", i, "dLdW", w_alts)
-    p.expect(Key("bias_gradients", fn, f"{cls}: dLdb", cls, "dLdb"), db, "gradient", i, "dLdb", b_alts)
+    p.expect(Key("weight_gradients", fn, f"{cls}: dLdW", None, "dLdW"), dW, "gradient", i, "dLdW", w_alts)
+    p.expect(Key("bias_gradients", fn, f"{cls}: dLdb", None, "dLdb"), db, "gradient", i, "dLdb", b_alts)
     a_alts = [("sign", "the sign is flipped", -dA)]
     if n_in == n_out:
         a_alts.append(("transpose", "W^T used where W belongs (dLdA = dLdZ W^T)", g @ W.T))
-    p.expect(Key("linear_backward", fn, f"{cls}: dLdA", cls, "dLdA"), dA, "gradient", i, "dLdA", a_alts)
+    p.expect(Key("linear_backward", fn, f"{cls}: dLdA", None, "dLdA"), dA, "gradient", i, "dLdA", a_alts)
 
 
 def _reference_activation(kind: str):
@@ -353,7 +353,7 @@ def _plan_activations(p: _Plan, rng, shape) -> None:
         Z = _away_from_zero(rng, shape, dt, 1.5)
         A = Z if ref is None else ref.forward(Z)[0]
         i = p.probe(f"{cls}.forward", "activation", {**common, "call": "forward"}, {"Z": Z})
-        p.expect(Key("activations", f"{cls}.forward", f"{cls}: A", cls, "A"), A, "forward", i, "A")
+        p.expect(Key("activations", f"{cls}.forward", f"{cls}: A", None, "A"), A, "forward", i, "A")
         Z = _away_from_zero(rng, shape, dt, 1.5)
         dLdA = rng.normal(0.0, 1.0, shape).astype(dt)
         if ref is None:
@@ -373,7 +373,7 @@ def _plan_activations(p: _Plan, rng, shape) -> None:
                 formula = "A (1 - A)" if kind == "sigmoid" else "1 - A^2"
                 alts.append(("at_activation", f"the derivative {formula} computed with Z in place of A", from_z))
         i = p.probe(f"{cls}.backward", "activation", {**common, "call": "backward"}, {"Z": Z, "dLdA": dLdA})
-        p.expect(Key("activations", f"{cls}.backward", f"{cls}: dLdZ", cls, "dLdZ"), dLdZ, "gradient", i, "dLdZ", alts)
+        p.expect(Key("activations", f"{cls}.backward", f"{cls}: dLdZ", None, "dLdZ"), dLdZ, "gradient", i, "dLdZ", alts)
 
 
 def _plan_losses(p: _Plan, rng, shape, stable: bool = False) -> None:
@@ -393,7 +393,7 @@ def _plan_losses(p: _Plan, rng, shape, stable: bool = False) -> None:
                     ("batch_size", f"averaged over the batch only (divided by N = {N}, not N C = {N * C})", L * C),
                     ("halved", "divided by 2 N C (the 1/2 of the textbook's squared error)", L / 2),
                 ]
-                p.expect(Key("loss", f"{cls}.forward", f"{cls}: L", cls, "L"), L, "loss", i, "L", alts)
+                p.expect(Key("loss", f"{cls}.forward", f"{cls}: L", None, "L"), L, "loss", i, "L", alts)
             else:
                 alts = [
                     ("missing_factor2", "without the factor 2 of d(A - Y)^2 / dA", dLdA / 2),
@@ -401,7 +401,7 @@ def _plan_losses(p: _Plan, rng, shape, stable: bool = False) -> None:
                     ("batch_size", f"divided by N = {N} only, not N C", dLdA * C),
                     ("sign", "the sign is flipped (Y - A)", -dLdA),
                 ]
-                key = Key("loss_gradient", f"{cls}.backward", f"{cls}: dLdA", cls, "dLdA")
+                key = Key("loss_gradient", f"{cls}.backward", f"{cls}: dLdA", None, "dLdA")
                 p.expect(key, dLdA, "gradient", i, "dLdA", alts)
     if not (stable or p.wants("loss", "loss_gradient")):
         return  # the stability case probes CrossEntropyLoss alone
@@ -420,14 +420,14 @@ def _plan_losses(p: _Plan, rng, shape, stable: bool = False) -> None:
         text = f"without the mean over the batch (summed over N = {N})"
         if call == "forward":
             alts = [("loss_sum", text, L * N), ("batch_size", f"averaged over N C = {N * C}, not N", L / C)]
-            p.expect(Key("loss", f"{cls}.forward", f"{cls}: L", cls, "L"), L, "loss", i, "L", alts)
+            p.expect(Key("loss", f"{cls}.forward", f"{cls}: L", None, "L"), L, "loss", i, "L", alts)
         else:
             alts = [
                 ("loss_sum", text, dLdA * N),
                 ("batch_size", f"divided by N C = {N * C}, not N", dLdA / C),
                 ("sign", "the sign is flipped (Y - softmax(A))", -dLdA),
             ]
-            key = Key("loss_gradient", f"{cls}.backward", f"{cls}: dLdA", cls, "dLdA")
+            key = Key("loss_gradient", f"{cls}.backward", f"{cls}: dLdA", None, "dLdA")
             p.expect(key, dLdA, "gradient", i, "dLdA", alts)
 
 
@@ -484,7 +484,12 @@ def _plan_batchnorm(p: _Plan, rng, C: int, batch: int) -> None:
             ("missing_affine", "BW and Bb left out (the normalised NZ returned)", (Z - mu) / np.sqrt(var + eps)),
         ]
         p.expect(
-            Key("batchnorm_forward", fn, f"{cls}: BZ (training step {k})", cls, "BZ"), BZ, "forward", i, f"BZ {k}", alts
+            Key("batchnorm_forward", fn, f"{cls}: BZ (training step {k})", None, "BZ"),
+            BZ,
+            "forward",
+            i,
+            f"BZ {k}",
+            alts,
         )
         wrong_M = (1 - alpha) * wrong_M + alpha * mu
         wrong_V = (1 - alpha) * wrong_V + alpha * var
@@ -496,7 +501,7 @@ def _plan_batchnorm(p: _Plan, rng, C: int, batch: int) -> None:
         running_M = to_mytorch("row", ref.state["running_mean"].copy())
         running_V = to_mytorch("row", ref.state["running_var"].copy())
         p.expect(
-            Key("batchnorm_running_stats", fn, f"{cls}: running_M (after step {k})", cls, "running_M"),
+            Key("batchnorm_running_stats", fn, f"{cls}: running_M (after step {k})", None, "running_M"),
             running_M,
             "forward",
             i,
@@ -504,7 +509,7 @@ def _plan_batchnorm(p: _Plan, rng, C: int, batch: int) -> None:
             [("momentum_side", side, wrong_M), ("never_updated", "running_M never updated", np.zeros((1, C)))],
         )
         p.expect(
-            Key("batchnorm_running_stats", fn, f"{cls}: running_V (after step {k})", cls, "running_V"),
+            Key("batchnorm_running_stats", fn, f"{cls}: running_V (after step {k})", None, "running_V"),
             running_V,
             "forward",
             i,
@@ -537,7 +542,7 @@ def _plan_batchnorm(p: _Plan, rng, C: int, batch: int) -> None:
                 _bn_by_hand(Z_eval, BW, Bb, Z_eval.mean(axis=0), Z_eval.var(axis=0), eps),
             )
         )
-    p.expect(Key("batchnorm_forward", fn, f"{cls}: BZ (eval)", cls, "BZ"), BZ, "forward", i, "BZ eval", alts)
+    p.expect(Key("batchnorm_forward", fn, f"{cls}: BZ (eval)", None, "BZ"), BZ, "forward", i, "BZ eval", alts)
     # backward: a fresh layer, inputs of its own
     BW = rng.uniform(0.5, 1.5, (1, C)).astype(dt)
     Bb = rng.uniform(-0.5, 0.5, (1, C)).astype(dt)
@@ -559,10 +564,10 @@ def _plan_batchnorm(p: _Plan, rng, C: int, batch: int) -> None:
         ),
         ("sign", "the sign is flipped", -dZ),
     ]
-    p.expect(Key("batchnorm_backward", fn, f"{cls}: dLdZ", cls, "dLdZ"), dZ, "gradient", i, "dLdZ", z_alts)
+    p.expect(Key("batchnorm_backward", fn, f"{cls}: dLdZ", None, "dLdZ"), dZ, "gradient", i, "dLdZ", z_alts)
     dBW, dBb = to_mytorch("row", grads["gamma"]), to_mytorch("row", grads["beta"])
     p.expect(
-        Key("batchnorm_backward", fn, f"{cls}: dLdBW", cls, "dLdBW"),
+        Key("batchnorm_backward", fn, f"{cls}: dLdBW", None, "dLdBW"),
         dBW,
         "gradient",
         i,
@@ -570,7 +575,7 @@ def _plan_batchnorm(p: _Plan, rng, C: int, batch: int) -> None:
         [("not_summed", "dLdBW not summed over the batch (dLdBZ * NZ per sample)", g * NZ), *_generic(dBW, n_train)],
     )
     p.expect(
-        Key("batchnorm_backward", fn, f"{cls}: dLdBb", cls, "dLdBb"),
+        Key("batchnorm_backward", fn, f"{cls}: dLdBb", None, "dLdBb"),
         dBb,
         "gradient",
         i,
@@ -666,7 +671,7 @@ def _plan_sgd(p: _Plan, rng, sizes) -> None:
                         ),
                     ]
                     tensor = f"{n['sgd']}: layers[{j}].{q} after step {k + 1} ({label})"
-                    key = Key("sgd", fn, tensor, f"layers[{j}]", q)
+                    key = Key("sgd", fn, tensor, None, q)
                     p.expect(key, to_mytorch(q, expected[k][name]), "parameters", i, f"{q} {j} {k + 1}", alts)
 
 
@@ -706,7 +711,7 @@ def _plan_mlps(p: _Plan, rng, batch: int) -> None:
             fn = f"{cls}.{call}"
             if call == "forward":
                 i = p.probe(fn, "mlp_forward", common, item)
-                p.expect(Key("mlp_forward", fn, f"{cls}: output", cls, "out"), h, "forward", i, "out")
+                p.expect(Key("mlp_forward", fn, f"{cls}: output", None, "out"), h, "forward", i, "out")
                 continue
             dLdA = (rng.normal(0.0, 1.0, h.shape) / batch).astype(dt)
             i = p.probe(fn, "mlp_backward", common, {**item, "dLdA": dLdA})
@@ -715,7 +720,7 @@ def _plan_mlps(p: _Plan, rng, batch: int) -> None:
             relu_text = "ReLU's derivative left out of the chain rule (its backward passes dLdA through)"
             dLdZ0 = grads[0][0]
             p.expect(
-                Key("mlp_backward", fn, f"{cls}: dLdA0", cls, "dLdA0"),
+                Key("mlp_backward", fn, f"{cls}: dLdA0", None, "dLdA0"),
                 g,
                 "gradient",
                 i,
@@ -737,7 +742,7 @@ def _plan_mlps(p: _Plan, rng, batch: int) -> None:
                 w_alts += (("missing_derivative", relu_text, to_mytorch("W", wrong["W"])),)
                 b_alts += (("missing_derivative", relu_text, to_mytorch("b", wrong["b"])),)
                 p.expect(
-                    Key("mlp_backward", fn, f"{cls}: layers[{2 * j}].dLdW", cls, "dLdW"),
+                    Key("mlp_backward", fn, f"{cls}: layers[{2 * j}].dLdW", None, "dLdW"),
                     dW,
                     "gradient",
                     i,
@@ -745,7 +750,7 @@ def _plan_mlps(p: _Plan, rng, batch: int) -> None:
                     w_alts,
                 )
                 p.expect(
-                    Key("mlp_backward", fn, f"{cls}: layers[{2 * j}].dLdb", cls, "dLdb"),
+                    Key("mlp_backward", fn, f"{cls}: layers[{2 * j}].dLdb", None, "dLdb"),
                     db,
                     "gradient",
                     i,
