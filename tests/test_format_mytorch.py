@@ -393,3 +393,49 @@ def test_bprop_check_in_a_notebook_kernel_grades_the_format(tmp_path):
     )
     assert "bprop check mytorch-mlp: 90 / 100" in out.stdout, out.stdout + out.stderr
     assert "the momentum ignored (no velocity kept between steps)" in out.stdout
+
+
+SOFTMAX = """
+
+class Softmax:
+    def forward(self, Z):
+        e = np.exp(Z - Z.max(axis=1, keepdims=True))
+        self.A = e / e.sum(axis=1, keepdims=True)
+        return self.A
+
+    def backward(self, dLdA):
+        return self.A * (dLdA - (dLdA * self.A).sum(axis=1, keepdims=True))
+"""
+
+
+def test_softmax_on_request_with_its_jacobian_checked(tmp_path):
+    """S24's Softmax activation, asked for with `activations`: right, and with only the diagonal of its Jacobian."""
+    data = {
+        "name": "with-softmax",
+        "parts": [
+            {
+                "format": "mytorch",
+                "activations": ["relu", "softmax"],
+                "checks": [{"name": "activations", "points": 1}, {"name": "mlp_backward", "points": 1}],
+            }
+        ],
+    }
+    a = parse_assignment(data)
+    assert set(a.needed_names()) >= {"ReLU", "Softmax", "MLP4"} and "Sigmoid" not in a.needed_names()
+    good = tmp_path / "good.py"
+    good.write_text((ROOT / "correct.py").read_text() + SOFTMAX)
+    result = grade_submission(good, a, shrink=False)
+    assert result.score == result.max_score == 2, [c.output for c in result.checks if not c.passed]
+    assert {f.row.name for f in result.findings} >= {"Softmax: A", "Softmax: dLdZ"}
+    diagonal = tmp_path / "diagonal.py"
+    diagonal.write_text(
+        good.read_text().replace(
+            "self.A * (dLdA - (dLdA * self.A).sum(axis=1, keepdims=True))", "dLdA * self.A * (1 - self.A)"
+        )
+    )
+    result = grade_submission(diagonal, a, shrink=False)
+    failing = [f for f in result.findings if not f.passed]
+    assert failing and {f.row.name for f in failing} == {"Softmax: dLdZ"}
+    assert {f.diagnosis.bug for f in failing} == {"diagonal_only"}
+    with pytest.raises(AssignmentError, match="activations"):
+        parse_assignment({**data, "parts": [{**data["parts"][0], "activations": ["gelu"]}]})

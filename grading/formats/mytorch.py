@@ -70,7 +70,7 @@ from grading.diagnose import generic_alternatives
 from grading.formats import FormatCase
 from grading.notebook import MAX_BYTES, Extracted, SubmissionError, write_module
 from grading.pyast import parse
-from reference.layers import BatchNorm, Dense, ReLU, Sigmoid, Tanh
+from reference.layers import BatchNorm, Dense, ReLU, Sigmoid, Softmax, Tanh
 from reference.losses import MSE, SoftmaxCrossEntropy
 from reference.optimizers import SGD, Momentum
 from reference.spec import OptimizerSpec
@@ -99,6 +99,7 @@ NAMES = {
     "sigmoid": "Sigmoid",
     "tanh": "Tanh",
     "relu": "ReLU",
+    "softmax": "Softmax",
     "mse": "MSELoss",
     "ce": "CrossEntropyLoss",
     "batchnorm": "BatchNorm1d",
@@ -128,7 +129,8 @@ OPTIONS = {  # field: (default, check, what is expected)
     "alpha": (0.9, lambda v: 0 < v < 1, "a number in (0, 1)"),
     "eps": (1e-8, lambda v: v > 0, "a number > 0"),
 }
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu")
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu")  # the default `activations` of a part
+OPTIONAL_ACTIVATIONS = ("softmax",)  # S24's Softmax activation, on request (its GELU has no reference)
 MLPS = {"mlp0": (2, 3), "mlp1": (2, 3, 2), "mlp4": (2, 4, 8, 8, 4, 2)}
 # (label, Linear (in, out), batch): the shapes each case probes with
 SWEEP = (
@@ -143,10 +145,11 @@ STABILITY_LOGIT = 1e3
 
 
 def parse_options(raw: dict, where: str, source: str) -> dict:
-    unknown = sorted(set(raw) - set(OPTIONS))
+    unknown = sorted(set(raw) - set(OPTIONS) - {"activations"})
     if unknown:
         raise AssignmentError(
-            f"{source}: {where}: unknown field(s) {unknown} for the mytorch format; known: {sorted(OPTIONS)}"
+            f"{source}: {where}: unknown field(s) {unknown} for the mytorch format; "
+            f"known: {sorted([*OPTIONS, 'activations'])}"
         )
     out = {}
     for name, (default, ok, what) in OPTIONS.items():
@@ -154,6 +157,11 @@ def parse_options(raw: dict, where: str, source: str) -> dict:
         if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
             raise AssignmentError(f"{source}: {where}.{name}: expected {what}, got {value!r}")
         out[name] = float(value)
+    acts = raw.get("activations", list(ACTIVATIONS))
+    known = ACTIVATIONS + OPTIONAL_ACTIVATIONS
+    if not isinstance(acts, list) or not acts or any(a not in known for a in acts) or len(set(acts)) != len(acts):
+        raise AssignmentError(f"{source}: {where}.activations: expected a list of distinct {known}, got {acts!r}")
+    out["activations"] = tuple(acts)
     return out
 
 
@@ -167,7 +175,7 @@ def needed_names(part) -> tuple[str, ...]:
     if checks & {"linear_forward", "linear_backward", "weight_gradients", "bias_gradients", "sgd"}:
         keys.append("linear")
     if "activations" in checks:
-        keys += ACTIVATIONS
+        keys += part.options["activations"]
     if checks & {"loss", "loss_gradient", "stability"}:
         keys += ["mse", "ce"]
     if checks & {"batchnorm_forward", "batchnorm_running_stats", "batchnorm_backward"}:
@@ -339,14 +347,15 @@ def _plan_linear(p: _Plan, rng, sizes, batch: int) -> None:
 
 
 def _reference_activation(kind: str):
-    return {"sigmoid": Sigmoid("sigmoid"), "tanh": Tanh("tanh"), "relu": ReLU("relu")}.get(kind)
+    layers = {"sigmoid": Sigmoid, "tanh": Tanh, "relu": ReLU, "softmax": Softmax}
+    return layers[kind](kind) if kind in layers else None
 
 
 def _plan_activations(p: _Plan, rng, shape) -> None:
     if not p.wants("activations"):
         return
     n, dt = p.part.names, p.case.dtype
-    for kind in ACTIVATIONS:
+    for kind in p.part.options["activations"]:
         cls = n[kind]
         common = {"names": dict(n), "cls": cls}
         ref = _reference_activation(kind)
@@ -366,6 +375,14 @@ def _plan_activations(p: _Plan, rng, shape) -> None:
                 ("missing_derivative", f"{cls}'s derivative left out of the chain rule (dLdZ = dLdA)", dLdA),
                 ("sign", "the sign is flipped", -dLdZ),
             ]
+            if kind == "softmax":  # the Jacobian's diagonal alone: dLdZ = dLdA * A (1 - A)
+                alts.append(
+                    (
+                        "diagonal_only",
+                        "only the Jacobian's diagonal A (1 - A): softmax's off-diagonal terms -A_i A_j left out",
+                        dLdA * out * (1 - out),
+                    )
+                )
             if kind in ("sigmoid", "tanh"):  # the derivative taken at the output A, or written in Z for A
                 at_a, _ = ref.backward(dLdA, ref.forward(out)[1])
                 alts.append(("at_activation", f"the derivative evaluated at the output A = {kind}(Z), not at Z", at_a))
