@@ -439,3 +439,23 @@ def test_softmax_on_request_with_its_jacobian_checked(tmp_path):
     assert {f.diagnosis.bug for f in failing} == {"diagonal_only"}
     with pytest.raises(AssignmentError, match="activations"):
         parse_assignment({**data, "parts": [{**data["parts"][0], "activations": ["gelu"]}]})
+
+
+def test_a_loss_returned_as_the_handouts_1x1_array_is_the_number_it_is(tmp_path):
+    """Ones_N^T se Ones_C / (N C) is (1, 1): accepted as the scalar (a (2,) loss is not)."""
+    text = (ROOT / "correct.py").read_text()
+    for old, new in (
+        ("return (sse / (self.N * self.C)).item()\n", "return sse / (self.N * self.C)\n"),
+        ("return (np.ones((N, 1)).T @ crossentropy / N).item()\n", "return np.ones((N, 1)).T @ crossentropy / N\n"),
+    ):
+        assert text.count(old) == 1
+        text = text.replace(old, new)
+    path = tmp_path / "one_by_one.py"
+    path.write_text(text)
+    result = grade_submission(path, assignment(), shrink=False)
+    assert result.score == result.max_score, [c.output for c in result.checks if not c.passed]
+    two = tmp_path / "two.py"
+    two.write_text(text.replace("return sse / (self.N * self.C)\n", "return np.repeat(sse / (self.N * self.C), 2)\n"))
+    result = grade_submission(two, assignment(), shrink=False)
+    notes = {f.row.note for f in result.findings if not f.passed}
+    assert {c.name for c in result.checks if not c.passed} == {"loss"} and any("shape" in n for n in notes)
