@@ -459,3 +459,22 @@ def test_a_loss_returned_as_the_handouts_1x1_array_is_the_number_it_is(tmp_path)
     result = grade_submission(two, assignment(), shrink=False)
     notes = {f.row.note for f in result.findings if not f.passed}
     assert {c.name for c in result.checks if not c.passed} == {"loss"} and any("shape" in n for n in notes)
+
+
+def test_batchnorm_rows_summed_without_keepdims_are_the_rows_they_broadcast_as(tmp_path):
+    """dLdBW / dLdBb / running statistics as (C,) count as the (1, C) rows; a flat Linear dLdb does not."""
+    text = (ROOT / "correct.py").read_text()
+    for old, new in (
+        ("np.sum(dLdBZ * self.NZ, axis=0, keepdims=True)", "np.sum(dLdBZ * self.NZ, axis=0)"),
+        ("self.dLdBb = np.sum(dLdBZ, axis=0, keepdims=True)", "self.dLdBb = np.sum(dLdBZ, axis=0)"),
+        ("self.running_M = np.zeros((1, num_features))", "self.running_M = np.zeros(num_features)"),
+        ("self.M = Z.mean(axis=0, keepdims=True)", "self.M = Z.mean(axis=0)"),
+    ):
+        assert text.count(old) == 1
+        text = text.replace(old, new)
+    path = tmp_path / "flat_rows.py"
+    path.write_text(text)
+    result = grade_submission(path, assignment(), shrink=False)
+    assert result.score == result.max_score, [c.output for c in result.checks if not c.passed]
+    result, _ = graded("dLdb_flat.py")
+    assert not next(c for c in result.checks if c.name == "bias_gradients").passed

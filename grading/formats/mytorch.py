@@ -797,15 +797,25 @@ def observe(part, case: FormatCase, results: dict) -> dict:
         if not isinstance(record, list) or index >= len(record):
             got[key] = Problem(f"{key.function}: the driver returned no entry {index} ({type(record).__name__})")
             continue
-        got[key] = _scalar_loss(_value(record[index], out, key), key)
+        got[key] = _same_numbers(_value(record[index], out, key), exp)
     return got
 
 
-def _scalar_loss(value, key: Key):
-    """A loss as the handout computes it, Ones_N^T se Ones_C / (N C), is a (1, 1) array: one number,
-    accepted as the scalar it is (the handout's autograder compares it by broadcasting)."""
-    if key.field == "L" and isinstance(value, np.ndarray) and value.size == 1 and value.ndim <= 2:
+ROWS = ("running_M", "running_V", "dLdBW", "dLdBb")  # BatchNorm1d's (1, C) rows
+
+
+def _same_numbers(value, exp: Expected):
+    """Two shapes the handout's own formulas give for the same numbers, taken as what they are:
+    a loss computed as Ones_N^T se Ones_C / (N C) is a (1, 1) array (one number; the handout's
+    autograder compares it by broadcasting), and a BatchNorm row summed without keepdims is (C,), which
+    broadcasts as the (1, C) row wherever it is used (BW - lr dLdBW stays (1, C)). A flat dLdb (out,)
+    is not taken: b - lr dLdb with b (out, 1) would broadcast to (out, out)."""
+    if not isinstance(value, np.ndarray):
+        return value
+    if exp.key.field == "L" and value.size == 1 and value.ndim <= 2:
         return value.reshape(())
+    if exp.key.field in ROWS and value.ndim == 1 and exp.value.shape == (1, value.size):
+        return value.reshape(1, -1)
     return value
 
 
