@@ -478,3 +478,26 @@ def test_batchnorm_rows_summed_without_keepdims_are_the_rows_they_broadcast_as(t
     assert result.score == result.max_score, [c.output for c in result.checks if not c.passed]
     result, _ = graded("dLdb_flat.py")
     assert not next(c for c in result.checks if c.name == "bias_gradients").passed
+
+
+def test_an_mlp_backward_left_returning_notimplemented_is_read_from_its_debug_dLdA0(tmp_path):
+    """An older skeleton ends backward with `return NotImplemented` (its autograder reads mlp.dLdA0 /
+    mlp.dLdA[0]): read as that autograder does; returning nothing and keeping nothing is an error."""
+    text = (ROOT / "correct.py").read_text()
+    old = "        dLdA0 = self.layers[0].backward(dLdZ0)\n        return dLdA0\n"
+    new = "        self.dLdA0 = self.layers[0].backward(dLdZ0)\n        return NotImplemented\n"
+    assert text.count(old) == 1 and text.endswith(
+        "        for layer in reversed(self.layers):\n            dLdA = layer.backward(dLdA)\n        return dLdA\n"
+    )
+    text = text.replace(old, new)
+    text = text[: text.rindex("        return dLdA\n")] + "        self.dLdA = [dLdA]\n"
+    path = tmp_path / "old_skeleton.py"
+    path.write_text(text)
+    result = grade_submission(path, assignment(), shrink=False)
+    assert result.score == result.max_score, [c.output for c in result.checks if not c.passed]
+    nothing = tmp_path / "nothing.py"
+    nothing.write_text(text.replace("        self.dLdA = [dLdA]\n", ""))
+    result = grade_submission(nothing, assignment(), shrink=False)
+    failing = {f.row.name for f in result.findings if not f.passed}
+    assert failing == {"MLP4: dLdA0"}
+    assert any("keeps no debug dLdA0" in f.row.note for f in result.findings if not f.passed)
