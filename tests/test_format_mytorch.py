@@ -501,3 +501,16 @@ def test_an_mlp_backward_left_returning_notimplemented_is_read_from_its_debug_dL
     failing = {f.row.name for f in result.findings if not f.passed}
     assert failing == {"MLP4: dLdA0"}
     assert any("keeps no debug dLdA0" in f.row.note for f in result.findings if not f.passed)
+
+
+def test_a_linear_backward_that_keeps_dLdA_instead_of_returning_it_is_read_as_the_handout_reads_it(tmp_path):
+    """The handout's Linear test reads linear.dLdA; a backward that returns nothing but keeps it passes
+    Linear's own checks (its MLPs, which chain the return values, fail on their own)."""
+    text = (ROOT / "correct.py").read_text()
+    old = "        if self.debug:\n            self.dLdA = dLdA\n        return dLdA\n"
+    assert text.count(old) == 1
+    path = tmp_path / "keeps_dLdA.py"
+    path.write_text(text.replace(old, "        self.dLdA = dLdA\n"))
+    result = grade_submission(path, assignment(), shrink=False)
+    assert next(c for c in result.checks if c.name == "linear_backward").passed
+    assert not next(c for c in result.checks if c.name == "mlp_backward").passed

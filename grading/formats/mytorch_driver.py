@@ -155,6 +155,8 @@ def linear_backward(module, names: dict, cases: list) -> list:
         back = _call("backward(dLdZ)", lambda: _method(layer, "backward")(item["dLdZ"].copy()))
         if "error" in back:
             return back
+        if (back["value"] is None or back["value"] is NotImplemented) and hasattr(layer, "dLdA"):
+            back = _read(layer, "dLdA", f"{names['linear']}.dLdA (backward returned {back['value']})")
         return {
             "dLdA": _as_array(back, "backward(dLdZ)"),
             "dLdW": _read(layer, names["dLdW"], f"{names['linear']}.{names['dLdW']}"),
