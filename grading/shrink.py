@@ -506,7 +506,13 @@ def _function_formula(part: Part, case, key: Key) -> str:
 
 
 def formula(part: Part, case, key: Key) -> str:
-    """The equation the reference used for this tensor, in the probe's own names."""
+    """The equation the reference used for this tensor, in the probe's own names (a registered
+    format's own `formula`, or None when it has none: its cases carry no ModelSpec)."""
+    from grading import formats
+
+    module = formats.get(part.format)
+    if module is not None:
+        return module.formula(part, case, key) if hasattr(module, "formula") else None
     mean = part.reduction == "mean"
     kind = None
     if key.layer is not None and key.layer in case.spec.layer_names():

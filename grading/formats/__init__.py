@@ -25,6 +25,8 @@ and optionally
     assemble(path, needed, out_dir) -> (module_path, Extracted) | None
                   a submission shape of its own (CS231n's folder layout) turned into one module;
                   None: not this format's shape, the generic extraction applies
+    formula(part, case, key) -> str | None
+                  the reference's equation for a tensor, shown in the notebook's feedback
 
 The layout of a format (which way its W is stored, whether examples are rows or columns) is mapped
 to the reference's canonical one in its module, once. Compared tensors are named by
@@ -44,6 +46,7 @@ from types import ModuleType
 # format name -> its module; one line per format
 MODULES: dict[str, str] = {
     "coursera": "grading.formats.coursera",
+    "mytorch": "grading.formats.mytorch",
 }
 
 

@@ -1,0 +1,1 @@
+from .mlp import MLP0, MLP1, MLP4

@@ -1,0 +1,4 @@
+from .linear import *
+from .activation import *
+from .loss import *
+from .batchnorm import *
