@@ -8,7 +8,13 @@ from pathlib import Path
 from grading.assignment import load_assignment
 
 ROOT = Path(__file__).parent / "submissions"
-BUILTIN = {"layer": "layer-api", "function": "function-api", "class": "class-api"}
+BUILTIN = {
+    "layer": "layer-api",
+    "function": "function-api",
+    "class": "class-api",
+    "coursera": "coursera-dnn",
+    "mytorch": "mytorch-mlp",
+}
 FIXTURES = sorted(p.relative_to(ROOT).as_posix() for fmt in BUILTIN for p in (ROOT / fmt).glob("*.py"))
 
 
