@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 # format name -> its module; one line per format
-MODULES: dict[str, str] = {}
+MODULES: dict[str, str] = {
+    "cs231n": "grading.formats.cs231n",
+}
 
 
 @dataclass
