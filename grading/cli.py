@@ -171,7 +171,7 @@ def screen(roots: list, paths: list[Path]) -> dict[Path, str]:
             refused[p] = "refused: a symbolic link (submissions must be regular files inside the submissions folder)"
         elif found_in and not any(real.is_relative_to(f) for f in found_in):
             refused[p] = "refused: the file resolves outside the submissions folder"
-        elif not real.is_file():
+        elif not real.is_file() and not real.is_dir():  # a folder here is a folder submission (collect_submissions)
             refused[p] = "refused: not a regular file"
     return refused
 

@@ -51,12 +51,13 @@ from pathlib import Path
 
 import numpy as np
 
+from grading import pyast
 from grading.adapters import Expected, Failed, Key, Problem
 from grading.diagnose import generic_alternatives
 from grading.formats import FormatCase
 from reference import conv as rconv
-from reference.layers import BatchNorm, Conv2D, Dense, Dropout, MaxPool2D, ReLU
-from reference.losses import SoftmaxCrossEntropy
+from reference.layers import BatchNorm, Conv2D, Dense, Dropout, LayerNorm, MaxPool2D, ReLU, cs231n_dropout_mask
+from reference.losses import MulticlassHinge, SoftmaxCrossEntropy
 from reference.optimizers import SGD, Adam, Momentum, RMSProp
 from reference.spec import OptimizerSpec
 
@@ -157,7 +158,8 @@ def _n(part, f: str) -> str:
 
 
 def _generic(value: np.ndarray, batch: int | None = None) -> list:
-    return generic_alternatives(np.asarray(value), batch) if np.asarray(value).ndim else []
+    """The layout-free hypotheses (sign, transpose, a batch factor), as for every format."""
+    return generic_alternatives(np.asarray(value), batch)
 
 
 def _normal(rng, shape, dtype, loc=0.0, scale=1.0) -> np.ndarray:
@@ -263,8 +265,6 @@ def _plan_losses(p: _Plan, kind, dtype, rng):
         ("missing_label_term", "the -1 at the label is missing: dx = softmax(x) / N", dx + onehot / N),
     ]
     p.expect(check, sm, i, "dx", dx, "gradient", dx_alts)
-    from reference.losses import MulticlassHinge
-
     x, y = _logits(rng, N, C, dtype, kind == "stability")
     loss, dx = MulticlassHinge("mean").value_and_grad(x, y)
     i = p.item(svm, "loss_call", {"name": svm}, {"x": x, "y": y})
@@ -279,14 +279,13 @@ BATCHNORM = {"small": (6, 4, BN_MOMENTUM, BN_EPS), "square": (5, 5, BN_MOMENTUM,
 BN_CALLS = 3
 
 
-def _batchnorm(D, dtype, gamma, beta, momentum, eps, convention="keras", var0=0.0):
-    """The reference BatchNorm in CS231n's convention: running = m running + (1 - m) batch (keras' form),
-    the biased variance, both running statistics from zeros."""
+def _batchnorm(D, dtype, gamma, beta, momentum, eps, convention="cs231n", var0=0.0):
+    """The reference BatchNorm; CS231n's convention: running = m running + (1 - m) batch, the biased
+    variance, both running statistics from zeros (var0: a hypothesis's other starting variance)."""
     bn = BatchNorm("batchnorm", D, dtype, convention=convention, momentum=momentum, eps=eps)
     bn.params["gamma"][...] = gamma
     bn.params["beta"][...] = beta
-    bn.state["running_mean"][...] = 0
-    bn.state["running_var"][...] = var0
+    bn.state["running_var"][...] = var0  # the conventions' own start (cs231n's is 0); a hypothesis may differ
     return bn
 
 
@@ -321,6 +320,11 @@ def _plan_batchnorm(p: _Plan, kind, dtype, rng):
             _batchnorm(D, dtype, gamma, beta, mom, eps, var0=1.0),
         ),
     }
+    if mom != BN_MOMENTUM:
+        variants["ignores_bn_param"] = (
+            f"bn_param's momentum ({mom:g}) is not read: CS231n's default {BN_MOMENTUM:g} is used instead",
+            _batchnorm(D, dtype, gamma, beta, BN_MOMENTUM, eps),
+        )
     for k, x in enumerate(xs, start=1):
         out, (_, x_hat, var) = ref.forward(x, train=True)
         mu = x.mean(axis=0)
@@ -338,6 +342,9 @@ def _plan_batchnorm(p: _Plan, kind, dtype, rng):
             ),
             ("affine_not_applied", "gamma and beta are not applied: out = x_hat", x_hat),
         ]
+        if eps != BN_EPS:
+            text = f"bn_param's eps ({eps:g}) is not read: CS231n's default {BN_EPS:g} is used instead"
+            alts.append(("ignores_bn_param", text, gamma * (x - mu) / np.sqrt(var + BN_EPS) + beta))
         p.expect("batchnorm", fwd, i, f"out (call {k})", out, "forward", alts)
         stats = {}
         for bug, (text, layer) in variants.items():
@@ -416,8 +423,6 @@ LAYERNORM = {"small": (4, 6), "square": (5, 5), "batch1": (1, 6)}
 
 
 def _layernorm(D, dtype, gamma, beta):
-    from reference.layers import LayerNorm
-
     ln = LayerNorm("layernorm", D, dtype, eps=BN_EPS)
     ln.params["gamma"][...] = gamma
     ln.params["beta"][...] = beta
@@ -499,16 +504,13 @@ def _plan_layernorm(p: _Plan, kind, dtype, rng):
 DROPOUT = {"small": ((5, 8), 0.7, "train"), "batch1": ((1, 10), 0.6, "train"), "test": ((4, 6), 0.7, "test")}
 
 
-def course_mask(seed: int, shape, keep: float) -> np.ndarray:
-    """CS231n's skeleton: np.random.seed(seed); mask = np.random.rand(*shape) < p (the legacy global generator)."""
-    return np.random.RandomState(seed).rand(*shape) < keep
+def course_mask(seed: int, shape, keep: float, dtype=np.float64) -> np.ndarray:
+    """CS231n's skeleton: np.random.seed(seed); mask = np.random.rand(*x.shape) < p (the reference's draw)."""
+    return cs231n_dropout_mask(tuple(shape), keep, seed, dtype)
 
 
-def _dropout(keep: float):
-    try:
-        return Dropout("dropout", None, None, keep=keep)
-    except TypeError:  # TEMPORARY until the reference's keep= lands (i12ref)
-        return Dropout("dropout", 1 - keep, None)
+def _dropout(keep: float) -> Dropout:
+    return Dropout("dropout", None, None, keep=keep)
 
 
 def _plan_dropout(p: _Plan, kind, dtype, rng):
@@ -520,8 +522,8 @@ def _plan_dropout(p: _Plan, kind, dtype, rng):
     for label in (fwd, bwd):
         seed = int(rng.integers(0, 2**31 - 1))
         x, g = _normal(rng, shape, dtype), _normal(rng, shape, dtype)
-        mask = course_mask(seed, shape, keep).astype(dtype)
-        drop_mask = course_mask(seed, shape, 1 - keep).astype(dtype)
+        mask = course_mask(seed, shape, keep, dtype)
+        drop_mask = course_mask(seed, shape, 1 - keep, dtype)
         layer = _dropout(keep)
         out, cache = layer.forward(x, train=train, mask=mask)
         param = {"mode": mode, "p": keep, "seed": seed}
@@ -871,7 +873,7 @@ class _Net:
         h, caches = X.reshape(X.shape[0], -1), []
         for layer in self.layers:
             if isinstance(layer, Dropout):
-                mask = course_mask(self.seed, h.shape, self.keep).astype(h.dtype)
+                mask = course_mask(self.seed, h.shape, self.keep, h.dtype)
                 h, cache = layer.forward(h, train=train, mask=mask)
             elif isinstance(layer, BatchNorm):
                 h, cache = layer.forward(h, train=train)
@@ -1146,18 +1148,21 @@ def assemble(path, needed, out_dir: Path):
     present = [name for name in LAYOUT if (package / name) in sources]
     if "layers.py" not in present:
         raise SubmissionError(f"{path.name}: a {PACKAGE} folder without {PACKAGE}/layers.py")
-    lines, origin = [], {}  # bundle line (1-based) -> "cs231n/layers.py, line 12"
+    lines, origin, future = [], {}, []  # bundle line (1-based) -> "cs231n/layers.py, line 12"
     for name in present:
         rel = f"{PACKAGE}/{name}"
         source = sources[package / name]
         try:
-            tree = ast.parse(source)
+            tree = pyast.parse(source)
         except SyntaxError as e:
             raise SubmissionError(f"{rel}: syntax error at line {e.lineno}: {e.msg}") from e
         src_lines = source.splitlines()
         for node in tree.body:
             start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
             end = node.end_lineno or node.lineno
+            if isinstance(node, ast.ImportFrom) and node.module == "__future__":  # must come first: hoisted
+                future.append((f"{rel}, line {start}", ast.unparse(node)))
+                continue
             if _internal_import(node):
                 for alias in getattr(node, "names", []):
                     if isinstance(node, ast.ImportFrom) and alias.asname and alias.name != "*":
@@ -1167,6 +1172,11 @@ def assemble(path, needed, out_dir: Path):
             for k in range(start, end + 1):
                 origin[len(lines) + 1] = f"{rel}, line {k}"
                 lines.append(src_lines[k - 1])
+    hoisted = list(dict.fromkeys(code for _, code in future))
+    origin = {k + len(hoisted): v for k, v in origin.items()}
+    for k, code in enumerate(hoisted, start=1):
+        origin[k] = next(where for where, c in future if c == code)
+    lines = hoisted + lines
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle = out_dir / "cs231n_bundle.py"
     bundle.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -1180,12 +1190,17 @@ def assemble(path, needed, out_dir: Path):
     scanned = []
     for f, text in sources.items():
         try:
-            ast.parse(text)
+            pyast.parse(text)
         except SyntaxError:
             skipped.append(Skipped(f.relative_to(path).as_posix(), "syntax error: not bundled, not scanned", ""))
             continue
         rel = f.relative_to(path).as_posix()
-        body = "\n".join("    " + line for line in text.splitlines()) or "    pass"
+        text_lines = text.splitlines()
+        for node in pyast.parse(text).body:  # a __future__ import is legal only at the top of a module
+            if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+                for k in range(node.lineno - 1, node.end_lineno or node.lineno):
+                    text_lines[k] = ""
+        body = "\n".join("    " + line for line in text_lines)
         scanned.append(f"if False:  # {rel}: read by the scan for forbidden imports, never run\n    pass\n{body}")
     module = out_dir / "cs231n_submission.py"
     module.write_text(source + "\n\n" + "\n\n".join(scanned) + "\n", encoding="utf-8")
