@@ -161,7 +161,9 @@ def _isolation_once() -> dict | None:
 
 def screen(roots: list, paths: list[Path]) -> dict[Path, str]:
     """Submissions the grader must not open, with the reason: a symbolic link (to a root-only file,
-    say), or a file that resolves outside the folder it was found in. Nothing is read from them."""
+    say), a file that resolves outside the folder it was found in, or a hard link (one file under two
+    names: which name is the author's cannot be told, so neither is graded and the instructor sees
+    why). Nothing is read from them."""
     folders = [(Path(r), Path(os.path.realpath(r))) for r in roots if Path(r).is_dir()]
     refused = {}
     for p in paths:
@@ -173,6 +175,10 @@ def screen(roots: list, paths: list[Path]) -> dict[Path, str]:
             refused[p] = "refused: the file resolves outside the submissions folder"
         elif not real.is_file() and not real.is_dir():  # a folder here is a folder submission (collect_submissions)
             refused[p] = "refused: not a regular file"
+        elif os.stat(p).st_nlink > 1:
+            refused[p] = (
+                f"refused: a hard link (one file with {os.stat(p).st_nlink} names; a submission must be a file of its own)"
+            )
     return refused
 
 

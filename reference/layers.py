@@ -150,52 +150,91 @@ class Softmax(Layer):
 
 
 class Dropout(Layer):
-    """Inverted dropout: in training, out = x * mask / (1 - rate), mask ~ Bernoulli(1 - rate)."""
+    """Inverted dropout: in training, out = x * mask / (1 - rate), mask ~ Bernoulli(1 - rate).
 
-    def __init__(self, name: str, rate: float, rng: np.random.Generator) -> None:
+    keep given (CS231n's p, the keep probability): out = x * mask / keep, mask ~ Bernoulli(keep),
+    drawn as `random < keep` (the course's `rand(*shape) < p`). The divisor is `keep` itself, not
+    1 - (1 - keep): for p = 0.3 those differ in the last bit (1 - 0.7 = 0.30000000000000004).
+    """
+
+    def __init__(self, name: str, rate: float | None, rng: np.random.Generator, keep: float | None = None) -> None:
         super().__init__(name)
-        self.rate = rate
+        if keep is not None:
+            if not 0 < keep <= 1:
+                raise SpecError(f"{name}: keep must be a probability in (0, 1], got {keep!r}")
+            if rate is not None and abs(rate - (1 - keep)) > 1e-12:
+                raise SpecError(f"{name}: rate {rate!r} and keep {keep!r} disagree (rate = 1 - keep); give one")
+            rate = 1 - keep
+        elif rate is None:
+            raise SpecError(f"{name}: expected a rate or a keep probability, got neither")
+        self.rate, self.keep = rate, keep
         self.rng = rng
+
+    @property
+    def keep_prob(self) -> float:
+        """The divisor of inverted dropout: keep if given, else 1 - rate (a Python float)."""
+        return 1 - self.rate if self.keep is None else self.keep
 
     def draw_mask(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A 0/1 keep-mask from this layer's seeded generator (hand it to a twin to share it)."""
+        if self.keep is not None:
+            return (self.rng.random(shape) < self.keep).astype(dtype)
         return (self.rng.random(shape) >= self.rate).astype(dtype)
 
     def forward(self, x, train=True, mask=None):
-        """train: out = x * mask / (1 - rate);  eval: out = x"""
+        """train: out = x * mask / (1 - rate)  (or x * mask / keep);  eval: out = x"""
         if not train or self.rate == 0:
             return x, None
         if mask is None:
             mask = self.draw_mask(x.shape, x.dtype)
         elif mask.shape != x.shape:
             raise ShapeError(f"{self.name}: expected a mask of shape {x.shape}, got {describe(mask)}")
-        scale = mask.astype(x.dtype) / x.dtype.type(1 - self.rate)
+        scale = mask.astype(x.dtype) / x.dtype.type(self.keep_prob)
         return x * scale, scale
 
     def backward(self, dL_dout, scale):
-        """dL/dx = g * mask / (1 - rate)  (identity in eval mode)"""
+        """dL/dx = g * mask / (1 - rate)  (or g * mask / keep; identity in eval mode)"""
         return (dL_dout if scale is None else dL_dout * scale), {}
+
+
+def cs231n_dropout_mask(shape: tuple[int, ...], p: float, seed: int, dtype=np.float64) -> np.ndarray:
+    """mask = rand(*shape) < p after np.random.seed(seed), CS231n's draw, without touching np.random's global state."""
+    # np.random.seed(seed) reseeds the global RandomState (MT19937); a fresh RandomState(seed) is the
+    # same stream, so its rand() gives the skeleton's numbers (tests/test_layers.py pins the two).
+    return (np.random.RandomState(seed).rand(*shape) < p).astype(dtype)
 
 
 class BatchNorm(Layer):
     """Batch normalisation over the batch axis (BatchNorm1d), affine, with running statistics.
 
     Training normalises with the batch mean and the biased batch variance. Running statistics:
-      torch: running = (1 - m) * running + m * batch_stat, m = 0.1, with the *unbiased* variance
-      keras: running = m * running + (1 - m) * batch_stat, m = 0.99, with the biased variance
-    Evaluation normalises with the running statistics.
+      torch:   running = (1 - m) * running + m * batch_stat, m = 0.1, the *unbiased* variance, eps 1e-5
+      keras:   running = m * running + (1 - m) * batch_stat, m = 0.99, the biased variance, eps 1e-3
+      cs231n:  as keras with m = 0.9, eps 1e-5, running mean AND variance starting at zeros (the
+               course's bn_param.get("running_var", np.zeros(D)))
+      mytorch: as keras with alpha m = 0.9, eps 1e-8, running mean 0 and variance 1 (CMU 11-785 BatchNorm1d)
+    torch and keras start at running mean 0, variance 1. Evaluation normalises with the running statistics.
     """
 
-    DEFAULTS: ClassVar[dict[str, tuple[float, float]]] = {"torch": (0.1, 1e-5), "keras": (0.99, 1e-3)}
+    DEFAULTS: ClassVar[dict[str, tuple[float, float]]] = {
+        "torch": (0.1, 1e-5),
+        "keras": (0.99, 1e-3),
+        "cs231n": (0.9, 1e-5),
+        "mytorch": (0.9, 1e-8),
+    }
+    INITIAL_VAR: ClassVar[dict[str, float]] = {"torch": 1.0, "keras": 1.0, "cs231n": 0.0, "mytorch": 1.0}
 
     def __init__(self, name: str, n: int, dtype, convention="torch", momentum=None, eps=None) -> None:
         super().__init__(name)
         if convention not in self.DEFAULTS:
-            raise SpecError(f"{name}: convention must be 'torch' or 'keras', got {convention!r}")
+            raise SpecError(f"{name}: convention must be one of {tuple(self.DEFAULTS)}, got {convention!r}")
         self.convention = convention
         self.momentum, self.eps = self.resolve(convention, momentum, eps)
         self.params = {"gamma": np.ones(n, dtype), "beta": np.zeros(n, dtype)}
-        self.state = {"running_mean": np.zeros(n, dtype), "running_var": np.ones(n, dtype)}
+        self.state = {
+            "running_mean": np.zeros(n, dtype),
+            "running_var": np.full(n, self.INITIAL_VAR[convention], dtype),
+        }
 
     @classmethod
     def resolve(cls, convention: str, momentum: float | None, eps: float | None) -> tuple[float, float]:
@@ -225,7 +264,7 @@ class BatchNorm(Layer):
         if self.convention == "torch":
             s["running_mean"][...] = (1 - m) * s["running_mean"] + m * mu
             s["running_var"][...] = (1 - m) * s["running_var"] + m * var * (n / (n - 1))
-        else:
+        else:  # keras, cs231n, mytorch: the momentum weighs the old statistic, the batch's is biased
             s["running_mean"][...] = m * s["running_mean"] + (1 - m) * mu
             s["running_var"][...] = m * s["running_var"] + (1 - m) * var
 
@@ -239,6 +278,41 @@ class BatchNorm(Layer):
             return dL_dout * gamma * inv_sigma, grads
         n = dL_dout.shape[0]
         dL_dx = (gamma * inv_sigma / n) * (n * dL_dout - grads["beta"] - x_hat * grads["gamma"])
+        return dL_dx, grads
+
+
+class LayerNorm(Layer):
+    """Layer normalisation: each sample normalised over its features (torch's nn.LayerNorm(n), affine).
+
+    mu and var (biased) are per row, over the n features; gamma and beta are per feature. There are
+    no running statistics: training and evaluation compute the same function, a batch of 1 included.
+    """
+
+    def __init__(self, name: str, n: int, dtype, eps: float = 1e-5) -> None:
+        super().__init__(name)
+        self.eps = eps
+        self.params = {"gamma": np.ones(n, dtype), "beta": np.zeros(n, dtype)}
+
+    def forward(self, x, train=True):
+        """out = gamma * (x - mu_row) / sqrt(var_row + eps) + beta"""
+        gamma, beta = self.params["gamma"], self.params["beta"]
+        if x.ndim != 2 or x.shape[1] != gamma.shape[0]:
+            raise ShapeError(f"{self.name}: expected input of shape (batch, {gamma.shape[0]}), got {describe(x)}")
+        mu = x.mean(axis=1, keepdims=True)  # (batch, 1)
+        var = ((x - mu) ** 2).mean(axis=1, keepdims=True)  # biased, (batch, 1)
+        inv_sigma = 1 / np.sqrt(var + self.eps)
+        x_hat = (x - mu) * inv_sigma  # (batch, n)
+        return gamma * x_hat + beta, (x_hat, inv_sigma)
+
+    def backward(self, dL_dout, cache):
+        """dL/dx = 1 / (D sigma) * (D h - sum_row h - x_hat sum_row(h x_hat)), h = gamma g;  dgamma = sum g x_hat"""
+        x_hat, inv_sigma = cache
+        grads = {"gamma": (dL_dout * x_hat).sum(axis=0), "beta": dL_dout.sum(axis=0)}
+        h = dL_dout * self.params["gamma"]  # dL/dx_hat
+        d = x_hat.shape[1]
+        dL_dx = (inv_sigma / d) * (
+            d * h - h.sum(axis=1, keepdims=True) - x_hat * (h * x_hat).sum(axis=1, keepdims=True)
+        )
         return dL_dx, grads
 
 

@@ -5,8 +5,8 @@ The contract, stated once:
     loss = LOSSES[name](reduction)
     value, dL_dpred = loss.value_and_grad(pred, target)      value: 0-d array in pred's dtype
 
-Classification losses (softmax_cross_entropy, cross_entropy, nll) take integer labels (batch,) and
-sum over classes per sample; "mean" then divides by the batch size (torch's and keras' default).
+Classification losses (softmax_cross_entropy, cross_entropy, nll, multiclass_hinge) take integer
+labels (batch,) and sum over classes per sample; "mean" then divides by the batch size (torch's and keras' default).
 Element-wise losses (mse, l1, bce) take targets shaped like `pred`; "mean" divides by the number of
 elements (torch's convention; keras' mean over the last axis then the batch is the same number).
 """
@@ -181,7 +181,33 @@ class BCE(Loss):
         return value, (probs - target) / (probs * (1 - probs)) / d
 
 
-LOSSES: dict[str, type[Loss]] = {cls.name: cls for cls in (SoftmaxCrossEntropy, CrossEntropy, NLL, MSE, L1, BCE)}
+class MulticlassHinge(Loss):
+    """The multiclass SVM loss (Weston-Watkins; CS231n's svm_loss), margin 1, on raw scores.
+
+    At a kink (a margin exactly 0) the gradient counts only margins > 0, as CS231n's svm_loss does
+    (`margins > 0`): the subgradient 0 at the hinge, like ReLU's. torch's nn.MultiMarginLoss is this
+    sum divided by the number of classes C; keras' hinge losses are other functions (README, "Pitfalls").
+    """
+
+    name = "multiclass_hinge"
+    margin = 1
+
+    def value_and_grad(self, scores, labels):
+        """L = sum_{j != y} max(0, s_j - s_y + 1);  dL/ds_j = [m_j > 0] (j != y),  dL/ds_y = -sum_{j != y} [m_j > 0]"""
+        labels = self.check(scores, labels)
+        rows = np.arange(scores.shape[0])
+        margins = np.maximum(0, scores - scores[rows, labels][:, None] + self.margin)  # (batch, n_classes)
+        margins[rows, labels] = 0  # the correct class has no margin against itself
+        positive = (margins > 0).astype(scores.dtype)
+        grad = positive
+        grad[rows, labels] = -positive.sum(axis=1)
+        d = self._divisor(scores)
+        return margins.sum() / d, grad / d
+
+
+LOSSES: dict[str, type[Loss]] = {
+    cls.name: cls for cls in (SoftmaxCrossEntropy, CrossEntropy, NLL, MSE, L1, BCE, MulticlassHinge)
+}
 
 
 def make_loss(name: str, reduction: str = "mean") -> Loss:

@@ -24,6 +24,7 @@ from reference.layers import (
     Dense,
     Dropout,
     Flatten,
+    LayerNorm,
     LeakyReLU,
     MaxPool2D,
     ReLU,
@@ -50,7 +51,7 @@ def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
         elif layer.kind == "conv2d":
             W, b = conv_kernel(layer.init or spec.init, rng, conv_weight_shape(layer, shape))
             params[f"{name}.W"], params[f"{name}.b"] = W.astype(spec.dtype), b.astype(spec.dtype)
-        elif layer.kind == "batchnorm":
+        elif layer.kind in ("batchnorm", "layernorm"):
             params[f"{name}.gamma"] = np.ones(shape[0], spec.dtype)
             params[f"{name}.beta"] = np.zeros(shape[0], spec.dtype)
         shape = out_shape
@@ -91,10 +92,16 @@ class Network:
                 gamma, beta = self._take(source, name, {"gamma": (n_in,), "beta": (n_in,)})
                 layer.params = {"gamma": gamma, "beta": beta}
                 self.layers.append(layer)
+            elif ls.kind == "layernorm":
+                layer = LayerNorm(name, n_in, self.dtype, 1e-5 if ls.eps is None else ls.eps)
+                gamma, beta = self._take(source, name, {"gamma": (n_in,), "beta": (n_in,)})
+                layer.params = {"gamma": gamma, "beta": beta}
+                self.layers.append(layer)
             elif ls.kind == "leaky_relu":
                 self.layers.append(LeakyReLU(name, ls.alpha))
             elif ls.kind == "dropout":
-                self.layers.append(Dropout(name, ls.rate, dropout_rng))
+                rate = ls.rate if ls.keep is None else None  # keep given: the layer divides by keep itself
+                self.layers.append(Dropout(name, rate, dropout_rng, keep=ls.keep))
             else:
                 self.layers.append(ACTIVATIONS[ls.kind](name))
         if params is not None:

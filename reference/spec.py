@@ -23,6 +23,7 @@ LAYER_KINDS = (
     "softmax",
     "dropout",
     "batchnorm",
+    "layernorm",
     "conv2d",
     "maxpool2d",
     "avgpool2d",
@@ -30,11 +31,12 @@ LAYER_KINDS = (
 )
 IMAGE_KINDS = ("conv2d", "maxpool2d", "avgpool2d")  # (C, H, W) in, (C', H', W') out
 ELEMENTWISE_KINDS = ("relu", "leaky_relu", "sigmoid", "tanh", "dropout")  # any shape, kept
-LOSSES = ("softmax_cross_entropy", "cross_entropy", "nll", "mse", "l1", "bce")
+LOSSES = ("softmax_cross_entropy", "cross_entropy", "nll", "mse", "l1", "bce", "multiclass_hinge")
 REDUCTIONS = ("mean", "sum")
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
-CONVENTIONS = ("torch", "keras")
+CONVENTIONS = ("torch", "keras")  # optimizer.convention
+BATCHNORM_CONVENTIONS = ("torch", "keras", "cs231n", "mytorch")  # reference/layers.py BatchNorm says each
 PREPROCESSING = ("raw", "scale255", "scale16", "standardise")  # see data_loaders.preprocess
 
 
@@ -47,9 +49,11 @@ class LayerSpec:
     init: str | None = None  # dense, conv2d: initialiser name (None: the model's)
     alpha: float = 0.01  # leaky_relu: negative slope
     rate: float = 0.5  # dropout: probability of dropping a unit
-    momentum: float | None = None  # batchnorm: None -> the convention's default (torch 0.1, keras 0.99)
-    eps: float | None = None  # batchnorm: None -> the convention's default (torch 1e-5, keras 1e-3)
-    convention: str = "torch"  # batchnorm: whose running-statistics convention
+    keep: float | None = None  # dropout: CS231n's keep probability p (out = x * mask / p); set, rate is not read
+    momentum: float | None = None  # batchnorm: None -> the convention's default (torch 0.1, keras 0.99, ...)
+    eps: float | None = None  # batchnorm: None -> the convention's default (torch 1e-5, keras 1e-3, ...);
+    # layernorm: None -> 1e-5 (torch's nn.LayerNorm; keras' LayerNormalization defaults to 1e-3)
+    convention: str = "torch"  # batchnorm: whose running-statistics convention (BATCHNORM_CONVENTIONS)
     filters: int | None = None  # conv2d: F, the number of output channels
     kernel: tuple[int, int] | None = None  # conv2d: (KH, KW)
     stride: int | tuple[int, int] | None = None  # conv2d: None -> 1; pools: None -> the pool size
@@ -254,10 +258,14 @@ def validate(spec: ModelSpec) -> None:
         if layer.kind in ("dense", "conv2d"):
             if layer.init is not None:
                 _one_of(layer.init, tuple(INITIALIZERS), f"layers[{i}].init")
-        if layer.kind == "dropout" and not 0.0 <= layer.rate < 1.0:
+        if layer.kind == "dropout" and layer.keep is None and not 0.0 <= layer.rate < 1.0:
             raise SpecError(f"model spec: layers[{i}] (dropout) rate must be in [0, 1), got {layer.rate}")
+        if layer.kind == "dropout" and layer.keep is not None and not 0.0 < layer.keep <= 1.0:
+            raise SpecError(f"model spec: layers[{i}] (dropout) keep must be in (0, 1], got {layer.keep}")
         if layer.kind == "batchnorm":
-            _one_of(layer.convention, CONVENTIONS, f"layers[{i}].convention")
+            _one_of(layer.convention, BATCHNORM_CONVENTIONS, f"layers[{i}].convention")
+        if layer.kind == "layernorm" and layer.eps is not None and not layer.eps > 0:
+            raise SpecError(f"model spec: layers[{i}] (layernorm) eps must be > 0, got {layer.eps}")
     if spec.batch_size < 1 or spec.epochs < 0:
         raise SpecError(f"model spec: batch_size must be >= 1 and epochs >= 0, got {spec.batch_size}, {spec.epochs}")
     _infer_shapes(spec)

@@ -3,7 +3,7 @@
 Every oracle suite (numeric, torch, keras) parametrises over these, so a new layer or loss is added
 here once and is checked by all of them.
 
-    LAYER_CASES[id]      -> ModelSpec   one case per layer kind (and batchnorm convention); the
+    LAYER_CASES[id]      -> ModelSpec   one case per layer kind (batchnorm convention, dropout form); the
                                         image kinds (conv2d, maxpool2d, avgpool2d, flatten) on
                                         non-square (2, 7, 6) images, strides 1 and 2, pads 0 and 1
     CONV_CASES           the ids of the image cases (a subset of LAYER_CASES)
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from reference.losses import LOSSES
 from reference.spec import LayerSpec, ModelSpec, OptimizerSpec
 
 N_IN, N_HIDDEN, N_OUT = 6, 5, 3
@@ -37,8 +38,13 @@ LAYER_CASES: dict[str, ModelSpec] = {
     "tanh": _net(L("tanh")),
     "softmax": _net(L("tanh"), head=(L("softmax"),), loss="cross_entropy"),
     "dropout": _net(L("tanh"), L("dropout", rate=0.4)),
+    # CS231n's keep probability p: out = x * mask / p; 0.3, where 1 - (1 - p) is not p in float64
+    "dropout_keep": _net(L("tanh"), L("dropout", keep=0.3)),
     "batchnorm_torch": _net(L("batchnorm", convention="torch"), L("tanh")),
     "batchnorm_keras": _net(L("batchnorm", convention="keras"), L("tanh")),
+    "batchnorm_cs231n": _net(L("batchnorm", convention="cs231n"), L("tanh")),
+    "batchnorm_mytorch": _net(L("batchnorm", convention="mytorch"), L("tanh")),
+    "layernorm": _net(L("layernorm"), L("tanh")),
     "l2": _net(L("tanh"), l2=0.01),
 }
 
@@ -88,6 +94,7 @@ _LOSS_HEADS = {
     "mse": (),
     "l1": (),
     "bce": (L("sigmoid"),),
+    "multiclass_hinge": (),
 }
 
 LOSS_CASES: dict[str, ModelSpec] = {
@@ -119,7 +126,7 @@ def make_batch(spec: ModelSpec, batch: int, seed: int = 0) -> tuple[np.ndarray, 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch, *spec.sample_shape)).astype(spec.dtype)
     n_out = spec.n_out
-    if spec.loss in ("softmax_cross_entropy", "cross_entropy", "nll"):
+    if LOSSES[spec.loss].classification:
         return x, rng.integers(0, n_out, batch)
     if spec.loss == "bce":
         return x, rng.random((batch, n_out)).astype(spec.dtype)

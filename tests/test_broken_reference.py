@@ -349,3 +349,13 @@ def test_broken_optimizer_is_caught_at_the_first_wrong_step(bug_id, monkeypatch)
     assert not result.passed, f"{bug_id} went unnoticed over 5 steps"
     assert step == expected_step, f"{bug_id}: first caught after step {step}, expected {expected_step}"
     assert result.first_divergence.name == FIRST_PARAM.get(bug_id, "dense_1.W"), result.report()
+
+
+def test_compare_params_refuses_to_compare_nothing():
+    """Two empty parameter dictionaries are an error with a reason, never a vacuous pass."""
+    with pytest.raises(ValueError, match="no parameters to compare"):
+        compare_params({}, {})
+    with pytest.raises(ValueError, match="no parameters to compare"):
+        compare_params({}, {}, dtype="float64")
+    with pytest.raises(ValueError, match="parameter names differ"):
+        compare_params({"dense_1.W": np.zeros(2)}, {})

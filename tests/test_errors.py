@@ -208,7 +208,9 @@ def test_mask_for_a_layer_that_does_not_exist():
 
 
 def test_batchnorm_with_an_unknown_convention():
-    with raises(SpecError, "batchnorm_1", "convention must be 'torch' or 'keras'", "got 'jax'"):
+    with raises(
+        SpecError, "batchnorm_1", "convention must be one of ('torch', 'keras', 'cs231n', 'mytorch')", "got 'jax'"
+    ):
         BatchNorm("batchnorm_1", 5, np.float64, convention="jax")
 
 

@@ -317,7 +317,8 @@ def test_torch_autograd_behind_a_built_name_gets_no_credit(nasty):
 )
 def test_a_correct_submission_keeps_full_marks_beside_hostile_neighbours(tmp_path, assignment, folder):
     """Per built-in: a correct one next to one that imports torch, one with escape codes in its
-    name and one that is a symlink: the correct one gets every point, the others their verdicts."""
+    name, one that is a symlink and two names of one file (a hard link): the correct one gets every
+    point, the others their verdicts."""
     subs = tmp_path / "class"
     subs.mkdir()
     correct = (SUBMISSIONS / folder / "correct.py").read_text()
@@ -327,6 +328,8 @@ def test_a_correct_submission_keeps_full_marks_beside_hostile_neighbours(tmp_pat
     )
     (subs / "\x1b[1Aname.py").write_text(correct)
     (subs / "link.py").symlink_to(SUBMISSIONS / folder / "correct.py")
+    (subs / "original.py").write_text(correct)
+    os.link(subs / "original.py", subs / "twin.py")  # one file under two names: neither is graded
     status, text = _run_cli([str(subs), "--assignment", assignment, "--out", str(tmp_path / "out")])
     assert status == 0
     rows = {r["submission"]: r for r in csv.DictReader((tmp_path / "out" / "summary.csv").open(encoding="utf-8"))}
@@ -335,6 +338,9 @@ def test_a_correct_submission_keeps_full_marks_beside_hostile_neighbours(tmp_pat
     assert float(rows["_x1b[1Aname"]["score"]) == max_score
     assert float(rows["cheat"]["score"]) == 0 and rows["cheat"]["error"].startswith("forbidden import: torch at line 1")
     assert float(rows["link"]["score"]) == 0 and rows["link"]["error"].startswith("refused: a symbolic link")
+    for name in ("original", "twin"):
+        assert float(rows[name]["score"]) == 0
+        assert rows[name]["error"].startswith("refused: a hard link (one file with 2 names"), rows[name]["error"]
     assert "\x1b" not in text
 
 

@@ -2,8 +2,10 @@
 
     Softmax    backward == the explicit Jacobian (diag(s) - s s^T) applied row by row
     Sigmoid    stable and warning-free for |x| up to 1e4, in both dtypes
-    Dropout    train/eval, a supplied mask is used, the seeded generator repeats, inverted scaling
-    BatchNorm  train/eval, running statistics in torch's and keras' conventions over several steps
+    Dropout    train/eval, a supplied mask is used, the seeded generator repeats, inverted scaling;
+               CS231n's keep probability (divides by keep itself) and its seeded mask, global state untouched
+    BatchNorm  train/eval, running statistics in the torch, keras, cs231n and mytorch conventions
+    LayerNorm  per-sample statistics, forward by loops, backward by the chain rule, train == eval
     dtypes     a float32 network stays float32: every tensor of every layer and loss's trace
 
 Floating-point strictness: pyproject turns RuntimeWarnings attributed to reference.* into errors.
@@ -17,6 +19,7 @@ an error. Underflow is left alone on purpose: exp(-1e4) == 0 is the right answer
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -25,7 +28,20 @@ from helpers import assert_close as _assert_close
 from helpers import strict_fp
 
 from oracles.numeric import draw_masks
-from reference.layers import BatchNorm, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh, softmax
+from reference.errors import SpecError
+from reference.layers import (
+    BatchNorm,
+    Dense,
+    Dropout,
+    LayerNorm,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    cs231n_dropout_mask,
+    softmax,
+)
 from reference.network import Network, init_params
 from reference.spec import LayerSpec, ModelSpec
 
@@ -200,6 +216,75 @@ def test_dropout_keep_rate_and_expectation():
     assert set(np.unique(out)) == {0.0, 1 / (1 - rate)}
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dropout_keep_divides_by_keep_itself(dtype):
+    """keep p: out = x * mask / p with p rounded once, bit for bit; 1 - (1 - 0.3) would be another divisor."""
+    rng = RNG(3)
+    x, g = rng.normal(size=(5, 8)).astype(dtype), rng.normal(size=(5, 8)).astype(dtype)
+    mask = (rng.random((5, 8)) < 0.3).astype(dtype)
+    layer = Dropout("dropout_1", None, RNG(0), keep=0.3)
+    assert layer.keep_prob == 0.3 and layer.rate == 1 - 0.3
+    out, cache = layer.forward(x, train=True, mask=mask)
+    dx, _ = layer.backward(g, cache)
+    p = np.dtype(dtype).type(0.3)
+    np.testing.assert_array_equal(out, x * (mask / p))
+    np.testing.assert_array_equal(dx, g * (mask / p))
+    assert 1 - (1 - 0.3) != 0.3  # why the divisor is keep, not 1 - rate
+    np.testing.assert_array_equal(layer.forward(x, train=False)[0], x)
+
+
+def test_dropout_keep_draws_rand_below_keep():
+    """The keep form's own draw is CS231n's comparison, `random < p`: P(keep) = p (5 binomial sds)."""
+    layer = Dropout("dropout_1", None, RNG(7), keep=0.3)
+    mask = layer.draw_mask((4, 6), np.float64)
+    np.testing.assert_array_equal(mask, (RNG(7).random((4, 6)) < 0.3).astype(np.float64))
+    n = 200_000
+    kept = (layer.forward(np.ones((1, n)), train=True)[0] != 0).mean()
+    assert abs(kept - 0.3) < 5 * np.sqrt(0.3 * 0.7 / n)
+
+
+def test_dropout_keep_one_is_the_identity_and_bad_keeps_are_named():
+    x = RNG(1).normal(size=(3, 4))
+    np.testing.assert_array_equal(Dropout("dropout_1", None, RNG(0), keep=1.0).forward(x, train=True)[0], x)
+    with pytest.raises(SpecError, match=r"dropout_1: keep must be a probability in \(0, 1\], got 0"):
+        Dropout("dropout_1", None, RNG(0), keep=0)
+    with pytest.raises(SpecError, match=r"dropout_1: rate 0.5 and keep 0.3 disagree"):
+        Dropout("dropout_1", 0.5, RNG(0), keep=0.3)
+    with pytest.raises(SpecError, match="neither"):
+        Dropout("dropout_1", None, RNG(0))
+    Dropout("dropout_1", 0.7, RNG(0), keep=0.3)  # 0.7 and 1 - 0.3 agree to rounding: accepted
+    with pytest.raises(SpecError, match=r"layers\[0\] \(dropout\) keep must be in \(0, 1\], got 1.5"):
+        ModelSpec(n_in=3, layers=(LayerSpec("dropout", keep=1.5), LayerSpec("dense", units=2)))
+
+
+def test_network_dropout_keep_spec_uses_keep():
+    spec = LAYER_CASES["dropout_keep"]
+    layer = Network(spec).layers[2]
+    assert isinstance(layer, Dropout) and layer.keep == 0.3 and layer.keep_prob == 0.3
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (2, 3, 5), (7,)], ids=str)
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.75])
+def test_cs231n_dropout_mask_is_the_skeletons_draw_and_leaves_numpy_alone(shape, p):
+    """np.random.seed(seed); mask = np.random.rand(*shape) < p: the same mask, the global state unchanged."""
+    seed = 123
+    saved = np.random.get_state()  # noqa: NPY002 - the global state is what this test is about
+    try:
+        np.random.seed(seed)  # noqa: NPY002
+        skeleton = np.random.rand(*shape) < p  # noqa: NPY002 - the course's dropout_forward, verbatim
+        np.random.seed(99)  # noqa: NPY002 - a caller's own global stream, mid-way
+        np.random.rand(3)  # noqa: NPY002
+        before = np.random.get_state()  # noqa: NPY002
+        mask = cs231n_dropout_mask(shape, p, seed, np.float32)
+        after = np.random.get_state()  # noqa: NPY002
+    finally:
+        np.random.set_state(saved)  # noqa: NPY002
+    assert mask.dtype == np.float32 and mask.shape == shape
+    np.testing.assert_array_equal(mask, skeleton.astype(np.float32))
+    assert before[0] == after[0] and np.array_equal(before[1], after[1]) and before[2:] == after[2:]
+    assert not np.array_equal(cs231n_dropout_mask(shape, p, seed + 1), mask) or mask.size < 8
+
+
 # BatchNorm -------------------------------------------------------------------------------------
 
 
@@ -211,15 +296,22 @@ def batch_stats(x: np.ndarray, ddof: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    ("convention", "momentum", "eps", "ddof", "new_weight"),
-    [("torch", 0.1, 1e-5, 1, lambda m: m), ("keras", 0.99, 1e-3, 0, lambda m: 1 - m)],
-    ids=["torch", "keras"],
+    ("convention", "momentum", "eps", "ddof", "new_weight", "var0"),
+    [
+        ("torch", 0.1, 1e-5, 1, lambda m: m, 1.0),
+        ("keras", 0.99, 1e-3, 0, lambda m: 1 - m, 1.0),
+        ("cs231n", 0.9, 1e-5, 0, lambda m: 1 - m, 0.0),
+        ("mytorch", 0.9, 1e-8, 0, lambda m: 1 - m, 1.0),
+    ],
+    ids=["torch", "keras", "cs231n", "mytorch"],
 )
-def test_batchnorm_running_statistics_over_several_steps(convention, momentum, eps, ddof, new_weight):
-    """torch: r <- (1 - 0.1) r + 0.1 stat, unbiased variance; keras: r <- 0.99 r + 0.01 stat, biased."""
+def test_batchnorm_running_statistics_over_several_steps(convention, momentum, eps, ddof, new_weight, var0):
+    """torch: r <- (1 - 0.1) r + 0.1 stat, unbiased variance; keras: r <- 0.99 r + 0.01 stat, biased;
+    cs231n and mytorch: r <- 0.9 r + 0.1 stat, biased, from var 0 (cs231n) or 1 (mytorch)."""
     layer = BatchNorm("batchnorm_1", 4, np.float64, convention=convention)
     assert (layer.momentum, layer.eps) == (momentum, eps)
-    mean, var = np.zeros(4), np.ones(4)
+    mean, var = np.zeros(4), np.full(4, var0)
+    np.testing.assert_array_equal(layer.state["running_var"], var)
     rng = RNG(4)
     for step in range(4):
         x = rng.normal(2.0 + step, 1.0 + step, size=(6 + step, 4))
@@ -234,6 +326,32 @@ def test_batchnorm_running_statistics_over_several_steps(convention, momentum, e
     x = rng.normal(size=(3, 4))
     out, _ = layer.forward(x, train=False)
     assert_close("eval out", out, (x - mean) / np.sqrt(var + eps), quantity="forward")
+
+
+# Two steps by hand: x1 = [[1, 2], [3, 6]] (mean [2, 4], biased var [1, 4], unbiased [2, 8]), then
+# x2 = [[0, 0], [2, 4]] (mean [1, 2], the same variances); the eval input [[1, 1]].
+HAND_STATS = {
+    # cs231n: 0.9 r + 0.1 s from zeros: mean 0.2, 0.4 -> 0.28, 0.56; var 0.1, 0.4 -> 0.19, 0.76
+    "cs231n": ([0.28, 0.56], [0.19, 0.76], 1e-5),
+    # mytorch: the same from var ones: var 1.0, 1.3 -> 1.0, 1.57
+    "mytorch": ([0.28, 0.56], [1.0, 1.57], 1e-8),
+    # torch: (1 - 0.1) r + 0.1 s, the unbiased variance: mean as cs231n's; var 1.1, 1.7 -> 1.19, 2.33
+    "torch": ([0.28, 0.56], [1.19, 2.33], 1e-5),
+    # keras: 0.99 r + 0.01 s: mean 0.02, 0.04 -> 0.0298, 0.0596; var 1.0, 1.03 -> 1.0, 1.0597
+    "keras": ([0.0298, 0.0596], [1.0, 1.0597], 1e-3),
+}
+
+
+@pytest.mark.parametrize("convention", sorted(HAND_STATS))
+def test_batchnorm_running_statistics_by_hand(convention):
+    layer = BatchNorm("batchnorm_1", 2, np.float64, convention=convention)
+    for x in ([[1.0, 2.0], [3.0, 6.0]], [[0.0, 0.0], [2.0, 4.0]]):
+        layer.forward(np.array(x), train=True)
+    mean, var, eps = HAND_STATS[convention]
+    np.testing.assert_allclose(layer.state["running_mean"], mean, rtol=1e-14)
+    np.testing.assert_allclose(layer.state["running_var"], var, rtol=1e-14)
+    out, _ = layer.forward(np.array([[1.0, 1.0]]), train=False)
+    np.testing.assert_allclose(out, [(1 - np.array(mean)) / np.sqrt(np.array(var) + eps)], rtol=1e-14)
 
 
 def test_batchnorm_eval_leaves_the_running_statistics_alone():
@@ -285,6 +403,64 @@ def test_batchnorm_backward_by_its_formula():
     assert_close("grad_in", dx, dxhat / sigma + dvar * 2 * (x - mu) / 7 + dmu / 7)
 
 
+# LayerNorm -------------------------------------------------------------------------------------
+
+
+def test_layernorm_forward_by_loops_and_train_equals_eval():
+    """out[i, j] = gamma_j (x_ij - mean_i) / sqrt(var_i + eps) + beta_j, var biased; a batch of 1 is fine."""
+    rng = RNG(6)
+    x = rng.normal(2.0, 3.0, size=(4, 5))
+    layer = LayerNorm("layernorm_1", 5, np.float64, eps=1e-3)
+    layer.params["gamma"][...] = rng.normal(size=5)
+    layer.params["beta"][...] = rng.normal(size=5)
+    gamma, beta = layer.params["gamma"].tolist(), layer.params["beta"].tolist()
+    expected = []
+    for row in x.tolist():
+        mean = sum(row) / 5
+        var = sum((v - mean) ** 2 for v in row) / 5
+        expected.append([gamma[j] * (row[j] - mean) / math.sqrt(var + 1e-3) + beta[j] for j in range(5)])
+    out, _ = layer.forward(x, train=True)
+    assert_close("out", out, np.array(expected), quantity="forward")
+    np.testing.assert_array_equal(layer.forward(x, train=False)[0], out)
+    np.testing.assert_array_equal(layer.forward(x[2:3])[0], out[2:3])  # per sample: rows are independent
+    assert not hasattr(layer, "state")  # no running statistics
+
+
+def test_layernorm_backward_by_the_chain_rule():
+    """dL/dx through mu and var term by term (the batchnorm derivation over the feature axis)."""
+    rng = RNG(8)
+    x, g = rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    layer = LayerNorm("layernorm_1", 4, np.float64)
+    layer.params["gamma"][...] = [0.5, 1.5, -2.0, 1.0]
+    _, cache = layer.forward(x)
+    dx, grads = layer.backward(g, cache)
+    mu = x.mean(axis=1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=1, keepdims=True)
+    sigma = np.sqrt(var + 1e-5)
+    x_hat = (x - mu) / sigma
+    assert_close("dgamma", grads["gamma"], (g * x_hat).sum(axis=0))
+    assert_close("dbeta", grads["beta"], g.sum(axis=0))
+    dxhat = g * layer.params["gamma"]
+    dvar = (dxhat * (x - mu) * -0.5 * sigma**-3).sum(axis=1, keepdims=True)
+    dmu = (-dxhat / sigma).sum(axis=1, keepdims=True) + dvar * (-2 * (x - mu)).mean(axis=1, keepdims=True)
+    assert_close("grad_in", dx, dxhat / sigma + dvar * 2 * (x - mu) / 4 + dmu / 4)
+    assert_close("row sums", dx.sum(axis=1), np.zeros(6))  # shifting a row changes nothing
+
+
+def test_layernorm_spec_eps_and_shape_error():
+    spec = ModelSpec(n_in=3, layers=(LayerSpec("layernorm", eps=0.25), LayerSpec("dense", units=2)))
+    net = Network(spec)
+    assert isinstance(net.layers[0], LayerNorm) and net.layers[0].eps == 0.25
+    assert Network(LAYER_CASES["layernorm"]).layers[1].eps == 1e-5
+    assert sorted(net.params) == ["dense_1.W", "dense_1.b", "layernorm_1.beta", "layernorm_1.gamma"]
+    from reference.errors import ShapeError
+
+    with pytest.raises(ShapeError, match=r"layernorm_1: expected input of shape \(batch, 3\)"):
+        net.layers[0].forward(np.zeros((2, 4)))
+    with pytest.raises(SpecError, match=r"layernorm\) eps must be > 0, got 0"):
+        ModelSpec(n_in=3, layers=(LayerSpec("layernorm", eps=0), LayerSpec("dense", units=2)))
+
+
 # dtype preservation ----------------------------------------------------------------------------
 
 F32_CASES = {**LAYER_CASES, **LOSS_CASES}
@@ -319,8 +495,16 @@ def test_float32_network_stays_float32(case, train):
         Dropout("dropout_1", 0.3, RNG(0)),
         BatchNorm("batchnorm_1", 4, np.float32, "torch"),
         BatchNorm("batchnorm_1", 4, np.float32, "keras"),
+        BatchNorm("batchnorm_1", 4, np.float32, "cs231n"),
+        BatchNorm("batchnorm_1", 4, np.float32, "mytorch"),
+        LayerNorm("layernorm_1", 4, np.float32),
+        Dropout("dropout_1", None, RNG(0), keep=0.3),
     ],
-    ids=lambda layer: type(layer).__name__ + (f"-{layer.convention}" if isinstance(layer, BatchNorm) else ""),
+    ids=lambda layer: (
+        type(layer).__name__
+        + (f"-{layer.convention}" if isinstance(layer, BatchNorm) else "")
+        + ("-keep" if getattr(layer, "keep", None) else "")
+    ),
 )
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_every_layer_keeps_float32(layer, train):

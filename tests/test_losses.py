@@ -22,7 +22,7 @@ from reference.errors import NonFiniteError
 from reference.layers import Softmax, softmax
 from reference.losses import LOSSES, make_loss
 
-CLASSIFICATION = ("softmax_cross_entropy", "cross_entropy", "nll")
+CLASSIFICATION = ("softmax_cross_entropy", "cross_entropy", "nll", "multiclass_hinge")
 ELEMENTWISE = ("mse", "l1", "bce")
 REDUCTIONS = ("mean", "sum")
 
@@ -33,7 +33,7 @@ assert_close = functools.partial(_assert_close, names=("loss", "formula"), check
 def example(name: str, batch: int = 5, n: int = 4, seed: int = 0, dtype="float64"):
     """Predictions in the loss's domain (logits, probability rows, (0, 1) values) and targets."""
     rng = np.random.default_rng(seed)
-    if name == "softmax_cross_entropy":
+    if name in ("softmax_cross_entropy", "multiclass_hinge"):
         pred = rng.normal(0, 2, (batch, n))
     elif name in ("cross_entropy", "nll"):
         pred = softmax(rng.normal(0, 1, (batch, n)))
@@ -55,6 +55,8 @@ def by_formula(name: str, pred: np.ndarray, target: np.ndarray) -> float:
             if name == "softmax_cross_entropy":
                 m = max(row)
                 total += m + math.log(sum(math.exp(z - m) for z in row)) - row[y]
+            elif name == "multiclass_hinge":
+                total += sum(max(0.0, z - row[y] + 1) for j, z in enumerate(row) if j != y)
             else:
                 total += -math.log(min(max(row[y], 1e-7), 1 - 1e-7) if name == "nll" else row[y])
         return total
@@ -145,6 +147,56 @@ def test_cross_entropy_of_softmax_is_softmax_cross_entropy():
     sce_value, sce_grad = make_loss("softmax_cross_entropy").value_and_grad(logits, labels)
     assert_close("loss", ce_value, sce_value, quantity="loss")
     assert_close("gradient", Softmax("softmax_1").backward(ce_grad, cache)[0], sce_grad)
+
+
+# The multiclass hinge (CS231n's svm_loss) ---------------------------------------------------------
+
+
+def svm_loss_loops(scores: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """CS231n's svm_loss_naive on scores: two loops, margin 1, counting margins > 0; mean over N."""
+    n, c = scores.shape
+    loss, dscores = 0.0, np.zeros((n, c))
+    for i in range(n):
+        for j in range(c):
+            if j == labels[i]:
+                continue
+            margin = scores[i, j] - scores[i, labels[i]] + 1
+            if margin > 0:
+                loss += margin
+                dscores[i, j] += 1
+                dscores[i, labels[i]] -= 1
+    return loss / n, dscores / n
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_multiclass_hinge_is_cs231n_svm_loss(dtype):
+    scores, labels = example("multiclass_hinge", batch=9, n=5, seed=3, dtype=dtype)
+    value, grad = make_loss("multiclass_hinge").value_and_grad(scores, labels)
+    want_value, want_grad = svm_loss_loops(scores.astype(np.float64), labels)
+    assert_close("loss", value, want_value, dtype, "loss")
+    assert_close("gradient", grad, want_grad, dtype)
+    assert_close("row sums", grad.sum(axis=1), np.zeros(9), dtype)  # each +1 has its -1 on the label
+
+
+def test_multiclass_hinge_at_the_kink_counts_only_positive_margins():
+    """A margin exactly 0 contributes nothing to the gradient (CS231n's `margins > 0`), one just above counts."""
+    scores = np.array([[0.0, 1.0, -5.0], [0.0, 1.0, 0.5]])  # row 0: margin of class 0 is 0 - 1 + 1 = 0 exactly
+    value, grad = make_loss("multiclass_hinge", "sum").value_and_grad(scores, np.array([1, 1]))
+    assert value == 0.5  # row 0: 0 + 0; row 1: 0 + (0.5 - 1 + 1)
+    np.testing.assert_array_equal(grad, [[0.0, 0.0, 0.0], [0.0, -1.0, 1.0]])
+
+
+def test_multiclass_hinge_leaves_out_the_correct_class():
+    """Equal scores: every wrong class has margin 1, so L_i = C - 1 (counting the label's own margin gives C)."""
+    value, grad = make_loss("multiclass_hinge").value_and_grad(np.zeros((4, 5)), np.array([0, 1, 2, 4]))
+    assert value == 4.0
+    np.testing.assert_array_equal(grad[np.arange(4), [0, 1, 2, 4]], -4 / 4)
+
+
+def test_multiclass_hinge_is_zero_beyond_the_margin():
+    scores = np.array([[5.0, 3.9, 0.0], [-2.0, -3.5, 3.0]])
+    value, grad = make_loss("multiclass_hinge").value_and_grad(scores, np.array([0, 2]))
+    assert value == 0.0 and not grad.any()
 
 
 # Clipping and subgradients ---------------------------------------------------------------------

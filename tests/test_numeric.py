@@ -43,13 +43,18 @@ def pool_gap(layer: MaxPool2D, h: np.ndarray) -> float:
 
 
 def kink_distance(net: Network, x: np.ndarray, y: np.ndarray, train: bool = True) -> float:
-    """The smallest |ReLU input|, max-pool gap (and |pred - target| for L1) over the batch; inf if none."""
+    """The smallest |ReLU input|, max-pool gap (|pred - target| for L1, |margin| for the hinge) over the batch."""
     outs, _ = copy.deepcopy(net).forward_cached(x, train)  # a copy: batchnorm statistics stay
     inputs = [x, *outs[:-1]]
     dist = [np.abs(h).min() for layer, h in zip(net.layers, inputs) if isinstance(layer, ReLU | LeakyReLU)]
     dist += [pool_gap(layer, h) for layer, h in zip(net.layers, inputs) if isinstance(layer, MaxPool2D)]
     if net.spec.loss == "l1":
         dist.append(np.abs(outs[-1] - y).min())
+    if net.spec.loss == "multiclass_hinge":  # the hinge's kink: a margin s_j - s_y + 1 at 0, j != y
+        scores = outs[-1]
+        margins = scores - scores[np.arange(len(y)), y][:, None] + 1
+        margins[np.arange(len(y)), y] = np.inf
+        dist.append(np.abs(margins).min())
     return float(min(dist, default=np.inf))
 
 

@@ -46,6 +46,16 @@ from reference.optimizers import make_optimizer
 from reference.spec import LayerSpec, ModelSpec, preset
 from reference.train import batches, evaluate, train_epoch, train_step
 
+# Issue 12's new cases reach the twins in the commit after the reference's (this set then goes away).
+TWINS_PENDING = {
+    "dropout_keep",
+    "batchnorm_cs231n",
+    "batchnorm_mytorch",
+    "layernorm",
+    *(c for c in LOSS_CASES if c.startswith("multiclass_hinge")),
+}
+LAYER_CASES = {k: v for k, v in LAYER_CASES.items() if k not in TWINS_PENDING}
+LOSS_CASES = {k: v for k, v in LOSS_CASES.items() if k not in TWINS_PENDING}
 TRACE_CASES = {**LAYER_CASES, **LOSS_CASES}
 # The batchnorm convention each twin's framework has natively (its running statistics match).
 NATIVE_BATCHNORM = {"torch": "batchnorm_torch", "keras": "batchnorm_keras"}
