@@ -704,6 +704,19 @@ def _plan_pool(p: _Plan, kind, dtype, rng):
             rconv.avgpool2d_backward(g, x.shape, (ph, pw), (s, s)),
         ),
     ]
+    if s < ph or s < pw:  # overlapping windows: an element can be the maximum of several
+        first = cache[1]  # the reference's argmax offset u * PW + v per window
+        over = np.zeros_like(x)
+        n_idx, c_idx = np.meshgrid(range(xshape[0]), range(xshape[1]), indexing="ij")
+        for oi in range(g.shape[2]):
+            for oj in range(g.shape[3]):
+                u, v = np.divmod(first[:, :, oi, oj].astype(np.intp), pw)
+                over[n_idx, c_idx, oi * s + u, oj * s + v] = g[:, :, oi, oj]
+        text = (
+            "dx assigned (=) where it must accumulate (+=): with overlapping windows an element that is the "
+            "maximum of several keeps only the last window's dout"
+        )
+        alts.append(("overwritten", text, over))
     p.expect("pool", bwd, j, "dx", dx, "gradient", _generic(dx) + alts)
 
 
