@@ -10,6 +10,7 @@ The expectations live in the submissions (tests/submissions/cs231n/*.py), as for
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -206,6 +207,31 @@ def test_collect_submissions_keeps_a_cs231n_folder_whole(tmp_path):
     found = collect_submissions([tmp_path / "class"])
     assert found == [tmp_path / "class" / "ana", tmp_path / "class" / "ben", tmp_path / "class" / "carl.py"]
     assert collect_submissions([tmp_path / "class" / "ana"]) == [tmp_path / "class" / "ana"]
+
+
+def test_bprop_check_grades_a_class_of_folders(tmp_path):
+    from grading import cli
+
+    shutil.copytree(FOLDER, tmp_path / "class" / "ana")
+    shutil.copy(ROOT / "svm_own_margin.py", tmp_path / "class" / "ben.py")
+    out = tmp_path / "out"
+    assert (
+        cli.main([str(tmp_path / "class"), "--assignment", "cs231n-a2", "--out", str(out), "--no-counterexample"]) == 0
+    )
+    rows = {r["submission"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert rows["ana"]["status"] == "graded" and float(rows["ana"]["score"]) == float(rows["ana"]["max_score"])
+    assert float(rows["ben"]["score"]) < float(rows["ben"]["max_score"]) and "own margin" in rows["ben"]["diagnosis"]
+
+
+def test_a_hard_link_in_the_folder_refuses_it(tmp_path):
+    other = tmp_path / "other.py"
+    other.write_text("X = 1\n")
+
+    def link(pkg):
+        os.link(other, pkg / "borrowed.py")
+
+    result = grade_submission(_folder_with(tmp_path, "hard", link), assignment(), shrink=False)
+    assert result.score == 0 and "borrowed.py: a hard link" in result.error
 
 
 def _folder_with(tmp_path, name: str, edit) -> Path:

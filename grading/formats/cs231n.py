@@ -1126,6 +1126,8 @@ def _walk(path: Path) -> list[Path]:
                 raise SubmissionError(f"{rel}: a symbolic link; a submission folder holds regular files only")
             if not Path(os.path.realpath(full)).is_relative_to(root):
                 raise SubmissionError(f"{rel}: resolves outside the submission folder")
+            if full.is_file() and os.stat(full).st_nlink > 1:  # bprop check refuses a hard-linked file too
+                raise SubmissionError(f"{rel}: a hard link (one file under several names); not graded")
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py")]
     return files
