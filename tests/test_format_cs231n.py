@@ -320,3 +320,29 @@ def test_the_course_mask_is_the_skeletons_draw():
     np.random.seed(7)  # noqa: NPY002  -- the course's own legacy calls, on purpose
     skeleton = np.random.rand(3, 4) < 0.6  # noqa: NPY002
     assert np.array_equal(cs231n.course_mask(7, (3, 4), 0.6), skeleton)
+
+
+def test_a_part_with_some_checks_and_renamed_functions(tmp_path):
+    """An assignment file may keep a subset of the checks (only those functions are called) and rename the API."""
+    source = (
+        (ROOT / "correct.py")
+        .read_text()
+        .replace("affine_forward", "fc_forward")
+        .replace("affine_backward", "fc_backward")
+    )
+    (tmp_path / "renamed.py").write_text(source.replace("def conv_forward_naive", "def _conv_gone"))
+    raw = {
+        "name": "affine-only",
+        "parts": [
+            {
+                "format": "cs231n",
+                "names": {"affine_forward": "fc_forward", "affine_backward": "fc_backward"},
+                "checks": [{"name": "affine", "points": 2}, {"name": "relu", "points": 1}],
+            }
+        ],
+    }
+    spec = parse_assignment(raw)
+    assert spec.needed_names() == ("fc_forward", "fc_backward", "relu_forward", "relu_backward")
+    result = grade_submission(tmp_path / "renamed.py", spec, shrink=False)
+    _assert_full_marks(result)  # conv is gone, and not asked for
+    assert {f.key.function for c in result.checks for f in c.findings} == set(spec.needed_names())
