@@ -41,6 +41,13 @@ Cases (each function on the kinds that matter to it):
     stability   softmax_loss and svm_loss at logits of +-1e3, the label on the smallest
 Each known CS231n bug is a hypothesis (Expected.alternatives), computed here on the same inputs and
 shown only when the student's tensor matches it (grading.diagnose.diagnose_alternatives).
+
+Checks and their tensors (Key.tensor "<function>.<output>"): affine (out, dx, dw, db), relu (out, dx),
+losses (softmax_loss and svm_loss: loss, dx), batchnorm (out, running_mean and running_var after each
+of three training calls, out in test mode; both backwards' dx, dgamma, dbeta), layernorm, dropout,
+conv (out, dx, dw, db), pool (out, dx), update_rules (next_w after each of four steps), fc_net_loss
+(FullyConnectedNet.scores and .loss), fc_net_grads (FullyConnectedNet.grads[W1] ...), stability (the
+losses at +-1e3). A submission is one .py / .ipynb, or the course's folder (`assemble`, below).
 """
 
 from __future__ import annotations
@@ -957,7 +964,6 @@ def _plan_net(p: _Plan, kind, dtype, rng):
         )
     loss_label = f"{label}.loss(X, y)"
     i = p.item(loss_label, "net_call", {"name": label, "call": "loss"}, item)
-    sumsq = penalty / net.l2 if reg else 0.0
     bias_sq = sum(float((v**2).sum()) for k, v in params.items() if not k.startswith("W"))
     loss = data_loss + penalty
     alts = _generic(loss)
@@ -975,7 +981,6 @@ def _plan_net(p: _Plan, kind, dtype, rng):
                 loss + 0.5 * reg * bias_sq,
             ),
         ]
-    del sumsq
     if "fc_net_loss" in checks:
         p.expect("fc_net_loss", loss_label, i, "loss", loss, "loss", alts, tensor=f"{label}.loss")
     if "fc_net_grads" not in checks:
