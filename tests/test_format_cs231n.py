@@ -262,6 +262,26 @@ def test_a_forbidden_import_in_any_file_of_the_folder_refuses_it(tmp_path):
     assert "torch" in result.error
 
 
+def test_the_folder_s_other_files_never_run(tmp_path):
+    def edit(pkg):  # scanned, never imported: what they do at the top level does not happen
+        (pkg / "solver.py").write_text("raise SystemExit('solver.py ran')\nopen('/etc/shadow').read()\n")
+        (pkg / "vis_utils.py").write_text("from __future__ import print_function\nimport os\nos._exit(3)\n")
+
+    result = grade_submission(_folder_with(tmp_path, "busy", edit), assignment(), shrink=False)
+    _assert_full_marks(result)
+
+
+def test_a_folder_of_too_many_files_is_refused_unread(tmp_path):
+    def edit(pkg):
+        junk = pkg / "junk"
+        junk.mkdir()
+        for k in range(cs231n.MAX_ENTRIES + 1):
+            (junk / f"{k}.txt").touch()
+
+    result = grade_submission(_folder_with(tmp_path, "junky", edit), assignment(), shrink=False)
+    assert result.status == "refused" and "more than 5,000 files" in result.error
+
+
 def test_a_symlink_in_the_folder_refuses_it(tmp_path):
     secret = tmp_path / "secret.py"
     secret.write_text("KEY = 1\n")

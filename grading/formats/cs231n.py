@@ -1099,6 +1099,7 @@ def observe(part, case: FormatCase, results: dict) -> dict:
 # the files, in dependency order (each may import the ones before it)
 LAYOUT = ("layers.py", "optim.py", "layer_utils.py", "classifiers/fc_net.py")
 PACKAGE = "cs231n"
+MAX_ENTRIES = 5_000  # files and folders of one folder submission (the course's skeleton has ~40)
 
 
 def _package_dir(path: Path) -> Path | None:
@@ -1122,8 +1123,11 @@ def _walk(path: Path) -> list[Path]:
     from grading.notebook import SubmissionError
 
     root = Path(os.path.realpath(path))
-    files = []
+    files, seen = [], 0
     for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        seen += len(dirnames) + len(filenames)
+        if seen > MAX_ENTRIES:
+            raise SubmissionError(f"{path.name}: more than {MAX_ENTRIES:,} files and folders; not graded")
         for name in sorted(dirnames + filenames):
             full = Path(dirpath) / name
             rel = full.relative_to(path).as_posix()
