@@ -379,3 +379,56 @@ def test_a_part_with_some_checks_and_renamed_functions(tmp_path):
     result = grade_submission(tmp_path / "renamed.py", spec, shrink=False)
     _assert_full_marks(result)  # conv is gone, and not asked for
     assert {f.key.function for c in result.checks for f in c.findings} == set(spec.needed_names())
+
+
+def test_every_hypothesis_is_shown_when_it_matches_and_only_then():
+    """Each alternative of every case, handed back as the student's tensor, is diagnosed as that bug (or
+    one equal to it there); a tensor no hypothesis explains gets no diagnosis."""
+    from grading.diagnose import diagnose_alternatives
+    from oracles.compare import atol, rel_error, tolerance
+
+    part = assignment().parts[0]
+    shown = set()
+    with np.errstate(all="ignore"):
+        for case in build_cases(part):
+            for exp in case.expected:
+                for bug, _, value in exp.alternatives:
+                    tol = tolerance("submission", case.dtype, exp.quantity)
+                    if value.shape == exp.value.shape and (
+                        rel_error(value, exp.value) <= tol
+                        or np.abs(value - exp.value).max(initial=0) <= atol("submission", case.dtype)
+                    ):
+                        continue  # within the reference's tolerance here: says nothing, never shown
+                    if not np.isfinite(value).all():
+                        continue  # a non-finite tensor is "unstable" first
+                    got = diagnose_alternatives(
+                        exp.key.tensor, value, exp.value, exp.alternatives, case.dtype, exp.quantity
+                    )
+                    assert got is not None, (case.id, exp.key.tensor, bug)
+                    twins = {b for b, _, v in exp.alternatives if v.shape == value.shape and rel_error(v, value) < 1e-6}
+                    assert got.bug in twins | {"zero", "reshaped"}, (case.id, exp.key.tensor, bug, got.bug)
+                    shown.add(bug)
+                wrong = np.asarray(exp.value, np.float64) * 1.37 + 0.013
+                got = diagnose_alternatives(
+                    exp.key.tensor, wrong, exp.value, exp.alternatives, case.dtype, exp.quantity
+                )
+                assert got is None, (case.id, exp.key.tensor, got)
+    # every bug the issues name is reachable
+    assert {
+        "wrong_axis",
+        "own_margin",
+        "no_mean_var_terms",
+        "unbiased_variance",
+        "momentum_side",
+        "batch_axis",
+        "not_inverted",
+        "stride_missing",
+        "whole_window",
+        "t_after_use",
+        "l2_no_half",
+        "padding_not_removed",
+        "flipped_kernel",
+        "sign",
+        "transpose",
+        "batch_size",
+    } <= shown
