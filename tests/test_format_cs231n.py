@@ -432,3 +432,13 @@ def test_every_hypothesis_is_shown_when_it_matches_and_only_then():
         "transpose",
         "batch_size",
     } <= shown
+
+
+def test_bprop_check_from_a_notebook_names_the_bug():
+    """A student's `bprop.check("cs231n-a2", only=...)` in the notebook: the cells as they ran."""
+    from bprop.notebook import check_cells
+
+    cells = (ROOT / "pool_whole_window.py").read_text().split("\n\n\n")
+    report = str(check_cells(cells, assignment(), only="max_pool_backward_naive"))
+    assert "0 / 1" in report and "max_pool_backward_naive.dx" in report
+    assert "routed to the whole window" in report
