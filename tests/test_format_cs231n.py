@@ -279,9 +279,24 @@ def test_the_folder_s_other_files_never_run(tmp_path):
     def edit(pkg):  # scanned, never imported: what they do at the top level does not happen
         (pkg / "solver.py").write_text("raise SystemExit('solver.py ran')\nopen('/etc/shadow').read()\n")
         (pkg / "vis_utils.py").write_text("from __future__ import print_function\nimport os\nos._exit(3)\n")
+        (pkg / "scratch.py").write_text("def broken(:\n")  # a student's scratch file that does not parse
+        (pkg / "nul.py").write_bytes(b"x = 1\0\n")
 
     result = grade_submission(_folder_with(tmp_path, "busy", edit), assignment(), shrink=False)
     _assert_full_marks(result)
+    assert "cs231n/scratch.py: the whole file (not bundled, not scanned" in result.notes[0]
+    assert "cs231n/nul.py: the whole file (not bundled, not scanned" in result.notes[0]
+
+
+def test_a_graded_file_that_does_not_parse_refuses_the_folder(tmp_path):
+    def edit(pkg):
+        (pkg / "optim.py").write_bytes(b"def sgd(w, dw, config=None):\n    return w\0\n")
+
+    result = grade_submission(_folder_with(tmp_path, "nul", edit), assignment(), shrink=False)
+    assert (
+        result.status == "refused"
+        and "cs231n/optim.py: syntax error: source code string cannot contain null bytes" in result.error
+    )
 
 
 def test_a_folder_of_too_many_files_is_refused_unread(tmp_path):

@@ -1179,7 +1179,10 @@ def assemble(path, needed, out_dir: Path):
         try:
             tree = pyast.parse(source)
         except SyntaxError as e:
-            raise SubmissionError(f"{rel}: syntax error at line {e.lineno}: {e.msg}") from e
+            at = f" at line {e.lineno}" if e.lineno else ""
+            raise SubmissionError(f"{rel}: syntax error{at}: {e.msg}") from e
+        except (ValueError, RecursionError, MemoryError) as e:
+            raise SubmissionError(f"{rel}: the parser gave up ({type(e).__name__}: {e})") from None
         src_lines = source.splitlines()
         for node in tree.body:
             start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
@@ -1213,18 +1216,27 @@ def assemble(path, needed, out_dir: Path):
         source = "\n".join(f"# {where(m[2:])}" if m.startswith("# line ") else m for m in source.splitlines()) + "\n"
     scanned = []
     for f, text in sources.items():
-        try:
-            pyast.parse(text)
-        except SyntaxError:
-            skipped.append(Skipped(f.relative_to(path).as_posix(), "syntax error: not bundled, not scanned", ""))
-            continue
         rel = f.relative_to(path).as_posix()
+        try:
+            tree = pyast.parse(text)
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as e:  # it cannot run either
+            skipped.append(
+                Skipped(rel, f"not bundled, not scanned: the parser refused it ({type(e).__name__})", "the whole file")
+            )
+            continue
         text_lines = text.splitlines()
-        for node in pyast.parse(text).body:  # a __future__ import is legal only at the top of a module
+        for node in tree.body:  # a __future__ import is legal only at the top of a module
             if isinstance(node, ast.ImportFrom) and node.module == "__future__":
                 for k in range(node.lineno - 1, node.end_lineno or node.lineno):
                     text_lines[k] = ""
         body = "\n".join("    " + line for line in text_lines)
+        try:
+            pyast.parse(f"if False:\n    pass\n{body}")
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+            skipped.append(
+                Skipped(rel, f"not scanned: indented, it does not parse ({type(e).__name__})", "the whole file")
+            )
+            continue
         scanned.append(f"if False:  # {rel}: read by the scan for forbidden imports, never run\n    pass\n{body}")
     module = out_dir / "cs231n_submission.py"
     module.write_text(source + "\n\n" + "\n\n".join(scanned) + "\n", encoding="utf-8")
