@@ -617,19 +617,36 @@ def _whole_failure(result: SubmissionResult, findings: list[Finding], extracted:
         result.error = next(iter(notes)).splitlines()[0]
 
 
+def _folder_submission(path: Path) -> bool:
+    """A folder some registered format grades as ONE submission (CS231n's: it holds the cs231n/ package)."""
+    return any(
+        getattr(format_modules.get(name), "is_folder_submission", lambda _: False)(path)
+        for name in format_modules.names()
+    )
+
+
 def collect_submissions(paths: list[Path]) -> list[Path]:
-    """Files as given; folders searched (recursively) for .py and .ipynb, sorted; checkpoints skipped."""
+    """Files as given; folders searched (recursively) for .py and .ipynb, sorted; checkpoints skipped.
+    A folder a registered format grades whole (one holding CS231n's cs231n/ package) is one
+    submission, its files not graded one by one; so is such a folder given directly."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
+        if p.is_dir() and _folder_submission(p):
+            out.append(p)
+        elif p.is_dir():
+            hidden = lambda f, top=p: any(part.startswith((".", "__")) for part in f.relative_to(top).parts)  # noqa: E731
+            whole = [d for d in sorted(p.rglob("*")) if d.is_dir() and not d.is_symlink() and not hidden(d)]
+            whole = [d for d in whole if _folder_submission(d)]
+            whole = [d for d in whole if not any(d != o and d.is_relative_to(o) for o in whole)]  # the outermost
             found = [
                 f
                 for f in sorted(p.rglob("*"))
                 if f.suffix in (".py", ".ipynb")
                 and f.is_file()
-                and not any(part.startswith((".", "__")) for part in f.relative_to(p).parts)
+                and not hidden(f)
+                and not any(f.is_relative_to(d) for d in whole)
             ]
-            out.extend(found)
+            out.extend(sorted(found + whole))
         else:
             out.append(p)
     return out

@@ -173,9 +173,9 @@ def screen(roots: list, paths: list[Path]) -> dict[Path, str]:
             refused[p] = "refused: a symbolic link (submissions must be regular files inside the submissions folder)"
         elif found_in and not any(real.is_relative_to(f) for f in found_in):
             refused[p] = "refused: the file resolves outside the submissions folder"
-        elif not real.is_file():
+        elif not real.is_file() and not real.is_dir():  # a folder here is a folder submission (collect_submissions)
             refused[p] = "refused: not a regular file"
-        elif os.stat(p).st_nlink > 1:
+        elif real.is_file() and os.stat(p).st_nlink > 1:  # (a folder's link count is its subfolders + 2)
             refused[p] = (
                 f"refused: a hard link (one file with {os.stat(p).st_nlink} names; a submission must be a file of its own)"
             )

@@ -14,6 +14,7 @@ BUILTIN = {
     "class": "class-api",
     "coursera": "coursera-dnn",
     "mytorch": "mytorch-mlp",
+    "cs231n": "cs231n-a2",
 }
 FIXTURES = sorted(p.relative_to(ROOT).as_posix() for fmt in BUILTIN for p in (ROOT / fmt).glob("*.py"))
 

@@ -125,8 +125,10 @@ def test_bad_usage_is_exit_2(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert cli.main([str(tmp_path), "--assignment", "no-such-assignment", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert f"built-ins: {', '.join(builtin_names())}" in err
-    assert {"class-api", "function-api", "layer-api", "coursera-dnn"} <= set(builtin_names())
+    assert f"built-ins: {', '.join(builtin_names())}" in err  # every built-in, sorted
+    assert {"class-api", "function-api", "layer-api", "coursera-dnn", "mytorch-mlp", "cs231n-a2"} <= set(
+        builtin_names()
+    )
 
 
 # Assignment files ----------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from types import ModuleType
 MODULES: dict[str, str] = {
     "coursera": "grading.formats.coursera",
     "mytorch": "grading.formats.mytorch",
+    "cs231n": "grading.formats.cs231n",
 }
 
 

@@ -1,0 +1,1 @@
+from cs231n.classifiers.fc_net import *
