@@ -50,59 +50,17 @@ from grading.integrity import DEFAULT_FORBIDDEN
 from reference.spec import LayerSpec, ModelSpec
 
 BUILTIN_DIR = Path(__file__).parent / "assignments"
-NOTEBOOK_FORMATS = ("layer", "function", "class", "logistic")  # planned in grading/adapters.py
+NOTEBOOK_FORMATS = ("class", "logistic")  # planned in grading/adapters.py
 FORMATS = NOTEBOOK_FORMATS + format_modules.names()  # and the registered ones (grading/formats/)
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 LOSSES = ("softmax_cross_entropy", "cross_entropy")
 
 CHECKS: dict[str, tuple[str, ...]] = {
-    "layer": (
-        "forward",
-        "loss",
-        "loss_gradient",
-        "backward",
-        "weight_gradients",
-        "bias_gradients",
-        "network_forward",
-        "training_step",
-        "stability",
-    ),
-    "function": (
-        "forward",
-        "loss",
-        "activation_derivative",
-        "weight_gradients",
-        "bias_gradients",
-        "training_step",
-        "stability",
-    ),
     "class": ("forward", "loss", "weight_gradients", "bias_gradients", "training_step", "stability"),
     "logistic": ("forward", "loss", "weight_gradients", "bias_gradients", "stability"),
 }
 
 DEFAULT_NAMES: dict[str, dict[str, str]] = {
-    "layer": {
-        "dense": "Dense",
-        "relu": "ReLU",
-        "sigmoid": "Sigmoid",
-        "tanh": "Tanh",
-        "loss": "softmax_crossentropy_with_logits",
-        "loss_grad": "grad_softmax_crossentropy_with_logits",
-        "forward": "forward",
-        "train": "train",
-        "weights": "weights",
-        "biases": "biases",
-    },
-    "function": {
-        "weights": "weights",
-        "biases": "biases",
-        "forward": "feed_forward_sample",
-        "train": "train_one_sample",
-        "activation": "sigmoid",
-        "derivative": "dsigmoid",
-        "softmax": "softmax",
-        "loss": "cross_entropy_loss",
-    },
     "class": {
         "class": "NeuralNet",
         "W_h": "W_h",
@@ -131,7 +89,7 @@ class AssignmentError(ValueError):
 
 SCORING = ("all_or_nothing", "fraction")
 VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")  # Gradescope's test visibility
-PROVIDABLE = {"function": ("activation", "derivative", "softmax", "loss")}  # keys of DEFAULT_NAMES
+PROVIDABLE: dict[str, tuple[str, ...]] = {}  # keys of DEFAULT_NAMES
 
 
 @dataclass(frozen=True)
@@ -166,24 +124,18 @@ class Part:
         chosen so each shape-dependent bug shows on one: every layer square, every size (and the
         batch) different, a width of 1 with a batch of 1, odd sizes with an odd batch. The function
         format keeps its notebook's 784 inputs and 10 outputs and varies the hidden widths."""
+        module = format_modules.get(self.format)
+        if module is not None:
+            return module.sweep(self)
         small = self.small_sizes or self.sizes
         n = len(small)
         out = [("small", small, self.batch)]
-        if self.format == "function":
-            h, first, last = n - 2, small[0], small[-1]
-            shapes = [
-                ("square", (first, *[5] * h, last), 1),
-                ("distinct", (first, *range(h + 5, 5, -1), last), 1),
-                ("width1", (first, *[1] * h, last), 1),
-                ("odd", (first, *range(2 * h + 1, 1, -2), last), 1),
-            ]
-        else:
-            shapes = [
-                ("square", (5,) * n, 3),
-                ("distinct", tuple(range(n + 4, 4, -1)) if n > 1 else (5,), 2),
-                ("width1", (1, 3) if n == 2 else (3, *[1] * (n - 2), 3), 1),
-                ("odd", tuple(range(2 * n + 1, 1, -2)), 5 if n > 2 else 3),
-            ]
+        shapes = [
+            ("square", (5,) * n, 3),
+            ("distinct", tuple(range(n + 4, 4, -1)) if n > 1 else (5,), 2),
+            ("width1", (1, 3) if n == 2 else (3, *[1] * (n - 2), 3), 1),
+            ("odd", tuple(range(2 * n + 1, 1, -2)), 5 if n > 2 else 3),
+        ]
         return out + [s for s in shapes if s[1] != small or s[2] != self.batch]
 
     def spec(self, sizes: tuple[int, ...], dtype: str) -> ModelSpec:
@@ -217,15 +169,6 @@ class Part:
         if module is not None:
             return tuple(module.needed_names(self))
         n = self.names
-        if self.format == "layer":
-            names = [n["dense"], *(n[a] for a in set(self.activations)), n["loss"], n["loss_grad"]]
-            if "network_forward" in self.check_names or "training_step" in self.check_names:
-                names += [n["forward"], n["train"]]
-            return tuple(names)
-        if self.format == "function":  # provided helpers too: the graded functions call them
-            return tuple(
-                n[k] for k in ("weights", "biases", "forward", "train", "activation", "derivative", "softmax", "loss")
-            )
         return (n["class"],)
 
 
@@ -275,28 +218,33 @@ def load_assignment(name_or_path: str | Path) -> Assignment:
     return parse_assignment(data, str(path))
 
 
-def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
-    def need(d: dict, key: str, where: str, kind: type | tuple[type, ...]):
-        if key not in d:
-            raise AssignmentError(f"{source}: {where}: missing field {key!r}")
-        if not isinstance(d[key], kind):
-            raise AssignmentError(f"{source}: {where}.{key}: expected {kind}, got {d[key]!r}")
-        return d[key]
+def need(d: dict, key: str, where: str, kind: type | tuple[type, ...], source: str):
+    """d[key], which must be there and of `kind`; else an AssignmentError naming the file and the field."""
+    if key not in d:
+        raise AssignmentError(f"{source}: {where}: missing field {key!r}")
+    if not isinstance(d[key], kind):
+        raise AssignmentError(f"{source}: {where}.{key}: expected {kind}, got {d[key]!r}")
+    return d[key]
 
-    name = need(data, "name", "top level", str)
-    raw_parts = need(data, "parts", "top level", list)
+
+def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
+    def field_of(d: dict, key: str, where: str, kind: type | tuple[type, ...]):
+        return need(d, key, where, kind, source)
+
+    name = field_of(data, "name", "top level", str)
+    raw_parts = field_of(data, "parts", "top level", list)
     if not raw_parts:
         raise AssignmentError(f"{source}: parts: expected at least one [[parts]] table")
     parts = []
     for i, p in enumerate(raw_parts):
         where = f"parts[{i}]"
-        fmt = need(p, "format", where, str)
+        fmt = field_of(p, "format", where, str)
         if fmt not in FORMATS:
             raise AssignmentError(f"{source}: {where}.format: expected one of {FORMATS}, got {fmt!r}")
         if fmt in format_modules.names():
-            parts.append(_parse_registered(p, where, source, fmt, need))
+            parts.append(_parse_registered(p, where, source, fmt, field_of))
             continue
-        sizes = tuple(need(p, "sizes", where, list))
+        sizes = tuple(field_of(p, "sizes", where, list))
         small = tuple(p["small_sizes"]) if p.get("small_sizes") else None
         for label, s in (("sizes", sizes), ("small_sizes", small)):
             if s is not None and (len(s) < 2 or not all(isinstance(v, int) and v > 0 for v in s)):
@@ -309,8 +257,6 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
                 raise AssignmentError(
                     f"{source}: {where}.{label}: the {fmt} format has {expected_layers - 1} dense layer(s), got {list(s)}"
                 )
-        if fmt == "function" and small is not None:
-            raise AssignmentError(f"{source}: {where}.small_sizes: the function format has fixed sizes; remove it")
         activations = tuple(p.get("activations", []))
         if len(activations) != len(sizes) - 2 or any(a not in ACTIVATIONS for a in activations):
             raise AssignmentError(
@@ -323,10 +269,6 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
             raise AssignmentError(
                 f"{source}: {where}.loss: the {fmt} format outputs probabilities: use 'cross_entropy'"
             )
-        if fmt in ("layer", "function") and loss != "softmax_cross_entropy":
-            raise AssignmentError(
-                f"{source}: {where}.loss: the {fmt} format works on logits: use 'softmax_cross_entropy'"
-            )
         reduction = p.get("reduction", "mean")
         if reduction not in ("mean", "sum"):
             raise AssignmentError(f"{source}: {where}.reduction: expected 'mean' or 'sum', got {reduction!r}")
@@ -335,11 +277,9 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
             raise AssignmentError(
                 f"{source}: {where}.dtypes: expected a subset of ['float64', 'float32'], got {list(dtypes)}"
             )
-        batch = int(p.get("batch", 1 if fmt == "function" else 4))
-        if fmt == "function" and batch != 1:
-            raise AssignmentError(f"{source}: {where}.batch: the function format takes one sample at a time; use 1")
+        batch = int(p.get("batch", 4))
         names = _parse_names(p, where, source, DEFAULT_NAMES[fmt])
-        checks = _parse_checks(p, where, source, fmt, CHECKS[fmt], need)
+        checks = _parse_checks(p, where, source, fmt, CHECKS[fmt], field_of)
         limits = _parse_limits(p, where, source)
         provided = p.get("provided", [])
         allowed = {names[k] for k in PROVIDABLE.get(fmt, ())}
@@ -357,7 +297,7 @@ def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
                 activations=activations,
                 loss=loss,
                 reduction=reduction,
-                learning_rate=float(need(p, "learning_rate", where, (int, float))),
+                learning_rate=float(field_of(p, "learning_rate", where, (int, float))),
                 batch=batch,
                 dtypes=dtypes,
                 preprocess=p.get("preprocess", "scale255"),
@@ -426,20 +366,33 @@ def _parse_registered(p: dict, where: str, source: str, fmt: str, need) -> Part:
         )
     common = {"id", "format", "names", "checks", "limits", "dtypes"}
     options = module.parse_options({k: v for k, v in p.items() if k not in common}, where, source)
-    return Part(
+    fields = {k: options.pop(k) for k in NETWORK_FIELDS if k in options}  # a network format's Part fields
+    part = Part(
         id=str(p.get("id", fmt)),
         format=fmt,
-        sizes=(),
-        small_sizes=None,
-        activations=(),
-        loss="",
-        reduction="mean",
-        learning_rate=0.0,
-        batch=0,
+        **{**NO_NETWORK, **fields},
         dtypes=dtypes,
-        preprocess="raw",
         names=_parse_names(p, where, source, module.NAMES),
         checks=_parse_checks(p, where, source, fmt, tuple(module.CHECKS), need),
         limits=_parse_limits(p, where, source),
         options=options,
     )
+    if hasattr(module, "validate"):  # checks across fields (provided helpers against the names)
+        module.validate(part, where, source)
+    return part
+
+
+# the Part fields of a dense network (the notebook formats: grading/formats/_mlp.py), and their
+# values for a format without one
+NO_NETWORK = {
+    "sizes": (),
+    "small_sizes": None,
+    "activations": (),
+    "loss": "",
+    "reduction": "mean",
+    "learning_rate": 0.0,
+    "batch": 0,
+    "preprocess": "raw",
+    "provided": (),
+}
+NETWORK_FIELDS = tuple(NO_NETWORK)

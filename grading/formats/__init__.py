@@ -42,7 +42,10 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 # format name -> its module; one line per format
-MODULES: dict[str, str] = {}
+MODULES: dict[str, str] = {
+    "layer": "grading.formats.layer",
+    "function": "grading.formats.function",
+}
 
 
 @dataclass
