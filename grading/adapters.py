@@ -30,9 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from grading.diagnose import RefView
-from reference.layers import softmax
-from reference.losses import SoftmaxCrossEntropy, one_hot
-from reference.network import Network
 
 DRIVER = Path(__file__).parent / "drivers" / "api.py"
 PROBE_LR = 1.0  # the rate gradients are read back at: old - new is dL/dW itself
@@ -137,69 +134,10 @@ def _random_logits(rng, batch: int, n: int, dtype, stable: bool) -> tuple[np.nda
 
 
 def plan_case(part, case, rng: np.random.Generator) -> None:
+    """The part's format plans the case (a notebook format's `plan`: grading/formats/)."""
     from grading import formats
 
-    module = formats.get(part.format)
-    if module is not None:
-        return module.plan(part, case, rng)
-    {"class": _plan_class, "logistic": _plan_class}[part.format](part, case, rng)
-
-
-CLASS_KEYS = {"class": ("W_h", "b_h", "W_o", "b_o"), "logistic": ("W", "b")}
-
-
-def _plan_class(part, case, rng) -> None:
-    n = part.names
-    stab = case.kind == "stability"
-    dense = _dense_names(case.spec)
-    keys = CLASS_KEYS[part.format]
-    targets = [(dense[i // 2], "W" if i % 2 == 0 else "b") for i in range(len(keys))]
-    sizes = [case.spec.n_in] + [case.params[f"{d}.W"].shape[1] for d in dense]
-    model = {"sizes": sizes, "params": {k: case.params[f"{d}.{p}"] for k, (d, p) in zip(keys, targets)}}
-    cls = n["class"]
-    label = {call: f"{cls}.{n[call]}" for call in ("forward", "loss", "grad")}
-    main = _view(case)
-    last = case.spec.layer_names()[-1]
-    _probe(case, label["forward"], "class_call", {"names": dict(n), "call": "forward"}, {**model, "X": case.x})
-    key = Key("forward", label["forward"], f"{last}.out", last, "out")
-    case.expected.append(Expected(key, case.trace.layers[-1].out, main, "forward"))
-    _probe(case, label["loss"], "class_call", {"names": dict(n), "call": "loss"}, {**model, "X": case.x, "y": case.y})
-    loss = np.asarray(case.trace.loss) if case.trace.loss is not None else np.asarray(np.inf)
-    case.expected.append(
-        Expected(Key("loss", label["loss"], "loss", None, "loss"), loss, main, "loss", finite_only=stab)
-    )
-    if part.format == "class":
-        _probe(
-            case, label["grad"], "class_call", {"names": dict(n), "call": "grad"}, {**model, "X": case.x, "y": case.y}
-        )
-        grads = {(d, p): case.trace[d].grads[p] for d, p in targets}
-        views = dict.fromkeys(targets, main)
-    else:  # grad_loss(X, y_true, y_pred): predictions of its own, not the reference's probabilities
-        logits, _ = _random_logits(rng, len(case.y), case.spec.n_out, case.dtype, stab)
-        y_pred = softmax(logits)
-        onehot = one_hot(case.y, case.spec.n_out, case.dtype)
-        # dL/d(logits) at predictions p: p - onehot (the reference's softmax cross-entropy from the logits)
-        _, g = SoftmaxCrossEntropy(part.reduction).value_and_grad(logits, case.y)
-        layer = Network(case.spec, case.params).layers[0]
-        _, cache = layer.forward(case.x)
-        _, layer_grads = layer.backward(g, cache)
-        item = {**model, "X": case.x, "y_true": onehot, "y_pred": y_pred}
-        _probe(case, label["grad"], "class_call", {"names": dict(n), "call": "grad"}, item)
-        grads = {(dense[0], p): layer_grads[p] for p in ("W", "b")}
-        view = _local_view(case, dense[0], "dense", case.x, None, g, None, layer_grads)
-        views = dict.fromkeys(targets, view)
-    for d, p in reversed(targets):  # backprop's order: the output layer first
-        key = Key("weight_gradients" if p == "W" else "bias_gradients", label["grad"], f"{d}.d{p}", d, f"d{p}")
-        case.expected.append(Expected(key, grads[(d, p)], views[(d, p)], "gradient"))
-    if part.format != "class" or stab or "training_step" not in part.check_names:
-        return
-    train = f"{cls}.{n['train']}"
-    item = {**model, "x_row": case.step_x[0], "y_row": int(case.step_y[0]), "lr": part.learning_rate}
-    _probe(case, train, "class_call", {"names": dict(n), "call": "train"}, item)
-    step = _view(case, "step", part.learning_rate)
-    for d, p in reversed(targets):
-        new = case.params[f"{d}.{p}"] - part.learning_rate * case.step_trace[d].grads[p]
-        case.expected.append(Expected(Key("training_step", train, f"step: {d}.{p}", d, p), new, step, "parameters"))
+    formats.get(part.format).plan(part, case, rng)
 
 
 # Requests ---------------------------------------------------------------------------------------
@@ -225,8 +163,14 @@ def requests(part, cases: list) -> list[ProbeRequest]:
 def observe(part, case, results: dict[str, object], extract=None) -> dict[Key, object]:
     """{Key: what came back (an ndarray, or anything hostile) | Problem}, for every expected Key.
 
-    `results` is {call label: this case's record (a list, one entry per item sent) | Failed}. A key
-    with no entry in the answer is the compare step's "no answer", never a pass."""
+    `results` is {call label: this case's record (a list, one entry per item sent) | Failed};
+    extract(part, case, expected, record, items) reads one tensor from its call's record (default:
+    the part's format's `extract`), `items` counting the entries read per call. A key with no entry
+    in the answer is the compare step's "no answer", never a pass."""
+    if extract is None:
+        from grading import formats
+
+        extract = formats.get(part.format).extract
     got: dict[Key, object] = {}
     items: dict[str, int] = {}
     for exp in case.expected:
@@ -238,7 +182,7 @@ def observe(part, case, results: dict[str, object], extract=None) -> dict[Key, o
         if isinstance(record, Failed):
             got[key] = Problem(f"{key.function}: {record.reason}")
             continue
-        got[key] = (extract or _extract)(part, case, exp, record, items)
+        got[key] = extract(part, case, exp, record, items)
     return got
 
 
@@ -289,21 +233,6 @@ def _param(value, p: str, key: Key):
     if not isinstance(value, dict) or p not in value:
         return Problem(f"{key.tensor}: the parameters read back are {type(value).__name__} without {p!r}")
     return value[p]
-
-
-def _extract(part, case, exp: Expected, record, items: dict[str, int]):
-    key = exp.key
-    fmt = part.format
-    # class / logistic
-    got = _result(_entry(record, 0, key.function), key.function)
-    if isinstance(got, Problem) or key.field in ("out", "loss"):
-        return got
-    keys = CLASS_KEYS[fmt]
-    dense = _dense_names(case.spec)
-    which = keys[dense.index(key.layer) * 2 + (0 if key.field in ("dW", "W") else 1)]
-    if not isinstance(got, dict) or which not in got:
-        return Problem(f"{key.function}: no {part.names[which]!r} in what came back ({type(got).__name__})")
-    return got[which]
 
 
 def _field(value, name: str, key: Key):

@@ -57,7 +57,6 @@ from grading import formats as format_modules
 from grading.adapters import Failed, Key, ProbeRequest, Problem
 from grading.assignment import Assignment, Part
 from grading.diagnose import Diagnosis, diagnose, diagnose_alternatives
-from grading.formats import _mlp
 from grading.formats._mlp import MNIST_ROWS, Case, make_case  # noqa: F401 (moved there; kept importable here)
 from grading.formats._mlp import known_params as _known_params  # noqa: F401
 from grading.notebook import Extracted, SubmissionError, write_module
@@ -114,10 +113,7 @@ _PARTS: dict = {}
 @lru_cache(maxsize=16)
 def _build_cases(key) -> tuple[Case, ...]:
     part, seed = _PARTS[key], key[1]
-    module = format_modules.get(part.format)
-    if module is not None:  # a registered format plans its own cases (grading/formats/)
-        return tuple(module.build_cases(part, seed))
-    return tuple(_mlp.build_cases(part, seed))
+    return tuple(format_modules.get(part.format).build_cases(part, seed))  # the format plans its cases
 
 
 # Comparing --------------------------------------------------------------------------------------
@@ -194,7 +190,7 @@ def _diagnose(part: Part, case, exp, yours: np.ndarray) -> Diagnosis | None:
         with np.errstate(all="ignore"):
             return diagnose_alternatives(exp.key.tensor, yours, exp.value, exp.alternatives, case.dtype, exp.quantity)
     module = format_modules.get(part.format)
-    if module is not None and hasattr(module, "diagnose"):  # a format's own (the notebook formats': RefView)
+    if hasattr(module, "diagnose"):  # a format's own (the notebook formats': the RefView hypotheses)
         return module.diagnose(part, case, exp, yours)
     with np.errstate(all="ignore"):
         return diagnose(exp.key.tensor, yours, exp.view, expected=exp.value, key=exp.key)
@@ -303,21 +299,17 @@ def run_probes(
 
 def driver_of(part: Part) -> Path:
     """The child-side driver file of the part's format."""
-    module = format_modules.get(part.format)
-    return module.DRIVER if module is not None else adapters.DRIVER
+    return format_modules.get(part.format).DRIVER
 
 
 def observe(part: Part, case, results: dict) -> dict:
-    """{Key: what came back}, read by the part's format (grading/formats/, or grading/adapters.py)."""
-    module = format_modules.get(part.format)
-    return (module.observe if module is not None else adapters.observe)(part, case, results)
+    """{Key: what came back}, read by the part's format (grading/formats/)."""
+    return format_modules.get(part.format).observe(part, case, results)
 
 
 def case_notes(part: Part) -> list[str]:
     """What the part's format says about its cases (the notebook formats: MNIST not available)."""
     module = format_modules.get(part.format)
-    if module is None:
-        return _mlp.notes(part, build_cases(part))
     return list(module.notes(part, build_cases(part))) if hasattr(module, "notes") else []
 
 

@@ -311,16 +311,7 @@ def _hook(part: Part, name: str):
     """The format's own counterexample hook (shrink_candidates, shrink_case, shrink_inputs, formula)."""
     from grading import formats
 
-    module = formats.get(part.format)
-    if module is not None:
-        return getattr(module, name, None)
-    legacy = {
-        "shrink_candidates": mlp_candidates,
-        "shrink_case": lambda p, kind, sizes, batch, k: mlp_case(p, kind, sizes, batch, k, pixels=True),
-        "shrink_inputs": probe_inputs,
-        "formula": _legacy_formula,
-    }
-    return legacy[name]
+    return getattr(formats.get(part.format), name, None)
 
 
 class ShrinkFailed(RuntimeError):
@@ -416,21 +407,3 @@ def formula(part: Part, case, key: Key) -> str:
         return f"{key.field} - lr * dL/d{key.field}, lr = {part.learning_rate:g}"
     own = _hook(part, "formula")
     return (own(part, case, key) if own is not None else None) or "the reference's value (reference/)"
-
-
-def _legacy_formula(part: Part, case, key: Key) -> str | None:
-    mean = part.reduction == "mean"
-    f = key.field
-    if part.format in ("class", "logistic"):
-        loss = "sum" if not mean else "mean"
-        if f == "out":
-            return "softmax(h @ W + b), h the hidden activations (X for logistic regression)"
-        if f == "loss":
-            return f"-{loss} over samples of log p[i, y[i]]"
-        if f == "dW":
-            return (
-                "h.T @ delta, delta = dL/d(logits) = p - onehot(y) at the output, back through W.T and the derivative"
-            )
-        if f == "db":
-            return "delta.sum(axis=0)"
-    return None

@@ -45,6 +45,8 @@ from types import ModuleType
 MODULES: dict[str, str] = {
     "layer": "grading.formats.layer",
     "function": "grading.formats.function",
+    "class": "grading.formats.classes",
+    "logistic": "grading.formats.logistic",
 }
 
 

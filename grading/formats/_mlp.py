@@ -298,18 +298,11 @@ def make_case(part, kind: str, sizes, dtype: str, x64, y, params, probe_rng) -> 
     params = {k: v.astype(dtype) for k, v in params.items()}
     x = x64.astype(dtype)
     trace = _stable_trace(part, spec, params, x, y) if kind == "stability" else _trace(spec, params, x, y)
-    rows = (
-        fmt.STEP_ROWS if fmt else (1 if part.format == "class" else None)
-    )  # the training step's batch: None, every row; 1, one sample (NeuralNet.train)
+    rows = fmt.STEP_ROWS  # the training step's batch: None, every row; 1, one sample (NeuralNet.train)
     step_x, step_y = (x[:rows], y[:rows]) if rows else (x, y)
     step_trace = trace if kind == "stability" else _trace(spec, params, step_x, step_y)  # no step check there
     case = Case(f"{kind}-{dtype}", kind, dtype, spec, params, x, y, trace, step_x, step_y, step_trace)
-    if fmt is None:
-        from grading.adapters import plan_case
-
-        plan_case(part, case, probe_rng)
-    else:
-        fmt.plan(part, case, probe_rng)
+    fmt.plan(part, case, probe_rng)
     return case
 
 
