@@ -1,8 +1,13 @@
-"""Adapters: what each format's probes send, what the reference expects back, what came back.
+"""Adapters: what every format's probes send, what the reference expects back, what came back.
 
-    plan_case(part, case, rng)                 fills case.probes and case.expected (in the GRADER)
     requests(part, cases) -> [ProbeRequest]    one sandboxed driver call per student function
-    observe(part, case, results) -> {Key: ndarray | Problem}   case's answers, from the calls' results
+    observe(part, case, results, extract) -> {Key: ndarray | Problem}   case's answers, from the calls' results
+    plan_case(part, case, rng)                 a notebook format's `plan` (fills case.probes, case.expected)
+
+The vocabulary the formats (grading/formats/) share: Key, Expected, Problem, ProbeRequest, Failed,
+and the helpers that draw probe inputs and read records back. Each format plans its own probes
+(the notebook formats: their `plan` in layer.py, function.py, classes.py, logistic.py) and reads
+its own tensors back (their `extract`).
 
 No expected answer ever crosses into the sandbox. Every function is probed with inputs of its own:
 each layer of the layer format gets an input and a dL/d(output) drawn at random for it alone (not

@@ -250,7 +250,8 @@ def _parse_part(p: dict, where: str, source: str, fmt: str, need) -> Part:
         )
     common = {"id", "format", "names", "checks", "limits", "dtypes"}
     options = module.parse_options({k: v for k, v in p.items() if k not in common}, where, source)
-    fields = {k: options.pop(k) for k in NETWORK_FIELDS if k in options}  # a network format's Part fields
+    network = getattr(module, "NETWORK", False)  # a dense network's format fills Part's network fields
+    fields = {k: options.pop(k) for k in NETWORK_FIELDS if k in options} if network else {}
     part = Part(
         id=str(p.get("id", fmt)),
         format=fmt,

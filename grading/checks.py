@@ -3,8 +3,9 @@
     result = grade_submission(path, assignment)                  # SubmissionResult
     results = grade_many(paths, assignment, workers=2)           # in input order, one per path
 
-Cases (built once per distinct assignment part, in the grader; the cache key is every field of the
-part): known weights, inputs and labels on
+Cases (built once per distinct assignment part, in the grader, by the part's format: its
+build_cases, grading/formats/; the cache key is every field of the part). The notebook formats'
+(grading/formats/_mlp.py) are known weights, inputs and labels on
     small-<dtype>      the part's own small shapes (the full shapes for the function format)
     square-, distinct-, width1-, odd-float64
                        the shape sweep (Part.sweep): every layer square; every size and the batch
@@ -13,7 +14,7 @@ part): known weights, inputs and labels on
                        left out, with a note, when MNIST is not available on this machine
     stability-float64  the last layer scaled so the logits reach +-1e3, labels on the smallest logit
 Known weights put every pre-activation at O(1) (no saturated derivative hides a bug) and biases
-are non-zero (a dropped bias shows). Per case the adapters (grading/adapters.py) draw each
+are non-zero (a dropped bias shows). Per case the format's plan draws each
 function's probe inputs of its own (per layer, per helper: never the reference chain) and compute
 the reference's value of every tensor on them (adapters.Expected); none of it is sent. One
 sandboxed call per student function covers every case (a crash costs only that function). What
@@ -23,7 +24,7 @@ A check scores all or nothing (the default) or, with `scoring = "fraction"`, its
 fraction of its (case, tensor) comparisons that agree; its output names the first diverging
 tensor, the worst element and, where a hypothesis matches, the diagnosis (grading/diagnose.py).
 
-Which tensors belong to which check (CHECKS in grading/assignment.py; Key.check):
+Which tensors belong to which check of a notebook format (its CHECKS; Key.check):
     forward               each layer's output, each alone on its own input (function format: the
                           prediction, sigmoid(z), softmax(z), and the parameters unchanged by
                           feed_forward_sample; class format: the probabilities)

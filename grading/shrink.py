@@ -20,7 +20,12 @@ comes before one that writes more.
 No candidate failing with an array: no counterexample (the bug needs a larger shape, or the call
 raised: the exception says more than a small case would).
 
-The function format's notebook fixes its 784 inputs (it reshapes every sample to 28 * 28) and its 10
+Each format that shows counterexamples supplies them through its module (grading/formats/): its
+candidates smallest first (shrink_candidates), one candidate case (shrink_case), what the failing
+call was sent (shrink_inputs) and the reference's equation (formula); the dense network's are here
+(mlp_candidates, mlp_case, probe_inputs), used by the layer, class and logistic formats.
+
+The function format's notebook (grading/formats/function.py) fixes its 784 inputs (it reshapes every sample to 28 * 28) and its 10
 outputs (integer_to_one_hot(y, 10)) and the number of layers (weights[0..2]); the hidden widths are
 the shapes of the weights the grader sets, so they shrink to 1..3. Its candidates are sparse: batch 1
 (the API takes one sample), a sample that is 0 except one or two pixels of 1 or 2, weights[0] 0 except

@@ -52,6 +52,7 @@ NAMES = {
 }
 KEYS = ("W_h", "b_h", "W_o", "b_o")  # the parameters, layer by layer
 DRIVER = _mlp.SHARED_DRIVER
+NETWORK = True  # parse_options fills Part's network fields (assignment.NETWORK_FIELDS)
 STEP_ROWS = 1  # train(x, y, learning_rate) takes one sample
 
 

@@ -64,6 +64,7 @@ NAMES = {
 }
 PROVIDABLE = ("activation", "derivative", "softmax", "loss")  # keys of NAMES: the notebook's own helpers
 DRIVER = _mlp.SHARED_DRIVER
+NETWORK = True  # parse_options fills Part's network fields (assignment.NETWORK_FIELDS)
 STEP_ROWS = None  # one sample: the batch is 1
 PIXELS = (1, 2)  # a counterexample's nonzero pixels per sample
 

@@ -65,6 +65,7 @@ NAMES = {
     "biases": "biases",
 }
 DRIVER = _mlp.SHARED_DRIVER  # the notebook formats' shared driver, grading/drivers/api.py
+NETWORK = True  # parse_options fills Part's network fields (assignment.NETWORK_FIELDS)
 STEP_ROWS = None  # train(network, X, y) on the whole batch
 
 

@@ -22,6 +22,7 @@ CHECKS = ("forward", "loss", "weight_gradients", "bias_gradients", "stability")
 NAMES = {"class": "LogisticRegression", "W": "W", "b": "b", "forward": "forward", "loss": "loss", "grad": "grad_loss"}
 KEYS = ("W", "b")
 DRIVER = _mlp.SHARED_DRIVER
+NETWORK = True  # parse_options fills Part's network fields (assignment.NETWORK_FIELDS)
 STEP_ROWS = None  # no training step
 
 
