@@ -1,8 +1,13 @@
-"""Adapters: what each format's probes send, what the reference expects back, what came back.
+"""Adapters: what every format's probes send, what the reference expects back, what came back.
 
-    plan_case(part, case, rng)                 fills case.probes and case.expected (in the GRADER)
     requests(part, cases) -> [ProbeRequest]    one sandboxed driver call per student function
-    observe(part, case, results) -> {Key: ndarray | Problem}   case's answers, from the calls' results
+    observe(part, case, results, extract) -> {Key: ndarray | Problem}   case's answers, from the calls' results
+    plan_case(part, case, rng)                 a notebook format's `plan` (fills case.probes, case.expected)
+
+The vocabulary the formats (grading/formats/) share: Key, Expected, Problem, ProbeRequest, Failed,
+and the helpers that draw probe inputs and read records back. Each format plans its own probes
+(the notebook formats: their `plan` in layer.py, function.py, classes.py, logistic.py) and reads
+its own tensors back (their `extract`).
 
 No expected answer ever crosses into the sandbox. Every function is probed with inputs of its own:
 each layer of the layer format gets an input and a dL/d(output) drawn at random for it alone (not
@@ -30,9 +35,6 @@ from pathlib import Path
 import numpy as np
 
 from grading.diagnose import RefView
-from reference.layers import softmax
-from reference.losses import SoftmaxCrossEntropy, one_hot
-from reference.network import ACTIVATIONS, Network
 
 DRIVER = Path(__file__).parent / "drivers" / "api.py"
 PROBE_LR = 1.0  # the rate gradients are read back at: old - new is dL/dW itself
@@ -137,199 +139,10 @@ def _random_logits(rng, batch: int, n: int, dtype, stable: bool) -> tuple[np.nda
 
 
 def plan_case(part, case, rng: np.random.Generator) -> None:
-    {"layer": _plan_layer, "function": _plan_function, "class": _plan_class, "logistic": _plan_class}[part.format](
-        part, case, rng
-    )
+    """The part's format plans the case (a notebook format's `plan`: grading/formats/)."""
+    from grading import formats
 
-
-def _plan_layer(part, case, rng) -> None:
-    n = part.names
-    stab = case.kind == "stability"
-    B = case.x.shape[0]
-    net = Network(case.spec, case.params)
-    names, specs = case.spec.layer_names(), case.spec.layers
-    layer_specs, forwards, backwards = [], [], []  # in computation order: forward, loss, back from the loss
-    for i, (name, ls, layer) in enumerate(zip(names, specs, net.layers)):
-        cls = n[ls.kind]
-        width = case.x.shape[1] if i == 0 else layer_specs[-1]["n_out"]
-        kind = ls.kind if ls.kind != "dense" else "after"
-        # forward and backward each get inputs of their own (the first layer: the network's input)
-        x, xb = (case.x, case.x) if i == 0 else (_rand(rng, (B, width), case.dtype, kind) for _ in range(2))
-        out, _ = layer.forward(x)
-        out_b, cache = layer.forward(xb)
-        g = (_rand(rng, out.shape, case.dtype) / B).astype(case.dtype)
-        grad_in, grads = layer.backward(g, cache)
-        item = {"name": name, "kind": ls.kind, "n_out": out.shape[1]}
-        if ls.kind == "dense":
-            item.update(n_in=width, W=case.params[f"{name}.W"], b=case.params[f"{name}.b"])
-        layer_specs.append(item)
-        common = {"names": dict(n), "lr": PROBE_LR}
-        _probe(case, f"{cls}.forward", "layer_forward", common, {**item, "x": x})
-        _probe(case, f"{cls}.backward", "layer_backward", common, {**item, "x": xb, "grad_out": g})
-        view = _local_view(case, name, ls.kind, x, out, None, None, {})
-        forwards.append(Expected(Key("forward", f"{cls}.forward", f"{name}.out", name, "out"), out, view, "forward"))
-        view = _local_view(case, name, ls.kind, xb, out_b, g, grad_in, grads)
-        back = []
-        if ls.kind == "dense":
-            for p, check in (("W", "weight_gradients"), ("b", "bias_gradients")):
-                key = Key(check, f"{cls}.backward", f"{name}.d{p}", name, f"d{p}")
-                back.append(Expected(key, grads[p], view, "gradient"))
-        key = Key("backward", f"{cls}.backward", f"{name}.grad_in", name, "grad_in")
-        backwards.append([*back, Expected(key, grad_in, view, "gradient")])
-    last = names[-1]
-    logits, labels = _random_logits(rng, B, case.spec.n_out, case.dtype, stab)
-    value, grad = SoftmaxCrossEntropy(part.reduction).value_and_grad(logits, labels)
-    args = {"logits": logits, "labels": labels}
-    _probe(case, n["loss"], "loss_call", {"name": n["loss"]}, args)
-    _probe(case, n["loss_grad"], "loss_call", {"name": n["loss_grad"]}, args)
-    view = _local_view(case, last, specs[-1].kind, logits, logits, grad, None, {})
-    case.expected += [
-        *forwards,
-        Expected(Key("loss", n["loss"], "loss", None, "loss"), np.asarray(value), None, "loss"),
-        Expected(Key("loss_gradient", n["loss_grad"], f"{last}.grad_out", last, "grad_out"), grad, view, "gradient"),
-        *(e for layer in reversed(backwards) for e in layer),
-    ]
-    if stab or not {"network_forward", "training_step"} & set(part.check_names):
-        return
-    net_case = {"layers": layer_specs, "x": case.step_x, "y": case.step_y, "lr": part.learning_rate}
-    fwd, train = f"{n['forward']}(network, X)", f"{n['train']}(network, X, y)"
-    view = _view(case, "step", part.learning_rate)
-    if "network_forward" in part.check_names:
-        _probe(case, fwd, "layer_network_forward", {"names": dict(n)}, net_case)
-        for name, rec in zip(names, case.step_trace.layers):
-            key = Key("network_forward", fwd, f"network: {name}.out", name, "out")
-            case.expected.append(Expected(key, rec.out, view, "forward"))
-    if "training_step" in part.check_names:
-        _probe(case, train, "layer_train", {"names": dict(n)}, net_case)
-        for d in reversed(_dense_names(case.spec)):  # backprop's order: the last layer's update first
-            for p in ("W", "b"):
-                new = case.params[f"{d}.{p}"] - part.learning_rate * case.step_trace[d].grads[p]
-                case.expected.append(
-                    Expected(Key("training_step", train, f"step: {d}.{p}", d, p), new, view, "parameters")
-                )
-
-
-def _plan_function(part, case, rng) -> None:
-    n = part.names
-    stab = case.kind == "stability"
-    dense = _dense_names(case.spec)
-    t = case.trace
-    model = {
-        "W": [case.params[f"{d}.W"] for d in dense],
-        "b": [case.params[f"{d}.b"].reshape(1, -1) for d in dense],  # the notebook's (1, n) biases
-        "x": case.x[0],
-        "y": int(case.y[0]),
-    }
-    ff, train = n["forward"], n["train"]
-    main = _view(case)
-    _probe(case, ff, "function_feed_forward", {"names": dict(n)}, model)
-    n_out = t.layers[-1].out.shape[1]
-    prediction = np.eye(n_out, dtype=case.dtype)[int(np.argmax(t.layers[-1].out[0]))]
-    case.expected.append(Expected(Key("forward", ff, "prediction", None, "prediction"), prediction, None, "forward"))
-    if not (stab and n["loss"] in part.provided):  # at +-1e3 the given loss's NaN is not the student's
-        loss = np.asarray(t.loss) if t.loss is not None else np.asarray(np.inf)
-        case.expected.append(Expected(Key("loss", ff, "loss", None, "loss"), loss, main, "loss", finite_only=stab))
-    for d in dense:
-        for p in ("W", "b"):
-            key = Key("forward", ff, f"unchanged by {ff}: {d}.{p}", d, p)
-            case.expected.append(Expected(key, case.params[f"{d}.{p}"], main, "parameters"))
-    kinds = part.activations
-    z = [_rand(rng, (1, case.params[f"{d}.W"].shape[1]), case.dtype, kinds[k]) for k, d in enumerate(dense[:-1])]
-    for fn, key_check, what in ((n["activation"], "forward", "value"), (n["derivative"], "activation_derivative", "d")):
-        if fn in part.provided:
-            continue
-        for k, zk in enumerate(z):
-            _probe(case, fn, "unit_call", {"name": fn}, [zk])
-            layer = ACTIVATIONS[kinds[k]](f"act_{k + 1}")
-            a, cache = layer.forward(zk)
-            value = a if what == "value" else layer.backward(np.ones_like(zk), cache)[0]
-            case.expected.append(Expected(Key(key_check, fn, f"{fn}(z_{k + 1})", None, what), value, None, "forward"))
-    if n["softmax"] not in part.provided:
-        logits, _ = _random_logits(rng, 1, n_out, case.dtype, stab)
-        _probe(case, n["softmax"], "unit_call", {"name": n["softmax"]}, [logits])
-        key = Key("forward", n["softmax"], "softmax(z_out)", None, "softmax")
-        case.expected.append(Expected(key, softmax(logits), None, "forward"))
-    if n["loss"] not in part.provided:
-        logits, labels = _random_logits(rng, 1, n_out, case.dtype, stab)
-        probs = softmax(logits)
-        onehot = one_hot(labels, n_out, case.dtype)[0]
-        _probe(case, n["loss"], "unit_call", {"name": n["loss"]}, [onehot, probs])
-        with np.errstate(divide="ignore"):
-            value = np.asarray(-np.log(probs[0, labels[0]]))  # -log p_y: the reference CrossEntropy, summed
-        key = Key("loss", n["loss"], f"{n['loss']}(y, p)", None, "loss")
-        case.expected.append(Expected(key, value, None, "loss", finite_only=stab and not np.isfinite(value)))
-    stepped = not stab and "training_step" in part.check_names
-    rates = [PROBE_LR, part.learning_rate] if stepped else [PROBE_LR]
-    _probe(case, train, "function_train", {"names": dict(n)}, {**model, "rates": rates})
-    for d in reversed(dense):  # backprop's order
-        for p, check in (("W", "weight_gradients"), ("b", "bias_gradients")):
-            key = Key(check, train, f"{d}.d{p}", d, f"d{p}")
-            case.expected.append(Expected(key, t[d].grads[p], main, "gradient"))
-    if len(rates) > 1:
-        step = _view(case, "step", part.learning_rate)
-        for d in reversed(dense):
-            for p in ("W", "b"):
-                new = case.params[f"{d}.{p}"] - part.learning_rate * case.step_trace[d].grads[p]
-                case.expected.append(
-                    Expected(Key("training_step", train, f"step: {d}.{p}", d, p), new, step, "parameters")
-                )
-
-
-CLASS_KEYS = {"class": ("W_h", "b_h", "W_o", "b_o"), "logistic": ("W", "b")}
-
-
-def _plan_class(part, case, rng) -> None:
-    n = part.names
-    stab = case.kind == "stability"
-    dense = _dense_names(case.spec)
-    keys = CLASS_KEYS[part.format]
-    targets = [(dense[i // 2], "W" if i % 2 == 0 else "b") for i in range(len(keys))]
-    sizes = [case.spec.n_in] + [case.params[f"{d}.W"].shape[1] for d in dense]
-    model = {"sizes": sizes, "params": {k: case.params[f"{d}.{p}"] for k, (d, p) in zip(keys, targets)}}
-    cls = n["class"]
-    label = {call: f"{cls}.{n[call]}" for call in ("forward", "loss", "grad")}
-    main = _view(case)
-    last = case.spec.layer_names()[-1]
-    _probe(case, label["forward"], "class_call", {"names": dict(n), "call": "forward"}, {**model, "X": case.x})
-    key = Key("forward", label["forward"], f"{last}.out", last, "out")
-    case.expected.append(Expected(key, case.trace.layers[-1].out, main, "forward"))
-    _probe(case, label["loss"], "class_call", {"names": dict(n), "call": "loss"}, {**model, "X": case.x, "y": case.y})
-    loss = np.asarray(case.trace.loss) if case.trace.loss is not None else np.asarray(np.inf)
-    case.expected.append(
-        Expected(Key("loss", label["loss"], "loss", None, "loss"), loss, main, "loss", finite_only=stab)
-    )
-    if part.format == "class":
-        _probe(
-            case, label["grad"], "class_call", {"names": dict(n), "call": "grad"}, {**model, "X": case.x, "y": case.y}
-        )
-        grads = {(d, p): case.trace[d].grads[p] for d, p in targets}
-        views = dict.fromkeys(targets, main)
-    else:  # grad_loss(X, y_true, y_pred): predictions of its own, not the reference's probabilities
-        logits, _ = _random_logits(rng, len(case.y), case.spec.n_out, case.dtype, stab)
-        y_pred = softmax(logits)
-        onehot = one_hot(case.y, case.spec.n_out, case.dtype)
-        # dL/d(logits) at predictions p: p - onehot (the reference's softmax cross-entropy from the logits)
-        _, g = SoftmaxCrossEntropy(part.reduction).value_and_grad(logits, case.y)
-        layer = Network(case.spec, case.params).layers[0]
-        _, cache = layer.forward(case.x)
-        _, layer_grads = layer.backward(g, cache)
-        item = {**model, "X": case.x, "y_true": onehot, "y_pred": y_pred}
-        _probe(case, label["grad"], "class_call", {"names": dict(n), "call": "grad"}, item)
-        grads = {(dense[0], p): layer_grads[p] for p in ("W", "b")}
-        view = _local_view(case, dense[0], "dense", case.x, None, g, None, layer_grads)
-        views = dict.fromkeys(targets, view)
-    for d, p in reversed(targets):  # backprop's order: the output layer first
-        key = Key("weight_gradients" if p == "W" else "bias_gradients", label["grad"], f"{d}.d{p}", d, f"d{p}")
-        case.expected.append(Expected(key, grads[(d, p)], views[(d, p)], "gradient"))
-    if part.format != "class" or stab or "training_step" not in part.check_names:
-        return
-    train = f"{cls}.{n['train']}"
-    item = {**model, "x_row": case.step_x[0], "y_row": int(case.step_y[0]), "lr": part.learning_rate}
-    _probe(case, train, "class_call", {"names": dict(n), "call": "train"}, item)
-    step = _view(case, "step", part.learning_rate)
-    for d, p in reversed(targets):
-        new = case.params[f"{d}.{p}"] - part.learning_rate * case.step_trace[d].grads[p]
-        case.expected.append(Expected(Key("training_step", train, f"step: {d}.{p}", d, p), new, step, "parameters"))
+    formats.get(part.format).plan(part, case, rng)
 
 
 # Requests ---------------------------------------------------------------------------------------
@@ -352,11 +165,17 @@ def requests(part, cases: list) -> list[ProbeRequest]:
 # Observing --------------------------------------------------------------------------------------
 
 
-def observe(part, case, results: dict[str, object]) -> dict[Key, object]:
+def observe(part, case, results: dict[str, object], extract=None) -> dict[Key, object]:
     """{Key: what came back (an ndarray, or anything hostile) | Problem}, for every expected Key.
 
-    `results` is {call label: this case's record (a list, one entry per item sent) | Failed}. A key
-    with no entry in the answer is the compare step's "no answer", never a pass."""
+    `results` is {call label: this case's record (a list, one entry per item sent) | Failed};
+    extract(part, case, expected, record, items) reads one tensor from its call's record (default:
+    the part's format's `extract`), `items` counting the entries read per call. A key with no entry
+    in the answer is the compare step's "no answer", never a pass."""
+    if extract is None:
+        from grading import formats
+
+        extract = formats.get(part.format).extract
     got: dict[Key, object] = {}
     items: dict[str, int] = {}
     for exp in case.expected:
@@ -368,7 +187,7 @@ def observe(part, case, results: dict[str, object]) -> dict[Key, object]:
         if isinstance(record, Failed):
             got[key] = Problem(f"{key.function}: {record.reason}")
             continue
-        got[key] = _extract(part, case, exp, record, items)
+        got[key] = extract(part, case, exp, record, items)
     return got
 
 
@@ -421,91 +240,6 @@ def _param(value, p: str, key: Key):
     return value[p]
 
 
-def _extract(part, case, exp: Expected, record, items: dict[str, int]):
-    key = exp.key
-    fmt = part.format
-    if fmt == "layer":
-        if key.check == "forward":  # one layer's forward(input)
-            return _result(_entry(record, _index(case, key), key.function), key.function)
-        if key.check in ("backward", "weight_gradients", "bias_gradients"):  # one layer's backward
-            entry = _entry(record, _index(case, key), key.function)
-            if isinstance(entry, Problem) or not isinstance(entry, dict):
-                return entry if isinstance(entry, Problem) else Problem(f"{key.function}: no result record")
-            backward = _result(entry.get("backward"), key.function)
-            if key.field == "grad_in" or isinstance(backward, Problem):
-                return backward
-            params = _result(entry.get("params"), "reading parameters")
-            p = key.field[1:]
-            return _read_back(key, case.params[f"{key.layer}.{p}"], _param(params, p, key), PROBE_LR)
-        if key.field == "loss":
-            losses = _result(_entry(record, 0, key.function), key.function)
-            if isinstance(losses, Problem):
-                return losses
-            if not isinstance(losses, np.ndarray) or losses.shape != (len(case.y),):
-                shape = losses.shape if isinstance(losses, np.ndarray) else type(losses).__name__
-                return Problem(f"{key.function} returned {shape}; expected one loss per sample, shape ({len(case.y)},)")
-            if losses.dtype.kind not in "iuf":
-                return Problem(f"{key.function} returned dtype {losses.dtype}, expected numbers")
-            return losses.mean() if part.reduction == "mean" else losses.sum()
-        if key.field == "grad_out":
-            return _result(_entry(record, 0, key.function), key.function)
-        if key.check == "network_forward":
-            outs = _result(_entry(record, 0, key.function), key.function)
-            if isinstance(outs, Problem):
-                return outs
-            names = case.spec.layer_names()
-            if not isinstance(outs, list | tuple) or len(outs) != len(names):
-                count = len(outs) if isinstance(outs, list | tuple) else type(outs).__name__
-                return Problem(f"{key.function} returned {count} activations for {len(names)} layers")
-            return outs[names.index(key.layer)]
-        # training step: the parameters of every layer after train(network, X, y)
-        params = _result(_entry(record, 0, key.function), key.function)
-        if isinstance(params, Problem):
-            return params
-        i = case.spec.layer_names().index(key.layer)
-        if not isinstance(params, list) or i >= len(params):
-            return Problem(f"{key.function}: the parameters after the step could not be read back")
-        return _param(_result(params[i], "reading parameters"), key.field, key)
-    if fmt == "function":
-        if key.function == part.names["forward"]:
-            ff = _result(_entry(record, 0, key.function), key.function)
-            if isinstance(ff, Problem):
-                return ff
-            if key.field == "prediction":
-                return _reshaped(_field(ff, "guess", key), exp.value)
-            if key.field == "loss":
-                return _field(ff, "loss", key)
-            after = ff.get("params_after") if isinstance(ff, dict) else None
-            after = _result(after, "reading weights and biases")
-            return _nth_param(part, case, key, after, "W" if key.field == "W" else "b", exp.value)
-        if key.function == part.names["train"]:
-            per_rate = _entry(record, 0, key.function)
-            rate = 1 if key.check == "training_step" else 0
-            got = _result(_entry(per_rate, rate, key.function), key.function)
-            if isinstance(got, Problem):
-                return got
-            p = key.field[-1]
-            before = case.params[f"{key.layer}.{p}"]
-            value = _nth_param(part, case, key, got, p, before)
-            if rate == 1 or isinstance(value, Problem):
-                return value
-            return _read_back(key, before, value, PROBE_LR, squeeze=True)
-        # unit functions: one entry per item sent, in order
-        k = items.get(key.function, 0)
-        items[key.function] = k + 1
-        return _result(_entry(record, k, key.function), key.function)
-    # class / logistic
-    got = _result(_entry(record, 0, key.function), key.function)
-    if isinstance(got, Problem) or key.field in ("out", "loss"):
-        return got
-    keys = CLASS_KEYS[fmt]
-    dense = _dense_names(case.spec)
-    which = keys[dense.index(key.layer) * 2 + (0 if key.field in ("dW", "W") else 1)]
-    if not isinstance(got, dict) or which not in got:
-        return Problem(f"{key.function}: no {part.names[which]!r} in what came back ({type(got).__name__})")
-    return got[which]
-
-
 def _field(value, name: str, key: Key):
     if not isinstance(value, dict) or name not in value:
         return Problem(f"{key.function}: no {name} in what came back ({type(value).__name__})")
@@ -517,17 +251,3 @@ def _reshaped(value, like: np.ndarray):
     if isinstance(value, np.ndarray) and value.shape != like.shape and value.size == like.size and value.ndim == 2:
         return value.reshape(like.shape)
     return value
-
-
-def _nth_param(part, case, key: Key, got, p: str, like: np.ndarray):
-    """weights[i] / biases[i] of the function format, for the key's layer."""
-    if isinstance(got, Problem):
-        return got
-    listed = got.get(p) if isinstance(got, dict) else None
-    i = _dense_names(case.spec).index(key.layer)
-    what = part.names["weights" if p == "W" else "biases"]
-    if not isinstance(listed, list):
-        return Problem(f"{what} could not be read back ({type(listed).__name__})")
-    if i >= len(listed):
-        return Problem(f"{what} has {len(listed)} entries, expected {len(_dense_names(case.spec))}")
-    return _reshaped(listed[i], like)

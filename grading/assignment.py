@@ -2,13 +2,25 @@
 
     assignment = load_assignment("layer-api")          # a built-in, or a path to a .toml / .json file
     part = assignment.parts[0]
-    part.spec(sizes, dtype) -> ModelSpec                # the reference model the part is checked against
+    part.spec(sizes, dtype) -> ModelSpec                # a notebook format's reference model
 
 An assignment file (TOML or JSON, read with the standard library) has `name`, `title` and one or
-more `[[parts]]`, each with:
+more `[[parts]]`. Every part has:
 
     id             a short name used in check names ("mlp", "logistic")
-    format         "layer" | "function" | "class" | "logistic"  (see grading/drivers/)
+    format         a registered format (grading/formats/: FORMATS), whose module reads the rest
+    dtypes         ["float64", "float32"]
+    names          optional table renaming the API (defaults: the format's NAMES)
+    limits         optional {wall_s, cpu_s, memory_mb} per sandboxed call
+    checks         [{name, points, scoring, visibility}] from the format's CHECKS; scoring is
+                   "all_or_nothing" (the default, and the built-ins': the points when every comparison
+                   agrees, else 0) or "fraction" (the points times the fraction of comparisons that
+                   agree); visibility (Gradescope's names) "visible" (the default) | "hidden" |
+                   "after_due_date" | "after_published": when a student sees the check's result
+
+and its format's own fields (its parse_options). Those of the four notebook formats, "layer" |
+"function" | "class" | "logistic" (a dense network: grading/formats/_mlp.py):
+
     sizes          the real-data architecture [n_in, hidden..., n_out]
     small_sizes    the same network with small shapes (synthetic inputs); the function format
                    has none (its notebook reshapes every sample to 784)
@@ -17,22 +29,15 @@ more `[[parts]]`, each with:
     reduction      "mean" | "sum" over the batch
     learning_rate  the rate of the training-step check
     batch          rows per synthetic / real-data case (1 for per-sample formats)
-    dtypes         ["float64", "float32"]
     preprocess     "raw" | "scale255" for the MNIST rows
-    names          optional table renaming the API (defaults in DEFAULT_NAMES)
     provided       optional list of the API's function names the instructor gives (the notebook's
                    own helpers): they are not graded and cost nothing; only the function format's
                    helpers can be (activation, derivative, softmax, loss)
-    limits         optional {wall_s, cpu_s, memory_mb} per sandboxed call
-    checks         [{name, points, scoring, visibility}] from CHECKS[format]; scoring is "all_or_nothing"
-                   (the default, and the built-ins': the points when every comparison agrees, else
-                   0) or "fraction" (the points times the fraction of comparisons that agree);
-                   visibility (Gradescope's names) "visible" (the default) | "hidden" |
-                   "after_due_date" | "after_published": when a student sees the check's result
 
-Check names are fixed per format (CHECKS); what each covers is written in grading/checks.py.
-Besides small_sizes, every check runs on a sweep of shapes (`Part.sweep`: all square, all different,
-a width of 1 with a batch of 1, odd sizes), so that a bug that shows only on some shapes shows.
+Check names are fixed per format (its CHECKS); what each covers is written in grading/checks.py
+and the format's module. Besides small_sizes, every check of a notebook format runs on a sweep of
+shapes (`Part.sweep`: all square, all different, a width of 1 with a batch of 1, odd sizes), so
+that a bug that shows only on some shapes shows.
 Top level, optionally: `forbidden`, the modules a submission may not use (default
 grading.integrity.DEFAULT_FORBIDDEN; the grader's own packages are always forbidden).
 """
@@ -47,82 +52,19 @@ from pathlib import Path
 
 from grading import formats as format_modules
 from grading.integrity import DEFAULT_FORBIDDEN
-from reference.spec import LayerSpec, ModelSpec
+from reference.spec import ModelSpec
 
 BUILTIN_DIR = Path(__file__).parent / "assignments"
-NOTEBOOK_FORMATS = ("layer", "function", "class", "logistic")  # planned in grading/adapters.py
-FORMATS = NOTEBOOK_FORMATS + format_modules.names()  # and the registered ones (grading/formats/)
-ACTIVATIONS = ("relu", "sigmoid", "tanh")
-LOSSES = ("softmax_cross_entropy", "cross_entropy")
+FORMATS = format_modules.names()  # every registered format (grading/formats/)
 
-CHECKS: dict[str, tuple[str, ...]] = {
-    "layer": (
-        "forward",
-        "loss",
-        "loss_gradient",
-        "backward",
-        "weight_gradients",
-        "bias_gradients",
-        "network_forward",
-        "training_step",
-        "stability",
-    ),
-    "function": (
-        "forward",
-        "loss",
-        "activation_derivative",
-        "weight_gradients",
-        "bias_gradients",
-        "training_step",
-        "stability",
-    ),
-    "class": ("forward", "loss", "weight_gradients", "bias_gradients", "training_step", "stability"),
-    "logistic": ("forward", "loss", "weight_gradients", "bias_gradients", "stability"),
-}
 
-DEFAULT_NAMES: dict[str, dict[str, str]] = {
-    "layer": {
-        "dense": "Dense",
-        "relu": "ReLU",
-        "sigmoid": "Sigmoid",
-        "tanh": "Tanh",
-        "loss": "softmax_crossentropy_with_logits",
-        "loss_grad": "grad_softmax_crossentropy_with_logits",
-        "forward": "forward",
-        "train": "train",
-        "weights": "weights",
-        "biases": "biases",
-    },
-    "function": {
-        "weights": "weights",
-        "biases": "biases",
-        "forward": "feed_forward_sample",
-        "train": "train_one_sample",
-        "activation": "sigmoid",
-        "derivative": "dsigmoid",
-        "softmax": "softmax",
-        "loss": "cross_entropy_loss",
-    },
-    "class": {
-        "class": "NeuralNet",
-        "W_h": "W_h",
-        "b_h": "b_h",
-        "W_o": "W_o",
-        "b_o": "b_o",
-        "forward": "forward",
-        "loss": "loss",
-        "grad": "grad_loss",
-        "train": "train",
-    },
-    "logistic": {
-        "class": "LogisticRegression",
-        "W": "W",
-        "b": "b",
-        "forward": "forward",
-        "loss": "loss",
-        "grad": "grad_loss",
-    },
-}
+def __getattr__(name: str):
+    """The per-format tables of before the registry (CHECKS, DEFAULT_NAMES), read from it."""
+    if name == "CHECKS":
+        return {f: tuple(format_modules.get(f).CHECKS) for f in FORMATS}
+    if name == "DEFAULT_NAMES":
+        return {f: dict(format_modules.get(f).NAMES) for f in FORMATS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class AssignmentError(ValueError):
@@ -131,7 +73,6 @@ class AssignmentError(ValueError):
 
 SCORING = ("all_or_nothing", "fraction")
 VISIBILITY = ("visible", "hidden", "after_due_date", "after_published")  # Gradescope's test visibility
-PROVIDABLE = {"function": ("activation", "derivative", "softmax", "loss")}  # keys of DEFAULT_NAMES
 
 
 @dataclass(frozen=True)
@@ -159,53 +100,17 @@ class Part:
     checks: tuple[Check, ...]
     limits: dict[str, float] = field(default_factory=dict)
     provided: tuple[str, ...] = ()  # function names given by the instructor: not graded
-    options: dict = field(default_factory=dict)  # a registered format's own fields (its parse_options)
+    options: dict = field(default_factory=dict)  # the format's own fields beyond these (its parse_options)
 
     def sweep(self) -> list[tuple[str, tuple[int, ...], int]]:
-        """(label, sizes, batch) of the synthetic cases: the part's own small shapes, then shapes
-        chosen so each shape-dependent bug shows on one: every layer square, every size (and the
-        batch) different, a width of 1 with a batch of 1, odd sizes with an odd batch. The function
-        format keeps its notebook's 784 inputs and 10 outputs and varies the hidden widths."""
-        small = self.small_sizes or self.sizes
-        n = len(small)
-        out = [("small", small, self.batch)]
-        if self.format == "function":
-            h, first, last = n - 2, small[0], small[-1]
-            shapes = [
-                ("square", (first, *[5] * h, last), 1),
-                ("distinct", (first, *range(h + 5, 5, -1), last), 1),
-                ("width1", (first, *[1] * h, last), 1),
-                ("odd", (first, *range(2 * h + 1, 1, -2), last), 1),
-            ]
-        else:
-            shapes = [
-                ("square", (5,) * n, 3),
-                ("distinct", tuple(range(n + 4, 4, -1)) if n > 1 else (5,), 2),
-                ("width1", (1, 3) if n == 2 else (3, *[1] * (n - 2), 3), 1),
-                ("odd", tuple(range(2 * n + 1, 1, -2)), 5 if n > 2 else 3),
-            ]
-        return out + [s for s in shapes if s[1] != small or s[2] != self.batch]
+        """(label, sizes, batch) of a notebook format's synthetic cases (its `sweep`: grading/formats/)."""
+        return format_modules.get(self.format).sweep(self)
 
     def spec(self, sizes: tuple[int, ...], dtype: str) -> ModelSpec:
-        """The reference model: dense layers of `sizes`, the activations between, softmax on top for
-        probability losses (class / logistic formats); softmax_cross_entropy works on the logits."""
-        layers: list[LayerSpec] = []
-        for i, n in enumerate(sizes[1:]):
-            layers.append(LayerSpec("dense", units=n))
-            if i < len(sizes) - 2:
-                layers.append(LayerSpec(self.activations[i]))
-        if self.loss == "cross_entropy":
-            layers.append(LayerSpec("softmax"))
-        return ModelSpec(
-            n_in=sizes[0],
-            layers=tuple(layers),
-            loss=self.loss,
-            reduction=self.reduction,
-            dtype=dtype,
-            init="glorot_uniform",
-            preprocess=self.preprocess,
-            name=self.id,
-        )
+        """A notebook format's reference model on `sizes` (grading/formats/_mlp.py: model_spec)."""
+        from grading.formats._mlp import model_spec
+
+        return model_spec(self, sizes, dtype)
 
     @property
     def check_names(self) -> tuple[str, ...]:
@@ -213,20 +118,7 @@ class Part:
 
     def needed_names(self) -> tuple[str, ...]:
         """Module-level names the drivers use: what the notebook extraction must keep."""
-        module = format_modules.get(self.format)
-        if module is not None:
-            return tuple(module.needed_names(self))
-        n = self.names
-        if self.format == "layer":
-            names = [n["dense"], *(n[a] for a in set(self.activations)), n["loss"], n["loss_grad"]]
-            if "network_forward" in self.check_names or "training_step" in self.check_names:
-                names += [n["forward"], n["train"]]
-            return tuple(names)
-        if self.format == "function":  # provided helpers too: the graded functions call them
-            return tuple(
-                n[k] for k in ("weights", "biases", "forward", "train", "activation", "derivative", "softmax", "loss")
-            )
-        return (n["class"],)
+        return tuple(format_modules.get(self.format).needed_names(self))
 
 
 @dataclass(frozen=True)
@@ -275,98 +167,30 @@ def load_assignment(name_or_path: str | Path) -> Assignment:
     return parse_assignment(data, str(path))
 
 
-def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
-    def need(d: dict, key: str, where: str, kind: type | tuple[type, ...]):
-        if key not in d:
-            raise AssignmentError(f"{source}: {where}: missing field {key!r}")
-        if not isinstance(d[key], kind):
-            raise AssignmentError(f"{source}: {where}.{key}: expected {kind}, got {d[key]!r}")
-        return d[key]
+def need(d: dict, key: str, where: str, kind: type | tuple[type, ...], source: str):
+    """d[key], which must be there and of `kind`; else an AssignmentError naming the file and the field."""
+    if key not in d:
+        raise AssignmentError(f"{source}: {where}: missing field {key!r}")
+    if not isinstance(d[key], kind):
+        raise AssignmentError(f"{source}: {where}.{key}: expected {kind}, got {d[key]!r}")
+    return d[key]
 
-    name = need(data, "name", "top level", str)
-    raw_parts = need(data, "parts", "top level", list)
+
+def parse_assignment(data: dict, source: str = "<dict>") -> Assignment:
+    def field_of(d: dict, key: str, where: str, kind: type | tuple[type, ...]):
+        return need(d, key, where, kind, source)
+
+    name = field_of(data, "name", "top level", str)
+    raw_parts = field_of(data, "parts", "top level", list)
     if not raw_parts:
         raise AssignmentError(f"{source}: parts: expected at least one [[parts]] table")
     parts = []
     for i, p in enumerate(raw_parts):
         where = f"parts[{i}]"
-        fmt = need(p, "format", where, str)
+        fmt = field_of(p, "format", where, str)
         if fmt not in FORMATS:
             raise AssignmentError(f"{source}: {where}.format: expected one of {FORMATS}, got {fmt!r}")
-        if fmt in format_modules.names():
-            parts.append(_parse_registered(p, where, source, fmt, need))
-            continue
-        sizes = tuple(need(p, "sizes", where, list))
-        small = tuple(p["small_sizes"]) if p.get("small_sizes") else None
-        for label, s in (("sizes", sizes), ("small_sizes", small)):
-            if s is not None and (len(s) < 2 or not all(isinstance(v, int) and v > 0 for v in s)):
-                raise AssignmentError(
-                    f"{source}: {where}.{label}: expected positive ints [n_in, ..., n_out], got {list(s)}"
-                )
-        expected_layers = {"class": 3, "logistic": 2}.get(fmt)
-        for label, s in (("sizes", sizes), ("small_sizes", small)):
-            if s is not None and expected_layers and len(s) != expected_layers:
-                raise AssignmentError(
-                    f"{source}: {where}.{label}: the {fmt} format has {expected_layers - 1} dense layer(s), got {list(s)}"
-                )
-        if fmt == "function" and small is not None:
-            raise AssignmentError(f"{source}: {where}.small_sizes: the function format has fixed sizes; remove it")
-        activations = tuple(p.get("activations", []))
-        if len(activations) != len(sizes) - 2 or any(a not in ACTIVATIONS for a in activations):
-            raise AssignmentError(
-                f"{source}: {where}.activations: expected {len(sizes) - 2} of {ACTIVATIONS} (one per hidden layer), got {list(activations)}"
-            )
-        loss = p.get("loss", "softmax_cross_entropy")
-        if loss not in LOSSES:
-            raise AssignmentError(f"{source}: {where}.loss: expected one of {LOSSES}, got {loss!r}")
-        if fmt in ("class", "logistic") and loss != "cross_entropy":
-            raise AssignmentError(
-                f"{source}: {where}.loss: the {fmt} format outputs probabilities: use 'cross_entropy'"
-            )
-        if fmt in ("layer", "function") and loss != "softmax_cross_entropy":
-            raise AssignmentError(
-                f"{source}: {where}.loss: the {fmt} format works on logits: use 'softmax_cross_entropy'"
-            )
-        reduction = p.get("reduction", "mean")
-        if reduction not in ("mean", "sum"):
-            raise AssignmentError(f"{source}: {where}.reduction: expected 'mean' or 'sum', got {reduction!r}")
-        dtypes = tuple(p.get("dtypes", ["float64"]))
-        if not dtypes or any(d not in ("float32", "float64") for d in dtypes):
-            raise AssignmentError(
-                f"{source}: {where}.dtypes: expected a subset of ['float64', 'float32'], got {list(dtypes)}"
-            )
-        batch = int(p.get("batch", 1 if fmt == "function" else 4))
-        if fmt == "function" and batch != 1:
-            raise AssignmentError(f"{source}: {where}.batch: the function format takes one sample at a time; use 1")
-        names = _parse_names(p, where, source, DEFAULT_NAMES[fmt])
-        checks = _parse_checks(p, where, source, fmt, CHECKS[fmt], need)
-        limits = _parse_limits(p, where, source)
-        provided = p.get("provided", [])
-        allowed = {names[k] for k in PROVIDABLE.get(fmt, ())}
-        if not isinstance(provided, list) or any(f not in allowed for f in provided):
-            raise AssignmentError(
-                f"{source}: {where}.provided: expected a list of the {fmt} format's helper functions "
-                f"{sorted(allowed) or '(none can be provided)'}, got {provided!r}"
-            )
-        parts.append(
-            Part(
-                id=str(p.get("id", fmt)),
-                format=fmt,
-                sizes=sizes,
-                small_sizes=small,
-                activations=activations,
-                loss=loss,
-                reduction=reduction,
-                learning_rate=float(need(p, "learning_rate", where, (int, float))),
-                batch=batch,
-                dtypes=dtypes,
-                preprocess=p.get("preprocess", "scale255"),
-                names=names,
-                checks=checks,
-                limits=limits,
-                provided=tuple(provided),
-            )
-        )
+        parts.append(_parse_part(p, where, source, fmt, field_of))
     ids = [p.id for p in parts]
     if len(set(ids)) != len(ids):
         raise AssignmentError(f"{source}: parts: ids must be distinct, got {ids}")
@@ -416,8 +240,8 @@ def _parse_names(p: dict, where: str, source: str, defaults: dict[str, str]) -> 
     return {**defaults, **p.get("names", {})}
 
 
-def _parse_registered(p: dict, where: str, source: str, fmt: str, need) -> Part:
-    """A part of a registered format (grading/formats/): the common fields here, its own in its module."""
+def _parse_part(p: dict, where: str, source: str, fmt: str, need) -> Part:
+    """A part: the common fields here, the format's own in its module (grading/formats/)."""
     module = format_modules.get(fmt)
     dtypes = tuple(p.get("dtypes", ["float64"]))
     if not dtypes or any(d not in ("float32", "float64") for d in dtypes):
@@ -426,20 +250,34 @@ def _parse_registered(p: dict, where: str, source: str, fmt: str, need) -> Part:
         )
     common = {"id", "format", "names", "checks", "limits", "dtypes"}
     options = module.parse_options({k: v for k, v in p.items() if k not in common}, where, source)
-    return Part(
+    network = getattr(module, "NETWORK", False)  # a dense network's format fills Part's network fields
+    fields = {k: options.pop(k) for k in NETWORK_FIELDS if k in options} if network else {}
+    part = Part(
         id=str(p.get("id", fmt)),
         format=fmt,
-        sizes=(),
-        small_sizes=None,
-        activations=(),
-        loss="",
-        reduction="mean",
-        learning_rate=0.0,
-        batch=0,
+        **{**NO_NETWORK, **fields},
         dtypes=dtypes,
-        preprocess="raw",
         names=_parse_names(p, where, source, module.NAMES),
         checks=_parse_checks(p, where, source, fmt, tuple(module.CHECKS), need),
         limits=_parse_limits(p, where, source),
         options=options,
     )
+    if hasattr(module, "validate"):  # checks across fields (provided helpers against the names)
+        module.validate(part, where, source)
+    return part
+
+
+# the Part fields of a dense network (the notebook formats: grading/formats/_mlp.py), and their
+# values for a format without one
+NO_NETWORK = {
+    "sizes": (),
+    "small_sizes": None,
+    "activations": (),
+    "loss": "",
+    "reduction": "mean",
+    "learning_rate": 0.0,
+    "batch": 0,
+    "preprocess": "raw",
+    "provided": (),
+}
+NETWORK_FIELDS = tuple(NO_NETWORK)

@@ -3,8 +3,9 @@
     result = grade_submission(path, assignment)                  # SubmissionResult
     results = grade_many(paths, assignment, workers=2)           # in input order, one per path
 
-Cases (built once per distinct assignment part, in the grader; the cache key is every field of the
-part): known weights, inputs and labels on
+Cases (built once per distinct assignment part, in the grader, by the part's format: its
+build_cases, grading/formats/; the cache key is every field of the part). The notebook formats'
+(grading/formats/_mlp.py) are known weights, inputs and labels on
     small-<dtype>      the part's own small shapes (the full shapes for the function format)
     square-, distinct-, width1-, odd-float64
                        the shape sweep (Part.sweep): every layer square; every size and the batch
@@ -13,7 +14,7 @@ part): known weights, inputs and labels on
                        left out, with a note, when MNIST is not available on this machine
     stability-float64  the last layer scaled so the logits reach +-1e3, labels on the smallest logit
 Known weights put every pre-activation at O(1) (no saturated derivative hides a bug) and biases
-are non-zero (a dropped bias shows). Per case the adapters (grading/adapters.py) draw each
+are non-zero (a dropped bias shows). Per case the format's plan draws each
 function's probe inputs of its own (per layer, per helper: never the reference chain) and compute
 the reference's value of every tensor on them (adapters.Expected); none of it is sent. One
 sandboxed call per student function covers every case (a crash costs only that function). What
@@ -23,7 +24,7 @@ A check scores all or nothing (the default) or, with `scoring = "fraction"`, its
 fraction of its (case, tensor) comparisons that agree; its output names the first diverging
 tensor, the worst element and, where a hypothesis matches, the diagnosis (grading/diagnose.py).
 
-Which tensors belong to which check (CHECKS in grading/assignment.py; Key.check):
+Which tensors belong to which check of a notebook format (its CHECKS; Key.check):
     forward               each layer's output, each alone on its own input (function format: the
                           prediction, sigmoid(z), softmax(z), and the parameters unchanged by
                           feed_forward_sample; class format: the probabilities)
@@ -54,15 +55,14 @@ import numpy as np
 
 from grading import adapters
 from grading import formats as format_modules
-from grading.adapters import STABILITY_LOGIT, Failed, Key, ProbeRequest, Problem
+from grading.adapters import Failed, Key, ProbeRequest, Problem
 from grading.assignment import Assignment, Part
 from grading.diagnose import Diagnosis, diagnose, diagnose_alternatives
+from grading.formats._mlp import MNIST_ROWS, Case, make_case  # noqa: F401 (moved there; kept importable here)
+from grading.formats._mlp import known_params as _known_params  # noqa: F401
 from grading.notebook import Extracted, SubmissionError, write_module
 from grading.sandbox import Limits, run_calls
-from oracles.compare import Row, atol, compare_arrays, rel_error, tolerance
-from reference.layers import sigmoid
-from reference.network import Network
-from reference.trace import LayerTrace, Trace
+from oracles.compare import Row, atol, compare_arrays, tolerance
 
 SEED = 20240611  # the public default; BPROP_PROBE_SEED overrides it (see probe_seed)
 SEED_ENV = "BPROP_PROBE_SEED"
@@ -86,98 +86,7 @@ def probe_seed() -> int:
     return value
 
 
-MNIST_ROWS = (0, 1, 2, 3, 4, 5, 6, 7)  # test-set rows: fixed, so every student gets the same
-
-
 # Cases ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Case:
-    id: str  # "small-float64", "square-float64", "mnist-float32", "stability-float64"
-    kind: str  # "small" | "square" | "distinct" | "width1" | "odd" | "mnist" | "stability"
-    dtype: str
-    spec: object  # ModelSpec
-    params: dict[str, np.ndarray]
-    x: np.ndarray  # (batch, n_in)
-    y: np.ndarray  # (batch,) int labels
-    trace: Trace  # the reference on (params, x, y): trusted side only, never sent
-    step_x: np.ndarray  # the batch of the training-step check (one row for per-sample formats)
-    step_y: np.ndarray
-    step_trace: Trace
-    probes: dict = field(default_factory=dict)  # call label -> (driver function, common kwargs, [items])
-    expected: list = field(default_factory=list)  # [adapters.Expected], in computation order
-
-
-@lru_cache(maxsize=1)
-def _mnist_test() -> tuple[np.ndarray, np.ndarray] | None:
-    from data_loaders import DataError, load_mnist
-
-    try:
-        _, (x_test, y_test) = load_mnist()
-    except DataError:
-        return None
-    return x_test, y_test
-
-
-def _known_params(spec, x: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Weights scaled to the actual input so every pre-activation is O(1); biases in U(-0.5, 0.5)."""
-    params = {}
-    h = x.astype(np.float64)
-    for name, ls in zip(spec.layer_names(), spec.layers):
-        if ls.kind == "dense":
-            n_in = h.shape[1]
-            rms = float(np.sqrt((h**2).mean())) or 1.0
-            W = rng.normal(0.0, 1.0 / (np.sqrt(n_in) * rms), (n_in, ls.units))
-            b = rng.uniform(-0.5, 0.5, ls.units)
-            params[f"{name}.W"], params[f"{name}.b"] = W, b
-            h = h @ W + b
-        elif ls.kind == "sigmoid":
-            h = sigmoid(h)
-        elif ls.kind == "relu":
-            h = np.maximum(h, 0)
-        elif ls.kind == "tanh":
-            h = np.tanh(h)
-    return params
-
-
-def _inputs(part: Part, kind: str, sizes, batch: int, rng) -> tuple[np.ndarray, np.ndarray] | None:
-    n_out = sizes[-1]
-    if kind == "mnist":
-        data = _mnist_test()
-        if data is None or sizes[0] != 784 or n_out != 10:
-            return None
-        from data_loaders import preprocess
-
-        rows = list(MNIST_ROWS[:batch])
-        return preprocess(data[0][rows], part.preprocess, "float64"), data[1][rows].astype(np.int64)
-    top = 255.0 if part.preprocess == "raw" else 1.0
-    x = rng.uniform(0.0, top, (batch, sizes[0]))
-    return x, rng.integers(0, n_out, batch)
-
-
-def _trace(spec, params, x, y) -> Trace:
-    with np.errstate(all="ignore"):  # the stability case drives a loss of probabilities to log(0)
-        return Network(spec, params).trace(x, y)
-
-
-def _stable_trace(part: Part, spec, params, x, y) -> Trace:
-    """The stability case's reference: for probabilities, the gradients from the logits' loss.
-
-    softmax then cross-entropy of probabilities loses -log(0) = inf at +-1e3 logits, but softmax
-    cross-entropy of the logits is the same function, computed stably; the softmax layer's
-    dL/d(input) is that loss's gradient, its dL/d(output) and the loss value are left uncompared."""
-    if part.loss != "cross_entropy":
-        return _trace(spec, params, x, y)
-    folded = spec.replace(layers=tuple(spec.layers[:-1]), loss="softmax_cross_entropy")
-    logit_trace = _trace(folded, params, x, y)
-    outs, _ = Network(spec, params).forward_cached(x, train=True)
-    layers = [
-        LayerTrace(rec.name, out, rec.grad_out, rec.grad_in, rec.grads) for rec, out in zip(logit_trace.layers, outs)
-    ]
-    softmax_name = spec.layer_names()[-1]
-    layers.append(LayerTrace(softmax_name, outs[-1], None, logit_trace.layers[-1].grad_out, {}))
-    return Trace(loss=None, layers=layers)
 
 
 def build_cases(part: Part) -> list[Case]:
@@ -205,62 +114,7 @@ _PARTS: dict = {}
 @lru_cache(maxsize=16)
 def _build_cases(key) -> tuple[Case, ...]:
     part, seed = _PARTS[key], key[1]
-    module = format_modules.get(part.format)
-    if module is not None:  # a registered format plans its own cases (grading/formats/)
-        return tuple(module.build_cases(part, seed))
-    cases = []
-    sweep = part.sweep()
-    plan = [(label, sizes, batch, "float64") for label, sizes, batch in sweep]
-    plan[1:1] = [("small", sweep[0][1], sweep[0][2], d) for d in part.dtypes if d != "float64"]
-    if "float64" not in part.dtypes:
-        plan = [p for p in plan if p[0] != "small" or p[3] != "float64"]
-    plan += [("mnist", part.sizes, part.batch, d) for d in part.dtypes]
-    plan += [("stability", sweep[0][1], sweep[0][2], "float64")]
-    for kind, sizes, batch, dtype in plan:
-        rng = np.random.default_rng([seed, len(sizes), *sizes, batch, 0 if kind != "mnist" else 1])
-        data = _inputs(part, kind, sizes, batch, rng)
-        if data is None:
-            continue
-        x64, y = data
-        params = _known_params(part.spec(tuple(sizes), "float64"), x64, rng)
-        probe_rng = np.random.default_rng([seed, 7, len(cases)])  # probe inputs of their own
-        cases.append(make_case(part, kind, sizes, dtype, x64, y, params, probe_rng))
-    return tuple(cases)
-
-
-def make_case(part: Part, kind: str, sizes, dtype: str, x64, y, params, probe_rng) -> Case:
-    """One case from its float64 inputs, labels and parameters: the stability scaling (kind
-    "stability"), the reference traces, and the probes and expected values (adapters.plan_case)."""
-    spec64 = part.spec(tuple(sizes), "float64")
-    params = dict(params)
-    if kind == "stability":
-        logits = (
-            Network(spec64, params).forward(x64)
-            if part.loss == "softmax_cross_entropy"
-            else _logits(spec64, params, x64)
-        )
-        last = [n for n, ls in zip(spec64.layer_names(), spec64.layers) if ls.kind == "dense"][-1]
-        peak = logits.flat[np.abs(logits).argmax()]
-        scale = STABILITY_LOGIT / peak  # the largest logit becomes +1e3 (exp overflows past ~709)
-        logits = logits * scale
-        params[f"{last}.W"] = params[f"{last}.W"] * scale
-        params[f"{last}.b"] = params[f"{last}.b"] * scale
-        y = np.argmin(logits, axis=1)  # the worst case: the true class has the smallest logit
-    spec = part.spec(tuple(sizes), dtype)
-    params = {k: v.astype(dtype) for k, v in params.items()}
-    x = x64.astype(dtype)
-    trace = _stable_trace(part, spec, params, x, y) if kind == "stability" else _trace(spec, params, x, y)
-    step_x, step_y = (x[:1], y[:1]) if part.format == "class" else (x, y)
-    step_trace = trace if kind == "stability" else _trace(spec, params, step_x, step_y)  # no step check there
-    case = Case(f"{kind}-{dtype}", kind, dtype, spec, params, x, y, trace, step_x, step_y, step_trace)
-    adapters.plan_case(part, case, probe_rng)
-    return case
-
-
-def _logits(spec, params, x) -> np.ndarray:
-    """The input of the final softmax layer."""
-    outs, _ = Network(spec, params).forward_cached(x, train=True)
-    return outs[-2]
+    return tuple(format_modules.get(part.format).build_cases(part, seed))  # the format plans its cases
 
 
 # Comparing --------------------------------------------------------------------------------------
@@ -327,37 +181,20 @@ def compare_case(part: Part, case: Case, observed: dict) -> list[Finding]:
         check = "stability" if case.kind == "stability" else key.check
         finding = Finding(case.id, check, row, key=key, yours=yours, expected=exp.value)
         if not row.passed and yours is not None and yours.dtype.kind in "iuf":
-            finding.diagnosis = _diagnose(case, exp, yours)
+            finding.diagnosis = _diagnose(part, case, exp, yours)
         findings.append(finding)
     return findings
 
 
-def _diagnose(case: Case, exp, yours: np.ndarray) -> Diagnosis | None:
+def _diagnose(part: Part, case, exp, yours: np.ndarray) -> Diagnosis | None:
     if exp.alternatives is not None:  # a registered format's hypotheses, computed when it planned the case
         with np.errstate(all="ignore"):
             return diagnose_alternatives(exp.key.tensor, yours, exp.value, exp.alternatives, case.dtype, exp.quantity)
-    if exp.key.check == "forward" and exp.key.field in ("W", "b"):  # a parameter feed_forward must not change
-        return _diagnose_side_effect(case, exp.key, yours)
+    module = format_modules.get(part.format)
+    if hasattr(module, "diagnose"):  # a format's own (the notebook formats': the RefView hypotheses)
+        return module.diagnose(part, case, exp, yours)
     with np.errstate(all="ignore"):
         return diagnose(exp.key.tensor, yours, exp.view, expected=exp.value, key=exp.key)
-
-
-def _diagnose_side_effect(case: Case, key: Key, yours: np.ndarray) -> Diagnosis:
-    """A parameter the forward pass changed; np.dot(a, W, b) overwrites b with a @ W."""
-    layer, p = key.layer, key.field
-    i = case.spec.layer_names().index(layer)
-    x_in = case.x if i == 0 else case.trace.layers[i - 1].out
-    product = x_in @ case.params[f"{layer}.W"]  # (1, n_out)
-    if p == "b" and yours.size == product.size:
-        err = rel_error(yours.reshape(product.shape), product)
-        tol = tolerance("submission", case.dtype, "forward")
-        if err <= tol:
-            return Diagnosis(
-                "overwritten",
-                f"the forward pass overwrote {layer}'s bias with x @ W (relative error {err:.1g}): np.dot's third "
-                "argument is `out`, so np.dot(a, W, b) writes the product into b instead of adding b",
-            )
-    return Diagnosis("overwritten", f"the forward pass changed {layer}.{p}; a forward pass must not modify parameters")
 
 
 # Running ----------------------------------------------------------------------------------------
@@ -463,14 +300,18 @@ def run_probes(
 
 def driver_of(part: Part) -> Path:
     """The child-side driver file of the part's format."""
-    module = format_modules.get(part.format)
-    return module.DRIVER if module is not None else adapters.DRIVER
+    return format_modules.get(part.format).DRIVER
 
 
 def observe(part: Part, case, results: dict) -> dict:
-    """{Key: what came back}, read by the part's format (grading/formats/, or grading/adapters.py)."""
+    """{Key: what came back}, read by the part's format (grading/formats/)."""
+    return format_modules.get(part.format).observe(part, case, results)
+
+
+def case_notes(part: Part) -> list[str]:
+    """What the part's format says about its cases (the notebook formats: MNIST not available)."""
     module = format_modules.get(part.format)
-    return (module.observe if module is not None else adapters.observe)(part, case, results)
+    return list(module.notes(part, build_cases(part))) if hasattr(module, "notes") else []
 
 
 def _per_case(req: ProbeRequest, outcome, n_cases: int) -> list:
@@ -549,13 +390,7 @@ def grade_submission(
         except (SubmissionError, OSError, UnicodeDecodeError) as e:
             return _nothing_ran(result, assignment, str(e), start)
         result.notes.append(extracted.summary())
-        if any(
-            format_modules.get(p.format) is None and not any(c.kind == "mnist" for c in build_cases(p))
-            for p in assignment.parts
-        ):
-            result.notes.append(
-                "Real MNIST rows were not checked: MNIST is not available on this machine (data_loaders)."
-            )
+        result.notes.extend(dict.fromkeys(n for p in assignment.parts for n in case_notes(p)))
         all_findings, owner = [], []
         for part, (checks, findings) in zip(
             assignment.parts, grade_module(module_path, list(assignment.parts), limits, result.verdicts, functions)

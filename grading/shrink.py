@@ -20,7 +20,12 @@ comes before one that writes more.
 No candidate failing with an array: no counterexample (the bug needs a larger shape, or the call
 raised: the exception says more than a small case would).
 
-The function format's notebook fixes its 784 inputs (it reshapes every sample to 28 * 28) and its 10
+Each format that shows counterexamples supplies them through its module (grading/formats/): its
+candidates smallest first (shrink_candidates), one candidate case (shrink_case), what the failing
+call was sent (shrink_inputs) and the reference's equation (formula); the dense network's are here
+(mlp_candidates, mlp_case, probe_inputs), used by the layer, class and logistic formats.
+
+The function format's notebook (grading/formats/function.py) fixes its 784 inputs (it reshapes every sample to 28 * 28) and its 10
 outputs (integer_to_one_hot(y, 10)) and the number of layers (weights[0..2]); the hidden widths are
 the shapes of the weights the grader sets, so they shrink to 1..3. Its candidates are sparse: batch 1
 (the API takes one sample), a sample that is 0 except one or two pixels of 1 or 2, weights[0] 0 except
@@ -45,15 +50,12 @@ from grading import adapters
 from grading.adapters import Key
 from grading.assignment import Part
 from grading.sandbox import Limits, run_calls
-from reference.network import Network
 
 SHRINK_SEED = 15  # public on purpose: the candidates reveal nothing about the graded probes
 WIDTHS = (1, 2, 3)
 BATCHES = (1, 2)
-FORMATS = ("layer", "class", "logistic", "function")
 MAX_ACROSS = 3  # the widest dimension of a tensor shown whole; a wider one is shown sparsely (`sparse`)
 MAX_SHOWN = 8  # the most numbers a sparse display writes for one array (`shown_numbers`)
-PIXELS = (1, 2)  # the function format's nonzero pixels per sample
 
 
 class SmallIntegers:
@@ -240,18 +242,8 @@ def show(value) -> str:
     return "x".join(map(str, a.shape)) + flat + ": " + "; ".join(out)
 
 
-def _candidates(part: Part) -> list[tuple[tuple[int, ...], int]]:
-    """(sizes, batch), smallest first: the widest dimension, then the number of entries. The function
-    format: (sizes, (pixels, output biases)) with its fixed inputs and outputs, hidden widths in WIDTHS."""
-    if part.format == "function":
-        first, last, hidden = part.sizes[0], part.sizes[-1], len(part.sizes) - 2
-        out = []
-        for widths in itertools.product(WIDTHS, repeat=hidden):
-            for pixels, out_bias in itertools.product(PIXELS, (0, 1)):
-                ws = (pixels, *widths)
-                numbers = pixels + sum(a * b + b for a, b in itertools.pairwise(ws)) + widths[-1] + out_bias
-                out.append(((max(widths), numbers, out_bias), (first, *widths, last), (pixels, out_bias)))
-        return [(sizes, variant) for _, sizes, variant in sorted(out)]
+def mlp_candidates(part: Part) -> list[tuple[tuple[int, ...], int]]:
+    """(sizes, batch) of a dense network, smallest first: the widest dimension, then the number of entries."""
     depth = len(part.small_sizes or part.sizes)
     out = []
     for sizes in itertools.product(WIDTHS, repeat=depth):
@@ -261,61 +253,17 @@ def _candidates(part: Part) -> list[tuple[tuple[int, ...], int]]:
     return [(sizes, batch) for _, sizes, batch in sorted(out)]
 
 
-def _function_case(part: Part, kind: str, sizes, variant: tuple[int, int], k: int):
-    """One sparse candidate of the function format (see the module doc): one sample, `pixels` nonzero
-    pixels of 1 or 2, weights[0] 0 outside their rows, hidden weights nonzero integers in -2..2 and
-    biases +-1, the output layer's weights 0 except one column and its biases 0 except `out_bias` entry."""
-    from grading.checks import make_case
-
-    pixels, out_bias = variant
-    spec = part.spec(tuple(sizes), "float64")
-    for attempt in range(20):  # redrawn while every logit is 0 (no stability scaling; a blind probe)
-        rng = np.random.default_rng([SHRINK_SEED, k, attempt])
-        x, y, params = _function_draw(spec, sizes, pixels, out_bias, rng)
-        if np.abs(Network(spec, params).forward(x)).max() > 0:
-            break
-    else:
-        return None
-    case = make_case(part, kind, sizes, "float64", x, y, params, SparseIntegers(rng))
-    widths = "-".join(map(str, sizes[1:-1]))
-    case.id = f"one sample, {pixels} nonzero pixel{'s' * (pixels > 1)}, hidden widths {widths}"
-    return case
-
-
-def _function_draw(spec, sizes, pixels: int, out_bias: int, rng):
-    dense = [n for n, ls in zip(spec.layer_names(), spec.layers) if ls.kind == "dense"]
-    x = np.zeros((1, sizes[0]))
-    where = np.sort(rng.choice(sizes[0], pixels, replace=False))
-    x[0, where] = rng.choice([1.0, 2.0], pixels)
-    params = {}
-    for i, (name, n_in, n_out) in enumerate(zip(dense, sizes[:-1], sizes[1:])):
-        W, b = np.zeros((n_in, n_out)), np.zeros(n_out)
-        if i == 0:
-            W[where] = SmallIntegers(rng).normal(size=(pixels, n_out))
-        elif i < len(dense) - 1:
-            W[...] = SmallIntegers(rng).normal(size=(n_in, n_out))
-        else:
-            W[:, rng.integers(n_out)] = SmallIntegers(rng).normal(size=n_in)
-            b[rng.choice(n_out, out_bias, replace=False)] = rng.choice([-1.0, 1.0], out_bias)
-        if i < len(dense) - 1:
-            b = rng.choice([-1.0, 1.0], n_out)
-        params[f"{name}.W"], params[f"{name}.b"] = W, b
-    return x, rng.integers(0, sizes[-1], 1), params
-
-
-def _case(part: Part, kind: str, sizes, batch: int, k: int):
-    """One candidate: integer weights and inputs, redrawn (at most 20 times) until no pre-activation is 0."""
-    from grading.checks import make_case
-
-    if part.format == "function":
-        return _function_case(part, kind, sizes, batch, k)
+def mlp_case(part: Part, kind: str, sizes, batch: int, k: int, pixels: bool = False):
+    """One candidate of a dense network: integer weights and inputs (`pixels`: nonnegative, like an
+    image's), redrawn (at most 20 times) until no pre-activation is 0."""
+    from grading.formats._mlp import make_case
 
     spec = part.spec(tuple(sizes), "float64")
     for attempt in range(20):
         rng = np.random.default_rng([SHRINK_SEED, k, attempt])
         ints = SmallIntegers(rng)
         x = ints.normal(size=(batch, sizes[0]))
-        if part.format in ("class", "logistic"):  # pixel-like inputs
+        if pixels:
             x = np.abs(x)
         params = {}
         h = x
@@ -356,7 +304,19 @@ _PARTS: dict = {}
 @lru_cache(maxsize=16)
 def _candidate_cases(key) -> tuple:
     part, kind = _PARTS[key], key[1]
-    return tuple(c for k, (sizes, batch) in enumerate(_candidates(part)) if (c := _case(part, kind, sizes, batch, k)))
+    make = _hook(part, "shrink_case")
+    return tuple(
+        c
+        for k, (sizes, batch) in enumerate(_hook(part, "shrink_candidates")(part))
+        if (c := make(part, kind, sizes, batch, k))
+    )
+
+
+def _hook(part: Part, name: str):
+    """The format's own counterexample hook (shrink_candidates, shrink_case, shrink_inputs, formula)."""
+    from grading import formats
+
+    return getattr(formats.get(part.format), name, None)
 
 
 class ShrinkFailed(RuntimeError):
@@ -366,10 +326,10 @@ class ShrinkFailed(RuntimeError):
 def counterexample(module_path, part: Part, finding, limits: Limits | None = None) -> Counterexample | None:
     """The smallest candidate on which `finding`'s tensor still fails (see the module doc), or None.
     Raises ShrinkFailed when the call on the candidates does not come back (the caller says so)."""
-    from grading.checks import _per_case, compare_case, default_limits
+    from grading.checks import _per_case, compare_case, default_limits, driver_of, observe
 
     key: Key = finding.key
-    if part.format not in FORMATS or key is None:
+    if _hook(part, "shrink_case") is None or key is None:  # the format shows no counterexample
         return None
     kind = "stability" if finding.check == "stability" else "small"
     cases = candidate_cases(part, kind)
@@ -377,7 +337,7 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
     if not reqs:
         return None
     req = reqs[0]
-    outcome = run_calls(module_path, adapters.DRIVER, [(req.function, req.kwargs)], default_limits(part, limits))[0]
+    outcome = run_calls(module_path, driver_of(part), [(req.function, req.kwargs)], default_limits(part, limits))[0]
     if not outcome.ok:  # said, not swallowed: the feedback names why no counterexample came
         raise ShrinkFailed(f"{key.function} on the small cases: {outcome.verdict or 'the sandboxed call failed'}")
     per_case = _per_case(req, outcome, len(cases))
@@ -387,13 +347,13 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
             continue
         own = dataclasses.replace(case, expected=[e for e in case.expected if e.key.function == key.function])
         with np.errstate(all="ignore"):  # an inf that came back is a finding, not a warning
-            found = compare_case(part, own, adapters.observe(part, own, {key.function: per_case[i]}))
+            found = compare_case(part, own, observe(part, own, {key.function: per_case[i]}))
         for f in found:
             if f.passed or f.check != finding.check:
                 continue
             if not isinstance(f.yours, np.ndarray):  # an exception, not numbers: a small case shows nothing
                 continue
-            shown = [f.expected, f.yours, *(v for _, v in _inputs(part, case, f.key))]
+            shown = [f.expected, f.yours, *(v for _, v in inputs(part, case, f.key))]
             wide = any(max(np.shape(v), default=1) > MAX_ACROSS and shown_numbers(v) > MAX_SHOWN for v in shown)
             ranked.append(((f.key.tensor != key.tensor, f.yours.shape != f.expected.shape, wide, i), case, f))
         if any(rank[:3] == (False, False, False) for rank, _, _ in ranked):
@@ -408,7 +368,7 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
         tensor=f.key.tensor,
         function=f.key.function,
         case=case.id,
-        inputs=_inputs(part, case, f.key),
+        inputs=inputs(part, case, f.key),
         reference=f.expected,
         yours=yours,
         formula=formula(part, case, f.key),
@@ -416,10 +376,13 @@ def counterexample(module_path, part: Part, finding, limits: Limits | None = Non
     )
 
 
-def _inputs(part: Part, case, key: Key) -> list[tuple[str, np.ndarray]]:
-    """What the failing function was sent in this case: every array and number of its probe."""
-    if part.format == "function":
-        return _function_inputs(part, case, key)
+def inputs(part: Part, case, key: Key) -> list[tuple[str, np.ndarray]]:
+    """What the failing function was sent in this case, by the format (its shrink_inputs)."""
+    return _hook(part, "shrink_inputs")(part, case, key)
+
+
+def probe_inputs(part: Part, case, key: Key) -> list[tuple[str, np.ndarray]]:
+    """Every array and number of the failing function's probe in this case."""
     items = case.probes[key.function][2]
     item = items[adapters._index(case, key)] if items else {}
     out: list[tuple[str, np.ndarray]] = []
@@ -440,119 +403,18 @@ def _inputs(part: Part, case, key: Key) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-UNIT_ARGS = {"loss": ("y", "p")}  # the function format's unit calls: argument names (else "z")
-
-
-def _function_inputs(part: Part, case, key: Key) -> list[tuple[str, np.ndarray]]:
-    """The function format's call: the module-level weights and biases set before it, the sample and
-    its label (feed_forward_sample, train_one_sample); a unit function's arguments (sigmoid(z) ...)."""
-    n = part.names
-    driver, _, items = case.probes[key.function]
-    if driver == "unit_call":
-        same = [e.key for e in case.expected if e.key.function == key.function]
-        args = items[same.index(key)]
-        role = next((r for r in ("loss",) if n.get(r) == key.function), None)
-        names = UNIT_ARGS.get(role, ("z",))
-        return [(names[i] if i < len(names) else f"arg{i}", np.asarray(a)) for i, a in enumerate(args)]
-    item = items[0]
-    out = [(f"{n['weights']}[{i}]", np.asarray(W)) for i, W in enumerate(item["W"])]
-    out += [(f"{n['biases']}[{i}]", np.asarray(b)) for i, b in enumerate(item["b"])]
-    out += [("sample", np.asarray(item["x"])), ("y", np.asarray(item["y"]))]
-    if key.check == "training_step":
-        out.append(("lr", np.asarray(part.learning_rate)))
-    return out
-
-
-def _function_formula(part: Part, case, key: Key) -> str:
-    """The reference's equation for a function-format tensor, in the notebook's names."""
-    n = part.names
-    dense = [d for d, ls in zip(case.spec.layer_names(), case.spec.layers) if ls.kind == "dense"]
-    kinds = part.activations if len(set(part.activations)) == 1 else ("f_k",)  # one activation, or f_k per layer
-    last = len(dense)
-    w, b = n["weights"], n["biases"]
-    act = {"sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu"}
-    deriv = {"sigmoid": "a_k * (1 - a_k)", "tanh": "1 - a_k**2", "relu": "(z_k > 0)"}
-    chain = (
-        f"a_0 = sample, z_k = a_(k-1) @ {w}[k-1] + {b}[k-1], a_k = {act.get(kinds[0], kinds[0])}(z_k), "
-        f"p = softmax(z_{last})"
-    )
-    f, fallback = key.field, "f_k'(z_k)"
-    if key.function == n["train"] and f in ("dW", "db") and key.layer in dense:
-        k = dense.index(key.layer) + 1
-        grad = f"a_{k - 1}.T @ delta_{k}" if f == "dW" else f"delta_{k}"
-        back = f"delta_{last} = p - onehot(y)"
-        if k < last:
-            back += f", delta_k = (delta_(k+1) @ {w}[k].T) * {deriv.get(kinds[0], fallback)}"
-        return f"{grad}; {back}; {chain}"
-    if f == "loss" and key.function == n["forward"]:
-        return f"-log(p[y]); {chain}"
-    if f == "prediction":
-        return f"onehot(argmax(p)); {chain}"
-    if f in ("W", "b") and key.function == n["forward"]:
-        return "the value set before the call (a forward pass changes no parameter)"
-    if f == "softmax":
-        return "exp(z) / sum(exp(z)), computed as exp(z - max(z)) / sum(exp(z - max(z)))"
-    if f == "loss":
-        return "-sum(y * log(p))"
-    table = {
-        ("value", "sigmoid"): "1 / (1 + exp(-z))",
-        ("value", "tanh"): "tanh(z)",
-        ("value", "relu"): "max(z, 0)",
-        ("d", "sigmoid"): "s * (1 - s), s = 1 / (1 + exp(-z))",
-        ("d", "tanh"): "1 - tanh(z)**2",
-        ("d", "relu"): "(z > 0)",
-    }
-    return table.get((f, kinds[0]), "the reference's value (reference/)")
-
-
 def formula(part: Part, case, key: Key) -> str:
-    """The equation the reference used for this tensor, in the probe's own names (a registered
-    format's own `formula`, or None when it has none: its cases carry no ModelSpec)."""
+    """The equation the reference used for this tensor, in the probe's own names: a format of its
+    own (not NETWORK) answers alone (None when it has no `formula`: its cases carry no ModelSpec);
+    for the notebook formats the network's and the step's are here, the rest from the format."""
     from grading import formats
 
-    module = formats.get(part.format)
-    if module is not None:
-        return module.formula(part, case, key) if hasattr(module, "formula") else None
-    mean = part.reduction == "mean"
-    kind = None
-    if key.layer is not None and key.layer in case.spec.layer_names():
-        kind = case.spec.layers[case.spec.layer_names().index(key.layer)].kind
-    f = key.field
-    if part.format == "function" and not key.tensor.startswith("step:"):
-        return _function_formula(part, case, key)
-    if part.format == "layer" and not key.tensor.startswith(("network:", "step:")):
-        table = {
-            ("dense", "out"): "x @ W + b",
-            ("relu", "out"): "max(x, 0)",
-            ("sigmoid", "out"): "1 / (1 + exp(-x))",
-            ("tanh", "out"): "tanh(x)",
-            ("dense", "dW"): "x.T @ grad_out",
-            ("dense", "db"): "grad_out.sum(axis=0)",
-            ("dense", "grad_in"): "grad_out @ W.T",
-            ("relu", "grad_in"): "grad_out * (x > 0)",
-            ("sigmoid", "grad_in"): "grad_out * s * (1 - s), s = 1 / (1 + exp(-x))",
-            ("tanh", "grad_in"): "grad_out * (1 - tanh(x)**2)",
-        }
-        if f == "loss":
-            return "log(sum(exp(logits), axis=1)) - logits[i, labels[i]]  (per sample)"
-        if f == "grad_out":
-            return "(softmax(logits) - onehot(labels))" + (" / batch" if mean else "")
-        if (kind, f) in table:
-            return table[(kind, f)]
+    own = _hook(part, "formula")
+    if not getattr(formats.get(part.format), "NETWORK", False):
+        return own(part, case, key) if own is not None else None
     if key.tensor.startswith("network:"):
         return "each layer's forward applied in turn to X"
     if key.tensor.startswith("step:"):
         return f"{key.field} - lr * dL/d{key.field}, lr = {part.learning_rate:g}"
-    if part.format in ("class", "logistic"):
-        loss = "sum" if not mean else "mean"
-        if f == "out":
-            return "softmax(h @ W + b), h the hidden activations (X for logistic regression)"
-        if f == "loss":
-            return f"-{loss} over samples of log p[i, y[i]]"
-        if f == "dW":
-            return (
-                "h.T @ delta, delta = dL/d(logits) = p - onehot(y) at the output, back through W.T and the derivative"
-            )
-        if f == "db":
-            return "delta.sum(axis=0)"
-    return "the reference's value (reference/)"
+    own = _hook(part, "formula")
+    return (own(part, case, key) if own is not None else None) or "the reference's value (reference/)"

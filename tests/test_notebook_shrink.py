@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from notebook_cells import FIXTURES, ROOT, assignment_of
+from notebook_cells import ROOT, SHRINK_FIXTURES, assignment_of
 
 from grading.checks import grade_submission
 from grading.shrink import MAX_ACROSS, MAX_SHOWN, expand, show, shown_numbers, sparse
 from oracles.compare import compare_arrays, tolerance
 
 # Every buggy fixture, of every format (the function format's with sparse inputs).
-SHRUNK = [f for f in FIXTURES if not f.endswith("/correct.py")]
+SHRUNK = [f for f in SHRINK_FIXTURES if not f.endswith("/correct.py")]
 # The call raised at import: an exception, no numbers, so no small case says more than its message.
 NO_NUMBERS = {"layer/crash_at_import.py"}
 
@@ -35,7 +35,7 @@ def graded():
     return get
 
 
-@pytest.mark.parametrize("rel", [f for f in FIXTURES if f.endswith("/correct.py")])
+@pytest.mark.parametrize("rel", [f for f in SHRINK_FIXTURES if f.endswith("/correct.py")])
 def test_a_correct_submission_never_gets_one(graded, rel):
     result = graded(rel)
     assert result.score == result.max_score

@@ -4,11 +4,11 @@ Loaded by grading.sandbox.run_call(submission, <this file>, function, kwargs): e
 here is `function(module, **kwargs)` with `module` the submission. It imports numpy and the
 standard library only (nothing of the project is importable in the child) and compares nothing:
 it sets the weights and inputs it is given, calls the student's code, and returns what came back.
-Every comparison happens in the grader's process (grading/adapters.py, grading/checks.py).
+Every comparison happens in the grader's process; the notebook formats share it (grading/formats/).
 
 Everything it is given is an input of the student's function (weights, a probe input, labels, a
 dL/d(output) drawn at random for that layer alone): no expected answer is ever sent here
-(grading/adapters.py). Each driver call covers ONE student function over every case, so a
+(the formats' plan). Each driver call covers ONE student function over every case, so a
 crash, hang or exit (the sandbox's verdict for the whole call) costs only that function's tensors.
 A student's exception on one item becomes data, {"error": "...", "traceback": "..."}, so the other
 items of the call still run. What this returns is checked again in the grader: a submission can
