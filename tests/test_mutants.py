@@ -244,6 +244,22 @@ def test_dropout_keeps_a_unit_whose_draw_equals_the_rate():
     np.testing.assert_array_equal(layer.draw_mask((1, 5), np.float64), [[0, 0, 1, 1, 1]])
 
 
+def test_dropout_keep_drops_a_unit_whose_draw_equals_keep():
+    """Dropout.draw_mask with keep p: keep iff u < p (CS231n's `rand < p`, P(keep) exactly p); `<=` would
+    keep u == p too. 0.25 is exact in binary, so the boundary is hit."""
+    layer = Dropout("dropout_1", None, _Draws(np.array([0.0, 0.2499999, 0.25, 0.2500001, 0.5])), keep=0.25)
+    np.testing.assert_array_equal(layer.draw_mask((1, 5), np.float64), [[1, 1, 0, 0, 0]])
+
+
+def test_cs231n_mask_drops_a_unit_whose_draw_equals_p():
+    """cs231n_dropout_mask: `rand < p`, as the skeleton; with p set to the stream's first draw that unit is dropped."""
+    from reference.layers import cs231n_dropout_mask
+
+    p = float(np.random.RandomState(5).rand(3)[0])
+    np.testing.assert_array_equal(cs231n_dropout_mask((3,), p, 5, np.float64)[0], 0.0)
+    assert cs231n_dropout_mask((3,), np.nextafter(p, 1), 5, np.float64)[0] == 1.0
+
+
 @pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
 def test_a_pool_given_a_flat_input_names_itself(kind):
     """Kills reference.layers.xǁAvgPool2Dǁforward__mutmut_2 and xǁMaxPool2Dǁforward__mutmut_2 (the
