@@ -216,6 +216,18 @@ def test_dropout_keep_rate_and_expectation():
     assert set(np.unique(out)) == {0.0, 1 / (1 - rate)}
 
 
+@pytest.mark.parametrize("rate", [0.3, 0.4, 0.7])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dropout_rate_form_is_unchanged_by_the_keep_form(rate, dtype):
+    """The rate form, bit for bit as before the keep form: x * (mask / dtype(1 - rate)), mask `u >= rate`."""
+    x = RNG(2).normal(size=(6, 9)).astype(dtype)
+    layer = Dropout("dropout_1", rate, RNG(5))
+    out, _ = layer.forward(x, train=True)
+    mask = (RNG(5).random((6, 9)) >= rate).astype(dtype)
+    np.testing.assert_array_equal(out, x * (mask / np.dtype(dtype).type(1 - rate)))
+    assert layer.keep is None and layer.keep_prob == 1 - rate
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_dropout_keep_divides_by_keep_itself(dtype):
     """keep p: out = x * mask / p with p rounded once, bit for bit; 1 - (1 - 0.3) would be another divisor."""
