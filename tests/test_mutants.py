@@ -244,6 +244,21 @@ def test_dropout_keeps_a_unit_whose_draw_equals_the_rate():
     np.testing.assert_array_equal(layer.draw_mask((1, 5), np.float64), [[0, 0, 1, 1, 1]])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layernorm_parameters_start_as_ones_and_zeros_in_its_dtype(dtype):
+    """Kills reference.layers.xǁLayerNormǁ__init____mutmut_7, 9, 13, 15 (gamma or beta without the dtype:
+    float64). A Network replaces them with its own cast copies, and test_every_layer_keeps_float32 builds
+    its layers at collection, before a mutant is switched on, so the layer is built here."""
+    from reference.layers import LayerNorm
+
+    layer = LayerNorm("layernorm_1", 3, dtype)
+    assert layer.params["gamma"].dtype == layer.params["beta"].dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(layer.params["gamma"], np.ones(3))
+    np.testing.assert_array_equal(layer.params["beta"], np.zeros(3))
+    out, cache = layer.forward(np.arange(6, dtype=dtype).reshape(2, 3))
+    assert out.dtype == layer.backward(np.ones_like(out), cache)[0].dtype == np.dtype(dtype)
+
+
 def test_dropout_keep_drops_a_unit_whose_draw_equals_keep():
     """Dropout.draw_mask with keep p: keep iff u < p (CS231n's `rand < p`, P(keep) exactly p); `<=` would
     keep u == p too. 0.25 is exact in binary, so the boundary is hit."""
