@@ -18,7 +18,7 @@ from helpers import assert_close
 
 from oracles.compare import compare
 from oracles.numeric import numeric_trace
-from reference.errors import NonFiniteError, ShapeError
+from reference.errors import NonFiniteError, ShapeError, SpecError
 from reference.layers import BatchNorm, Dense, Dropout, ReLU, Softmax, softmax
 from reference.losses import LOSSES, CrossEntropy, SoftmaxCrossEntropy, one_hot
 from reference.network import Network
@@ -51,13 +51,24 @@ def test_layer_repr_names_the_class_the_layer_and_its_parameter_shapes():
     assert repr(ReLU("relu_1")) == "ReLU(relu_1)"
 
 
+@pytest.mark.parametrize("keep", [None, 0.7], ids=["rate", "keep"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_dropout_mask_is_zero_one_in_the_asked_dtype_keeping_1_minus_rate(dtype):
-    """Dropout.draw_mask: astype(None) would hand a twin a float64 mask (mutant 1)."""
-    mask = Dropout("dropout_1", 0.3, np.random.default_rng(0)).draw_mask((400, 50), np.dtype(dtype))
+def test_dropout_mask_is_zero_one_in_the_asked_dtype_keeping_1_minus_rate(dtype, keep):
+    """Dropout.draw_mask: astype(None) would hand a twin a float64 mask (mutant 1; mutant 2 in the keep form)."""
+    layer = Dropout("dropout_1", 0.3 if keep is None else None, np.random.default_rng(0), keep=keep)
+    mask = layer.draw_mask((400, 50), np.dtype(dtype))
     assert mask.dtype == np.dtype(dtype)
     assert set(np.unique(mask)) == {0.0, 1.0}
     assert abs(mask.mean() - 0.7) < 4 * np.sqrt(0.7 * 0.3 / mask.size)  # 4 sigma of 20,000 draws
+
+
+def test_dropout_rate_and_keep_may_differ_by_1e12_and_no_more():
+    """Kills reference.layers.xǁDropoutǁ__init____mutmut_15 (`>` -> `>=`) and the tolerance's own mutants:
+    a rate given beside keep must be 1 - keep within 1e-12, the bound included (1e-12 - 0.0 is exact)."""
+    rng = np.random.default_rng(0)
+    assert Dropout("dropout_1", 1e-12, rng, keep=1.0).keep_prob == 1.0
+    with pytest.raises(SpecError, match=r"^dropout_1: rate 2e-12 and keep 1.0 disagree"):
+        Dropout("dropout_1", 2e-12, rng, keep=1.0)
 
 
 def test_forward_defaults_to_training_mode():
