@@ -34,8 +34,8 @@ How each part is matched, and why (every claim here is tested in tests/test_kera
   keras.layers.LeakyReLU(0.1) has slope 0.10000000149 (1.5e-8 off). It is used where its slope is
   exactly the spec's (float32, or a slope float32 represents); otherwise the layer is the same
   function written with keras.ops: where(x > 0, x, alpha * x).
-- dropout shares the reference's keep-mask: out = x * (mask / (1 - rate)), computed in the graph as
-  the reference computes it. keras.layers.Dropout draws its own mask from Keras' seed generator (a
+- dropout shares the reference's keep-mask: out = x * (mask / (1 - rate)) (a keep probability given:
+  x * (mask / keep), CS231n's p), computed in the graph as the reference computes it. keras.layers.Dropout draws its own mask from Keras' seed generator (a
   mask cannot be handed to it), so it could never be compared element by element. Without masks
   the twin draws them the reference's way, from numpy.random.default_rng([seed, 1]), so a twin and
   a Network with the same seed drop the same units.
@@ -45,6 +45,13 @@ How each part is matched, and why (every claim here is tested in tests/test_kera
   can match torch's momentum (momentum = 1 - 0.1) and epsilon, hence every training-mode output and
   gradient, but its running variance always takes the biased batch variance, never torch's unbiased
   n / (n - 1) one, so running_var and everything evaluated after training would differ.
+  The "cs231n" and "mytorch" conventions are keras' rule with their own momentum (0.9) and epsilon
+  (1e-5, 1e-8): BatchNormalization(momentum=0.9, epsilon=...) exactly, cs231n's running variance
+  starting at zeros (moving_variance_initializer="zeros", the course's bn_param default).
+- layernorm is keras.layers.LayerNormalization(axis=-1, epsilon=eps): per sample over the features,
+  the biased variance, eps inside the root, as torch's nn.LayerNorm. Its default epsilon is 1e-3,
+  torch's (and the reference's) 1e-5: the twin always passes the spec's. keras adds a Python-float
+  epsilon to the variance tensor in that tensor's dtype, so a float64 1e-5 arrives exact.
 - losses, with Keras' own loss classes where they define the reference's number:
     softmax_cross_entropy  keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     mse, l1                keras.losses.MeanSquaredError / MeanAbsoluteError on (batch * n_out, 1)
@@ -60,6 +67,13 @@ How each part is matched, and why (every claim here is tested in tests/test_kera
                            of dL/dp (d = batch for "mean"): invisible in dL/dlogits (the softmax
                            Jacobian annihilates constant rows), visible in the softmax layer's
                            grad_out.
+    multiclass_hinge       MulticlassHinge below, in keras ops: sum_{j != y} relu(s_j - s_y + 1). Keras'
+                           hinge losses are other functions: Hinge and SquaredHinge are one-vs-all
+                           binary hinges, mean over the classes of max(0, 1 - t s) (squared), with the
+                           one-hot t mapped to -1/+1; CategoricalHinge is max(0, 1 + max((1 - t) s)
+                           - s_y): the largest wrong score only (Crammer-Singer), not the sum, and
+                           floored at 0, since the label's entry is zeroed, not dropped
+                           (tests/test_keras_twin.py measures each against the reference).
     bce                    BinaryCrossEntropy below: -(t log p + (1 - t) log1p(-p)), unclipped.
                            keras.losses.BinaryCrossentropy takes the logits of a sigmoid output the
                            same way, and otherwise clips p to [1e-7, 1 - 1e-7] and uses log(1 - p).
@@ -102,7 +116,7 @@ from keras.src.backend.common import global_state  # private: the only way to re
 
 from oracles import OnStep, check_epoch
 from reference.errors import DTypeError, ShapeError, SpecError, check_array, describe
-from reference.layers import BatchNorm
+from reference.layers import BatchNorm, LayerNorm
 from reference.losses import check_labels, check_targets
 from reference.optimizers import resolved
 from reference.spec import ModelSpec, OptimizerSpec
@@ -112,7 +126,7 @@ from reference.train import batches, evaluate_chunks
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on the environment
     raise ImportError(f"oracles.keras_twin needs the TensorFlow backend of Keras, got {keras.backend.backend()!r}")
 
-CLASSIFICATION_LOSSES = ("softmax_cross_entropy", "cross_entropy", "nll")
+CLASSIFICATION_LOSSES = ("softmax_cross_entropy", "cross_entropy", "nll", "multiclass_hinge")
 REDUCTIONS = {"mean": "sum_over_batch_size", "sum": "sum"}
 
 
@@ -187,6 +201,20 @@ class BinaryCrossEntropy(keras.losses.Loss):
         return -(y_true * ops.log(y_pred) + (1 - y_true) * ops.log1p(-y_pred))  # (batch, n_out)
 
 
+class MulticlassHinge(keras.losses.Loss):
+    """L_i = sum_{j != y_i} max(0, s_j - s_{y_i} + 1) in keras ops (none of keras.losses is this function).
+
+    relu, not maximum: TensorFlow's Maximum sends the gradient to x where x >= y, so maximum(m, 0)
+    would count a margin of exactly 0; relu's gradient there is 0, CS231n's and the reference's rule.
+    """
+
+    def call(self, y_true, y_pred):
+        labels = ops.cast(y_true, "int32")  # Loss.__call__ cast the integer labels to the float dtype
+        s_y = ops.take_along_axis(y_pred, ops.expand_dims(labels, 1), axis=1)  # (batch, 1)
+        wrong = 1 - ops.one_hot(labels, ops.shape(y_pred)[1], dtype=y_pred.dtype)  # 0 on the label
+        return ops.sum(ops.relu(y_pred - s_y + 1) * wrong, axis=1)  # (batch,)
+
+
 class FlatElementwise:
     """A Keras loss that averages over the last axis, applied to (batch * n_out, 1) views."""
 
@@ -210,6 +238,8 @@ def make_keras_loss(spec: ModelSpec) -> Callable:
         return FlatElementwise(keras.losses.MeanAbsoluteError(**kw))
     if spec.loss == "bce":
         return BinaryCrossEntropy(name="bce", **kw)
+    if spec.loss == "multiclass_hinge":
+        return MulticlassHinge(name="multiclass_hinge", **kw)
     raise SpecError(f"keras twin: no Keras loss for {spec.loss!r}")
 
 
@@ -295,16 +325,27 @@ def _build_layer(name: str, kind: str, ls, spec: ModelSpec, width) -> keras.laye
         return cls(pool_size=pool, strides=stride, padding="valid", dtype=policy, name=name)
     if kind == "flatten":
         return keras.layers.Flatten(dtype=policy, name=name)  # NHWC: feature (h W + w) C + c
+    if kind == "layernorm":
+        # axis=-1 (per sample, over the features) is keras' default; its default epsilon is 1e-3, the
+        # reference's (torch's, CS231n's) 1e-5, so the epsilon is always given.
+        eps = LayerNorm.EPS if ls.eps is None else ls.eps
+        layer = keras.layers.LayerNormalization(axis=-1, epsilon=eps, dtype=policy, name=name)
+        layer.build((None, width))
+        return layer
     if kind == "batchnorm":
-        if ls.convention != "keras":
+        if ls.convention == "torch":
             raise NotImplementedError(
                 f"keras twin: {name} uses the 'torch' batchnorm convention, whose running variance "
                 "takes the unbiased batch variance (n/(n-1)); keras.layers.BatchNormalization always "
                 "takes the biased one. Keras matches torch's momentum (1 - 0.1) and eps, so training-mode "
                 "outputs and gradients would agree, but running_var and evaluation after training would not"
             )
-        momentum, eps = BatchNorm.resolve("keras", ls.momentum, ls.eps)
-        layer = keras.layers.BatchNormalization(momentum=momentum, epsilon=eps, dtype=policy, name=name)
+        # keras, cs231n, mytorch: m * running + (1 - m) * batch_stat, the biased variance (their own defaults)
+        momentum, eps = BatchNorm.resolve(ls.convention, ls.momentum, ls.eps)
+        initial_var = "zeros" if BatchNorm.INITIAL_VAR[ls.convention] == 0 else "ones"  # cs231n: zeros
+        layer = keras.layers.BatchNormalization(
+            momentum=momentum, epsilon=eps, moving_variance_initializer=initial_var, dtype=policy, name=name
+        )
         layer.build((None, width))
         return layer
     raise SpecError(f"keras twin: no Keras layer for {kind!r}")
@@ -376,7 +417,7 @@ class KerasTwin:
     def _build(self) -> None:
         spec = self.spec
         self.layers: dict[str, keras.layers.Layer | None] = {}
-        self._dropouts: list[tuple[str, float, tuple, object]] = []  # (name, rate, shape, layout), active ones
+        self._dropouts: list[tuple[str, object, tuple, object]] = []  # (name, LayerSpec, shape, layout), active
         self._vars: dict[str, keras.Variable] = {}  # canonical name -> variable, in layer order
         self._pads: dict[str, keras.layers.ZeroPadding2D] = {}  # conv2d name -> its explicit zero padding
         self._row_perm: dict[str, np.ndarray] = {}  # dense after a flatten -> its kernel's row order
@@ -390,18 +431,18 @@ class KerasTwin:
                 if (ph, pw) != (0, 0):
                     self._pads[name] = keras.layers.ZeroPadding2D((ph, pw), dtype=keras.DTypePolicy(spec.dtype))
                 width = (shape[1] + 2 * ph, shape[2] + 2 * pw, shape[0])
-            if ls.kind == "batchnorm" and layout is not None:
-                raise NotImplementedError(f"keras twin: {name}: a batchnorm between a flatten and a dense")
+            if ls.kind in ("batchnorm", "layernorm") and layout is not None:
+                raise NotImplementedError(f"keras twin: {name}: a {ls.kind} between a flatten and a dense")
             layer = _build_layer(name, ls.kind, ls, spec, width)
             self.layers[name] = layer
             if ls.kind in ("dense", "conv2d"):
                 self._vars[f"{name}.W"], self._vars[f"{name}.b"] = layer.kernel, layer.bias
                 if ls.kind == "dense" and layout is not None and self.permute_flatten_rows:
                     self._row_perm[name] = layout
-            elif ls.kind == "batchnorm":
+            elif ls.kind in ("batchnorm", "layernorm"):
                 self._vars[f"{name}.gamma"], self._vars[f"{name}.beta"] = layer.gamma, layer.beta
-            elif ls.kind == "dropout" and ls.rate > 0:
-                self._dropouts.append((name, ls.rate, out_shape, layout))
+            elif ls.kind == "dropout" and (ls.rate > 0 if ls.keep is None else ls.keep < 1):
+                self._dropouts.append((name, ls, out_shape, layout))
             if ls.kind in ("conv2d", "maxpool2d", "avgpool2d"):
                 layout = NHWC
             elif ls.kind == "flatten":
@@ -525,10 +566,11 @@ class KerasTwin:
     def _masks(self, batch: int, masks: dict[str, np.ndarray] | None) -> tuple[np.ndarray, ...]:
         """One 0/1 keep-mask per active dropout layer: the given one, else drawn as the reference draws."""
         out = []
-        for name, rate, shape, layout in self._dropouts:
+        for name, ls, shape, layout in self._dropouts:
             m = (masks or {}).get(name)
             if m is None:  # as reference Dropout.draw_mask does, layer by layer, from the same stream
-                m = self._rng.random((batch, *shape)) >= rate
+                u = self._rng.random((batch, *shape))
+                m = u >= ls.rate if ls.keep is None else u < ls.keep
             elif not isinstance(m, np.ndarray) or m.shape != (batch, *shape):
                 raise ShapeError(f"keras twin: {name}: expected a mask of shape {(batch, *shape)}, got {describe(m)}")
             out.append(from_canonical(m.astype(self.dtype), layout))  # the canonical mask, in Keras' layout
@@ -548,7 +590,8 @@ class KerasTwin:
                 h = self._pads[name](h)
             if ls.kind == "dropout":
                 if training and name in mask_of:
-                    h = h * (mask_of[name] / tf.constant(1 - ls.rate, self.dtype))
+                    keep = 1 - ls.rate if ls.keep is None else ls.keep  # reference Dropout.keep_prob
+                    h = h * (mask_of[name] / tf.constant(keep, self.dtype))
             elif ls.kind == "batchnorm":
                 h = layer(h, training=training)
             else:
@@ -626,6 +669,7 @@ class KerasTwin:
         records = []
         for k, (name, ls) in enumerate(zip(self.names, self.spec.layers)):
             pnames = {"dense": ("W", "b"), "conv2d": ("W", "b"), "batchnorm": ("gamma", "beta")}.get(ls.kind, ())
+            pnames = ("gamma", "beta") if ls.kind == "layernorm" else pnames
             records.append(
                 LayerTrace(
                     name,

@@ -22,7 +22,9 @@ What torch expresses exactly, and what it cannot (NotImplementedError says which
   maxpool2d / avgpool2d = nn.MaxPool2d / nn.AvgPool2d (ceil_mode=False), flatten = nn.Flatten (NCHW
   order, the reference's). Max-pool ties: torch routes to the first maximum, as the reference.
 - Layers: dense = nn.Linear, relu/leaky_relu/sigmoid/tanh = nn.*, softmax = nn.Softmax(dim=1),
-  batchnorm = nn.BatchNorm1d, dropout = x * (mask / (1 - rate)) with the caller's 0/1 keep-mask
+  batchnorm = nn.BatchNorm1d, layernorm = nn.LayerNorm(n, eps) (weight = gamma, bias = beta; the
+  same default eps 1e-5), dropout = x * (mask / (1 - rate)) (keep given: x * (mask / keep)) with
+  the caller's 0/1 keep-mask
   (torch's own nn.Dropout draws from torch's RNG and could not share the reference's mask). Without
   a mask the twin draws one from numpy.random.default_rng([seed, 1]) exactly as the reference does,
   so a twin and a reference built with the same seed and driven in lockstep drop the same units.
@@ -30,7 +32,9 @@ What torch expresses exactly, and what it cannot (NotImplementedError says which
   "keras" convention: momentum 1 - m and eps 1e-3 give the same training-mode outputs and gradients,
   the same running_mean, and the same eval-mode results from given statistics. torch cannot match
   keras' running_var: it always folds in the *unbiased* batch variance (n/(n-1) var, hard-coded in
-  torch's batch_norm), keras the biased one. After a training-mode forward through such a layer,
+  torch's batch_norm), keras the biased one. The "cs231n" and "mytorch" conventions are keras' rule
+  with momentum 0.9 (torch momentum 0.1), eps 1e-5 / 1e-8 and the biased variance, so the same holds
+  for them; cs231n's running_var starts at zeros (filled at build). After a training-mode forward through such a layer,
   get_state() and every eval-mode computation raise NotImplementedError until set_state();
   `torch_state()` still returns torch's own buffers.
 - Losses (each checked against reference/losses.py's docstring):
@@ -40,6 +44,11 @@ What torch expresses exactly, and what it cannot (NotImplementedError says which
                             none, so torch.clamp adds it (its gradient is 0 outside [eps, 1-eps],
                             the boundary included, as in the reference)
     mse, l1                 F.mse_loss, F.l1_loss                    mean over all elements
+    multiclass_hinge        F.multi_margin_loss(z, y, margin=1) * C  torch's nn.MultiMarginLoss divides each
+                            sample's sum_{j != y} max(0, 1 - z_y + z_j) by the number of classes C
+                            (measured: exactly 1/C of the reference's, CS231n's, loss and gradient);
+                            multiplying C back keeps torch's own kernel as the oracle. Its gradient at
+                            a margin of exactly 0 is 0, as CS231n's and the reference's.
     bce                     -(t log p + (1-t) log1p(-p)) in torch ops, the reference's formula.
                             F.binary_cross_entropy is a different function near 0 and 1: it clamps
                             log p and log(1-p) at -100 and divides its gradient by max(p(1-p), 1e-12),
@@ -79,7 +88,7 @@ from torch import nn
 
 from oracles import OnStep, check_epoch
 from reference.errors import DTypeError, ShapeError, check_array, describe
-from reference.layers import BatchNorm
+from reference.layers import BatchNorm, LayerNorm
 from reference.losses import check_labels, check_targets, make_loss
 from reference.optimizers import resolved
 from reference.spec import ModelSpec, OptimizerSpec
@@ -87,7 +96,7 @@ from reference.trace import LayerTrace, Trace
 from reference.train import evaluate_chunks
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-CLASSIFICATION = ("softmax_cross_entropy", "cross_entropy", "nll")
+CLASSIFICATION = ("softmax_cross_entropy", "cross_entropy", "nll", "multiclass_hinge")
 
 # Threads for train_epoch (the default of TorchTwin's `threads`), measured on 2 cores shared with
 # other jobs (CPU time per step, medians of interleaved rounds, real MNIST): per-sample 784-32-32-10
@@ -112,17 +121,18 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 class SharedMaskDropout(nn.Module):
-    """Inverted dropout with a given 0/1 keep-mask: out = x * (mask / (1 - rate))."""
+    """Inverted dropout with a given 0/1 keep-mask: out = x * (mask / (1 - rate)), or x * (mask / keep)."""
 
-    def __init__(self, rate: float) -> None:
+    def __init__(self, rate: float, keep: float | None = None) -> None:
         super().__init__()
-        self.rate = rate
+        self.rate = rate if keep is None else 1 - keep
+        self.keep_prob = 1 - rate if keep is None else keep  # the divisor, as reference Dropout.keep_prob
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is None:
             return x
-        # (1 - rate) rounded to the dtype first, then one division: the reference's exact numbers.
-        return x * (mask / torch.tensor(1 - self.rate, dtype=x.dtype))  # (batch, n)
+        # The divisor rounded to the dtype first, then one division: the reference's exact numbers.
+        return x * (mask / torch.tensor(self.keep_prob, dtype=x.dtype))  # (batch, n)
 
 
 def _to_torch(name: str, value: np.ndarray) -> torch.Tensor:
@@ -232,13 +242,21 @@ class TorchTwin:
             return lin
         if ls.kind == "batchnorm":
             m, eps = BatchNorm.resolve(ls.convention, ls.momentum, ls.eps)
-            # keras' running = m r + (1-m) s is torch's (1-m') r + m' s with m' = 1 - m.
+            # keras' (cs231n's, mytorch's) running = m r + (1-m) s is torch's (1-m') r + m' s with m' = 1 - m.
             bn = nn.BatchNorm1d(n_in, eps=eps, momentum=m if ls.convention == "torch" else 1 - m, dtype=self.tdtype)
+            with torch.no_grad():
+                bn.running_var.fill_(BatchNorm.INITIAL_VAR[ls.convention])  # cs231n starts from zeros
             self.named[f"{name}.gamma"], self.named[f"{name}.beta"] = bn.weight, bn.bias
             self.batchnorms[name] = (bn, ls.convention)
             return bn
+        if ls.kind == "layernorm":
+            # nn.LayerNorm(n): per-row mean and biased variance over the last axis, eps inside the root.
+            eps = LayerNorm.EPS if ls.eps is None else ls.eps
+            ln = nn.LayerNorm(n_in, eps=eps, dtype=self.tdtype)
+            self.named[f"{name}.gamma"], self.named[f"{name}.beta"] = ln.weight, ln.bias
+            return ln
         if ls.kind == "dropout":
-            return SharedMaskDropout(ls.rate)
+            return SharedMaskDropout(ls.rate, ls.keep)
         return {
             "relu": nn.ReLU,
             "leaky_relu": lambda: nn.LeakyReLU(ls.alpha),
@@ -262,6 +280,11 @@ class TorchTwin:
             return lambda p, t: F.l1_loss(p, t, reduction=red)
         if name == "bce":
             return lambda p, t: _reduce(-(t * torch.log(p) + (1 - t) * torch.log1p(-p)), red)
+        if name == "multiclass_hinge":
+            # F.multi_margin_loss is sum_{j != y} max(0, 1 - s_y + s_j) / C per sample: the reference's
+            # (CS231n's) sum divided by the number of classes C. The twin multiplies C back, so the
+            # number compared is torch's own kernel (forward and backward), not the formula re-typed.
+            return lambda z, y: F.multi_margin_loss(z, y, p=1, margin=1.0, reduction=red) * z.shape[1]
         raise NotImplementedError(f"torch twin: loss {name!r} has no torch counterpart here")
 
     # Parameters and state ---------------------------------------------------------------------
@@ -315,9 +338,10 @@ class TorchTwin:
         if self._keras_bn_stale:
             names = sorted(self._keras_bn_stale)
             raise NotImplementedError(
-                f"torch twin: {what}: {names} (keras convention) were updated by torch in training mode; "
-                "torch folds the unbiased batch variance n/(n-1)*var into running_var, keras (and the "
-                "reference's keras convention) the biased one, so the running statistics no longer match. "
+                f"torch twin: {what}: {names} (keras, cs231n or mytorch convention) were updated by torch in "
+                "training mode; torch folds the unbiased batch variance n/(n-1)*var into running_var, keras, "
+                "CS231n and MyTorch (and the reference's conventions of theirs) the biased one, so the running "
+                "statistics no longer match. "
                 "Outputs and gradients in training mode and running_mean do match; call set_state() "
                 "to evaluate from given statistics, or torch_state() for torch's own buffers"
             )
@@ -336,9 +360,10 @@ class TorchTwin:
 
     def _mask(self, name: str, shape: tuple[int, ...], masks: dict[str, np.ndarray] | None) -> torch.Tensor:
         mask = (masks or {}).get(name)
-        if mask is None:  # the reference's draw: rng.random(shape) >= rate
-            rate = self.spec.layers[self.names.index(name)].rate
-            mask = (self.rng.random(shape) >= rate).astype(self.dtype)
+        if mask is None:  # the reference's draw: rng.random(shape) >= rate, or < keep
+            ls = self.spec.layers[self.names.index(name)]
+            u = self.rng.random(shape)
+            mask = (u >= ls.rate if ls.keep is None else u < ls.keep).astype(self.dtype)
         elif mask.shape != shape:
             raise ShapeError(f"torch twin: {name}: expected a mask of shape {shape}, got {describe(mask)}")
         return torch.from_numpy(mask.astype(self.dtype, copy=False))
@@ -348,7 +373,7 @@ class TorchTwin:
             bn.train(train)
             if train and batch < 2:
                 raise ShapeError(f"torch twin: {name}: training mode needs a batch of at least 2, got {batch}")
-            if train and convention == "keras":
+            if train and convention != "torch":
                 self._keras_bn_stale.add(name)
         if not train:
             self._check_state_exact("eval-mode forward")

@@ -197,7 +197,7 @@ class Dropout(Layer):
         return (dL_dout if scale is None else dL_dout * scale), {}
 
 
-def cs231n_dropout_mask(shape: tuple[int, ...], p: float, seed: int, dtype=np.float64) -> np.ndarray:
+def cs231n_dropout_mask(shape: tuple[int, ...], p: float, seed: int, dtype) -> np.ndarray:
     """mask = rand(*shape) < p after np.random.seed(seed), CS231n's draw, without touching np.random's global state."""
     # np.random.seed(seed) reseeds the global RandomState (MT19937); a fresh RandomState(seed) is the
     # same stream, so its rand() gives the skeleton's numbers (tests/test_layers.py pins the two).
@@ -288,7 +288,9 @@ class LayerNorm(Layer):
     no running statistics: training and evaluation compute the same function, a batch of 1 included.
     """
 
-    def __init__(self, name: str, n: int, dtype, eps: float = 1e-5) -> None:
+    EPS: ClassVar[float] = 1e-5  # torch's nn.LayerNorm default (and CS231n's); keras' LayerNormalization: 1e-3
+
+    def __init__(self, name: str, n: int, dtype, eps: float = EPS) -> None:
         super().__init__(name)
         self.eps = eps
         self.params = {"gamma": np.ones(n, dtype), "beta": np.zeros(n, dtype)}

@@ -93,7 +93,7 @@ class Network:
                 layer.params = {"gamma": gamma, "beta": beta}
                 self.layers.append(layer)
             elif ls.kind == "layernorm":
-                layer = LayerNorm(name, n_in, self.dtype, 1e-5 if ls.eps is None else ls.eps)
+                layer = LayerNorm(name, n_in, self.dtype, LayerNorm.EPS if ls.eps is None else ls.eps)
                 gamma, beta = self._take(source, name, {"gamma": (n_in,), "beta": (n_in,)})
                 layer.params = {"gamma": gamma, "beta": beta}
                 self.layers.append(layer)

@@ -7,6 +7,7 @@ trajectories) is tested in tests/test_parity.py, with the torch twin's.
     hyper-parameters exact in float64; float32 and float64 twins side by side; floatx_scope
     the compiled loop: its per-step losses, a batchnorm batch of one refused before training
     CategoricalCrossentropy, BinaryCrossentropy, LeakyReLU and tf.cast: what Keras does instead
+    Hinge, SquaredHinge, CategoricalHinge: not the multiclass hinge; LayerNormalization's epsilon 1e-3
     model.fit over the same batches lands on the reference
     the defaults the twin reads from the reference are Keras' own
 """
@@ -71,6 +72,104 @@ def test_the_defaults_the_twin_reads_are_keras_own():
         DEFAULTS["keras"]["eps"],
     )
     assert (bn.momentum, bn.epsilon) == BatchNorm.DEFAULTS["keras"]
+
+
+# The multiclass hinge: Keras' three hinge losses are other functions ------------------------------
+
+
+def hinge_batch(n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(n_classes)
+    return rng.normal(0, 2, (8, n_classes)), rng.integers(0, n_classes, 8)
+
+
+@pytest.mark.parametrize("n_classes", [3, 10])
+def test_keras_hinge_losses_are_other_functions(n_classes):
+    """Each of keras' hinge losses is its own formula (written out here), none the multiclass hinge.
+
+    Measured on these batches (float64), the batch mean keras / reference: Hinge 0.517 (C = 3) and
+    0.069 (C = 10), SquaredHinge 1.942 and 0.157, CategoricalHinge 1.021 and 0.235. CategoricalHinge's
+    mean lands within 2 % at C = 3 while its samples are up to 3.1 apart: compare per sample.
+    """
+    scores, labels = hinge_batch(n_classes)
+    ours = make_loss("multiclass_hinge", "sum")
+    per_sample = np.array([float(ours.value(scores[i : i + 1], labels[i : i + 1])) for i in range(8)])
+    onehot = np.eye(n_classes)[labels]
+    sign = 2 * onehot - 1  # Hinge and SquaredHinge map 0/1 targets to -1/+1
+    s_y = scores[np.arange(8), labels]
+    best_wrong = np.where(onehot == 1, -np.inf, scores).max(axis=1)
+    formulas = {
+        keras.losses.Hinge: np.maximum(0, 1 - sign * scores).mean(axis=1),  # one-vs-all, mean over C
+        keras.losses.SquaredHinge: (np.maximum(0, 1 - sign * scores) ** 2).mean(axis=1),
+        # the largest wrong score only, and floored at 0: keras zeroes the label's entry ((1 - t) s), it
+        # does not drop it, so with every wrong score below 0 the "largest" is the label's 0
+        keras.losses.CategoricalHinge: np.maximum(0, 1 + np.maximum(best_wrong, 0) - s_y),
+    }
+    ratios = {}
+    for cls, formula in formulas.items():
+        values = cls(reduction=None, dtype="float64")(onehot, tf.constant(scores)).numpy()  # (batch,)
+        assert close(cls.__name__, values, formula, "float64", "loss").passed
+        assert np.abs(values - per_sample).max() > 3, cls.__name__
+        ratios[cls.__name__] = round(values.mean() / per_sample.mean(), 3)
+    expected = {
+        3: {"Hinge": 0.517, "SquaredHinge": 1.942, "CategoricalHinge": 1.021},
+        10: {"Hinge": 0.069, "SquaredHinge": 0.157, "CategoricalHinge": 0.235},
+    }
+    assert ratios == expected[n_classes]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_twins_hinge_is_the_reference_at_the_kink_too(dtype):
+    """MulticlassHinge in keras ops (relu: gradient 0 at a margin of exactly 0), against the reference."""
+    scores, labels = hinge_batch(3)
+    scores[0, (labels[0] + 1) % 3] = scores[0, labels[0]] - 1  # a margin of exactly 0
+    scores = scores.astype(dtype)
+    spec = LOSS_CASES["multiclass_hinge-mean"].replace(dtype=dtype)
+    twin = KerasTwin(spec, Network(spec).get_params())
+    value, grad = make_loss("multiclass_hinge").value_and_grad(scores, labels)
+    with floatx_scope(dtype):
+        z = tf.constant(scores)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = twin.loss_fn(tf.constant(labels), z)
+        twin_grad = tape.gradient(loss, z).numpy()
+    assert close("loss", np.asarray(loss.numpy()), value, dtype, "loss").passed
+    assert close("dL/dscores", twin_grad, grad, dtype).passed
+    assert twin_grad[0, (labels[0] + 1) % 3] == 0
+    # ops.maximum would count that margin: TensorFlow's Maximum sends the gradient to x where x >= y
+    with tf.GradientTape() as tape:
+        m = tf.constant(np.zeros(1, dtype))
+        tape.watch(m)
+        out = keras.ops.maximum(m, 0.0)
+    assert float(tape.gradient(out, m)[0]) == 1.0
+
+
+# LayerNormalization ---------------------------------------------------------------------------
+
+
+def test_keras_layer_normalization_defaults_to_epsilon_1e3():
+    """keras' default epsilon is 1e-3, torch's and CS231n's 1e-5: measured on rows of N(0, s^2), the
+    default-eps output is 3.0e-3 (s = 1), 0.20 (s = 0.1) and 0.53 (s = 0.03) off (relative to max |out|)."""
+    from reference.layers import LayerNorm
+
+    default = keras.layers.LayerNormalization(dtype="float64")
+    assert default.epsilon == 1e-3 and default.axis == -1  # per sample, over the last (feature) axis
+    x = np.random.default_rng(0).normal(size=(16, 6))
+    errors = {}
+    for scale in (1.0, 0.1, 0.03):
+        ours = LayerNorm("layernorm_1", 6, np.float64).forward(x * scale)[0]
+        theirs = default(tf.constant(x * scale)).numpy()
+        errors[scale] = float(np.abs(ours - theirs).max() / np.abs(ours).max())
+    assert [round(errors[s], 3) for s in (1.0, 0.1, 0.03)] == [0.003, 0.197, 0.526]
+    spec = LAYER_CASES["layernorm"]
+    twin = KerasTwin(spec, Network(spec).get_params())
+    assert twin.layers["layernorm_1"].epsilon == LayerNorm.EPS == 1e-5
+
+
+def test_keras_dropout_rate_is_the_drop_probability_not_cs231ns_keep():
+    """keras.layers.Dropout(0.3) keeps 70 %; CS231n's p = 0.3 keeps 30 % (the twin's keep form divides by p)."""
+    n = 200_000
+    kept = float((keras.layers.Dropout(0.3, seed=1)(np.ones((1, n), np.float32), training=True).numpy() != 0).mean())
+    assert abs(kept - 0.7) < 5 * np.sqrt(0.21 / n)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

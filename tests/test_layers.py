@@ -216,6 +216,18 @@ def test_dropout_keep_rate_and_expectation():
     assert set(np.unique(out)) == {0.0, 1 / (1 - rate)}
 
 
+@pytest.mark.parametrize("rate", [0.3, 0.4, 0.7])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dropout_rate_form_is_unchanged_by_the_keep_form(rate, dtype):
+    """The rate form, bit for bit as before the keep form: x * (mask / dtype(1 - rate)), mask `u >= rate`."""
+    x = RNG(2).normal(size=(6, 9)).astype(dtype)
+    layer = Dropout("dropout_1", rate, RNG(5))
+    out, _ = layer.forward(x, train=True)
+    mask = (RNG(5).random((6, 9)) >= rate).astype(dtype)
+    np.testing.assert_array_equal(out, x * (mask / np.dtype(dtype).type(1 - rate)))
+    assert layer.keep is None and layer.keep_prob == 1 - rate
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_dropout_keep_divides_by_keep_itself(dtype):
     """keep p: out = x * mask / p with p rounded once, bit for bit; 1 - (1 - 0.3) would be another divisor."""
@@ -246,11 +258,13 @@ def test_dropout_keep_draws_rand_below_keep():
 def test_dropout_keep_one_is_the_identity_and_bad_keeps_are_named():
     x = RNG(1).normal(size=(3, 4))
     np.testing.assert_array_equal(Dropout("dropout_1", None, RNG(0), keep=1.0).forward(x, train=True)[0], x)
-    with pytest.raises(SpecError, match=r"dropout_1: keep must be a probability in \(0, 1\], got 0"):
+    with pytest.raises(SpecError, match=r"^dropout_1: keep must be a probability in \(0, 1\], got 0$"):
         Dropout("dropout_1", None, RNG(0), keep=0)
-    with pytest.raises(SpecError, match=r"dropout_1: rate 0.5 and keep 0.3 disagree"):
+    with pytest.raises(SpecError, match=r"^dropout_1: keep must be a probability in \(0, 1\], got 1.5$"):
+        Dropout("dropout_1", None, RNG(0), keep=1.5)
+    with pytest.raises(SpecError, match=r"^dropout_1: rate 0.5 and keep 0.3 disagree \(rate = 1 - keep\); give one$"):
         Dropout("dropout_1", 0.5, RNG(0), keep=0.3)
-    with pytest.raises(SpecError, match="neither"):
+    with pytest.raises(SpecError, match=r"^dropout_1: expected a rate or a keep probability, got neither$"):
         Dropout("dropout_1", None, RNG(0))
     Dropout("dropout_1", 0.7, RNG(0), keep=0.3)  # 0.7 and 1 - 0.3 agree to rounding: accepted
     with pytest.raises(SpecError, match=r"layers\[0\] \(dropout\) keep must be in \(0, 1\], got 1.5"):
@@ -282,7 +296,7 @@ def test_cs231n_dropout_mask_is_the_skeletons_draw_and_leaves_numpy_alone(shape,
     assert mask.dtype == np.float32 and mask.shape == shape
     np.testing.assert_array_equal(mask, skeleton.astype(np.float32))
     assert before[0] == after[0] and np.array_equal(before[1], after[1]) and before[2:] == after[2:]
-    assert not np.array_equal(cs231n_dropout_mask(shape, p, seed + 1), mask) or mask.size < 8
+    assert not np.array_equal(cs231n_dropout_mask(shape, p, seed + 1, np.float32), mask) or mask.size < 8
 
 
 # BatchNorm -------------------------------------------------------------------------------------
@@ -455,7 +469,9 @@ def test_layernorm_spec_eps_and_shape_error():
     assert sorted(net.params) == ["dense_1.W", "dense_1.b", "layernorm_1.beta", "layernorm_1.gamma"]
     from reference.errors import ShapeError
 
-    with pytest.raises(ShapeError, match=r"layernorm_1: expected input of shape \(batch, 3\)"):
+    with pytest.raises(
+        ShapeError, match=r"^layernorm_1: expected input of shape \(batch, 3\), got float64 array of shape \(2, 4\)$"
+    ):
         net.layers[0].forward(np.zeros((2, 4)))
     with pytest.raises(SpecError, match=r"layernorm\) eps must be > 0, got 0"):
         ModelSpec(n_in=3, layers=(LayerSpec("layernorm", eps=0), LayerSpec("dense", units=2)))

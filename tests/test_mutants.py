@@ -18,7 +18,7 @@ from helpers import assert_close
 
 from oracles.compare import compare
 from oracles.numeric import numeric_trace
-from reference.errors import NonFiniteError, ShapeError
+from reference.errors import NonFiniteError, ShapeError, SpecError
 from reference.layers import BatchNorm, Dense, Dropout, ReLU, Softmax, softmax
 from reference.losses import LOSSES, CrossEntropy, SoftmaxCrossEntropy, one_hot
 from reference.network import Network
@@ -51,13 +51,24 @@ def test_layer_repr_names_the_class_the_layer_and_its_parameter_shapes():
     assert repr(ReLU("relu_1")) == "ReLU(relu_1)"
 
 
+@pytest.mark.parametrize("keep", [None, 0.7], ids=["rate", "keep"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_dropout_mask_is_zero_one_in_the_asked_dtype_keeping_1_minus_rate(dtype):
-    """Dropout.draw_mask: astype(None) would hand a twin a float64 mask (mutant 1)."""
-    mask = Dropout("dropout_1", 0.3, np.random.default_rng(0)).draw_mask((400, 50), np.dtype(dtype))
+def test_dropout_mask_is_zero_one_in_the_asked_dtype_keeping_1_minus_rate(dtype, keep):
+    """Dropout.draw_mask: astype(None) would hand a twin a float64 mask (mutant 1; mutant 2 in the keep form)."""
+    layer = Dropout("dropout_1", 0.3 if keep is None else None, np.random.default_rng(0), keep=keep)
+    mask = layer.draw_mask((400, 50), np.dtype(dtype))
     assert mask.dtype == np.dtype(dtype)
     assert set(np.unique(mask)) == {0.0, 1.0}
     assert abs(mask.mean() - 0.7) < 4 * np.sqrt(0.7 * 0.3 / mask.size)  # 4 sigma of 20,000 draws
+
+
+def test_dropout_rate_and_keep_may_differ_by_1e12_and_no_more():
+    """Kills reference.layers.xǁDropoutǁ__init____mutmut_15 (`>` -> `>=`) and the tolerance's own mutants:
+    a rate given beside keep must be 1 - keep within 1e-12, the bound included (1e-12 - 0.0 is exact)."""
+    rng = np.random.default_rng(0)
+    assert Dropout("dropout_1", 1e-12, rng, keep=1.0).keep_prob == 1.0
+    with pytest.raises(SpecError, match=r"^dropout_1: rate 2e-12 and keep 1.0 disagree"):
+        Dropout("dropout_1", 2e-12, rng, keep=1.0)
 
 
 def test_forward_defaults_to_training_mode():
@@ -242,6 +253,37 @@ def test_dropout_keeps_a_unit_whose_draw_equals_the_rate():
     drops u == rate too (mutant 3). The draws 0.25 and 0.5 are exact in binary, so the boundary is hit."""
     layer = Dropout("dropout_1", 0.25, _Draws(np.array([0.0, 0.2499999, 0.25, 0.2500001, 0.5])))
     np.testing.assert_array_equal(layer.draw_mask((1, 5), np.float64), [[0, 0, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layernorm_parameters_start_as_ones_and_zeros_in_its_dtype(dtype):
+    """Kills reference.layers.xǁLayerNormǁ__init____mutmut_7, 9, 13, 15 (gamma or beta without the dtype:
+    float64). A Network replaces them with its own cast copies, and test_every_layer_keeps_float32 builds
+    its layers at collection, before a mutant is switched on, so the layer is built here."""
+    from reference.layers import LayerNorm
+
+    layer = LayerNorm("layernorm_1", 3, dtype)
+    assert layer.params["gamma"].dtype == layer.params["beta"].dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(layer.params["gamma"], np.ones(3))
+    np.testing.assert_array_equal(layer.params["beta"], np.zeros(3))
+    out, cache = layer.forward(np.arange(6, dtype=dtype).reshape(2, 3))
+    assert out.dtype == layer.backward(np.ones_like(out), cache)[0].dtype == np.dtype(dtype)
+
+
+def test_dropout_keep_drops_a_unit_whose_draw_equals_keep():
+    """Dropout.draw_mask with keep p: keep iff u < p (CS231n's `rand < p`, P(keep) exactly p); `<=` would
+    keep u == p too. 0.25 is exact in binary, so the boundary is hit."""
+    layer = Dropout("dropout_1", None, _Draws(np.array([0.0, 0.2499999, 0.25, 0.2500001, 0.5])), keep=0.25)
+    np.testing.assert_array_equal(layer.draw_mask((1, 5), np.float64), [[1, 1, 0, 0, 0]])
+
+
+def test_cs231n_mask_drops_a_unit_whose_draw_equals_p():
+    """cs231n_dropout_mask: `rand < p`, as the skeleton; with p set to the stream's first draw that unit is dropped."""
+    from reference.layers import cs231n_dropout_mask
+
+    p = float(np.random.RandomState(5).rand(3)[0])
+    np.testing.assert_array_equal(cs231n_dropout_mask((3,), p, 5, np.float64)[0], 0.0)
+    assert cs231n_dropout_mask((3,), np.nextafter(p, 1), 5, np.float64)[0] == 1.0
 
 
 @pytest.mark.parametrize("kind", ["maxpool", "avgpool"])

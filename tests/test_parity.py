@@ -43,19 +43,9 @@ from reference.errors import DTypeError, LabelError, ShapeError
 from reference.losses import make_loss
 from reference.network import Network, init_params
 from reference.optimizers import make_optimizer
-from reference.spec import LayerSpec, ModelSpec, preset
+from reference.spec import BATCHNORM_CONVENTIONS, LayerSpec, ModelSpec, preset
 from reference.train import batches, evaluate, train_epoch, train_step
 
-# Issue 12's new cases reach the twins in the commit after the reference's (this set then goes away).
-TWINS_PENDING = {
-    "dropout_keep",
-    "batchnorm_cs231n",
-    "batchnorm_mytorch",
-    "layernorm",
-    *(c for c in LOSS_CASES if c.startswith("multiclass_hinge")),
-}
-LAYER_CASES = {k: v for k, v in LAYER_CASES.items() if k not in TWINS_PENDING}
-LOSS_CASES = {k: v for k, v in LOSS_CASES.items() if k not in TWINS_PENDING}
 TRACE_CASES = {**LAYER_CASES, **LOSS_CASES}
 # The batchnorm convention each twin's framework has natively (its running statistics match).
 NATIVE_BATCHNORM = {"torch": "batchnorm_torch", "keras": "batchnorm_keras"}
@@ -81,7 +71,11 @@ CANNOT: dict[str, dict[str, str]] = {
 }
 # Statistics a twin computes but cannot keep exactly: torch folds the unbiased batch variance into
 # every running variance, so after a training pass its keras-convention batchnorm refuses get_state.
-NO_STATE: dict[str, dict[str, str]] = {"torch": {"batchnorm_keras": "unbiased"}, "keras": {}}
+# The same holds for the cs231n and mytorch conventions (keras' rule, momentum 0.9, the biased variance).
+NO_STATE: dict[str, dict[str, str]] = {
+    "torch": dict.fromkeys(["batchnorm_keras", "batchnorm_cs231n", "batchnorm_mytorch"], "unbiased"),
+    "keras": {},
+}
 # Where a twin's epoch loop and its step() agree to rounding only, not bit for bit. torch, float32:
 # the loop steps on views of one gathered chunk of rows, whose addresses are not 64-byte aligned
 # (row offsets of 24 bytes at width 6), and torch's float32 matmul takes another kernel path there:
@@ -252,7 +246,7 @@ def test_make_twin_builds_the_twin_of_that_kind(kind):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", ["dense", "batchnorm_torch", "batchnorm_keras"])
+@pytest.mark.parametrize("case", ["dense", "batchnorm_torch", "batchnorm_keras", "batchnorm_cs231n", "layernorm"])
 def test_params_and_state_round_trip_bit_exact(kind, case, dtype):
     spec = LAYER_CASES[case].replace(dtype=dtype)
     rng = np.random.default_rng(7)
@@ -376,13 +370,17 @@ def test_a_1e10_error_in_one_weight_is_caught_where_it_starts(kind):
 
 
 def loss_inputs(name: str, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions and targets that reach the edges: nll's clip, l1's tie, bce within 1e-13 of 0 and 1."""
+    """Predictions and targets that reach the edges: nll's clip, l1's tie, bce within 1e-13 of 0 and 1,
+    the hinge's kink."""
     tiny = 1e-13 if dtype == "float64" else 1e-6
     if name in ("cross_entropy", "nll"):
         probs = np.array([[1e-9, 0.5, 0.5 - 1e-9], [0.2, 0.3, 0.5], [1 - 2e-8, 1e-8, 1e-8]], dtype)
         return probs, np.array([0, 2, 0])  # p_y below the clip, inside, above 1 - clip
     if name == "softmax_cross_entropy":
         return np.array([[30.0, -30.0, 0.0], [0.1, 0.2, 0.3]], dtype), np.array([1, 2])
+    if name == "multiclass_hinge":  # a margin of exactly 0 (the kink: gradient 0), all-equal scores, beyond 1
+        scores = np.array([[0.0, 1.0, -5.0], [0.5, 0.2, 3.0], [2.0, 2.0, 2.0], [1.3, -0.7, 0.4], [9.0, 0.0, 1.0]])
+        return scores.astype(dtype), np.array([1, 0, 2, 1, 0])
     if name == "bce":
         return np.array([[tiny, 0.5, 1 - tiny], [0.3, 0.9, 0.01]], dtype), np.array(
             [[0.0, 1.0, 0.5], [1, 0, 0.2]], dtype
@@ -457,20 +455,29 @@ def test_dropout_without_masks_draws_the_references_masks(kind, dtype, check):
     assert not np.array_equal(twin.forward(x, train=True), twin.forward(x, train=True)), "masks must change"
 
 
-# BatchNorm in the twin's own convention: training, running statistics, eval mode ------------------
+# BatchNorm in every convention: training, running statistics, eval mode ---------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layer", [{}, {"momentum": 0.3, "eps": 1e-3}], ids=["defaults", "momentum0.3-eps1e-3"])
-def test_batchnorm_train_eval_and_running_statistics(kind, layer, dtype, check):
-    base = LAYER_CASES[NATIVE_BATCHNORM[kind]]
+@pytest.mark.parametrize("convention", BATCHNORM_CONVENTIONS)
+def test_batchnorm_train_eval_and_running_statistics(kind, convention, layer, dtype, check):
+    """Statistics the twin keeps exactly are compared after every step; the others are refused (NO_STATE),
+    and evaluation from the reference's statistics, handed over, still matches."""
+    case = f"batchnorm_{convention}"
+    base = LAYER_CASES[case]
     layers = tuple(dataclasses.replace(ls, **layer) if ls.kind == "batchnorm" else ls for ls in base.layers)
-    net, twin = pair(kind, base.replace(dtype=dtype, layers=layers))
+    net, twin = pair(kind, base.replace(dtype=dtype, layers=layers), case)
+    if twin is None:
+        return
+    check(compare_params(reference_state(net), twin.get_state(), dtype=dtype), dtype, "parameters")  # the start
     for step in range(4):  # each training-mode trace folds the batch statistics in
         x, y = make_batch(net.spec, 7 + step, seed=20 + step)
         x = (x * 2 + 3).astype(dtype)  # a mean and variance far from the initial 0 and 1
         check(compare(net.trace(x, y), twin.trace(x, y)), dtype)
-        check(compare_params(reference_state(net), twin.get_state(), dtype=dtype), dtype, "parameters")
+        check_state(kind, case, net, twin, dtype, check)
+    if case in NO_STATE[kind]:
+        twin.set_state(reference_state(net))
     x, y = make_batch(net.spec, 7, seed=30)
     check(compare(net.trace(x, y, train=False), twin.trace(x, y, train=False)), dtype)
     check(Comparison([close("forward", twin.forward(x), net.forward(x), dtype, "forward")]), dtype, "forward")

@@ -3,7 +3,8 @@
     softmax      rows in [0, 1] summing to 1, for logits up to +-1e4
     sigmoid      in [0, 1], s(-x) = 1 - s(x); tanh in [-1, 1]
     losses       finite value and gradient; softmax cross-entropy's gradient rows sum to 0 (shift
-                 invariance), so do the Softmax layer's dL/dx rows; batchnorm's dL/dx columns sum to 0
+                 invariance), so do the Softmax layer's dL/dx rows; batchnorm's dL/dx columns and
+                 layernorm's rows sum to 0; the multiclass hinge's gradient rows sum to 0 exactly
     networks     every layer case, batch 1..64, inputs up to 1e4 in magnitude: finite everything
     batching     the batch gradient is the mean of the per-sample ones, for any batch size
 
@@ -112,7 +113,7 @@ def test_softmax_layer_gradient_rows_sum_to_zero(data, dtype, shape):
     shape=st.tuples(st.integers(2, 64), st.integers(1, 8)),
     shift=st.floats(-10, 10),
     spread=st.floats(0.1, 100),
-    convention=st.sampled_from(["torch", "keras"]),
+    convention=st.sampled_from(["torch", "keras", "cs231n", "mytorch"]),
 )
 def test_batchnorm_gradient_columns_sum_to_zero(data, dtype, shape, shift, spread, convention):
     """Training batchnorm is invariant to a per-feature shift of its input: dL/dx columns sum to 0.
@@ -137,6 +138,55 @@ def test_batchnorm_gradient_columns_sum_to_zero(data, dtype, shape, shift, sprea
     # vanishes relative to sum_i |g_i| / sigma
     scale = float((np.abs(g).sum(axis=0, dtype=np.float64) / np.sqrt(cache[2] + layer.eps)).max(initial=0.0))
     assert vanishes(dx.sum(axis=0), scale, dtype)
+
+
+@FAST
+@given(
+    data=st.data(),
+    dtype=DTYPES,
+    shape=st.tuples(st.integers(1, 64), st.integers(2, 12)),
+    shift=st.floats(-10, 10),
+    spread=st.floats(0.1, 100),
+)
+def test_layernorm_gradient_rows_sum_to_zero(data, dtype, shape, shift, spread):
+    """LayerNorm is invariant to a per-sample shift of its input: dL/dx rows sum to 0, any batch (1 too).
+
+    Rows are kept well conditioned as batchnorm's columns are (a ramp over the features plus a
+    perturbation): the same conditioning argument, transposed.
+    """
+    from reference.layers import LayerNorm
+
+    ramp = np.linspace(-1.0, 1.0, shape[1])[None, :]
+    x = (spread * (shift + ramp + data.draw(arrays("float64", shape, bound=0.25)))).astype(dtype)
+    g = data.draw(arrays(dtype, shape, bound=10.0))
+    layer = LayerNorm("layernorm_1", shape[1], np.dtype(dtype))
+    layer.params["gamma"][...] = data.draw(arrays(dtype, (shape[1],), bound=3.0))
+    with strict_fp():
+        out, (x_hat, inv_sigma) = layer.forward(x)
+        dx, grads = layer.backward(g, (x_hat, inv_sigma))
+    assert out.dtype == dx.dtype == grads["gamma"].dtype == np.dtype(dtype) and np.all(np.isfinite(dx))
+    h = np.abs(g * layer.params["gamma"]).astype(np.float64)
+    scale = float((h.sum(axis=1) * inv_sigma[:, 0]).max(initial=0.0))
+    assert vanishes(dx.sum(axis=1), scale, dtype)
+
+
+@FAST
+@given(data=st.data(), dtype=DTYPES, shape=st.tuples(st.integers(1, 64), st.integers(2, 12)))
+def test_multiclass_hinge_gradient_rows_sum_to_zero_and_count_margins(data, dtype, shape):
+    """Each positive margin adds +1 at its class and -1 at the label: rows sum to 0 exactly, the entries
+    are integers (reduction "sum"), >= 0 off the label and <= 0 on it, and the loss is 0 exactly when
+    the gradient is."""
+    scores = data.draw(arrays(dtype, shape))
+    labels = data.draw(hnp.arrays(np.int64, shape[0], elements=st.integers(0, shape[1] - 1)))
+    with strict_fp():
+        value, grad = make_loss("multiclass_hinge", "sum").value_and_grad(scores, labels)
+    assert np.isfinite(value) and value >= 0 and grad.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(grad.sum(axis=1), 0)
+    np.testing.assert_array_equal(grad, np.round(grad))
+    wrong = np.ones(shape, bool)
+    wrong[np.arange(shape[0]), labels] = False
+    assert np.all(grad[wrong] >= 0) and np.all(grad[~wrong] <= 0)
+    assert (value == 0) == (not grad.any())
 
 
 # Losses at their extremes ----------------------------------------------------------------------

@@ -4,6 +4,8 @@ batchnorm, the epoch loop, trajectories) is tested in tests/test_parity.py, with
 
     nn.Linear.weight is W.T (the one transpose); trace() leaves no .grad behind
     F.binary_cross_entropy is another function near p = 1 (why the twin writes BCE out)
+    nn.MultiMarginLoss is the multiclass hinge over C (the twin multiplies C back); nn.Dropout's p drops
+    nn.LayerNorm's eps is the reference's; a cs231n batchnorm's running_var starts at zeros in the twin
     a keras-convention batchnorm: what torch matches, and the running variance it cannot
     keras' Adam is torch's Adam with a per-step eps, and measurably not without it
     threads: the twin's own count while it trains, the caller's restored after
@@ -26,10 +28,11 @@ from helpers import reference_state  # noqa: E402
 from oracles.compare import compare, compare_params, rel_error  # noqa: E402
 from oracles.torch_twin import TorchTwin  # noqa: E402
 from reference.errors import ShapeError  # noqa: E402
-from reference.layers import BatchNorm  # noqa: E402
+from reference.layers import BatchNorm, Dropout, LayerNorm  # noqa: E402
 from reference.losses import make_loss  # noqa: E402
 from reference.network import Network, init_params  # noqa: E402
 from reference.optimizers import DEFAULTS, make_optimizer  # noqa: E402
+from reference.spec import LayerSpec, ModelSpec  # noqa: E402
 from reference.train import train_step  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -73,6 +76,45 @@ def test_torch_bce_differs_near_one_which_is_why_the_twin_writes_it_out():
     pt = torch.from_numpy(p.copy()).requires_grad_(True)
     torch.nn.functional.binary_cross_entropy(pt, torch.from_numpy(t), reduction="sum").backward()
     assert rel_error(pt.grad.numpy(), grad) > 0.5
+
+
+@pytest.mark.parametrize("n_classes", [3, 10])
+def test_multi_margin_loss_is_the_hinge_divided_by_the_number_of_classes(n_classes):
+    """nn.MultiMarginLoss(margin=1) = CS231n's svm_loss / C, value and gradient (the kink's 0 included);
+    the twin's loss, which multiplies C back, is the reference's."""
+    rng = np.random.default_rng(n_classes)
+    scores, labels = rng.normal(0, 2, (8, n_classes)), rng.integers(0, n_classes, 8)
+    scores[0, (labels[0] + 1) % n_classes] = scores[0, labels[0]] - 1  # a margin of exactly 0
+    value, grad = make_loss("multiclass_hinge").value_and_grad(scores, labels)
+    z = torch.from_numpy(scores.copy()).requires_grad_(True)
+    loss = torch.nn.MultiMarginLoss(margin=1.0)(z, torch.from_numpy(labels))
+    loss.backward()
+    assert rel_error(loss.detach().numpy() * n_classes, value) < 1e-15  # measured: the ratio is C to 1 ulp
+    assert rel_error(z.grad.numpy() * n_classes, grad) < 1e-15
+    assert rel_error(loss.detach().numpy(), value) > 0.6  # used as it is, 1/C of the loss
+    spec = ModelSpec(n_in=4, layers=(LayerSpec("dense", units=n_classes),), loss="multiclass_hinge")
+    twin = TorchTwin(spec, Network(spec).get_params())
+    z = torch.from_numpy(scores.copy()).requires_grad_(True)
+    twin.loss_fn(z, torch.from_numpy(labels)).backward()
+    assert rel_error(z.grad.numpy(), grad) < 1e-15
+
+
+def test_torch_dropout_p_is_the_drop_probability_not_cs231ns_keep():
+    """nn.Dropout(0.3) keeps 70 % of the units; CS231n's p = 0.3 (Dropout(keep=0.3)) keeps 30 %."""
+    n = 200_000
+    layer = torch.nn.Dropout(0.3)
+    torch.manual_seed(0)
+    kept_torch = float((layer(torch.ones(1, n)) != 0).double().mean())
+    kept_keep = float((Dropout("dropout_1", None, np.random.default_rng(0), keep=0.3).draw_mask((1, n), float)).mean())
+    sd = np.sqrt(0.21 / n)
+    assert abs(kept_torch - 0.7) < 5 * sd and abs(kept_keep - 0.3) < 5 * sd
+
+
+def test_cs231n_batchnorm_starts_from_a_zero_running_variance():
+    """torch's BatchNorm1d starts running_var at ones; the twin fills CS231n's zeros (mytorch keeps ones)."""
+    for convention, start in (("cs231n", 0.0), ("mytorch", 1.0), ("torch", 1.0)):
+        _, twin = built(LAYER_CASES[f"batchnorm_{convention}"])
+        assert np.all(twin.torch_state()["batchnorm_1.running_var"] == start), convention
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -147,6 +189,7 @@ def test_the_defaults_the_twin_reads_are_torchs_own():
         DEFAULTS["torch"]["eps"],
     )
     assert (default(bn, "momentum"), default(bn, "eps")) == BatchNorm.DEFAULTS["torch"]
+    assert default(torch.nn.LayerNorm.__init__, "eps") == LayerNorm.EPS
 
 
 def test_a_mask_for_a_layer_that_is_not_dropout_is_an_error():
