@@ -12,6 +12,8 @@ policy of oracles/compare.py (the same function computed another way is exactly 
     check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
     conv2d (forward, dW, db, dx)  im2col + one GEMM each  == the loops over output positions
     maxpool2d, avgpool2d   window view, KH KW strided adds == the loops (max-pool bit for bit)
+    conv.Workspace         kept arrays (Conv2D, MaxPool2D, ReLU) == fresh arrays, bit for bit, and
+                           never one that a cache, an output or a view still holds
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from cases import BATCH_SIZES, DTYPES, LAYER_CASES, OPTIMIZER_CASES, make_batch
 from helpers import assert_close
 
 from reference import DTypeError, Network, NonFiniteError, ShapeError, conv, make_optimizer, preset
-from reference.layers import Dense, sigmoid
+from reference.layers import Conv2D, Dense, MaxPool2D, ReLU, sigmoid
 from reference.optimizers import SGD
 from reference.spec import PRESETS, OptimizerSpec
 from reference.train import check_inputs, train_epoch, train_step
@@ -225,3 +227,114 @@ def test_pools_on_the_window_view_are_the_loops(seed, dtype):
     fast = conv.avgpool2d_backward(g, x.shape, pool, stride)
     assert fast.dtype == np.dtype(dtype)
     assert_close("avgpool dx", fast, conv.avgpool2d_backward_plain(g, x, pool, stride), dtype, "gradient", **fp)
+
+
+# Kept arrays (conv.Workspace): the same numbers as fresh arrays, and never one somebody still holds --------
+
+
+def test_workspace_hands_an_array_out_again_only_when_nobody_holds_it():
+    work = conv.Workspace()
+    a = work.empty("k", (3, 4), np.float64)
+    b = work.empty("k", (3, 4), np.float64)
+    assert b is not a and work.arrays["k"] is b  # `a` still held: a fresh one, kept instead
+    del a
+    view = b[1:].T
+    del b
+    c = work.empty("k", (3, 4), np.float64)
+    assert c.base is None and not np.shares_memory(c, view)  # a view of it is alive: a fresh one
+    del view
+    kept = id(c)
+    del c
+    assert id(work.empty("k", (3, 4), np.float64)) == kept  # nobody else holds it: handed out again
+    assert id(work.empty("k", (4, 3), np.float64)) != kept  # another shape: a fresh one
+    t = np.empty((2, 3, 5)).transpose(2, 0, 1)
+    like = work.empty_like("t", t, np.float32)
+    assert like.shape == t.shape and like.dtype == np.float32
+    assert np.argsort(like.strides).tolist() == np.argsort(t.strides).tolist()  # the same memory order
+
+
+def kept_and_fresh(layer_fresh, layer_kept, x, g, steps=3):
+    """Forward and backward `steps` times through a layer with its Workspace and one without, holding
+    every earlier cache and result (so the kept arrays must not be handed out under them)."""
+    held = []
+    for step in range(steps):
+        (out_f, cache_f), (out_k, cache_k) = layer_fresh.forward(x + step), layer_kept.forward(x + step)
+        (dx_f, grads_f), (dx_k, grads_k) = layer_fresh.backward(g, cache_f), layer_kept.backward(g, cache_k)
+        held.append((out_f, out_k, dx_f, dx_k, grads_f, grads_k, cache_k))
+    for step, (out_f, out_k, dx_f, dx_k, grads_f, grads_k, cache_k) in enumerate(held):
+        np.testing.assert_array_equal(out_k, out_f, err_msg=f"out, step {step}")
+        np.testing.assert_array_equal(dx_k, dx_f, err_msg=f"dx, step {step}")
+        for k in grads_f:
+            np.testing.assert_array_equal(grads_k[k], grads_f[k], err_msg=f"{k}, step {step}")
+        again, _ = layer_kept.backward(g, cache_k)  # an old cache, after later forwards: still its own numbers
+        np.testing.assert_array_equal(again, dx_f, err_msg=f"dx from the step-{step} cache, later")
+
+
+def image_layers(dtype: str):
+    rng = np.random.default_rng(11)
+    W, b = rng.normal(size=(4, 3, 3, 2)).astype(dtype), rng.normal(size=4).astype(dtype)
+    conv_pair = [Conv2D("conv2d_1", W.copy(), b.copy(), (2, 1), (1, 2)) for _ in range(2)]
+    pool_pairs = [
+        [MaxPool2D("maxpool2d_1", pool, stride) for _ in range(2)]
+        for pool, stride in (((2, 2), (2, 2)), ((3, 2), (1, 2)))
+    ]
+    return rng, conv_pair, pool_pairs
+
+
+class Fresh:
+    """A layer with its Workspace taken away: every array fresh, the plain allocation."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        layer.work = None
+
+    def forward(self, x):
+        return self.layer.forward(x)
+
+    def backward(self, g, cache):
+        return self.layer.backward(g, cache)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kept_arrays_give_the_fresh_arrays_numbers_bit_for_bit(dtype):
+    rng, (conv_kept, conv_fresh), pool_pairs = image_layers(dtype)
+    x = rng.normal(size=(5, 3, 7, 6)).astype(dtype)
+    out, _ = conv_kept.forward(x)
+    kept_and_fresh(Fresh(conv_fresh), conv_kept, x, rng.normal(size=out.shape).astype(dtype))
+    for kept, fresh in pool_pairs:
+        xr = np.round(x * 2).astype(dtype)  # ties
+        out, _ = kept.forward(xr)
+        kept_and_fresh(Fresh(fresh), kept, xr, rng.normal(size=out.shape).astype(dtype))
+    relu_kept, relu_fresh = ReLU("relu_1"), ReLU("relu_1")
+    relu_fresh.work = conv.Workspace()
+    relu_fresh.work.empty = lambda key, shape, dtype: np.empty(shape, dtype)  # plain allocation every time
+    kept_and_fresh(relu_fresh, relu_kept, x, rng.normal(size=x.shape).astype(dtype))
+    plain_relu = (np.maximum(x, 0), rng.normal(size=x.shape).astype(dtype))
+    out, cache = relu_kept.forward(x)
+    np.testing.assert_array_equal(out, plain_relu[0])
+    np.testing.assert_array_equal(relu_kept.backward(plain_relu[1], cache)[0], plain_relu[1] * (x > 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_training_step_hands_the_layers_kept_arrays_out_again(dtype):
+    """The point of the Workspace: once a step's results are dropped, the next step reuses them."""
+    rng, (conv_layer, _), pool_pairs = image_layers(dtype)
+    pool, relu = pool_pairs[0][0], ReLU("relu_1")
+    x = rng.normal(size=(5, 3, 7, 6)).astype(dtype)
+
+    def step():
+        h, c1 = conv_layer.forward(x)
+        r, c2 = relu.forward(h)
+        p, c3 = pool.forward(r)
+        g_pool, _ = pool.backward(np.ones_like(p), c3)
+        g_relu, _ = relu.backward(g_pool, c2)
+        conv_layer.backward(g_relu, c1)  # its dL/dx is col2im's fresh array (d_cols, the GEMM's, is kept)
+        return {id(a.base if a.base is not None else a) for a in (h, r, p, g_pool, g_relu, c1[1], c3[1])}
+
+    first = step()
+    assert step() == first  # the same memory, step after step
+    kept = {id(a) for layer in (conv_layer, relu, pool) for a in layer.work.arrays.values()}
+    assert first <= kept
+    assert {"padded", "cols", "out", "d_cols"} <= set(conv_layer.work.arrays)
+    assert set(relu.work.arrays) == {"out", "mask", "grad"}
+    assert set(pool.work.arrays) == {"out", "first", "pending", "hit", "dx", "chosen"}
