@@ -63,7 +63,9 @@ class Dense(Layer):
         W, b = self.params["W"], self.params["b"]
         if x.ndim != 2 or x.shape[1] != W.shape[0]:
             raise ShapeError(f"{self.name}: expected input of shape (batch, {W.shape[0]}), got {describe(x)}")
-        return x @ W + b, x  # (batch, n_out)
+        out = x @ W  # (batch, n_out)
+        out += b  # x @ W + b, without a second (batch, n_out) array
+        return out, x
 
     def backward(self, dL_dout, x):
         """dL/dW = x^T g,  dL/db = sum_batch g,  dL/dx = g W^T"""

@@ -6,9 +6,11 @@ policy of oracles/compare.py (the same function computed another way is exactly 
 
     Dense.param_grads      np.dot(x.T, g)             == x.T @ g
     sigmoid                where(x >= 0, 1, z)/(1+z)  == where(x >= 0, 1/(1+z), z/(1+z)), bit for bit
+    SoftmaxCrossEntropy    one exp for value and grad == logsumexp - z_y and softmax(z) - onehot, bit for bit
     SGD.update             multiply into a buffer     == p - lr * g
     Network.loss_and_grads no trace, no first dL/dx   == the gradients of Network.trace, bit for bit
     train_epoch            checks x once per epoch    == still a clear error for NaN / Inf / dtype
+    SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit
     check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
     conv2d (forward, dW, db, dx)  im2col + one GEMM each  == the loops over output positions
     maxpool2d, avgpool2d   window view, KH KW strided adds == the loops (max-pool bit for bit)
@@ -23,11 +25,12 @@ import pytest
 from cases import BATCH_SIZES, DTYPES, LAYER_CASES, OPTIMIZER_CASES, make_batch
 from helpers import assert_close
 
-from reference import DTypeError, Network, NonFiniteError, ShapeError, conv, make_optimizer, preset
-from reference.layers import Conv2D, Dense, MaxPool2D, ReLU, sigmoid
+from reference import DTypeError, LabelError, Network, NonFiniteError, ShapeError, conv, make_optimizer, preset
+from reference.layers import Conv2D, Dense, MaxPool2D, ReLU, sigmoid, softmax
+from reference.losses import make_loss
 from reference.optimizers import SGD
-from reference.spec import PRESETS, OptimizerSpec
-from reference.train import check_inputs, train_epoch, train_step
+from reference.spec import PRESETS, LayerSpec, OptimizerSpec
+from reference.train import SampleSGD, check_inputs, train_epoch, train_step
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -338,3 +341,139 @@ def test_a_training_step_hands_the_layers_kept_arrays_out_again(dtype):
     assert {"padded", "cols", "out", "d_cols"} <= set(conv_layer.work.arrays)
     assert set(relu.work.arrays) == {"out", "mask", "grad"}
     assert set(pool.work.arrays) == {"out", "first", "pending", "hit", "dx", "chosen"}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
+def test_softmax_cross_entropy_from_one_exp_is_the_plain_form_bit_for_bit(batch, dtype, reduction):
+    rng = np.random.default_rng(batch)
+    logits = rng.normal(0.0, 20.0, size=(batch, 10)).astype(dtype)
+    logits.flat[:4] = np.array([np.finfo(dtype).max / 4, -np.finfo(dtype).max / 4, 1e4, -1e4], dtype)[: logits.size]
+    labels = rng.integers(0, 10, batch)
+    rows = np.arange(batch)
+    shifted = logits - logits.max(axis=1, keepdims=True)  # the plain form, written out
+    d = batch if reduction == "mean" else 1
+    plain_value = (np.log(np.exp(shifted).sum(axis=1)) - shifted[rows, labels]).sum() / d
+    plain_grad = softmax(logits)
+    plain_grad[rows, labels] -= 1
+    plain_grad = plain_grad / d
+    value, grad = make_loss("softmax_cross_entropy", reduction).value_and_grad(logits, labels)
+    assert value.dtype == grad.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(
+        np.asarray(value).view(f"u{value.dtype.itemsize}"), np.asarray(plain_value).view(f"u{value.dtype.itemsize}")
+    )
+    np.testing.assert_array_equal(grad.view(f"u{grad.itemsize}"), plain_grad.view(f"u{grad.itemsize}"))
+
+
+def per_sample_plain(spec, x, y, order):
+    """train_step row by row (the Network, the loss and the optimiser, every check): the plain loop."""
+    net, opt, losses = Network(spec, seed=0), make_optimizer(spec.optimizer), []
+    for i in order:
+        losses.append(train_step(net, opt, x[[i]], y[[i]], check_input=False))
+    return net, opt, losses
+
+
+SAMPLE_SGD_CASES = {
+    "mnist-sigmoid-per-sample": preset("mnist-sigmoid-per-sample"),
+    "relu": LAYER_CASES["relu"],
+    "tanh-sum": LAYER_CASES["tanh"].replace(reduction="sum"),
+    "sigmoid-tanh-relu": LAYER_CASES["sigmoid"].replace(
+        layers=tuple(
+            LayerSpec(kind, units=units)
+            for kind, units in (
+                ("dense", 5),
+                ("sigmoid", None),
+                ("dense", 4),
+                ("tanh", None),
+                ("dense", 4),
+                ("relu", None),
+                ("dense", 3),
+            )
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(SAMPLE_SGD_CASES))
+def test_per_sample_sgd_loop_is_train_step_bit_for_bit(case, dtype):
+    spec = SAMPLE_SGD_CASES[case].replace(dtype=dtype)
+    x, y = make_batch(spec, 60, seed=12)
+    if spec.n_in == 784:
+        x = (np.abs(x) * 80).astype(dtype)  # raw-pixel scale: saturated sigmoids, subnormals in float32
+    order = np.random.default_rng(13).permutation(60)[:45]
+    fast, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    assert SampleSGD.applies(fast, opt, 1)
+    seen = []
+    mean = train_epoch(fast, opt, x, y, order, 1, on_step=lambda step, loss: seen.append(loss))
+    plain, plain_opt, losses = per_sample_plain(spec, x, y, order)
+    for k, v in fast.params.items():
+        assert not np.array_equal(v, Network(spec, seed=0).params[k]), f"{k} did not move"
+        np.testing.assert_array_equal(v, plain.params[k], err_msg=k)
+    assert [type(v) for v in seen] == [type(v) for v in losses] and np.array_equal(seen, losses)
+    assert mean == sum(float(v) for v in losses) / len(losses)
+    assert opt.t == plain_opt.t == len(order)
+    again = [train_step(n, o, x[[0]], y[[0]]) for n, o in ((fast, opt), (plain, plain_opt))]  # the buffers kept
+    assert again[0] == again[1]
+
+
+@pytest.mark.parametrize(
+    ("what", "spec", "batch_size"),
+    [
+        ("batch 2", LAYER_CASES["sigmoid"], 2),
+        ("momentum", LAYER_CASES["sigmoid"].replace(optimizer=OptimizerSpec("momentum", lr=0.1, momentum=0.9)), 1),
+        ("weight decay", LAYER_CASES["sigmoid"].replace(optimizer=OptimizerSpec("sgd", lr=0.1, weight_decay=0.1)), 1),
+        ("l2", LAYER_CASES["l2"], 1),
+        ("dropout", LAYER_CASES["dropout"], 1),
+        ("leaky relu", LAYER_CASES["leaky_relu"], 1),
+        ("no activation", LAYER_CASES["dense"], 1),
+        ("cross_entropy", LAYER_CASES["softmax"], 1),
+        ("softmax layer, summed cross-entropy", preset("digits-sigmoid-per-sample"), 1),
+        ("batchnorm", LAYER_CASES["batchnorm_torch"], 1),
+        ("images", preset("mnist-cnn"), 1),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_per_sample_sgd_loop_is_taken_only_where_it_is_the_same_maths(what, spec, batch_size):
+    assert not SampleSGD.applies(Network(spec, seed=0), make_optimizer(spec.optimizer), batch_size), what
+
+
+def test_per_sample_sgd_loop_checks_every_label_before_the_first_step():
+    spec = preset("mnist-sigmoid-per-sample")
+    x, y = make_batch(spec, 8, seed=14)
+    y[5] = 10
+    net, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    before = net.get_params()
+    with pytest.raises(
+        LabelError,
+        match=r"train_epoch: labels y\[order\] \(softmax_cross_entropy\): expected labels in \[0, 10\), got 10 at index 5",
+    ):
+        train_epoch(net, opt, x, y, np.arange(8), 1)
+    for k, v in net.params.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    with pytest.raises(LabelError, match="expected integer labels"):
+        train_epoch(net, opt, x, y.astype(np.float64), np.arange(8), 1)
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["gc-on", "gc-off"])
+def test_train_epoch_pauses_the_cycle_collector_and_restores_it(enabled):
+    import gc
+
+    spec = LAYER_CASES["relu"]
+    x, y = make_batch(spec, 12, seed=15)
+    net, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    seen = []
+    (gc.enable if enabled else gc.disable)()
+    try:
+        train_epoch(net, opt, x, y, np.arange(12), 4, on_step=lambda step, loss: seen.append(gc.isenabled()))
+        assert seen == [False, False, False] and gc.isenabled() is enabled
+
+        def boom(step, loss):
+            raise RuntimeError("on_step failed")
+
+        with pytest.raises(RuntimeError, match="on_step failed"):
+            train_epoch(net, opt, x, y, np.arange(12), 1, on_step=boom)
+        assert gc.isenabled() is enabled  # restored on the error too
+    finally:
+        gc.enable()
