@@ -62,8 +62,11 @@ class Workspace:
 
     def empty_like(self, key: str, like: np.ndarray, dtype=None) -> np.ndarray:
         """np.empty_like(like, dtype): like's shape, its axes in like's memory order (a view of a kept array)."""
+        dtype = like.dtype if dtype is None else dtype
+        if like.flags.c_contiguous:
+            return self.empty(key, like.shape, dtype)
         order = sorted(range(like.ndim), key=lambda k: -like.strides[k])  # axes, outermost in memory first
-        a = self.empty(key, tuple(like.shape[k] for k in order), like.dtype if dtype is None else dtype)
+        a = self.empty(key, tuple(like.shape[k] for k in order), dtype)
         return a.transpose(np.argsort(order))
 
 
