@@ -249,7 +249,11 @@ def test_workspace_hands_an_array_out_again_only_when_nobody_holds_it():
     kept = id(c)
     del c
     assert id(work.empty("k", (3, 4), np.float64)) == kept  # nobody else holds it: handed out again
-    assert id(work.empty("k", (4, 3), np.float64)) != kept  # another shape: a fresh one
+    assert id(work.empty("k", (4, 3), np.float64)) != kept  # another shape: a fresh one, kept instead
+    small = id(work.arrays["k"])
+    big = work.empty("k", (conv.Workspace.KEEP_AT_MOST // 8 + 1,), np.float64)
+    assert big.nbytes > conv.Workspace.KEEP_AT_MOST and id(work.arrays["k"]) == small  # too big to keep
+    del big
     t = np.empty((2, 3, 5)).transpose(2, 0, 1)
     like = work.empty_like("t", t, np.float32)
     assert like.shape == t.shape and like.dtype == np.float32
