@@ -9,10 +9,10 @@ What is timed, for float32 and float64, on real MNIST (the 8x8 digits for the di
                          rows in one seeded order: reference.train.train_epoch vs each twin's
                          train_epoch (its framework's own optimiser), and gemm_limit: only the matrix
                          products that epoch needs, back to back (benchmarks/gemm.py)
-    per_sample_step_us   10,000 steps of the per-sample homework (preset mnist-sigmoid-per-sample,
+    per_sample_step_us   5,000 steps of the per-sample homework (preset mnist-sigmoid-per-sample,
                          784-32-32-10 sigmoid, batch 1), per step
     cnn_epoch_s          one epoch of the CNN preset (mnist-cnn: conv 3x3 x8, relu, max-pool 2, conv 3x3
-                         x16, relu, max-pool 2, dense 10), batch 64, 60,000 rows: reference vs each
+                         x16, relu, max-pool 2, dense 10), batch 64, 12,800 rows (200 steps): reference vs each
                          twin's train_epoch, and gemm_limit: the conv and dense GEMMs of that epoch
                          alone (benchmarks/gemm.py, conv_gemm_epoch)
     forward_backward_ms  one forward + backward of a batch of 128 through each preset, recording
@@ -23,6 +23,11 @@ round runs every (dtype, task, contender) once, so machine noise falls on all of
 warms up (keras compiles its training loop, caches fill) and is dropped. Medians are reported. The
 numpy BLAS, torch (the torch twin is built with `threads=`) and TensorFlow run on --threads threads. The JSON also holds the machine (CPU, cores,
 load before and after, library versions, BLAS) and every repetition's time.
+
+The machine's short name (machine.name: processor model and numpy's BLAS, "AMD EPYC, OpenBLAS 0.3.31
+Haswell") is printed beside every figure and ratio, and written with every target verdict: `targets`
+in the JSON, and one PASS / FAIL line per target at the end of the output (run.TARGETS: issue 16's
+batched, per-sample and float32-sigmoid bars, issue 13's CNN bar), judged on the wall-clock medians.
 """
 
 from benchmarks.run import run

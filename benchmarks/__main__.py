@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports te
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.run import CONTENDERS, run
+    from benchmarks.run import CONTENDERS, run, verdict_line
     from benchmarks.speed_table import markdown
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
@@ -32,10 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(markdown(doc))
     print()
+    machine = doc["machine"]["name"]
     for dtype, ratios in doc["ratios"].items():
         for name, value in ratios.items():
             if "forward_backward" not in name:
-                print(f"{dtype}  {name}: {value:.2f}")
+                print(f"{dtype}  {name}: {value:.2f}  [{machine}]")
+    print("\ntargets (wall-clock medians; process CPU time in brackets):")
+    for verdict in doc["targets"]:
+        print(verdict_line(verdict))
     print(f"\nwritten: {args.out}")
     return 0
 

@@ -28,11 +28,11 @@ BATCHED, PER_SAMPLE, CNN = "mnist-relu-batched", "mnist-sigmoid-per-sample", "mn
 @dataclass(frozen=True)
 class Sizes:
     batched_rows: int = 60_000  # one MNIST epoch
-    per_sample_steps: int = 10_000
+    per_sample_steps: int = 5_000
     fb_batch: int = 128
     fb_calls: int = 20  # forward+backward calls per repetition (one call is too short to time alone)
     repeats: int = 5
-    cnn_rows: int = 60_000  # one MNIST epoch of the CNN preset
+    cnn_rows: int = 12_800  # 200 steps of batch 64 (a whole epoch is 4.7x longer and changes no ratio)
 
 
 QUICK = Sizes(batched_rows=1_024, per_sample_steps=200, fb_calls=2, repeats=1, cnn_rows=256)
@@ -216,6 +216,59 @@ def ratios(results: dict) -> dict:
     return out
 
 
+# The targets (issue 16, and issue 13's CNN): (label, dtype, ratio key, at most). The fwd+bwd float32 /
+# float64 row compares one contender with itself across dtypes (the float32 sigmoid on raw pixels).
+TARGETS: tuple[tuple[str, str, str, float], ...] = (
+    ("batched epoch, reference / torch", "float32", "batched_epoch_s reference/torch", 0.7),
+    ("batched epoch, reference / torch", "float64", "batched_epoch_s reference/torch", 0.85),
+    *(("batched epoch, reference / GEMM limit", d, "batched_epoch_s reference/gemm_limit", 1.25) for d in DTYPES),
+    *(
+        ("per-sample step, reference / keras (compiled epoch)", d, "per_sample_step_us reference/keras", 1.0)
+        for d in DTYPES
+    ),
+    *(("per-sample step, reference / numpy floor", d, "per_sample_step_us reference/numpy_floor", 1.1) for d in DTYPES),
+    ("fwd+bwd batch 128, mnist-sigmoid-per-sample, reference float32 / float64", "float32", "fb32/fb64", 1.0),
+    *(("CNN epoch, reference / GEMM limit", d, "cnn_epoch_s reference/gemm_limit", 2.0) for d in DTYPES),
+)
+
+
+def dtype_ratio(results: dict, preset_name: str = PER_SAMPLE) -> float | None:
+    """The reference's float32 / float64 forward+backward time on one preset (None if either is missing)."""
+    a, b = (results[d]["forward_backward_ms"].get("reference", {}).get(preset_name) for d in DTYPES)
+    return None if a is None or b is None else a / b
+
+
+def verdicts(doc: dict) -> list[dict]:
+    """Every target: its wall-clock ratio, its CPU-time ratio, the bound, pass/fail (on wall clock), the machine."""
+    out = []
+    for label, dtype, key, bound in TARGETS:
+        if key == "fb32/fb64":
+            wall, cpu = dtype_ratio(doc), dtype_ratio(doc["cpu_time"])
+        else:
+            wall, cpu = doc["ratios"][dtype].get(key), doc["cpu_time_ratios"][dtype].get(key)
+        out.append(
+            {
+                "target": label,
+                "dtype": dtype,
+                "ratio": wall,
+                "cpu_time_ratio": cpu,
+                "at_most": bound,
+                "pass": None if wall is None else wall <= bound,
+                "machine": doc["machine"]["name"],
+            }
+        )
+    return out
+
+
+def verdict_line(v: dict) -> str:
+    """'PASS  float32  batched epoch, reference / torch: 0.62 (cpu 0.60) <= 0.7  [AMD EPYC, OpenBLAS ...]'"""
+    if v["ratio"] is None:
+        return f"n/a   {v['dtype']}  {v['target']}: not measured (contender skipped)  [{v['machine']}]"
+    word = "PASS" if v["pass"] else "FAIL"
+    cpu = f" (cpu {v['cpu_time_ratio']:.2f})" if v["cpu_time_ratio"] is not None else ""
+    return f"{word}  {v['dtype']}  {v['target']}: {v['ratio']:.2f}{cpu} <= {v['at_most']}  [{v['machine']}]"
+
+
 def run(
     quick: bool = False,
     repeats: int | None = None,
@@ -238,7 +291,7 @@ def run(
         run_rounds(jobs, repeats, progress)
     info["load_average_after"] = list(os.getloadavg())
     results = collect(jobs)
-    return {
+    doc = {
         "machine": info,
         "setup": {
             "quick": quick,
@@ -257,6 +310,8 @@ def run(
         "ratios": ratios(results),
         "cpu_time_ratios": ratios(results["cpu_time"]),
     }
+    doc["targets"] = verdicts(doc)
+    return doc
 
 
 def set_framework_threads(threads: int, contenders: tuple[str, ...]) -> dict[str, object]:

@@ -24,7 +24,7 @@ def machine_line(doc: dict) -> str:
     threads = m.get("threads", {})
     quick = " QUICK (smoke-test sizes, not comparable)" if setup["quick"] else ""
     return (
-        f"{m['cpu']}, {m['cores_usable']} cores; load average {m['load_average_before'][0]:.2f} before, "
+        f"{m['name']}; {m['cores_usable']} cores; load average {m['load_average_before'][0]:.2f} before, "
         f"{m['load_average_after'][0]:.2f} after; numpy {m['numpy']} with {blas}; torch {m['torch']}; "
         f"tensorflow {m['tensorflow']}, keras {m['keras']}; python {m['python']}; threads {threads}; "
         f"medians of {setup['repeats']} interleaved repetitions{quick}"
@@ -69,7 +69,9 @@ LIMITS = (
 
 
 def markdown(doc: dict) -> str:
+    name = doc["machine"]["name"]
     return (
-        f"Wall-clock time, medians:\n\n{table(doc)}\n\nCPU time of the process (all its threads), medians:\n\n"
+        f"Wall-clock time, medians ({name}):\n\n{table(doc)}\n\n"
+        f"CPU time of the process (all its threads), medians ({name}):\n\n"
         f"{table(doc, cpu=True)}\n\n{LIMITS}.\n\nMachine: {machine_line(doc)}."
     )

@@ -22,6 +22,8 @@ on random shapes, strides and pads (and max-pool's tie rule bit for bit).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -33,12 +35,66 @@ def out_size(size: int, kernel: int, stride: int, pad: int = 0) -> int:
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def pad_images(x: np.ndarray, padding: Pair) -> np.ndarray:
+class Workspace:
+    """Arrays a layer keeps from one step to the next, for its large temporaries and outputs.
+
+    Why: a training step of mnist-cnn allocates and frees ~20 MB of arrays; glibc gives memory back
+    to the kernel once more than twice its largest recent block is free at the top of its heap, so
+    every step faulted the same pages in again (about 4,000 page faults a step, ~40 % of the CPU
+    time in the kernel). Handing the same arrays out again takes that away.
+
+    Safe by construction: an array is handed out again only when nobody else holds it or a view of
+    it (no cache, no output a caller kept, no trace record): sys.getrefcount counts them all, as
+    numpy's own ndarray.resize does. Otherwise a fresh array is made and kept instead. Not for one
+    layer shared by threads at once (the reference's layers are not, and Network never does that).
+    """
+
+    KEEP_AT_MOST = 32 * 2**20  # bytes per array: a training batch's arrays, not an evaluation chunk's
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def empty(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialised C-ordered array, the kept one when it is free and of that shape and dtype.
+
+        A new array is kept in place of the old one only up to KEEP_AT_MOST bytes: evaluate's
+        10,000-row chunks (a 282 MB im2col matrix in mnist-cnn's first conv) are not held on to.
+        """
+        a = self.arrays.get(key)
+        # 3 references when free: self.arrays, the local name a, getrefcount's own argument.
+        if a is None or a.shape != shape or a.dtype != dtype or sys.getrefcount(a) > 3:
+            a = np.empty(shape, dtype)
+            if a.nbytes <= self.KEEP_AT_MOST:
+                self.arrays[key] = a
+        return a
+
+    def empty_like(self, key: str, like: np.ndarray, dtype=None) -> np.ndarray:
+        """np.empty_like(like, dtype): like's shape, its axes in like's memory order (a view of a kept array)."""
+        dtype = like.dtype if dtype is None else dtype
+        if like.flags.c_contiguous:
+            return self.empty(key, like.shape, dtype)
+        order = sorted(range(like.ndim), key=lambda k: -like.strides[k])  # axes, outermost in memory first
+        a = self.empty(key, tuple(like.shape[k] for k in order), dtype)
+        return a.transpose(np.argsort(order))
+
+
+def empty(work: Workspace | None, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """np.empty(shape, dtype), or the workspace's kept array `key`."""
+    return np.empty(shape, dtype) if work is None else work.empty(key, shape, dtype)
+
+
+def pad_images(x: np.ndarray, padding: Pair, work: Workspace | None = None) -> np.ndarray:
     """Zero padding of (ph, pw) on both sides of H and W."""
     ph, pw = padding
     if ph == 0 and pw == 0:
         return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    if work is None:
+        return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    (N, C, H, W) = x.shape
+    xp = work.empty("padded", (N, C, H + 2 * ph, W + 2 * pw), x.dtype)  # np.pad's numbers: borders 0, x inside
+    xp[:, :, :ph], xp[:, :, ph + H :], xp[:, :, :, :pw], xp[:, :, :, pw + W :] = 0, 0, 0, 0
+    xp[:, :, ph : ph + H, pw : pw + W] = x
+    return xp
 
 
 # The plain forms: loops over output positions ------------------------------------------------
@@ -140,11 +196,11 @@ def _offset(x: np.ndarray, u: int, v: int, out_hw: Pair, stride: Pair) -> np.nda
     return x[:, :, u : u + sh * (OH - 1) + 1 : sh, v : v + sw * (OW - 1) + 1 : sw]
 
 
-def im2col(xp: np.ndarray, kernel: Pair, stride: Pair) -> np.ndarray:
+def im2col(xp: np.ndarray, kernel: Pair, stride: Pair, work: Workspace | None = None) -> np.ndarray:
     """cols[(u, v, c), (n, i, j)] = xp[n, c, i sh + u, j sw + v]   (KH KW C, N OH OW), one copy."""
     (N, C, Hp, Wp), (KH, KW) = xp.shape, kernel
     out_hw = (out_size(Hp, KH, stride[0]), out_size(Wp, KW, stride[1]))
-    cols = np.empty((KH, KW, C, N, *out_hw), xp.dtype)
+    cols = empty(work, "cols", (KH, KW, C, N, *out_hw), xp.dtype)
     for u in range(KH):
         for v in range(KW):
             cols[u, v] = _offset(xp, u, v, out_hw, stride).transpose(1, 0, 2, 3)  # (C, N, OH, OW)
@@ -173,13 +229,16 @@ def _g_matrix(g: np.ndarray) -> np.ndarray:
     return g.transpose(1, 0, 2, 3).reshape(g.shape[1], -1)
 
 
-def conv2d_forward(x, W, b, stride: Pair, padding: Pair):
-    """conv2d_forward_plain as one GEMM: out = W2 @ im2col(xp) + b. Returns (out, cols)."""
+def conv2d_forward(x, W, b, stride: Pair, padding: Pair, work: Workspace | None = None):
+    """conv2d_forward_plain as one GEMM: out = W2 @ im2col(xp) + b. Returns (out, cols).
+
+    work: the layer's Workspace (its arrays are handed out again when free), or None (fresh arrays).
+    """
     F, _, KH, KW = W.shape
-    xp = pad_images(x, padding)
-    cols = im2col(xp, (KH, KW), stride)  # (KH KW C, N OH OW)
+    xp = pad_images(x, padding, work)
+    cols = im2col(xp, (KH, KW), stride, work)  # (KH KW C, N OH OW)
     out_hw = (out_size(xp.shape[2], KH, stride[0]), out_size(xp.shape[3], KW, stride[1]))
-    out = _kernel_matrix(W) @ cols  # (F, N OH OW)
+    out = np.matmul(_kernel_matrix(W), cols, out=empty(work, "out", (F, cols.shape[1]), x.dtype))  # (F, N OH OW)
     out += b[:, None]
     return out.reshape(F, x.shape[0], *out_hw).transpose(1, 0, 2, 3), cols  # (N, F, OH, OW) view
 
@@ -192,13 +251,15 @@ def conv2d_param_grads(g, cols, W):
     return dW2.reshape(F, KH, KW, C).transpose(0, 3, 1, 2).copy(), g_T.sum(axis=1)
 
 
-def conv2d_input_grad(g, W, x_shape: tuple[int, ...], stride: Pair, padding: Pair):
+def conv2d_input_grad(g, W, x_shape: tuple[int, ...], stride: Pair, padding: Pair, work: Workspace | None = None):
     """dx = col2im(W2^T g_T) with the padding cut off (one GEMM, KH KW strided adds)."""
-    d_cols = _kernel_matrix(W).T @ _g_matrix(g)  # (KH KW C, N OH OW)
+    g_T = _g_matrix(g)
+    d_cols = empty(work, "d_cols", (W.shape[1] * W.shape[2] * W.shape[3], g_T.shape[1]), g.dtype)
+    np.matmul(_kernel_matrix(W).T, g_T, out=d_cols)  # (KH KW C, N OH OW)
     return col2im(d_cols, x_shape, W.shape[2:], stride, padding)
 
 
-def maxpool2d_forward(x, pool: Pair, stride: Pair):
+def maxpool2d_forward(x, pool: Pair, stride: Pair, work: Workspace | None = None):
     """maxpool2d_forward_plain as PH PW running maxima over strided views. Returns (out, first).
 
     first[n, c, i, j] = u PW + v of the window's first maximum in row-major order (the tie rule):
@@ -208,12 +269,15 @@ def maxpool2d_forward(x, pool: Pair, stride: Pair):
     (PH, PW), (_, _, H, W) = pool, x.shape
     out_hw = (out_size(H, PH, stride[0]), out_size(W, PW, stride[1]))
     slabs = [_offset(x, k // PW, k % PW, out_hw, stride) for k in range(PH * PW)]
-    out = slabs[0].copy()
+    out = empty(work, "out", slabs[0].shape, x.dtype)
+    np.copyto(out, slabs[0])
     for slab in slabs[1:]:
         np.maximum(out, slab, out=out)
-    first = np.zeros(out.shape, np.int16 if PH * PW < 2**15 else np.intp)
-    pending = np.ones(out.shape, bool)  # windows whose first maximum is still to be found
-    hit = np.empty(out.shape, bool)
+    first = empty(work, "first", out.shape, np.int16 if PH * PW < 2**15 else np.intp)
+    first[...] = 0
+    pending = empty(work, "pending", out.shape, bool)  # windows whose first maximum is still to be found
+    pending[...] = True
+    hit = empty(work, "hit", out.shape, bool)
     for k, slab in enumerate(slabs):
         np.equal(slab, out, out=hit)
         hit &= pending
@@ -223,15 +287,21 @@ def maxpool2d_forward(x, pool: Pair, stride: Pair):
     return out, first
 
 
-def maxpool2d_backward(g, first, x_shape: tuple[int, ...], pool: Pair, stride: Pair, like: np.ndarray | None = None):
+def maxpool2d_backward(
+    g, first, x_shape: tuple[int, ...], pool: Pair, stride: Pair, like: np.ndarray | None = None, work=None
+):
     """maxpool2d_backward_plain: g to each window's first maximum, one strided write (or add) per offset.
 
     like: an array of x's shape whose memory order dx takes (the layer passes its input), so the
-    layer below meets the layout it produced.
+    layer below meets the layout it produced. work: the layer's Workspace, or None.
     """
     (PH, PW), (sh, sw) = pool, stride
-    dx = np.zeros(x_shape, g.dtype) if like is None else np.zeros_like(like, dtype=g.dtype)
-    chosen = np.empty(first.shape, bool)
+    if work is None:
+        dx = np.zeros(x_shape, g.dtype) if like is None else np.zeros_like(like, dtype=g.dtype)
+    else:
+        dx = work.empty("dx", x_shape, g.dtype) if like is None else work.empty_like("dx", like, g.dtype)
+        dx[...] = 0
+    chosen = empty(work, "chosen", first.shape, bool)
     for k in range(PH * PW):
         np.equal(first, k, out=chosen)
         target = _offset(dx, k // PW, k % PW, g.shape[2:], stride)

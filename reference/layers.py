@@ -63,7 +63,9 @@ class Dense(Layer):
         W, b = self.params["W"], self.params["b"]
         if x.ndim != 2 or x.shape[1] != W.shape[0]:
             raise ShapeError(f"{self.name}: expected input of shape (batch, {W.shape[0]}), got {describe(x)}")
-        return x @ W + b, x  # (batch, n_out)
+        out = x @ W  # (batch, n_out)
+        out += b  # x @ W + b, without a second (batch, n_out) array
+        return out, x
 
     def backward(self, dL_dout, x):
         """dL/dW = x^T g,  dL/db = sum_batch g,  dL/dx = g W^T"""
@@ -79,13 +81,18 @@ class Dense(Layer):
 
 
 class ReLU(Layer):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.work = conv.Workspace()  # out, mask and dL/dx handed out again from step to step when free
+
     def forward(self, x, train=True):
         """out = max(x, 0)"""
-        return np.maximum(x, 0), x
+        return np.maximum(x, 0, out=self.work.empty_like("out", x)), x
 
     def backward(self, dL_dout, x):
         """dL/dx = g * [x > 0]   (the subgradient at 0 is 0, as in torch and keras)"""
-        return dL_dout * (x > 0), {}
+        mask = np.greater(x, 0, out=self.work.empty_like("mask", x, bool))
+        return np.multiply(dL_dout, mask, out=self.work.empty_like("grad", dL_dout)), {}
 
 
 class LeakyReLU(Layer):
@@ -332,19 +339,20 @@ class Conv2D(Layer):
             )
         self.params = {"W": W, "b": b}
         self.stride, self.padding = tuple(stride), tuple(padding)
+        self.work = conv.Workspace()  # arrays handed out again from step to step (see conv.Workspace)
 
     def forward(self, x, train=True):
         """out[n, f, i, j] = b[f] + sum_{c,u,v} W[f, c, u, v] xp[n, c, i sh + u, j sw + v]"""
         W = self.params["W"]
         if x.ndim != 4 or x.shape[1] != W.shape[1]:
             raise ShapeError(f"{self.name}: expected input of shape (batch, {W.shape[1]}, H, W), got {describe(x)}")
-        out, cols = conv.conv2d_forward(x, W, self.params["b"], self.stride, self.padding)
+        out, cols = conv.conv2d_forward(x, W, self.params["b"], self.stride, self.padding, self.work)
         return out, (x.shape, cols)  # out (batch, F, OH, OW)
 
     def backward(self, dL_dout, cache):
         """dL/dW = sum g (x) window,  dL/db = sum_{n,i,j} g,  dL/dx = col2im(g W)"""
         x_shape, _ = cache
-        dL_dx = conv.conv2d_input_grad(dL_dout, self.params["W"], x_shape, self.stride, self.padding)
+        dL_dx = conv.conv2d_input_grad(dL_dout, self.params["W"], x_shape, self.stride, self.padding, self.work)
         return dL_dx, self.param_grads(dL_dout, cache)  # (batch, C, H, W)
 
     def param_grads(self, dL_dout, cache):
@@ -359,17 +367,18 @@ class MaxPool2D(Layer):
     def __init__(self, name: str, pool, stride) -> None:
         super().__init__(name)
         self.pool, self.stride = tuple(pool), tuple(stride)
+        self.work = conv.Workspace()  # arrays handed out again from step to step (see conv.Workspace)
 
     def forward(self, x, train=True):
         """out[n, c, i, j] = max_{u, v} x[n, c, i sh + u, j sw + v]"""
         _check_images(self.name, x)
-        out, first = conv.maxpool2d_forward(x, self.pool, self.stride)
+        out, first = conv.maxpool2d_forward(x, self.pool, self.stride, self.work)
         return out, (x, first)
 
     def backward(self, dL_dout, cache):
         """dL/dx[window's first argmax] += g (every other element of the window gets 0)"""
         x, first = cache
-        return conv.maxpool2d_backward(dL_dout, first, x.shape, self.pool, self.stride, like=x), {}
+        return conv.maxpool2d_backward(dL_dout, first, x.shape, self.pool, self.stride, like=x, work=self.work), {}
 
 
 class AvgPool2D(Layer):

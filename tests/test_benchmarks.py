@@ -47,6 +47,12 @@ def run_quick(tmp_path: Path, only: str) -> dict:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| dtype | measure | reference |" in proc.stdout, proc.stdout[-3000:]
+    doc = json.loads(out.read_text())
+    name = doc["machine"]["name"]
+    verdicts = [line for line in proc.stdout.splitlines() if line.startswith(("PASS ", "FAIL ", "n/a "))]
+    assert len(verdicts) == 11 and all(line.endswith(f"[{name}]") for line in verdicts), proc.stdout[-3000:]
+    ratio_lines = [line for line in proc.stdout.splitlines() if " reference/" in line and ": " in line]
+    assert ratio_lines and all(line.endswith(f"[{name}]") for line in ratio_lines), ratio_lines
     return json.loads(out.read_text())
 
 
@@ -55,8 +61,14 @@ def positive(value: object) -> bool:
 
 
 def check_schema(doc: dict, contenders: tuple[str, ...]) -> None:
-    for key in ("cpu", "cores", "numpy", "blas", "load_average_before", "load_average_after", "threads"):
+    for key in ("name", "cpu", "cores", "numpy", "blas", "load_average_before", "load_average_after", "threads"):
         assert key in doc["machine"], key
+    assert doc["machine"]["name"].startswith(doc["machine"]["cpu"] + ", "), doc["machine"]["name"]
+    targets = {(t["target"], t["dtype"]) for t in doc["targets"]}
+    assert len(targets) == len(doc["targets"]) == 11, doc["targets"]
+    for t in doc["targets"]:
+        assert t["machine"] == doc["machine"]["name"]
+        assert t["pass"] is None or t["pass"] == (t["ratio"] <= t["at_most"]), t
     assert doc["setup"]["quick"] is True
     for dtype in ("float32", "float64"):
         assert set(doc[dtype]) == set(TASKS), doc[dtype].keys()

@@ -6,12 +6,16 @@ policy of oracles/compare.py (the same function computed another way is exactly 
 
     Dense.param_grads      np.dot(x.T, g)             == x.T @ g
     sigmoid                where(x >= 0, 1, z)/(1+z)  == where(x >= 0, 1/(1+z), z/(1+z)), bit for bit
+    SoftmaxCrossEntropy    one exp for value and grad == logsumexp - z_y and softmax(z) - onehot, bit for bit
     SGD.update             multiply into a buffer     == p - lr * g
     Network.loss_and_grads no trace, no first dL/dx   == the gradients of Network.trace, bit for bit
     train_epoch            checks x once per epoch    == still a clear error for NaN / Inf / dtype
+    SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit
     check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
     conv2d (forward, dW, db, dx)  im2col + one GEMM each  == the loops over output positions
     maxpool2d, avgpool2d   window view, KH KW strided adds == the loops (max-pool bit for bit)
+    conv.Workspace         kept arrays (Conv2D, MaxPool2D, ReLU) == fresh arrays, bit for bit, and
+                           never one that a cache, an output or a view still holds
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ import pytest
 from cases import BATCH_SIZES, DTYPES, LAYER_CASES, OPTIMIZER_CASES, make_batch
 from helpers import assert_close
 
-from reference import DTypeError, Network, NonFiniteError, ShapeError, conv, make_optimizer, preset
-from reference.layers import Dense, sigmoid
+from reference import DTypeError, LabelError, Network, NonFiniteError, ShapeError, conv, make_optimizer, preset
+from reference.layers import Conv2D, Dense, MaxPool2D, ReLU, sigmoid, softmax
+from reference.losses import make_loss
 from reference.optimizers import SGD
-from reference.spec import PRESETS, OptimizerSpec
-from reference.train import check_inputs, train_epoch, train_step
+from reference.spec import PRESETS, LayerSpec, OptimizerSpec
+from reference.train import SampleSGD, check_inputs, train_epoch, train_step
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -225,3 +230,254 @@ def test_pools_on_the_window_view_are_the_loops(seed, dtype):
     fast = conv.avgpool2d_backward(g, x.shape, pool, stride)
     assert fast.dtype == np.dtype(dtype)
     assert_close("avgpool dx", fast, conv.avgpool2d_backward_plain(g, x, pool, stride), dtype, "gradient", **fp)
+
+
+# Kept arrays (conv.Workspace): the same numbers as fresh arrays, and never one somebody still holds --------
+
+
+def test_workspace_hands_an_array_out_again_only_when_nobody_holds_it():
+    work = conv.Workspace()
+    a = work.empty("k", (3, 4), np.float64)
+    b = work.empty("k", (3, 4), np.float64)
+    assert b is not a and work.arrays["k"] is b  # `a` still held: a fresh one, kept instead
+    del a
+    view = b[1:].T
+    del b
+    c = work.empty("k", (3, 4), np.float64)
+    assert c.base is None and not np.shares_memory(c, view)  # a view of it is alive: a fresh one
+    del view
+    kept = id(c)
+    del c
+    assert id(work.empty("k", (3, 4), np.float64)) == kept  # nobody else holds it: handed out again
+    assert id(work.empty("k", (4, 3), np.float64)) != kept  # another shape: a fresh one, kept instead
+    small = id(work.arrays["k"])
+    big = work.empty("k", (conv.Workspace.KEEP_AT_MOST // 8 + 1,), np.float64)
+    assert big.nbytes > conv.Workspace.KEEP_AT_MOST and id(work.arrays["k"]) == small  # too big to keep
+    del big
+    t = np.empty((2, 3, 5)).transpose(2, 0, 1)
+    like = work.empty_like("t", t, np.float32)
+    assert like.shape == t.shape and like.dtype == np.float32
+    assert np.argsort(like.strides).tolist() == np.argsort(t.strides).tolist()  # the same memory order
+
+
+def kept_and_fresh(layer_fresh, layer_kept, x, g, steps=3):
+    """Forward and backward `steps` times through a layer with its Workspace and one without, holding
+    every earlier cache and result (so the kept arrays must not be handed out under them)."""
+    held = []
+    for step in range(steps):
+        (out_f, cache_f), (out_k, cache_k) = layer_fresh.forward(x + step), layer_kept.forward(x + step)
+        (dx_f, grads_f), (dx_k, grads_k) = layer_fresh.backward(g, cache_f), layer_kept.backward(g, cache_k)
+        held.append((out_f, out_k, dx_f, dx_k, grads_f, grads_k, cache_k))
+    for step, (out_f, out_k, dx_f, dx_k, grads_f, grads_k, cache_k) in enumerate(held):
+        np.testing.assert_array_equal(out_k, out_f, err_msg=f"out, step {step}")
+        np.testing.assert_array_equal(dx_k, dx_f, err_msg=f"dx, step {step}")
+        for k in grads_f:
+            np.testing.assert_array_equal(grads_k[k], grads_f[k], err_msg=f"{k}, step {step}")
+        again, _ = layer_kept.backward(g, cache_k)  # an old cache, after later forwards: still its own numbers
+        np.testing.assert_array_equal(again, dx_f, err_msg=f"dx from the step-{step} cache, later")
+
+
+def image_layers(dtype: str):
+    rng = np.random.default_rng(11)
+    W, b = rng.normal(size=(4, 3, 3, 2)).astype(dtype), rng.normal(size=4).astype(dtype)
+    conv_pair = [Conv2D("conv2d_1", W.copy(), b.copy(), (2, 1), (1, 2)) for _ in range(2)]
+    pool_pairs = [
+        [MaxPool2D("maxpool2d_1", pool, stride) for _ in range(2)]
+        for pool, stride in (((2, 2), (2, 2)), ((3, 2), (1, 2)))
+    ]
+    return rng, conv_pair, pool_pairs
+
+
+class Fresh:
+    """A layer with its Workspace taken away: every array fresh, the plain allocation."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        layer.work = None
+
+    def forward(self, x):
+        return self.layer.forward(x)
+
+    def backward(self, g, cache):
+        return self.layer.backward(g, cache)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kept_arrays_give_the_fresh_arrays_numbers_bit_for_bit(dtype):
+    rng, (conv_kept, conv_fresh), pool_pairs = image_layers(dtype)
+    x = rng.normal(size=(5, 3, 7, 6)).astype(dtype)
+    out, _ = conv_kept.forward(x)
+    kept_and_fresh(Fresh(conv_fresh), conv_kept, x, rng.normal(size=out.shape).astype(dtype))
+    for kept, fresh in pool_pairs:
+        xr = np.round(x * 2).astype(dtype)  # ties
+        out, _ = kept.forward(xr)
+        kept_and_fresh(Fresh(fresh), kept, xr, rng.normal(size=out.shape).astype(dtype))
+    relu_kept, relu_fresh = ReLU("relu_1"), ReLU("relu_1")
+    relu_fresh.work = conv.Workspace()
+    relu_fresh.work.empty = lambda key, shape, dtype: np.empty(shape, dtype)  # plain allocation every time
+    kept_and_fresh(relu_fresh, relu_kept, x, rng.normal(size=x.shape).astype(dtype))
+    plain_relu = (np.maximum(x, 0), rng.normal(size=x.shape).astype(dtype))
+    out, cache = relu_kept.forward(x)
+    np.testing.assert_array_equal(out, plain_relu[0])
+    np.testing.assert_array_equal(relu_kept.backward(plain_relu[1], cache)[0], plain_relu[1] * (x > 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_training_step_hands_the_layers_kept_arrays_out_again(dtype):
+    """The point of the Workspace: once a step's results are dropped, the next step reuses them."""
+    rng, (conv_layer, _), pool_pairs = image_layers(dtype)
+    pool, relu = pool_pairs[0][0], ReLU("relu_1")
+    x = rng.normal(size=(5, 3, 7, 6)).astype(dtype)
+
+    def step():
+        h, c1 = conv_layer.forward(x)
+        r, c2 = relu.forward(h)
+        p, c3 = pool.forward(r)
+        g_pool, _ = pool.backward(np.ones_like(p), c3)
+        g_relu, _ = relu.backward(g_pool, c2)
+        conv_layer.backward(g_relu, c1)  # its dL/dx is col2im's fresh array (d_cols, the GEMM's, is kept)
+        return {id(a.base if a.base is not None else a) for a in (h, r, p, g_pool, g_relu, c1[1], c3[1])}
+
+    first = step()
+    assert step() == first  # the same memory, step after step
+    kept = {id(a) for layer in (conv_layer, relu, pool) for a in layer.work.arrays.values()}
+    assert first <= kept
+    assert {"padded", "cols", "out", "d_cols"} <= set(conv_layer.work.arrays)
+    assert set(relu.work.arrays) == {"out", "mask", "grad"}
+    assert set(pool.work.arrays) == {"out", "first", "pending", "hit", "dx", "chosen"}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
+def test_softmax_cross_entropy_from_one_exp_is_the_plain_form_bit_for_bit(batch, dtype, reduction):
+    rng = np.random.default_rng(batch)
+    logits = rng.normal(0.0, 20.0, size=(batch, 10)).astype(dtype)
+    logits.flat[:4] = np.array([np.finfo(dtype).max / 4, -np.finfo(dtype).max / 4, 1e4, -1e4], dtype)[: logits.size]
+    labels = rng.integers(0, 10, batch)
+    rows = np.arange(batch)
+    shifted = logits - logits.max(axis=1, keepdims=True)  # the plain form, written out
+    d = batch if reduction == "mean" else 1
+    plain_value = (np.log(np.exp(shifted).sum(axis=1)) - shifted[rows, labels]).sum() / d
+    plain_grad = softmax(logits)
+    plain_grad[rows, labels] -= 1
+    plain_grad = plain_grad / d
+    value, grad = make_loss("softmax_cross_entropy", reduction).value_and_grad(logits, labels)
+    assert value.dtype == grad.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(
+        np.asarray(value).view(f"u{value.dtype.itemsize}"), np.asarray(plain_value).view(f"u{value.dtype.itemsize}")
+    )
+    np.testing.assert_array_equal(grad.view(f"u{grad.itemsize}"), plain_grad.view(f"u{grad.itemsize}"))
+
+
+def per_sample_plain(spec, x, y, order):
+    """train_step row by row (the Network, the loss and the optimiser, every check): the plain loop."""
+    net, opt, losses = Network(spec, seed=0), make_optimizer(spec.optimizer), []
+    for i in order:
+        losses.append(train_step(net, opt, x[[i]], y[[i]], check_input=False))
+    return net, opt, losses
+
+
+SAMPLE_SGD_CASES = {
+    "mnist-sigmoid-per-sample": preset("mnist-sigmoid-per-sample"),
+    "relu": LAYER_CASES["relu"],
+    "tanh-sum": LAYER_CASES["tanh"].replace(reduction="sum"),
+    "sigmoid-tanh-relu": LAYER_CASES["sigmoid"].replace(
+        layers=tuple(
+            LayerSpec(kind, units=units)
+            for kind, units in (
+                ("dense", 5),
+                ("sigmoid", None),
+                ("dense", 4),
+                ("tanh", None),
+                ("dense", 4),
+                ("relu", None),
+                ("dense", 3),
+            )
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(SAMPLE_SGD_CASES))
+def test_per_sample_sgd_loop_is_train_step_bit_for_bit(case, dtype):
+    spec = SAMPLE_SGD_CASES[case].replace(dtype=dtype)
+    x, y = make_batch(spec, 60, seed=12)
+    if spec.n_in == 784:
+        x = (np.abs(x) * 80).astype(dtype)  # raw-pixel scale: saturated sigmoids, subnormals in float32
+    order = np.random.default_rng(13).permutation(60)[:45]
+    fast, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    assert SampleSGD.applies(fast, opt, 1)
+    seen = []
+    mean = train_epoch(fast, opt, x, y, order, 1, on_step=lambda step, loss: seen.append(loss))
+    plain, plain_opt, losses = per_sample_plain(spec, x, y, order)
+    for k, v in fast.params.items():
+        assert not np.array_equal(v, Network(spec, seed=0).params[k]), f"{k} did not move"
+        np.testing.assert_array_equal(v, plain.params[k], err_msg=k)
+    assert [type(v) for v in seen] == [type(v) for v in losses] and np.array_equal(seen, losses)
+    assert mean == sum(float(v) for v in losses) / len(losses)
+    assert opt.t == plain_opt.t == len(order)
+    again = [train_step(n, o, x[[0]], y[[0]]) for n, o in ((fast, opt), (plain, plain_opt))]  # the buffers kept
+    assert again[0] == again[1]
+
+
+@pytest.mark.parametrize(
+    ("what", "spec", "batch_size"),
+    [
+        ("batch 2", LAYER_CASES["sigmoid"], 2),
+        ("momentum", LAYER_CASES["sigmoid"].replace(optimizer=OptimizerSpec("momentum", lr=0.1, momentum=0.9)), 1),
+        ("weight decay", LAYER_CASES["sigmoid"].replace(optimizer=OptimizerSpec("sgd", lr=0.1, weight_decay=0.1)), 1),
+        ("l2", LAYER_CASES["l2"], 1),
+        ("dropout", LAYER_CASES["dropout"], 1),
+        ("leaky relu", LAYER_CASES["leaky_relu"], 1),
+        ("no activation", LAYER_CASES["dense"], 1),
+        ("cross_entropy", LAYER_CASES["softmax"], 1),
+        ("softmax layer, summed cross-entropy", preset("digits-sigmoid-per-sample"), 1),
+        ("batchnorm", LAYER_CASES["batchnorm_torch"], 1),
+        ("images", preset("mnist-cnn"), 1),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_per_sample_sgd_loop_is_taken_only_where_it_is_the_same_maths(what, spec, batch_size):
+    assert not SampleSGD.applies(Network(spec, seed=0), make_optimizer(spec.optimizer), batch_size), what
+
+
+def test_per_sample_sgd_loop_checks_every_label_before_the_first_step():
+    spec = preset("mnist-sigmoid-per-sample")
+    x, y = make_batch(spec, 8, seed=14)
+    y[5] = 10
+    net, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    before = net.get_params()
+    with pytest.raises(
+        LabelError,
+        match=r"train_epoch: labels y\[order\] \(softmax_cross_entropy\): expected labels in \[0, 10\), got 10 at index 5",
+    ):
+        train_epoch(net, opt, x, y, np.arange(8), 1)
+    for k, v in net.params.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    with pytest.raises(LabelError, match="expected integer labels"):
+        train_epoch(net, opt, x, y.astype(np.float64), np.arange(8), 1)
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["gc-on", "gc-off"])
+def test_train_epoch_pauses_the_cycle_collector_and_restores_it(enabled):
+    import gc
+
+    spec = LAYER_CASES["relu"]
+    x, y = make_batch(spec, 12, seed=15)
+    net, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    seen = []
+    (gc.enable if enabled else gc.disable)()
+    try:
+        train_epoch(net, opt, x, y, np.arange(12), 4, on_step=lambda step, loss: seen.append(gc.isenabled()))
+        assert seen == [False, False, False] and gc.isenabled() is enabled
+
+        def boom(step, loss):
+            raise RuntimeError("on_step failed")
+
+        with pytest.raises(RuntimeError, match="on_step failed"):
+            train_epoch(net, opt, x, y, np.arange(12), 1, on_step=boom)
+        assert gc.isenabled() is enabled  # restored on the error too
+    finally:
+        gc.enable()
