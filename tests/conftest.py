@@ -1,8 +1,13 @@
 """Shared pytest set-up: the --mnist switch for the real-data validation tests, the `mnist` fixture,
-and the smoke tier (`pytest -m smoke`)."""
+the smoke tier (`pytest -m smoke`) and the longest-first order (tests/durations.json, --store-durations)."""
 
+import json
+import os
+from pathlib import Path
 
 import pytest
+
+DURATIONS = Path(__file__).with_name("durations.json")
 
 # The smoke tier, `pytest -m smoke` (README, "Testing"): the reference's own tests, its fast forms
 # and mutant killers, finite differences and torch parity at small batches, the spec, the runner's
@@ -48,9 +53,74 @@ def _in_smoke_tier(item) -> bool:
 
 def pytest_addoption(parser):
     parser.addoption("--mnist", action="store_true", help="also run the tests marked mnist (real MNIST, minutes)")
+    parser.addoption(
+        "--store-durations",
+        action="store_true",
+        help=f"write each test's seconds (setup + call + teardown) into {DURATIONS.name}, merged with what it holds",
+    )
+
+
+# Longest first --------------------------------------------------------------------------------------
+# pytest-xdist (--dist load) hands the tests out in collection order, so a long test collected last
+# (the real-MNIST validations are in the last file) runs alone at the end while the other worker
+# idles. Modules are therefore collected heaviest first by the seconds tests/durations.json holds
+# for their tests, and inside a module without module- or class-scoped fixtures, its tests longest
+# first (with such fixtures the module keeps its order: a fixture is set up once per run of the
+# module's tests on a worker). Tests the file does not know count 0 s and keep their order.
+# BPROP_TEST_ORDER=collection keeps pytest's own order.
+
+
+def _durations() -> dict[str, float]:
+    if os.environ.get("BPROP_TEST_ORDER") == "collection" or not DURATIONS.exists():
+        return {}
+    return {k: float(v) for k, v in json.loads(DURATIONS.read_text())["seconds"].items()}
+
+
+def _shares_fixtures(items) -> bool:
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        for defs in info.name2fixturedefs.values() if info else ():
+            if any(d.scope in ("module", "class", "package") for d in defs):
+                return True
+    return False
+
+
+def longest_first(items, seconds: dict[str, float]) -> list:
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    weight = {m: sum(seconds.get(i.nodeid, 0.0) for i in its) for m, its in modules.items()}
+    ordered = []
+    for m in sorted(modules, key=lambda m: -weight[m]):  # stable: unknown modules keep their order
+        its = modules[m]
+        if not _shares_fixtures(its):
+            its = sorted(its, key=lambda i: -seconds.get(i.nodeid, 0.0))
+        ordered += its
+    return ordered
+
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    if not config.getoption("--store-durations") or hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller gets every report and writes the file
+    old = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {"seconds": {}}
+    seconds = {**old["seconds"], **{k: round(v, 2) for k, v in _measured.items() if v >= 0.5}}
+    DURATIONS.write_text(
+        json.dumps({"about": old.get("about", ""), "seconds": dict(sorted(seconds.items()))}, indent=1) + "\n"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
+    seconds = _durations()
+    if seconds:
+        items[:] = longest_first(items, seconds)
     for item in items:
         if _in_smoke_tier(item):
             item.add_marker(pytest.mark.smoke)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -181,3 +182,31 @@ def test_each_job_runs_with_the_glibc_setting(monkeypatch):
     monkeypatch.setattr(J, "keep_freed_memory", lambda: calls.append(1) or True)
     R.run_jobs([J.TrainJob("digits-sigmoid-per-sample", "float32", 0, "reference", 1, limit=20)], workers=1)
     assert calls == [1]
+
+
+class FakeItem:
+    def __init__(self, nodeid: str, scopes: tuple[str, ...] = ()):
+        self.nodeid = nodeid
+        defs = {f"f{i}": [SimpleNamespace(scope=s)] for i, s in enumerate(scopes)}
+        self._fixtureinfo = SimpleNamespace(name2fixturedefs=defs)
+
+
+@pytest.mark.smoke
+def test_tests_are_collected_heaviest_module_first_and_longest_first_inside():
+    """tests/conftest.py's order for pytest-xdist: modules by their known seconds; inside a module with
+    no module- or class-scoped fixture, the longest test first; unknown tests keep their order."""
+    from conftest import longest_first
+
+    items = [
+        FakeItem("a.py::t1"),
+        FakeItem("a.py::t2"),
+        FakeItem("b.py::t1", ("module",)),
+        FakeItem("b.py::t2", ("function",)),
+        FakeItem("c.py::t1"),
+        FakeItem("c.py::t2"),
+        FakeItem("c.py::t3"),
+    ]
+    seconds = {"a.py::t2": 5.0, "b.py::t2": 30.0, "c.py::t3": 100.0}
+    order = [i.nodeid for i in longest_first(items, seconds)]
+    assert order == ["c.py::t3", "c.py::t1", "c.py::t2", "b.py::t1", "b.py::t2", "a.py::t2", "a.py::t1"]
+    assert [i.nodeid for i in longest_first(items, {})] == [i.nodeid for i in items]
