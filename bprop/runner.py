@@ -45,26 +45,30 @@ class Cost:
 # tests/test_runner.py checks that every preset and framework has its row.
 _COSTS: dict[tuple[str, str], Cost] = {
     # per-sample MLPs (batch 1)
-    ("reference", "mnist-sigmoid-per-sample"): Cost(step_ms=(0.12, 0.102), eval_s=(0.064, 0.033), div_ms=(0.33, 0.30)),
-    ("torch", "mnist-sigmoid-per-sample"): Cost(step_ms=(0.314, 0.246), eval_s=(0.13, 0.032), div_ms=(1.03, 0.67)),
-    ("keras", "mnist-sigmoid-per-sample"): Cost(step_ms=(0.062, 0.066), eval_s=(0.45, 0.067), div_ms=(3.17, 2.79)),
-    ("reference", "digits-sigmoid-per-sample"): Cost(step_ms=(0.061, 0.06), eval_s=(0.001, 0.001), div_ms=(0.17, 0.14)),
-    ("torch", "digits-sigmoid-per-sample"): Cost(step_ms=(0.16, 0.197), eval_s=(0.001, 0.001), div_ms=(0.58, 0.73)),
-    ("keras", "digits-sigmoid-per-sample"): Cost(step_ms=(0.059, 0.085), eval_s=(0.041, 0.025), div_ms=(2.72, 2.57)),
+    ("reference", "mnist-sigmoid-per-sample"): Cost(
+        step_ms=(0.108, 0.0936), eval_s=(0.054, 0.052), div_ms=(0.273, 0.253)
+    ),
+    ("torch", "mnist-sigmoid-per-sample"): Cost(step_ms=(0.274, 0.252), eval_s=(0.1, 0.032), div_ms=(0.94, 0.917)),
+    ("keras", "mnist-sigmoid-per-sample"): Cost(step_ms=(0.049, 0.0564), eval_s=(0.26, 0.081), div_ms=(2.69, 2.7)),
+    ("reference", "digits-sigmoid-per-sample"): Cost(
+        step_ms=(0.0564, 0.0657), eval_s=(0.001, 0.001), div_ms=(0.168, 0.16)
+    ),
+    ("torch", "digits-sigmoid-per-sample"): Cost(step_ms=(0.22, 0.216), eval_s=(0.0011, 0.001), div_ms=(0.708, 0.78)),
+    ("keras", "digits-sigmoid-per-sample"): Cost(step_ms=(0.0655, 0.107), eval_s=(0.042, 0.03), div_ms=(2.78, 3.04)),
     # batched MLPs (batch 128, 128, 32)
-    ("reference", "mnist-relu-batched"): Cost(step_ms=(2.87, 1.02), eval_s=(0.11, 0.059)),
-    ("torch", "mnist-relu-batched"): Cost(step_ms=(3.3, 1.59), eval_s=(0.17, 0.062)),
-    ("keras", "mnist-relu-batched"): Cost(step_ms=(2.08, 0.637), eval_s=(0.25, 0.056)),
-    ("reference", "mnist-relu-batched-raw"): Cost(step_ms=(2.02, 0.996), eval_s=(0.12, 0.059)),
-    ("torch", "mnist-relu-batched-raw"): Cost(step_ms=(2.79, 1.41), eval_s=(0.15, 0.068)),
-    ("keras", "mnist-relu-batched-raw"): Cost(step_ms=(5.47, 0.753), eval_s=(0.66, 0.056)),
-    ("reference", "mnist-relu-deep"): Cost(step_ms=(0.703, 0.335), eval_s=(0.12, 0.068)),
-    ("torch", "mnist-relu-deep"): Cost(step_ms=(1.13, 0.599), eval_s=(0.16, 0.072)),
-    ("keras", "mnist-relu-deep"): Cost(step_ms=(0.855, 0.312), eval_s=(1.0, 0.2)),
+    ("reference", "mnist-relu-batched"): Cost(step_ms=(1.95, 0.91), eval_s=(0.11, 0.055)),
+    ("torch", "mnist-relu-batched"): Cost(step_ms=(2.64, 1.94), eval_s=(0.16, 0.074)),
+    ("keras", "mnist-relu-batched"): Cost(step_ms=(2.31, 0.774), eval_s=(0.16, 0.053)),
+    ("reference", "mnist-relu-batched-raw"): Cost(step_ms=(1.91, 0.878), eval_s=(0.11, 0.064)),
+    ("torch", "mnist-relu-batched-raw"): Cost(step_ms=(2.95, 1.59), eval_s=(0.15, 0.068)),
+    ("keras", "mnist-relu-batched-raw"): Cost(step_ms=(1.82, 0.689), eval_s=(0.13, 0.053)),
+    ("reference", "mnist-relu-deep"): Cost(step_ms=(0.706, 0.372), eval_s=(0.2, 0.067)),
+    ("torch", "mnist-relu-deep"): Cost(step_ms=(1.45, 1.05), eval_s=(0.17, 0.075)),
+    ("keras", "mnist-relu-deep"): Cost(step_ms=(0.76, 0.409), eval_s=(0.3, 0.15)),
     # the CNN (batch 64)
-    ("reference", "mnist-cnn"): Cost(step_ms=(12.9, 8.71), eval_s=(0.94, 0.6)),
-    ("torch", "mnist-cnn"): Cost(step_ms=(14.4, 7.25), eval_s=(0.9, 0.5)),
-    ("keras", "mnist-cnn"): Cost(step_ms=(14.2, 3.61), eval_s=(3.2, 0.81)),
+    ("reference", "mnist-cnn"): Cost(step_ms=(10.7, 6.73), eval_s=(1.6, 1.2)),
+    ("torch", "mnist-cnn"): Cost(step_ms=(14.2, 6.56), eval_s=(1.8, 0.94)),
+    ("keras", "mnist-cnn"): Cost(step_ms=(16.1, 4.16), eval_s=(3.4, 1.6)),
 }
 _SETUP_S = {"reference": 0.0, "torch": 3.2, "keras": 4.2}  # a process's first model: torch's import, TensorFlow's start
 _DATASET_ROWS = {"mnist": (60_000, 10_000), "digits": (1_527, 270)}  # (train, test); digits: the lab's split
