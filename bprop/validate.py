@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bprop import jobs as J
 from bprop.acceptance import acceptance_for, assess
-from bprop.runner import JobError, run_jobs
+from bprop.runner import JobError, run_jobs, schedule
 from bprop.summary import summarise
 from bprop.validation_report import terminal_table, write_json, write_markdown
 from reference.spec import DTYPES, PRESETS, preset
@@ -235,7 +235,10 @@ def run(options: Options, stdout=None) -> int:
             "divergence_steps": options.divergence_steps,
         },
         "versions": versions(),
-        "timing": _timing(train_jobs, train_results, div_jobs, div_results),
+        "timing": {
+            **_timing(train_jobs, train_results, div_jobs, div_results),
+            "schedule": schedule([*train_jobs, *div_jobs], all_results, options.workers),
+        },
         "out_dir": str(options.out),
         "errors": [
             {"job": r.job.label, "error": r.error, "traceback": r.traceback}

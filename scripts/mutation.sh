@@ -2,6 +2,7 @@
 # Mutation testing of the numpy core: does the test suite catch wrong backprop?
 #
 #   scripts/mutation.sh              mutate reference/layers.py, losses.py, optimizers.py; run the tests
+#   MUTATION_TESTS=smoke scripts/mutation.sh   the same mutants against the smoke tier only (-m smoke)
 #   scripts/mutation.sh results      list the surviving mutants of the last run
 #   scripts/mutation.sh show NAME    the diff of one mutant
 #
@@ -43,6 +44,10 @@ DESELECT=(
     tests/test_parity.py::test_params_and_state_round_trip_bit_exact
 )
 
+case ${MUTATION_TESTS:-full} in
+    full | smoke) ;;
+    *) echo "mutation.sh: MUTATION_TESTS is full or smoke, got '$MUTATION_TESTS'" >&2; exit 2 ;;
+esac
 case "${1:-run}" in
     results) cd "$WORK" && exec "$MUTMUT" results ;;
     show) cd "$WORK" && exec "$MUTMUT" show "$2" ;;
@@ -69,7 +74,10 @@ done
     echo "pytest_add_cli_args_test_selection ="
     printf '    %s\n' "${present[@]}"
     echo "pytest_add_cli_args ="
-    printf '    %s\n' -p no:cacheprovider -p no:xdist -m "not slow and not mnist and not keras" --timeout=900
+    # MUTATION_TESTS=smoke: only the smoke tier (tests/conftest.py), to measure what it kills
+    markers="not slow and not mnist and not keras"
+    if [[ ${MUTATION_TESTS:-full} == smoke ]]; then markers="smoke and $markers"; fi
+    printf '    %s\n' -p no:cacheprovider -p no:xdist -m "$markers" --timeout=900
     for d in "${DESELECT[@]}"; do printf '    %s\n' --deselect "$d"; done
 } > setup.cfg
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 TF_CPP_MIN_LOG_LEVEL=2 PYTHONHASHSEED=0

@@ -1,13 +1,129 @@
-"""Shared pytest set-up: the --mnist switch for the real-data validation tests, and the `mnist` fixture."""
+"""Shared pytest set-up: the --mnist switch for the real-data validation tests, the `mnist` fixture,
+the smoke tier (`pytest -m smoke`) and the longest-first order (tests/durations.json, --store-durations)."""
+
+import json
+import os
+from pathlib import Path
 
 import pytest
+
+DURATIONS = Path(__file__).with_name("durations.json")
+
+# The smoke tier, `pytest -m smoke` (README, "Testing"): the reference's own tests, its fast forms
+# and mutant killers, finite differences and torch parity at small batches, the spec, the runner's
+# cost model. Chosen to kill the mutants the full mutation run kills (scripts/mutation.sh with
+# MUTATION_TESTS=smoke measures it) in about a minute on 2 cores. A test also joins with
+# @pytest.mark.smoke. Never in the tier: keras (TensorFlow's start alone is seconds), slow, mnist.
+SMOKE_MODULES = {
+    "test_layers.py",
+    "test_losses.py",
+    "test_optimizers.py",
+    "test_errors.py",
+    "test_mutants.py",
+    "test_fast_forms.py",
+    "test_spec.py",
+    "test_parity.py",  # its torch half
+    "test_torch_twin.py",
+}
+# In these modules, everything but the big cases (their code is the same at batch 1 and 7).
+SMOKE_SMALL_CASES = {"test_numeric.py": ("batch32", "test_preset_matches")}
+SMOKE_MARKED = {"test_runner.py"}  # modules with tests marked @pytest.mark.smoke one by one
+SMOKE_NEVER = ("keras", "slow", "mnist")
+
+
+def pytest_ignore_collect(collection_path, config):
+    """`-m smoke` alone: the other test files are not even imported (TensorFlow's import is seconds)."""
+    if config.getoption("markexpr", "") == "smoke" and collection_path.suffix == ".py":
+        name = collection_path.name
+        if name.startswith("test_") and name not in SMOKE_MODULES | set(SMOKE_SMALL_CASES) | SMOKE_MARKED:
+            return True
+    return None
+
+
+def _in_smoke_tier(item) -> bool:
+    if any(m in item.keywords for m in SMOKE_NEVER):
+        return False
+    module = item.path.name
+    if module in SMOKE_MODULES:
+        return True
+    if module in SMOKE_SMALL_CASES:
+        return not any(word in item.nodeid for word in SMOKE_SMALL_CASES[module])
+    return False
 
 
 def pytest_addoption(parser):
     parser.addoption("--mnist", action="store_true", help="also run the tests marked mnist (real MNIST, minutes)")
+    parser.addoption(
+        "--store-durations",
+        action="store_true",
+        help=f"write each test's seconds (setup + call + teardown) into {DURATIONS.name}, merged with what it holds",
+    )
+
+
+# Longest first --------------------------------------------------------------------------------------
+# pytest-xdist (--dist load) hands the tests out in collection order, so a long test collected last
+# (the real-MNIST validations are in the last file) runs alone at the end while the other worker
+# idles. Modules are therefore collected heaviest first by the seconds tests/durations.json holds
+# for their tests, and inside a module without module- or class-scoped fixtures, its tests longest
+# first (with such fixtures the module keeps its order: a fixture is set up once per run of the
+# module's tests on a worker). Tests the file does not know count 0 s and keep their order.
+# BPROP_TEST_ORDER=collection keeps pytest's own order.
+
+
+def _durations() -> dict[str, float]:
+    if os.environ.get("BPROP_TEST_ORDER") == "collection" or not DURATIONS.exists():
+        return {}
+    return {k: float(v) for k, v in json.loads(DURATIONS.read_text())["seconds"].items()}
+
+
+def _shares_fixtures(items) -> bool:
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        for defs in info.name2fixturedefs.values() if info else ():
+            if any(d.scope in ("module", "class", "package") for d in defs):
+                return True
+    return False
+
+
+def longest_first(items, seconds: dict[str, float]) -> list:
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    weight = {m: sum(seconds.get(i.nodeid, 0.0) for i in its) for m, its in modules.items()}
+    ordered = []
+    for m in sorted(modules, key=lambda m: -weight[m]):  # stable: unknown modules keep their order
+        its = modules[m]
+        if not _shares_fixtures(its):
+            its = sorted(its, key=lambda i: -seconds.get(i.nodeid, 0.0))
+        ordered += its
+    return ordered
+
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    if not config.getoption("--store-durations") or hasattr(config, "workerinput"):
+        return  # an xdist worker: the controller gets every report and writes the file
+    old = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {"seconds": {}}
+    seconds = {**old["seconds"], **{k: round(v, 2) for k, v in _measured.items() if v >= 0.5}}
+    DURATIONS.write_text(
+        json.dumps({"about": old.get("about", ""), "seconds": dict(sorted(seconds.items()))}, indent=1) + "\n"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
+    seconds = _durations()
+    if seconds:
+        items[:] = longest_first(items, seconds)
+    for item in items:
+        if _in_smoke_tier(item):
+            item.add_marker(pytest.mark.smoke)
     if config.getoption("--mnist"):
         return
     skip = pytest.mark.skip(reason="real-MNIST validation: run with --mnist")

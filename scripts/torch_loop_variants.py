@@ -1,0 +1,261 @@
+"""Which per-sample training loop is fastest in torch while still using torch's autograd and torch.optim?
+
+    python scripts/torch_loop_variants.py [--steps 2000] [--rounds 5] [--dtype float64] [--threads 1]
+
+The per-sample homework (mnist-sigmoid-per-sample: 784-32-32-10 sigmoid, softmax cross-entropy,
+SGD lr 0.003, batch 1, raw pixels) trained for --steps steps from the same weights over the same
+rows by each variant below. Every variant must end with parameters bit for bit equal to the torch
+twin's own train_epoch (the baseline); one that does not is reported as "DIFFERS" and is no
+candidate. CPU time per step (time.process_time), the median over --rounds interleaved rounds
+(each round runs every variant once, in turn): on a loaded machine the ratios are what count.
+
+Variants (each a loop over the same rows, batch 1):
+  twin             TorchTwin.train_epoch: module calls through _forward, p.grad = None, no .item()
+  textbook         nn.Sequential, optimizer.zero_grad(), loss.backward(), optimizer.step(), loss.item()
+  textbook-stack   the same, the losses kept as tensors (one sync at the end, not one per step)
+  zero-grad-api    modules called directly, optimizer.zero_grad(set_to_none=True) instead of p.grad = None
+  bare-modules     modules called directly, p.grad = None (the twin's loop without its checks and lists)
+  copy-into        bare-modules, each row copied into one preallocated (1, 784) tensor instead of a view
+  functional       F.linear / torch.sigmoid on the parameters (no nn.Module __call__)
+  autograd-grad    grads = torch.autograd.grad(loss, params), assigned to p.grad, optimizer.step()
+  foreach          bare-modules with torch.optim.SGD(foreach=True)
+  fused            bare-modules with torch.optim.SGD(fused=True) (CPU fused kernel)
+  optim-functional bare-modules, torch.optim.sgd.sgd(...) (torch.optim's functional form) on the grads
+  torch-func       torch.func.grad(functional_call) per step, then optimizer.step()
+  jit-trace        torch.jit.trace of the Sequential, then the bare loop
+  no-grad-mode     bare-modules inside torch.set_grad_enabled(True) per step (context cost)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bprop import jobs as J
+from oracles.torch_twin import TorchTwin
+from reference.network import init_params
+from reference.spec import preset
+
+
+def build(spec, params, **opt_kw):
+    twin = TorchTwin(spec, params, threads=torch.get_num_threads())
+    if opt_kw:
+        twin.optimizer = torch.optim.SGD(twin.params, lr=spec.optimizer.lr, **opt_kw)
+    return twin
+
+
+def final(twin) -> dict[str, np.ndarray]:
+    return twin.get_params()
+
+
+def v_twin(twin, xc, yc):
+    twin.train_epoch(xc.numpy(), yc.numpy(), np.arange(len(xc)), 1)
+
+
+def v_textbook(twin, xc, yc, stack=False):
+    model = nn.Sequential(*twin.modules)
+    opt, losses = twin.optimizer, []
+    for i in range(len(xc)):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(xc[i : i + 1]), yc[i : i + 1])
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach() if stack else loss.item())
+    return float(torch.stack(losses).sum()) if stack else sum(losses)
+
+
+def v_bare(twin, xc, yc, zero_grad_api=False, copy_into=False, grad_ctx=False):
+    mods, opt, params, losses = twin.modules, twin.optimizer, twin.params, []
+    buf = torch.empty((1, xc.shape[1]), dtype=xc.dtype)
+    for i in range(len(xc)):
+        if copy_into:
+            h = buf.copy_(xc[i : i + 1])
+        else:
+            h = xc[i : i + 1]
+        if grad_ctx:
+            with torch.set_grad_enabled(True):
+                for m in mods:
+                    h = m(h)
+                loss = F.cross_entropy(h, yc[i : i + 1])
+                loss.backward()
+        else:
+            for m in mods:
+                h = m(h)
+            loss = F.cross_entropy(h, yc[i : i + 1])
+            loss.backward()
+        opt.step()
+        if zero_grad_api:
+            opt.zero_grad(set_to_none=True)
+        else:
+            for p in params:
+                p.grad = None
+        losses.append(loss.detach())
+    return float(torch.stack(losses).sum())
+
+
+def _linears(twin):
+    return [m for m in twin.modules if isinstance(m, nn.Linear)]
+
+
+def v_functional(twin, xc, yc):
+    (l1, l2, l3), opt, params, losses = _linears(twin), twin.optimizer, twin.params, []
+    for i in range(len(xc)):
+        h = torch.sigmoid(F.linear(xc[i : i + 1], l1.weight, l1.bias))
+        h = torch.sigmoid(F.linear(h, l2.weight, l2.bias))
+        loss = F.cross_entropy(F.linear(h, l3.weight, l3.bias), yc[i : i + 1])
+        loss.backward()
+        opt.step()
+        for p in params:
+            p.grad = None
+        losses.append(loss.detach())
+    return float(torch.stack(losses).sum())
+
+
+def v_autograd_grad(twin, xc, yc):
+    mods, opt, params, losses = twin.modules, twin.optimizer, twin.params, []
+    for i in range(len(xc)):
+        h = xc[i : i + 1]
+        for m in mods:
+            h = m(h)
+        loss = F.cross_entropy(h, yc[i : i + 1])
+        for p, g in zip(params, torch.autograd.grad(loss, params)):
+            p.grad = g
+        opt.step()
+        for p in params:
+            p.grad = None
+        losses.append(loss.detach())
+    return float(torch.stack(losses).sum())
+
+
+def v_optim_functional(twin, xc, yc):
+    from torch.optim.sgd import sgd
+
+    mods, params, losses, lr = twin.modules, twin.params, [], twin.spec.optimizer.lr
+    bufs = [None] * len(params)
+    for i in range(len(xc)):
+        h = xc[i : i + 1]
+        for m in mods:
+            h = m(h)
+        loss = F.cross_entropy(h, yc[i : i + 1])
+        loss.backward()
+        with torch.no_grad():
+            sgd(
+                params,
+                [p.grad for p in params],
+                bufs,
+                weight_decay=0.0,
+                momentum=0.0,
+                lr=lr,
+                dampening=0.0,
+                nesterov=False,
+                maximize=False,
+            )
+        for p in params:
+            p.grad = None
+        losses.append(loss.detach())
+    return float(torch.stack(losses).sum())
+
+
+def v_torch_func(twin, xc, yc):
+    from torch.func import functional_call, grad
+
+    model = nn.Sequential(*twin.modules)
+    names = [n for n, _ in model.named_parameters()]
+    plist = [p for _, p in model.named_parameters()]
+    opt = twin.optimizer
+
+    def loss_of(ps, x, y):
+        return F.cross_entropy(functional_call(model, dict(zip(names, ps)), (x,)), y)
+
+    g_and_loss = grad(loss_of, has_aux=False)
+    for i in range(len(xc)):
+        grads = g_and_loss([p.detach() for p in plist], xc[i : i + 1], yc[i : i + 1])
+        for p, g in zip(plist, grads):
+            p.grad = g
+        opt.step()
+        for p in plist:
+            p.grad = None
+    return 0.0
+
+
+def v_jit_trace(twin, xc, yc):
+    model = torch.jit.trace(nn.Sequential(*twin.modules), xc[:1])
+    opt, params, losses = twin.optimizer, twin.params, []
+    for i in range(len(xc)):
+        loss = F.cross_entropy(model(xc[i : i + 1]), yc[i : i + 1])
+        loss.backward()
+        opt.step()
+        for p in params:
+            p.grad = None
+        losses.append(loss.detach())
+    return float(torch.stack(losses).sum())
+
+
+VARIANTS = {
+    "twin": (v_twin, {}),
+    "textbook": (v_textbook, {}),
+    "textbook-stack": (lambda t, x, y: v_textbook(t, x, y, stack=True), {}),
+    "zero-grad-api": (lambda t, x, y: v_bare(t, x, y, zero_grad_api=True), {}),
+    "bare-modules": (v_bare, {}),
+    "copy-into": (lambda t, x, y: v_bare(t, x, y, copy_into=True), {}),
+    "functional": (v_functional, {}),
+    "autograd-grad": (v_autograd_grad, {}),
+    "foreach": (v_bare, {"foreach": True}),
+    "fused": (v_bare, {"fused": True}),
+    "optim-functional": (v_optim_functional, {}),
+    "torch-func": (v_torch_func, {}),
+    "jit-trace": (v_jit_trace, {}),
+    "no-grad-mode": (lambda t, x, y: v_bare(t, x, y, grad_ctx=True), {}),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--only", action="append", choices=sorted(VARIANTS))
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    spec = preset("mnist-sigmoid-per-sample", dtype=a.dtype)
+    x, y, _, _ = J.load_data(spec)
+    rows = np.random.default_rng(0).permutation(len(x))[: a.steps]
+    xc, yc = torch.from_numpy(x[rows]), torch.from_numpy(y[rows].astype(np.int64))
+    params = init_params(spec, 0)
+    names = a.only or list(VARIANTS)
+    if "twin" not in names:
+        names = ["twin", *names]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    same: dict[str, bool] = {}
+    baseline = None
+    for r in range(a.rounds):
+        for name in names:
+            fn, kw = VARIANTS[name]
+            twin = build(spec, params, **kw)
+            t = time.process_time()
+            fn(twin, xc, yc)
+            times[name].append((time.process_time() - t) / a.steps)
+            out = final(twin)
+            if name == "twin" and baseline is None:
+                baseline = out
+            if r == 0:
+                same[name] = all(np.array_equal(out[k], baseline[k]) for k in baseline)
+    base = statistics.median(times["twin"])
+    print(
+        f"mnist-sigmoid-per-sample {a.dtype}, {a.steps} steps, {a.rounds} rounds, torch threads {a.threads}, "
+        f"torch {torch.__version__}; CPU us per step (median), ratio to the twin's loop"
+    )
+    for name in sorted(names, key=lambda n: statistics.median(times[n])):
+        m = statistics.median(times[name])
+        print(f"  {name:17s} {1e6 * m:8.1f} us  {m / base:5.2f}x  {'bit-exact' if same[name] else 'DIFFERS'}")
+
+
+if __name__ == "__main__":
+    main()

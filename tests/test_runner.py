@@ -1,0 +1,212 @@
+"""bprop.runner's schedule: a measured cost for every job the validation runs, longest first, the
+schedule reported; bprop.jobs' evaluation chunks and glibc setting, which change no result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bprop import jobs as J
+from bprop import runner as R
+from bprop.validate import Options, build_jobs
+from oracles.compare import tolerance
+from reference.network import init_params
+from reference.spec import PRESETS, preset
+from reference.train import evaluate
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_and_framework_has_a_measured_cost(name):
+    """No job of the default validation is ordered by a guess: each preset has its measured row (a new
+    preset needs scripts/job_costs.py run and its row added to runner._COSTS), with positive figures,
+    and a divergence cost where the validation runs divergence jobs (batch 1)."""
+    for framework in J.FRAMEWORKS:
+        assert (framework, name) in R._COSTS, f"runner._COSTS has no row for {framework} {name}"
+        cost = R._COSTS[(framework, name)]
+        assert min(cost.step_ms) > 0 and min(cost.eval_s) > 0
+        if preset(name).batch_size == 1:
+            assert min(cost.div_ms) > 0, (framework, name)
+
+
+def test_an_unmeasured_preset_takes_the_nearest_row_of_its_kind(monkeypatch):
+    deep = R._COSTS[("torch", "mnist-relu-deep")]
+    monkeypatch.delitem(R._COSTS, ("torch", "mnist-relu-deep"))
+    # batch 32: the batch-128 MLPs are nearer than the batch-1 ones (and the CNN is another kind)
+    assert R.job_cost("torch", "mnist-relu-deep") == R._COSTS[("torch", "mnist-relu-batched")]
+    assert R.job_cost("torch", "mnist-relu-deep") != deep
+    monkeypatch.delitem(R._COSTS, ("torch", "mnist-cnn"))  # no other CNN: some row of the framework
+    assert R.job_cost("torch", "mnist-cnn") in R._COSTS.values()
+    with pytest.raises(ValueError, match="no cost measured for framework 'jax'"):
+        R.job_cost("jax", "mnist-cnn")
+
+
+@pytest.mark.smoke
+def test_estimates_follow_the_measured_costs():
+    """steps x ms per step + (epochs + 1) evaluations (+ a framework's start), scaled by --limit."""
+    job = J.TrainJob("mnist-cnn", "float64", 0, "reference", 3)
+    c = R._COSTS[("reference", "mnist-cnn")]
+    assert R.estimated_seconds(job) == pytest.approx(3 * 938 * c.step_ms[0] / 1e3 + 4 * c.eval_s[0])
+    small = J.TrainJob("mnist-cnn", "float32", 0, "torch", 1, limit=1000)
+    c = R._COSTS[("torch", "mnist-cnn")]
+    assert R.estimated_seconds(small) == pytest.approx(16 * c.step_ms[1] / 1e3 + 2 * c.eval_s[1] / 10 + 3.2)
+    div = J.DivergenceJob("mnist-sigmoid-per-sample", "float64", 0, J.NUDGED, 3000)
+    assert R.estimated_seconds(div) == pytest.approx(
+        3000 * R._COSTS[("reference", "mnist-sigmoid-per-sample")].div_ms[0] / 1e3
+    )
+    assert R.estimated_seconds(J.TrainJob("mnist-cnn", "float64", 0, J.NUDGED, 3)) == R.estimated_seconds(job)
+
+
+def lpt_makespan(costs: list[float], workers: int) -> float:
+    loads = [0.0] * workers
+    for c in costs:
+        loads[loads.index(min(loads))] += c
+    return max(loads)
+
+
+@pytest.mark.smoke
+def test_default_validation_is_handed_out_longest_first_and_packs_two_workers():
+    """The default run's jobs in the runner's order: estimates never increase, and on 2 workers the
+    predicted finish is within the shortest job of a perfect split (the workers end together)."""
+    train, div = build_jobs(Options())
+    jobs = [*train, *div]
+    order = R.longest_first(jobs)
+    est = [R.estimated_seconds(jobs[i]) for i in order]
+    assert sorted(order) == list(range(len(jobs)))
+    assert est == sorted(est, reverse=True)
+    assert {jobs[i].preset for i in order[:8]} >= {"mnist-cnn", "mnist-sigmoid-per-sample"}
+    assert lpt_makespan(est, 2) <= sum(est) / 2 + min(est) + 1e-9
+    # the order the runner had before the cost model knew the CNN put its jobs last
+    assert jobs[order[-1]].preset != "mnist-cnn"
+
+
+def test_schedule_reports_each_workers_jobs_and_the_idle_time_at_the_end():
+    jobs = [J.TrainJob("digits-sigmoid-per-sample", "float64", 0, fw, 1) for fw in ("reference", "torch", "keras")]
+    results = [
+        {"pid": 1, "started": 100.0, "ended": 110.0, "cpu_s": 9.0},
+        {"pid": 2, "started": 100.5, "ended": 104.0, "cpu_s": 3.0},
+        {"pid": 2, "started": 104.0, "ended": 107.0, "cpu_s": 3.0},
+    ]
+    s = R.schedule(jobs, results, workers=2)
+    assert s["span_s"] == 10.0 and s["busy_s"] == 16.5
+    assert s["idle_share"] == pytest.approx(1 - 16.5 / 20)
+    assert s["idle_at_end_s"] == {"1": 0.0, "2": 3.0}
+    assert [r["end_s"] for r in s["jobs"]] == [4.0, 7.0, 10.0]  # in the order they ended
+    assert [r["job"] for r in s["jobs"]] == [jobs[1].label, jobs[2].label, jobs[0].label]
+    assert R.schedule(jobs, [R.JobError(j, "E: x", "") for j in jobs], 2) == {}
+
+
+def test_a_run_records_when_each_job_ran_in_the_order_handed_out():
+    jobs = [
+        J.TrainJob("digits-sigmoid-per-sample", "float64", 0, "reference", 1, limit=40),
+        J.TrainJob("mnist-relu-batched", "float64", 0, "reference", 1, limit=300),
+        J.DivergenceJob("digits-sigmoid-per-sample", "float64", 0, J.NUDGED, 20, limit=40),
+    ]
+    results = R.run_jobs(jobs, workers=1, progress=False)
+    assert all(isinstance(r, dict) and r["started"] <= r["ended"] for r in results), results
+    s = R.schedule(jobs, results, workers=1)
+    handed_out = [jobs[i].label for i in R.longest_first(jobs)]
+    assert [r["job"] for r in s["jobs"]] == handed_out  # one worker: they end in the order handed out
+    assert s["idle_at_end_s"] == {str(results[0]["pid"]): 0.0}
+
+
+@pytest.mark.smoke
+def test_evaluation_chunks_keep_the_widest_temporary_under_16_mb():
+    cnn = preset("mnist-cnn")
+    # conv 2's im2col: 8 channels x 3 x 3 per output position, 14 x 14 positions, 8 bytes
+    assert J.eval_rows(cnn) == (16 << 20) // (8 * 9 * 14 * 14 * 8) == 148
+    assert J.eval_rows(preset("mnist-cnn", dtype="float32")) == 297
+    for name in PRESETS:
+        if preset(name).input_shape is None:
+            assert J.eval_rows(preset(name)) == 10_000, name  # an MLP's test split in one chunk, as before
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_evaluating_in_chunks_changes_nothing_but_the_sums_rounding(dtype):
+    spec = preset("mnist-cnn", dtype=dtype)
+    rng = np.random.default_rng(3)
+    x = rng.random((400, 1, 28, 28)).astype(dtype)
+    y = rng.integers(0, 10, 400)
+    model = J.ReferenceModel(spec, init_params(spec, 1), 1)
+    loss_one, acc_one = evaluate(model.net, x, y, batch_size=10_000)
+    loss_chunked, acc_chunked = model.evaluate(x, y, J.eval_rows(spec))
+    assert acc_chunked == acc_one
+    assert abs(loss_chunked - loss_one) <= tolerance("twin", dtype, "loss") * abs(loss_one)
+    assert np.array_equal(J.predictions(model, x, J.eval_rows(spec)), J.predictions(model, x))
+
+
+def test_keep_freed_memory_stops_the_cnns_page_faults():
+    """glibc setting (bprop.jobs.keep_freed_memory): the reference CNN's steps stop faulting their
+    temporaries in from the kernel (measured: 2,951 minor faults a step without, 0 with)."""
+    script = textwrap.dedent(
+        """
+        import resource, sys
+        import numpy as np
+        from bprop import jobs as J
+        from reference.network import init_params
+        from reference.spec import preset
+        if sys.argv[1] == "keep":
+            assert J.keep_freed_memory()
+        spec = preset("mnist-cnn")
+        x = np.random.default_rng(0).random((64 * 6, 1, 28, 28))
+        y = np.arange(64 * 6) % 10
+        m = J.ReferenceModel(spec, init_params(spec, 0), 0)
+        m.train_epoch(x[:128], y[:128], np.arange(128), 64)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        m.train_epoch(x[128:], y[128:], np.arange(256), 64)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
+        """
+    )
+    env = {"OPENBLAS_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+
+    def faults(mode: str) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", script, mode], capture_output=True, text=True, env={**env, "PYTHONPATH": "."}
+        )
+        assert out.returncode == 0, out.stderr
+        return float(out.stdout.split()[-1])
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt: Linux only")
+    assert faults("keep") < 50
+    assert faults("default") > 500
+
+
+def test_each_job_runs_with_the_glibc_setting(monkeypatch):
+    calls = []
+    monkeypatch.setattr(J, "keep_freed_memory", lambda: calls.append(1) or True)
+    R.run_jobs([J.TrainJob("digits-sigmoid-per-sample", "float32", 0, "reference", 1, limit=20)], workers=1)
+    assert calls == [1]
+
+
+class FakeItem:
+    def __init__(self, nodeid: str, scopes: tuple[str, ...] = ()):
+        self.nodeid = nodeid
+        defs = {f"f{i}": [SimpleNamespace(scope=s)] for i, s in enumerate(scopes)}
+        self._fixtureinfo = SimpleNamespace(name2fixturedefs=defs)
+
+
+@pytest.mark.smoke
+def test_tests_are_collected_heaviest_module_first_and_longest_first_inside():
+    """tests/conftest.py's order for pytest-xdist: modules by their known seconds; inside a module with
+    no module- or class-scoped fixture, the longest test first; unknown tests keep their order."""
+    from conftest import longest_first
+
+    items = [
+        FakeItem("a.py::t1"),
+        FakeItem("a.py::t2"),
+        FakeItem("b.py::t1", ("module",)),
+        FakeItem("b.py::t2", ("function",)),
+        FakeItem("c.py::t1"),
+        FakeItem("c.py::t2"),
+        FakeItem("c.py::t3"),
+    ]
+    seconds = {"a.py::t2": 5.0, "b.py::t2": 30.0, "c.py::t3": 100.0}
+    order = [i.nodeid for i in longest_first(items, seconds)]
+    assert order == ["c.py::t3", "c.py::t1", "c.py::t2", "b.py::t1", "b.py::t2", "a.py::t2", "a.py::t1"]
+    assert [i.nodeid for i in longest_first(items, {})] == [i.nodeid for i in items]
