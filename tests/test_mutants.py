@@ -318,3 +318,19 @@ def test_a_conv_layer_refuses_parameters_of_the_wrong_shape(W_shape, b_shape):
     )
     with pytest.raises(ShapeError, match=f"^{re.escape(expected)}$"):
         Conv2D("conv2d_1", np.zeros(W_shape), np.zeros(b_shape), (1, 1), (0, 0))
+
+
+@pytest.mark.parametrize(
+    "x_shape", [(2, 2, 5, 5), (2, 3, 5), (2, 3, 5, 5, 1)], ids=["channels-4-d", "3-d-right-channels", "5-d"]
+)
+def test_a_conv_layer_refuses_an_input_of_the_wrong_shape_with_the_whole_message(x_shape):
+    """Kills reference.layers.xǁConv2Dǁforward__mutmut_5 (`or` -> `and`: a 4-d input with the wrong
+    channels, or a 3-d one with the right ones, got past the check), _11 (the message lost), _12 (the
+    kernel's height named as the channels) and _13 (`None` described instead of the input); the kernel
+    is (4, 3, 2, 2), so its height 2 is not its channel count 3."""
+    from reference.layers import Conv2D
+
+    layer = Conv2D("conv2d_1", np.zeros((4, 3, 2, 2)), np.zeros(4), (1, 1), (0, 0))
+    expected = f"conv2d_1: expected input of shape (batch, 3, H, W), got float64 array of shape {x_shape}"
+    with pytest.raises(ShapeError, match=f"^{re.escape(expected)}$"):
+        layer.forward(np.zeros(x_shape))
