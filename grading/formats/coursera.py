@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from grading.adapters import Expected, Failed, Key, Problem
+from grading.adapters import Expected, Key, Problem
+from grading.adapters import observe as observe_records
 from grading.assignment import AssignmentError
 from grading.diagnose import generic_alternatives
 from grading.formats import FormatCase
@@ -760,19 +761,14 @@ def _plan_update(part, case, draw: _Draw, dims, m: int) -> None:
 
 def observe(part, case: FormatCase, results: dict) -> dict:
     """{Key: what came back | Problem} for every expected key; `results` is {call label: this case's
-    record (one entry per item sent) | Failed}. Everything in a record is hostile input."""
-    got = {}
-    for exp in case.expected:
-        key = exp.key
-        record = results.get(key.function)
-        if record is None:
-            got[key] = Problem(f"{key.function}: not run")
-        elif isinstance(record, Failed):
-            got[key] = Problem(f"{key.function}: {record.reason}")
-        else:
-            item, out = case.notes["where"][key]
-            got[key] = _read(record, item, out, key.function)
-    return got
+    record (one entry per item sent) | Failed}. Everything in a record is hostile input. The loop
+    over the keys (a call not run or failed) is adapters.observe's; this reads one entry."""
+
+    def extract(part, case, exp, record, items):
+        item, out = case.notes["where"][exp.key]
+        return _read(record, item, out, exp.key.function)
+
+    return observe_records(part, case, results, extract=extract)
 
 
 def _read(record, item: int, out: str, what: str):

@@ -59,7 +59,8 @@ from pathlib import Path
 import numpy as np
 
 from grading import pyast
-from grading.adapters import Expected, Failed, Key, Problem
+from grading.adapters import Expected, Key, Problem
+from grading.adapters import observe as observe_records
 from grading.diagnose import generic_alternatives
 from grading.formats import FormatCase
 from reference import conv as rconv
@@ -1071,27 +1072,20 @@ def build_cases(part, seed: int) -> list[FormatCase]:
 
 
 def observe(part, case: FormatCase, results: dict) -> dict:
-    """{Key: what came back | Problem} for every expected tensor of the case."""
-    got = {}
-    for exp, (label, index, output) in zip(case.expected, case.notes["where"]):
-        record = results.get(label)
-        if record is None:
-            got[exp.key] = Problem(f"{label}: not run")
-        elif isinstance(record, Failed):
-            got[exp.key] = Problem(f"{label}: {record.reason}")
-        elif not isinstance(record, list) or index >= len(record) or not isinstance(record[index], dict):
-            got[exp.key] = Problem(f"{label}: the driver returned no record {index} ({type(record).__name__})")
-        else:
-            entry = record[index].get(output)
-            if not isinstance(entry, dict):
-                got[exp.key] = Problem(f"{label}: no {output} came back")
-            elif "error" in entry:
-                got[exp.key] = Problem(str(entry["error"]))
-            elif "value" not in entry:
-                got[exp.key] = Problem(f"{label}: no {output} came back")
-            else:
-                got[exp.key] = entry["value"]
-    return got
+    """{Key: what came back | Problem} for every expected tensor of the case. The loop over the
+    tensors (a call not run or failed) is adapters.observe's; this reads one record's output."""
+    where = {id(exp): (index, output) for exp, (_, index, output) in zip(case.expected, case.notes["where"])}
+
+    def extract(part, case, exp, record, items):
+        label, (index, output) = exp.key.function, where[id(exp)]
+        if not isinstance(record, list) or index >= len(record) or not isinstance(record[index], dict):
+            return Problem(f"{label}: the driver returned no record {index} ({type(record).__name__})")
+        entry = record[index].get(output)
+        if not isinstance(entry, dict) or ("error" not in entry and "value" not in entry):
+            return Problem(f"{label}: no {output} came back")
+        return Problem(str(entry["error"])) if "error" in entry else entry["value"]
+
+    return observe_records(part, case, results, extract=extract)
 
 
 # The course's folder layout ---------------------------------------------------------------------

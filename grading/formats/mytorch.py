@@ -64,7 +64,8 @@ from pathlib import Path
 
 import numpy as np
 
-from grading.adapters import Expected, Failed, Key, Problem
+from grading.adapters import Expected, Key, Problem
+from grading.adapters import observe as observe_records
 from grading.assignment import AssignmentError
 from grading.diagnose import generic_alternatives
 from grading.formats import FormatCase
@@ -781,24 +782,16 @@ def _plan_mlps(p: _Plan, rng, batch: int) -> None:
 
 def observe(part, case: FormatCase, results: dict) -> dict:
     """{Key: what came back | Problem} for every expected Key, from the driver's per-case records
-    (hostile data: anything but the driver's shape of record is a Problem, never a pass)."""
-    got = {}
-    where = case.notes["where"]
-    for exp in case.expected:
-        key = exp.key
-        record = results.get(key.function)
-        if record is None:
-            got[key] = Problem(f"{key.function}: not run")
-            continue
-        if isinstance(record, Failed):
-            got[key] = Problem(f"{key.function}: {record.reason}")
-            continue
-        index, out = where[key]
+    (hostile data: anything but the driver's shape of record is a Problem, never a pass). The loop over
+    the keys (a call not run or failed) is adapters.observe's; this reads one entry."""
+
+    def extract(part, case, exp, record, items):
+        index, out = case.notes["where"][exp.key]
         if not isinstance(record, list) or index >= len(record):
-            got[key] = Problem(f"{key.function}: the driver returned no entry {index} ({type(record).__name__})")
-            continue
-        got[key] = _same_numbers(_value(record[index], out, key), exp)
-    return got
+            return Problem(f"{exp.key.function}: the driver returned no entry {index} ({type(record).__name__})")
+        return _same_numbers(_value(record[index], out, exp.key), exp)
+
+    return observe_records(part, case, results, extract=extract)
 
 
 ROWS = ("running_M", "running_V", "dLdBW", "dLdBb")  # BatchNorm1d's (1, C) rows
