@@ -389,7 +389,7 @@ def generic_alternatives(expected: np.ndarray, batch: int | None = None) -> list
 
 
 def diagnose_alternatives(
-    name: str, yours: np.ndarray, expected: np.ndarray, alternatives, dtype: str, quantity: str, step: bool = False
+    name: str, yours: np.ndarray, expected: np.ndarray, alternatives, dtype: str, quantity: str
 ) -> Diagnosis | None:
     """A registered format's diagnosis: unstable, zero, then the closest of its own hypotheses
     `alternatives` ((bug, text, value), computed in the grader when the case was planned) that
@@ -398,7 +398,7 @@ def diagnose_alternatives(
     yours = np.asarray(yours)
     if yours.dtype.kind not in "biuf":
         return None
-    first = _first_signs(name, yours, expected, step)
+    first = _first_signs(name, yours, expected, step=False)
     if first is not None:
         return first
     if yours.shape != expected.shape and yours.size == expected.size:
