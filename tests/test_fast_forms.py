@@ -336,15 +336,27 @@ def test_a_training_step_hands_the_layers_kept_arrays_out_again(dtype):
         g_pool, _ = pool.backward(np.ones_like(p), c3)
         g_relu, _ = relu.backward(g_pool, c2)
         conv_layer.backward(g_relu, c1)  # its dL/dx is col2im's fresh array (d_cols, the GEMM's, is kept)
-        return {id(a.base if a.base is not None else a) for a in (h, r, p, g_pool, g_relu, c1[1], c3[1])}
+        return {id(a.base if a.base is not None else a) for a in (h, r, p, g_pool, g_relu, c1[1], *c3[1])}
 
     first = step()
     assert step() == first  # the same memory, step after step
     kept = {id(a) for layer in (conv_layer, relu, pool) for a in layer.work.arrays.values()}
     assert first <= kept
     assert {"padded", "cols", "out", "d_cols"} <= set(conv_layer.work.arrays)
-    assert set(relu.work.arrays) == {"out", "mask", "grad"}
-    assert set(pool.work.arrays) == {"out", "first", "pending", "hit", "dx", "chosen"}
+    assert set(relu.work.arrays) == {"out", "mask", "grad", "zeros"}
+    assert set(pool.work.arrays) == {
+        "window0",
+        "window1",
+        "window2",
+        "window3",
+        "out",
+        "chosen0",
+        "chosen1",
+        "chosen2",
+        "chosen3",
+        "pending",
+        "dx",
+    }
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
