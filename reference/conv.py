@@ -222,10 +222,13 @@ def im2col(xp: np.ndarray, kernel: Pair, stride: Pair, work: Workspace | None = 
     return cols.reshape(KH * KW * C, -1)
 
 
-def col2im(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
-    """The adjoint of im2col, padding cut off: dx[n, c, i sh + u - ph, j sw + v - pw] += d_cols[(u, v, c), (n, i, j)]."""
+def col2im(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair, work=None):
+    """The adjoint of im2col, padding cut off: dx[n, c, i sh + u - ph, j sw + v - pw] += d_cols[(u, v, c), (n, i, j)].
+
+    In the same-size case (col2im_same) d_cols' entries that belong to the padding are set to 0.
+    """
     if is_same_shape(kernel, stride, padding):
-        return col2im_same(d_cols, x_shape, kernel)
+        return col2im_same(d_cols, x_shape, kernel, work)
     (N, C, H, W), (KH, KW), (ph, pw) = x_shape, kernel, padding
     out_hw = (out_size(H, KH, stride[0], ph), out_size(W, KW, stride[1], pw))
     d = d_cols.reshape(KH, KW, C, N, *out_hw)
@@ -293,12 +296,13 @@ def im2col_same(x: np.ndarray, kernel: Pair, work: Workspace | None = None) -> n
     return cols.reshape(KH * KW * C, P)
 
 
-def col2im_same(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair) -> np.ndarray:
+def col2im_same(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, work: Workspace | None = None):
     """col2im for the same-size case: the shifted rows added back, the padding's entries left out."""
     (N, C, H, W), (KH, KW) = x_shape, kernel
     P = N * H * W
     d = d_cols.reshape(KH, KW, C, P)
-    dx = np.zeros((C, P), d_cols.dtype)  # (C, N H W): every add runs along a whole channel
+    dx = empty(work, "dx", (C, P), d_cols.dtype)  # (C, N H W): every add runs along a whole channel
+    dx[...] = 0
     for u in range(KH):
         for v in range(KW):
             s, row = _shift(u, v, kernel, W), d[u, v]
@@ -349,7 +353,7 @@ def conv2d_input_grad(g, W, x_shape: tuple[int, ...], stride: Pair, padding: Pai
     g_T = _g_matrix(g)
     d_cols = empty(work, "d_cols", (W.shape[1] * W.shape[2] * W.shape[3], g_T.shape[1]), g.dtype)
     np.matmul(_kernel_matrix(W).T, g_T, out=d_cols)  # (KH KW C, N OH OW)
-    return col2im(d_cols, x_shape, W.shape[2:], stride, padding)
+    return col2im(d_cols, x_shape, W.shape[2:], stride, padding, work)
 
 
 def maxpool2d_forward(x, pool: Pair, stride: Pair, work: Workspace | None = None):
