@@ -22,6 +22,7 @@ on random shapes, strides and pads (and max-pool's tie rule bit for bit).
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -73,9 +74,9 @@ class Workspace:
         dtype = like.dtype if dtype is None else dtype
         if like.flags.c_contiguous:
             return self.empty(key, like.shape, dtype)
-        order = _axis_order(like)
+        order, back = _orders(like.strides)
         a = self.empty(key, tuple(like.shape[k] for k in order), dtype)
-        return a.transpose(np.argsort(order))
+        return a.transpose(back)
 
 
 def empty(work: Workspace | None, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -88,9 +89,16 @@ def empty_like(work: Workspace | None, key: str, like: np.ndarray, dtype=None) -
     return np.empty_like(like, dtype) if work is None else work.empty_like(key, like, dtype)
 
 
-def _axis_order(a: np.ndarray) -> list[int]:
+def _axis_order(a: np.ndarray) -> tuple[int, ...]:
     """a's axes from the outermost in memory to the innermost."""
-    return sorted(range(a.ndim), key=lambda k: -a.strides[k])
+    return _orders(a.strides)[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _orders(strides: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(the axes from the outermost in memory to the innermost, the permutation that undoes it)."""
+    order = tuple(sorted(range(len(strides)), key=lambda k: -strides[k]))
+    return order, tuple(order.index(k) for k in range(len(strides)))
 
 
 def _copy_into(dst: np.ndarray, src: np.ndarray) -> np.ndarray:

@@ -20,6 +20,8 @@ policy of oracles/compare.py (the same function computed another way is exactly 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from cases import BATCH_SIZES, DTYPES, LAYER_CASES, OPTIMIZER_CASES, make_batch
@@ -334,6 +336,10 @@ def test_workspace_hands_an_array_out_again_only_when_nobody_holds_it():
     like = work.empty_like("t", t, np.float32)
     assert like.shape == t.shape and like.dtype == np.float32
     assert np.argsort(like.strides).tolist() == np.argsort(t.strides).tolist()  # the same memory order
+    for perm in itertools.permutations(range(4)):  # every memory order of 4 axes, as np.empty_like gives it
+        t = np.empty((2, 3, 4, 5)).transpose(perm)
+        like = work.empty_like("t4", t)
+        assert like.shape == t.shape and like.strides == t.strides == np.empty_like(t).strides, perm
 
 
 def kept_and_fresh(layer_fresh, layer_kept, x, g, steps=3):
