@@ -13,7 +13,9 @@ policy of oracles/compare.py (the same function computed another way is exactly 
     SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit
     check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
     conv2d (forward, dW, db, dx)  im2col + one GEMM each  == the loops over output positions
-    maxpool2d, avgpool2d   window view, KH KW strided adds == the loops (max-pool bit for bit)
+    im2col_same, col2im_same  shifted row copies / adds  == im2col of the padded image, col2im, bit for bit
+    maxpool2d, avgpool2d   per-offset copies, strided adds == the loops (max-pool bit for bit)
+    ReLU                   np.maximum(x, kept zeros)  == np.maximum(x, 0), bit for bit
     conv.Workspace         kept arrays (Conv2D, MaxPool2D, ReLU) == fresh arrays, bit for bit, and
                            never one that a cache, an output or a view still holds
 """
