@@ -22,6 +22,7 @@ on random shapes, strides and pads (and max-pool's tie rule bit for bit).
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -73,14 +74,36 @@ class Workspace:
         dtype = like.dtype if dtype is None else dtype
         if like.flags.c_contiguous:
             return self.empty(key, like.shape, dtype)
-        order = sorted(range(like.ndim), key=lambda k: -like.strides[k])  # axes, outermost in memory first
+        order, back = _orders(like.strides)
         a = self.empty(key, tuple(like.shape[k] for k in order), dtype)
-        return a.transpose(np.argsort(order))
+        return a.transpose(back)
 
 
 def empty(work: Workspace | None, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """np.empty(shape, dtype), or the workspace's kept array `key`."""
     return np.empty(shape, dtype) if work is None else work.empty(key, shape, dtype)
+
+
+def empty_like(work: Workspace | None, key: str, like: np.ndarray, dtype=None) -> np.ndarray:
+    """np.empty_like(like, dtype) (like's memory order), or the workspace's kept array `key`."""
+    return np.empty_like(like, dtype) if work is None else work.empty_like(key, like, dtype)
+
+
+def _axis_order(a: np.ndarray) -> tuple[int, ...]:
+    """a's axes from the outermost in memory to the innermost."""
+    return _orders(a.strides)[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _orders(strides: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(the axes from the outermost in memory to the innermost, the permutation that undoes it)."""
+    order = tuple(sorted(range(len(strides)), key=lambda k: -strides[k]))
+    return order, tuple(order.index(k) for k in range(len(strides)))
+
+
+def _copy_into(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    np.copyto(dst, src)
+    return dst
 
 
 def pad_images(x: np.ndarray, padding: Pair, work: Workspace | None = None) -> np.ndarray:
@@ -207,8 +230,13 @@ def im2col(xp: np.ndarray, kernel: Pair, stride: Pair, work: Workspace | None = 
     return cols.reshape(KH * KW * C, -1)
 
 
-def col2im(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair) -> np.ndarray:
-    """The adjoint of im2col, padding cut off: dx[n, c, i sh + u - ph, j sw + v - pw] += d_cols[(u, v, c), (n, i, j)]."""
+def col2im(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair, work=None):
+    """The adjoint of im2col, padding cut off: dx[n, c, i sh + u - ph, j sw + v - pw] += d_cols[(u, v, c), (n, i, j)].
+
+    In the same-size case (col2im_same) d_cols' entries that belong to the padding are set to 0.
+    """
+    if is_same_shape(kernel, stride, padding):
+        return col2im_same(d_cols, x_shape, kernel, work)
     (N, C, H, W), (KH, KW), (ph, pw) = x_shape, kernel, padding
     out_hw = (out_size(H, KH, stride[0], ph), out_size(W, KW, stride[1], pw))
     d = d_cols.reshape(KH, KW, C, N, *out_hw)
@@ -217,6 +245,80 @@ def col2im(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, stride: P
         for v in range(KW):
             _offset(dxp, u, v, out_hw, stride)[...] += d[u, v]
     return dxp[:, :, ph : ph + H, pw : pw + W].transpose(1, 0, 2, 3)  # (N, C, H, W) view
+
+
+# Stride 1 with "same" padding (KH = 2 ph + 1, KW = 2 pw + 1, so OH = H and OW = W): the commonest conv
+# (3x3 pad 1, 5x5 pad 2) has a faster im2col. Flatten every channel over (n, h, w): position
+# p = (n H + i) W + j. Kernel offset (u, v) then reads the element s = (u - ph) W + (v - pw) further
+# on, so each cols row is ONE contiguous shifted copy of its channel, instead of N OH short row
+# copies. The shift also reads elements that the padding would have supplied as zeros: a window row
+# above or below its own image (i + u - ph outside 0..H-1, which lands in the next image) or a
+# column beyond its own row (j + v - pw outside 0..W-1, which lands in the next row). Those entries
+# are set to 0 after the copy: the same matrix as im2col's, element for element. col2im_same adds
+# the same shifted rows back (the masked entries left out), in im2col's (u, v) order from zeros:
+# col2im's sums, in its order.
+
+
+def is_same_shape(kernel: Pair, stride: Pair, padding: Pair) -> bool:
+    """Stride 1 and an odd kernel padded by half its size on each side: the output is the input's size."""
+    return tuple(stride) == (1, 1) and all(k == 2 * p + 1 for k, p in zip(kernel, padding))
+
+
+def _outside(rows: np.ndarray, u: int, v: int, kernel: Pair) -> tuple[tuple[slice, ...], ...]:
+    """The index expressions of rows (C, N, H, W) whose window element (u, v) falls in the padding."""
+    (KH, KW), (_, _, H, W) = kernel, rows.shape
+    du, dv = u - (KH - 1) // 2, v - (KW - 1) // 2  # the offset from the window's centre
+    where = []
+    if du:  # rows i with i + du outside 0..H-1
+        where.append((slice(None), slice(None), slice(0, -du) if du < 0 else slice(H - du, H)))
+    if dv:  # columns j with j + dv outside 0..W-1
+        where.append((slice(None), slice(None), slice(None), slice(0, -dv) if dv < 0 else slice(W - dv, W)))
+    return tuple(where)
+
+
+def _shift(u: int, v: int, kernel: Pair, W: int) -> int:
+    """How far on, in the flattened (n, h, w) order, window element (u, v) lies from the window's centre."""
+    return (u - (kernel[0] - 1) // 2) * W + (v - (kernel[1] - 1) // 2)
+
+
+def _inside(s: int, P: int) -> tuple[int, int]:
+    """The positions lo..hi-1 of a row of P whose element shifted by s is still inside the row."""
+    lo = min(max(0, -s), P)
+    return lo, max(lo, P - max(0, s))
+
+
+def im2col_same(x: np.ndarray, kernel: Pair, work: Workspace | None = None) -> np.ndarray:
+    """im2col(pad_images(x, (ph, pw)), kernel, (1, 1)) for the same-size case, by shifted row copies."""
+    (N, C, H, W), (KH, KW) = x.shape, kernel
+    P = N * H * W
+    flat = x.transpose(1, 0, 2, 3).reshape(C, P)  # a copy only when x is not laid out (C, N, H, W)
+    cols = empty(work, "cols", (KH, KW, C, P), x.dtype)
+    for u in range(KH):
+        for v in range(KW):
+            s, row = _shift(u, v, kernel, W), cols[u, v]
+            lo, hi = _inside(s, P)
+            row[:, :lo], row[:, hi:] = 0, 0
+            row[:, lo:hi] = flat[:, lo + s : hi + s]
+            for where in _outside(row.reshape(C, N, H, W), u, v, kernel):
+                row.reshape(C, N, H, W)[where] = 0
+    return cols.reshape(KH * KW * C, P)
+
+
+def col2im_same(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, work: Workspace | None = None):
+    """col2im for the same-size case: the shifted rows added back, the padding's entries left out."""
+    (N, C, H, W), (KH, KW) = x_shape, kernel
+    P = N * H * W
+    d = d_cols.reshape(KH, KW, C, P)
+    dx = empty(work, "dx", (C, P), d_cols.dtype)  # (C, N H W): every add runs along a whole channel
+    dx[...] = 0
+    for u in range(KH):
+        for v in range(KW):
+            s, row = _shift(u, v, kernel, W), d[u, v]
+            for where in _outside(row.reshape(C, N, H, W), u, v, kernel):
+                row.reshape(C, N, H, W)[where] = 0  # (d_cols is this call's own: conv2d_input_grad's product)
+            lo, hi = _inside(s, P)
+            dx[:, lo + s : hi + s] += row[:, lo:hi]
+    return dx.reshape(C, N, H, W).transpose(1, 0, 2, 3)  # (N, C, H, W) view
 
 
 def _kernel_matrix(W: np.ndarray) -> np.ndarray:
@@ -235,9 +337,12 @@ def conv2d_forward(x, W, b, stride: Pair, padding: Pair, work: Workspace | None 
     work: the layer's Workspace (its arrays are handed out again when free), or None (fresh arrays).
     """
     F, _, KH, KW = W.shape
-    xp = pad_images(x, padding, work)
-    cols = im2col(xp, (KH, KW), stride, work)  # (KH KW C, N OH OW)
-    out_hw = (out_size(xp.shape[2], KH, stride[0]), out_size(xp.shape[3], KW, stride[1]))
+    if is_same_shape((KH, KW), stride, padding):
+        cols, out_hw = im2col_same(x, (KH, KW), work), x.shape[2:]  # (KH KW C, N OH OW), no padded copy
+    else:
+        xp = pad_images(x, padding, work)
+        cols = im2col(xp, (KH, KW), stride, work)  # (KH KW C, N OH OW)
+        out_hw = (out_size(xp.shape[2], KH, stride[0]), out_size(xp.shape[3], KW, stride[1]))
     out = np.matmul(_kernel_matrix(W), cols, out=empty(work, "out", (F, cols.shape[1]), x.dtype))  # (F, N OH OW)
     out += b[:, None]
     return out.reshape(F, x.shape[0], *out_hw).transpose(1, 0, 2, 3), cols  # (N, F, OH, OW) view
@@ -256,59 +361,69 @@ def conv2d_input_grad(g, W, x_shape: tuple[int, ...], stride: Pair, padding: Pai
     g_T = _g_matrix(g)
     d_cols = empty(work, "d_cols", (W.shape[1] * W.shape[2] * W.shape[3], g_T.shape[1]), g.dtype)
     np.matmul(_kernel_matrix(W).T, g_T, out=d_cols)  # (KH KW C, N OH OW)
-    return col2im(d_cols, x_shape, W.shape[2:], stride, padding)
+    return col2im(d_cols, x_shape, W.shape[2:], stride, padding, work)
 
 
 def maxpool2d_forward(x, pool: Pair, stride: Pair, work: Workspace | None = None):
-    """maxpool2d_forward_plain as PH PW running maxima over strided views. Returns (out, first).
+    """maxpool2d_forward_plain over the PH PW window offsets. Returns (out, chosen).
 
-    first[n, c, i, j] = u PW + v of the window's first maximum in row-major order (the tie rule):
-    the smallest offset k whose element equals the window's maximum. Whole-array ufuncs only
-    (a masked copy, np.copyto(where=...), is ~10x slower than a comparison here).
+    chosen[k][n, c, i, j] is True where window (n, c, i, j)'s first maximum in row-major order is
+    its element at offset k = u PW + v (the tie rule): the smallest k whose element equals the
+    window's maximum. The elements at each offset are first copied out of x into one contiguous
+    array each (win[k]): numpy's ufuncs are 5-10x slower on x's strided views than on contiguous
+    arrays, and the maxima and the tie rule then take PH PW passes each over contiguous arrays.
     """
     (PH, PW), (_, _, H, W) = pool, x.shape
     out_hw = (out_size(H, PH, stride[0]), out_size(W, PW, stride[1]))
-    slabs = [_offset(x, k // PW, k % PW, out_hw, stride) for k in range(PH * PW)]
-    out = empty(work, "out", slabs[0].shape, x.dtype)
-    np.copyto(out, slabs[0])
-    for slab in slabs[1:]:
-        np.maximum(out, slab, out=out)
-    first = empty(work, "first", out.shape, np.int16 if PH * PW < 2**15 else np.intp)
-    first[...] = 0
-    pending = empty(work, "pending", out.shape, bool)  # windows whose first maximum is still to be found
-    pending[...] = True
-    hit = empty(work, "hit", out.shape, bool)
-    for k, slab in enumerate(slabs):
-        np.equal(slab, out, out=hit)
-        hit &= pending
-        if k:
-            first += hit * first.dtype.type(k)
-        pending ^= hit
-    return out, first
+    slabs = [_offset(x, k // PW, k % PW, out_hw, stride) for k in range(PH * PW)]  # views of x
+    # Every array below is laid out in x's memory order (so copies and comparisons run along rows).
+    win = [empty_like(work, f"window{k}", slab) for k, slab in enumerate(slabs)]  # win[k] = slab k, contiguous
+    for w, slab in zip(win, slabs):
+        np.copyto(w, slab)
+    out = empty_like(work, "out", win[0])
+    np.copyto(out, win[0])
+    for w in win[1:]:
+        np.maximum(out, w, out=out)
+    chosen = tuple(empty_like(work, f"chosen{k}", out, bool) for k in range(len(win)))
+    pending = empty_like(work, "pending", out, bool)  # windows whose first maximum is still to be found
+    np.equal(win[0], out, out=chosen[0])
+    np.logical_not(chosen[0], out=pending)
+    for k in range(1, len(win)):
+        np.equal(win[k], out, out=chosen[k])
+        np.logical_and(chosen[k], pending, out=chosen[k])
+        if k + 1 < len(win):
+            np.logical_xor(pending, chosen[k], out=pending)
+    return out, chosen
 
 
 def maxpool2d_backward(
-    g, first, x_shape: tuple[int, ...], pool: Pair, stride: Pair, like: np.ndarray | None = None, work=None
+    g, chosen, x_shape: tuple[int, ...], pool: Pair, stride: Pair, like: np.ndarray | None = None, work=None
 ):
     """maxpool2d_backward_plain: g to each window's first maximum, one strided write (or add) per offset.
 
-    like: an array of x's shape whose memory order dx takes (the layer passes its input), so the
-    layer below meets the layout it produced. work: the layer's Workspace, or None.
+    chosen: maxpool2d_forward's. like: an array of x's shape whose memory order dx takes (the layer
+    passes its input), so the layer below meets the layout it produced. work: the layer's
+    Workspace, or None. When the windows tile x (stride = pool), every element is written once
+    (the rows and columns no window reaches are set to 0); when they overlap, the offsets add.
     """
     (PH, PW), (sh, sw) = pool, stride
     if work is None:
-        dx = np.zeros(x_shape, g.dtype) if like is None else np.zeros_like(like, dtype=g.dtype)
+        dx = np.empty(x_shape, g.dtype) if like is None else np.empty_like(like, dtype=g.dtype)
     else:
         dx = work.empty("dx", x_shape, g.dtype) if like is None else work.empty_like("dx", like, g.dtype)
+    (OH, OW), tiles = g.shape[2:], (sh, sw) == (PH, PW)
+    if _axis_order(g) != _axis_order(chosen[0]):  # one copy of g now, not PH PW mismatched passes below
+        g = _copy_into(empty_like(work, "g", chosen[0], g.dtype), g)
+    if tiles:
+        dx[:, :, OH * PH :], dx[:, :, :, OW * PW :] = 0, 0  # beyond the last window (H = 11, pool 2)
+    else:
         dx[...] = 0
-    chosen = empty(work, "chosen", first.shape, bool)
     for k in range(PH * PW):
-        np.equal(first, k, out=chosen)
-        target = _offset(dx, k // PW, k % PW, g.shape[2:], stride)
-        if sh < PH or sw < PW:  # overlapping windows share elements: add
-            target += g * chosen
-        else:  # every element in at most one window: write
-            np.multiply(g, chosen, out=target)
+        target = _offset(dx, k // PW, k % PW, (OH, OW), stride)
+        if tiles:  # every element in at most one window: write
+            np.multiply(g, chosen[k], out=target)
+        else:  # overlapping windows share elements: add
+            target += g * chosen[k]
     return dx
 
 

@@ -105,7 +105,7 @@ def conv_dW_in_im2col_order(g, cols, W):
 _col2im = conv.col2im  # the correct one, before any patch
 
 
-def col2im_cropped_at_the_corner(d_cols, x_shape, kernel, stride, padding):
+def col2im_cropped_at_the_corner(d_cols, x_shape, kernel, stride, padding, work=None):
     (N, C, H, W), (ph, pw) = x_shape, padding
     padded = _col2im(d_cols, (N, C, H + 2 * ph, W + 2 * pw), kernel, stride, (0, 0))
     return padded[:, :, :H, :W]  # the padding cut off at the bottom-right only: dx shifted by (ph, pw)

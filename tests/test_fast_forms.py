@@ -13,12 +13,16 @@ policy of oracles/compare.py (the same function computed another way is exactly 
     SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit
     check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
     conv2d (forward, dW, db, dx)  im2col + one GEMM each  == the loops over output positions
-    maxpool2d, avgpool2d   window view, KH KW strided adds == the loops (max-pool bit for bit)
+    im2col_same, col2im_same  shifted row copies / adds  == im2col of the padded image, col2im, bit for bit
+    maxpool2d, avgpool2d   per-offset copies, strided adds == the loops (max-pool bit for bit)
+    ReLU                   np.maximum(x, kept zeros)  == np.maximum(x, 0), bit for bit
     conv.Workspace         kept arrays (Conv2D, MaxPool2D, ReLU) == fresh arrays, bit for bit, and
                            never one that a cache, an output or a view still holds
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -207,6 +211,82 @@ def test_conv2d_im2col_gemm_is_the_loop_over_output_positions(seed, dtype):
         assert_close(name, a, p, dtype, "gradient", names=("fast", "plain"))
 
 
+def general_col2im(d_cols, x_shape, kernel, padding):
+    """col2im's general path (padded buffer, KH KW strided adds), whatever the geometry."""
+    (N, C, H, W), (KH, KW), (ph, pw) = x_shape, kernel, padding
+    d, dxp = d_cols.reshape(KH, KW, C, N, H, W), np.zeros((C, N, H + 2 * ph, W + 2 * pw), d_cols.dtype)
+    for u in range(KH):
+        for v in range(KW):
+            conv._offset(dxp, u, v, (H, W), (1, 1))[...] += d[u, v]
+    return dxp[:, :, ph : ph + H, pw : pw + W].transpose(1, 0, 2, 3)
+
+
+# (N, C, H, W), kernel: stride 1, padding half the kernel. Images smaller than the kernel, batch 1,
+# one row or one column, and both memory orders of x (a conv's output is laid out (C, N, H, W)).
+SAME_SIZE = [
+    ((2, 3, 5, 4), (3, 3)),
+    ((1, 1, 28, 28), (3, 3)),
+    ((3, 2, 6, 7), (5, 5)),
+    ((2, 2, 4, 6), (3, 5)),
+    ((2, 3, 2, 2), (5, 3)),
+    ((4, 2, 1, 5), (3, 3)),
+    ((3, 1, 5, 1), (3, 3)),
+    ((2, 4, 3, 3), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "CNHW"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "kernel"), SAME_SIZE, ids=lambda v: "x".join(map(str, v)))
+def test_same_size_conv_by_shifted_rows_is_the_padded_im2col_bit_for_bit(shape, kernel, dtype, layout):
+    """im2col_same is im2col of the padded image, element for element; col2im_same is col2im's general
+    path bit for bit (the same sums in the same order); the whole conv is the loops' numbers."""
+    rng = np.random.default_rng(sum(shape) + sum(kernel))
+    padding = ((kernel[0] - 1) // 2, (kernel[1] - 1) // 2)
+    assert conv.is_same_shape(kernel, (1, 1), padding)
+    x = rng.normal(size=shape).astype(dtype)
+    if layout == "CNHW":
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    cols = conv.im2col_same(x, kernel)
+    np.testing.assert_array_equal(cols, conv.im2col(conv.pad_images(x, padding), kernel, (1, 1)))
+    d_cols = rng.normal(size=cols.shape).astype(dtype)
+    expected = general_col2im(d_cols, shape, kernel, padding)
+    got = conv.col2im(d_cols.copy(), shape, kernel, (1, 1), padding, conv.Workspace())
+    bits = f"u{np.dtype(dtype).itemsize}"
+    np.testing.assert_array_equal(got.view(bits), expected.view(bits))
+    W, b = rng.normal(size=(3, shape[1], *kernel)).astype(dtype), rng.normal(size=3).astype(dtype)
+    out, cols = conv.conv2d_forward(x, W, b, (1, 1), padding, conv.Workspace())
+    assert_close("out", out, conv.conv2d_forward_plain(x, W, b, (1, 1), padding), dtype, "forward")
+    g = rng.normal(size=out.shape).astype(dtype)
+    dx, dW, db = conv.conv2d_backward_plain(g, x, W, (1, 1), padding)
+    assert_close("dx", conv.conv2d_input_grad(g, W, shape, (1, 1), padding, conv.Workspace()), dx, dtype, "gradient")
+    fast_dW, fast_db = conv.conv2d_param_grads(g, cols, W)
+    assert_close("dW", fast_dW, dW, dtype, "gradient")
+    assert_close("db", fast_db, db, dtype, "gradient")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_against_kept_zeros_is_maximum_with_0_bit_for_bit(dtype):
+    """np.maximum(x, zeros) for np.maximum(x, 0): -0.0 -> +0.0 and NaN -> NaN alike, any shape or layout."""
+    info, relu = np.finfo(dtype), ReLU("relu_1")
+    edges = np.array([-0.0, 0.0, np.nan, -np.inf, np.inf, info.tiny, -info.tiny, info.max, -info.max], dtype)
+    bits = f"u{np.dtype(dtype).itemsize}"
+    rng = np.random.default_rng(3)
+    for shape in [(1, 9), (7, 9), (2, 9, 3, 5), (7, 9)]:
+        x0 = rng.normal(size=shape).astype(dtype)
+        x0.reshape(-1)[: edges.size] = edges
+        for x in (x0, x0.T.copy().T):  # C order and the reverse
+            out, _ = relu.forward(x)
+            np.testing.assert_array_equal(out.view(bits), np.maximum(x, 0).view(bits))
+            assert relu.work.arrays["zeros"].shape == shape[1:] and not relu.work.arrays["zeros"].any()
+
+
+def test_same_size_is_only_stride_1_with_half_kernel_padding():
+    assert conv.is_same_shape((3, 3), (1, 1), (1, 1)) and conv.is_same_shape((5, 1), (1, 1), (2, 0))
+    for kernel, stride, padding in [((3, 3), (2, 1), (1, 1)), ((3, 3), (1, 1), (0, 1)), ((2, 2), (1, 1), (1, 1))]:
+        assert not conv.is_same_shape(kernel, stride, padding)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("seed", range(40))
 def test_pools_on_the_window_view_are_the_loops(seed, dtype):
@@ -258,6 +338,10 @@ def test_workspace_hands_an_array_out_again_only_when_nobody_holds_it():
     like = work.empty_like("t", t, np.float32)
     assert like.shape == t.shape and like.dtype == np.float32
     assert np.argsort(like.strides).tolist() == np.argsort(t.strides).tolist()  # the same memory order
+    for perm in itertools.permutations(range(4)):  # every memory order of 4 axes, as np.empty_like gives it
+        t = np.empty((2, 3, 4, 5)).transpose(perm)
+        like = work.empty_like("t4", t)
+        assert like.shape == t.shape and like.strides == t.strides == np.empty_like(t).strides, perm
 
 
 def kept_and_fresh(layer_fresh, layer_kept, x, g, steps=3):
@@ -336,15 +420,27 @@ def test_a_training_step_hands_the_layers_kept_arrays_out_again(dtype):
         g_pool, _ = pool.backward(np.ones_like(p), c3)
         g_relu, _ = relu.backward(g_pool, c2)
         conv_layer.backward(g_relu, c1)  # its dL/dx is col2im's fresh array (d_cols, the GEMM's, is kept)
-        return {id(a.base if a.base is not None else a) for a in (h, r, p, g_pool, g_relu, c1[1], c3[1])}
+        return {id(a.base if a.base is not None else a) for a in (h, r, p, g_pool, g_relu, c1[1], *c3[1])}
 
     first = step()
     assert step() == first  # the same memory, step after step
     kept = {id(a) for layer in (conv_layer, relu, pool) for a in layer.work.arrays.values()}
     assert first <= kept
     assert {"padded", "cols", "out", "d_cols"} <= set(conv_layer.work.arrays)
-    assert set(relu.work.arrays) == {"out", "mask", "grad"}
-    assert set(pool.work.arrays) == {"out", "first", "pending", "hit", "dx", "chosen"}
+    assert set(relu.work.arrays) == {"out", "mask", "grad", "zeros"}
+    assert set(pool.work.arrays) == {
+        "window0",
+        "window1",
+        "window2",
+        "window3",
+        "out",
+        "chosen0",
+        "chosen1",
+        "chosen2",
+        "chosen3",
+        "pending",
+        "dx",
+    }
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
