@@ -72,7 +72,7 @@ class SGD(Optimizer):
         # p -= lr * g, with lr * g written into a buffer kept from step to step (no allocation)
         lr_g = self.buffers.get(name)
         if lr_g is None:
-            lr_g = self.buffers[name] = np.empty_like(p)
+            lr_g = self.buffers[name] = np.empty(p.shape, p.dtype)  # C order (SampleSGD writes np.dot's out= here)
         np.multiply(g, self.lr, out=lr_g)
         p -= lr_g
 

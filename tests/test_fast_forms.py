@@ -10,7 +10,9 @@ policy of oracles/compare.py (the same function computed another way is exactly 
     SGD.update             multiply into a buffer     == p - lr * g
     Network.loss_and_grads no trace, no first dL/dx   == the gradients of Network.trace, bit for bit
     train_epoch            checks x once per epoch    == still a clear error for NaN / Inf / dtype
-    SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit
+    SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit (signed
+                           zeros too); its first-layer update skips the rows where x == 0 only where
+                           that changes no bit (-0.0 weights, -0.0 inputs, a non-finite g, lr < 0)
     check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
     conv2d (forward, dW, db, dx)  im2col + one GEMM each  == the loops over output positions
     maxpool2d, avgpool2d   window view, KH KW strided adds == the loops (max-pool bit for bit)
@@ -30,7 +32,7 @@ from reference.layers import Conv2D, Dense, MaxPool2D, ReLU, sigmoid, softmax
 from reference.losses import make_loss
 from reference.optimizers import SGD
 from reference.spec import PRESETS, LayerSpec, OptimizerSpec
-from reference.train import SampleSGD, check_inputs, train_epoch, train_step
+from reference.train import SampleSGD, check_inputs, train_epoch, train_step, zero_rows_change_nothing
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -370,9 +372,16 @@ def test_softmax_cross_entropy_from_one_exp_is_the_plain_form_bit_for_bit(batch,
     np.testing.assert_array_equal(grad.view(f"u{grad.itemsize}"), plain_grad.view(f"u{grad.itemsize}"))
 
 
-def per_sample_plain(spec, x, y, order):
+def assert_same_bits(name: str, fast: np.ndarray, plain: np.ndarray) -> None:
+    """Every bit equal: -0.0 is not +0.0 here, and a NaN must be the same NaN (assert_array_equal allows both)."""
+    assert fast.dtype == plain.dtype and fast.shape == plain.shape, name
+    u = f"u{fast.dtype.itemsize}"
+    np.testing.assert_array_equal(np.ascontiguousarray(fast).view(u), np.ascontiguousarray(plain).view(u), err_msg=name)
+
+
+def per_sample_plain(spec, x, y, order, params=None):
     """train_step row by row (the Network, the loss and the optimiser, every check): the plain loop."""
-    net, opt, losses = Network(spec, seed=0), make_optimizer(spec.optimizer), []
+    net, opt, losses = Network(spec, params=params, seed=0), make_optimizer(spec.optimizer), []
     for i in order:
         losses.append(train_step(net, opt, x[[i]], y[[i]], check_input=False))
     return net, opt, losses
@@ -414,12 +423,104 @@ def test_per_sample_sgd_loop_is_train_step_bit_for_bit(case, dtype):
     plain, plain_opt, losses = per_sample_plain(spec, x, y, order)
     for k, v in fast.params.items():
         assert not np.array_equal(v, Network(spec, seed=0).params[k]), f"{k} did not move"
-        np.testing.assert_array_equal(v, plain.params[k], err_msg=k)
+        assert_same_bits(k, v, plain.params[k])
     assert [type(v) for v in seen] == [type(v) for v in losses] and np.array_equal(seen, losses)
     assert mean == sum(float(v) for v in losses) / len(losses)
     assert opt.t == plain_opt.t == len(order)
     again = [train_step(n, o, x[[0]], y[[0]]) for n, o in ((fast, opt), (plain, plain_opt))]  # the buffers kept
     assert again[0] == again[1]
+
+
+def corner_params(spec, x, corner: str) -> dict[str, np.ndarray]:
+    """The seed-0 parameters with one IEEE corner of the zero-row skip planted (see SAMPLE_SGD_CORNERS)."""
+    params = Network(spec, seed=0).get_params()
+    if corner in ("-0.0 weights", "-0.0 weights, lr < 0"):
+        params["dense_1.W"][x[0] == 0] = -0.0  # rows a zero pixel of the first sample leaves alone
+    if corner == "-0.0 biases":
+        for k in params:
+            if k.endswith(".b"):
+                params[k][...] = -0.0  # b - (+0) keeps -0.0, b - (-0) would not: dL/db must be g.sum's +0
+    if corner == "inf weight":
+        params["dense_2.W"][0, 0] = np.inf  # g of the first layer is non-finite: 0 * Inf = NaN in every row
+    return params
+
+
+# name: (how the inputs are made, whether the first-layer update may skip rows)
+SAMPLE_SGD_CORNERS = {
+    "raw pixels": ("raw", True),
+    "-0.0 weights": ("raw", True),
+    "-0.0 weights, lr < 0": ("raw", False),  # lr * (+0) = -0, and -0.0 - (-0) = +0.0: every row changes
+    "-0.0 biases": ("raw", True),
+    "-0.0 pixels": ("raw, -0.0 for 0", True),
+    "inf weight": ("raw", True),
+    "dense inputs": ("dense", True),  # no zero to skip: the plain update, every step
+    "half zeros": ("half", True),  # exactly half the pixels zero: still skipped
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("corner", list(SAMPLE_SGD_CORNERS))
+def test_first_layer_update_skips_zero_rows_only_where_that_changes_no_bit(corner, dtype):
+    inputs, skips = SAMPLE_SGD_CORNERS[corner]
+    spec = preset("mnist-sigmoid-per-sample", dtype=dtype)
+    if "lr < 0" in corner:
+        spec = spec.replace(optimizer=OptimizerSpec("sgd", lr=-0.003))
+    rng = np.random.default_rng(16)
+    x = rng.integers(1, 256, size=(12, 784)).astype(dtype)  # raw pixels, none zero
+    if inputs == "half":
+        x[:, ::2] = 0
+    elif inputs != "dense":
+        x[rng.random(x.shape) < 0.8] = -0.0 if "-0.0" in inputs else 0.0
+    y = rng.integers(0, 10, 12)
+    params = corner_params(spec, x, corner)
+    net, opt = Network(spec, params=params), make_optimizer(spec.optimizer)
+    fast = SampleSGD(net, opt)
+    assert fast.skip_zero_rows is skips
+    with np.errstate(invalid="ignore", over="ignore"):  # the Inf weight: NaN losses and gradients, in both forms
+        losses = [fast.step(x[i : i + 1], y[i]) for i in range(len(x))]
+        plain, _, plain_losses = per_sample_plain(spec, x, y, range(len(x)), params)
+    for k, v in net.params.items():
+        assert_same_bits(k, v, plain.params[k])
+    assert_same_bits("losses", np.array(losses), np.array(plain_losses))
+    sparse_steps = {"inf weight": 0, "dense inputs": 0}.get(corner, len(x) if skips else 0)
+    assert fast.sparse_steps == sparse_steps
+    if corner == "inf weight":
+        assert np.isnan(net.params["dense_1.W"]).all(axis=0).any()  # the plain form's NaN columns, zero rows too
+    if corner.startswith("-0.0 weights"):  # skipped, the -0.0 weights stay; with lr < 0 the plain form makes them +0.0
+        zeros = net.params["dense_1.W"][net.params["dense_1.W"] == 0]
+        assert bool(np.signbit(zeros).any()) is (corner == "-0.0 weights")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("lr", "skips"), [(0.003, True), (0.0, True), (-0.003, False), (np.nan, False), (np.inf, False)]
+)
+def test_zero_rows_change_nothing_only_for_a_finite_lr_of_at_least_zero(lr, skips, dtype):
+    assert zero_rows_change_nothing((784, 32), np.dtype(dtype), lr) is skips
+
+
+def test_zero_rows_change_nothing_is_false_for_a_product_that_writes_minus_zero(monkeypatch):
+    """A BLAS whose zero rows of x^T g come out -0 (as x * g does: (+0)(-1) = -0) would flip -0.0 weights."""
+    product = np.multiply
+    monkeypatch.setattr(np, "dot", lambda a, b: product(a, b))  # the outer product without a sum onto +0
+    assert zero_rows_change_nothing((784, 32), np.dtype("float64"), 0.003) is False
+
+
+def test_per_sample_sgd_loop_takes_fortran_ordered_parameters():
+    """dL/dW is written into the optimiser's buffers with np.dot(..., out=): they are C-ordered whatever W is."""
+    spec = preset("mnist-sigmoid-per-sample")
+    x, y = make_batch(spec, 10, seed=17)
+    x = (np.abs(x) * 80).astype(spec.dtype)
+    params = {k: np.asfortranarray(v) for k, v in Network(spec, seed=0).get_params().items()}
+    net, opt = Network(spec, params=params), make_optimizer(spec.optimizer)
+    assert net.params["dense_1.W"].flags.f_contiguous and not net.params["dense_1.W"].flags.c_contiguous
+    train_epoch(net, opt, x, y, np.arange(2), 2)  # SGD.update makes its buffers first
+    train_epoch(net, opt, x, y, np.arange(10), 1)
+    plain, plain_opt = Network(spec, params=params), make_optimizer(spec.optimizer)
+    for idx in ([0, 1], *([i] for i in range(10))):
+        train_step(plain, plain_opt, x[idx], y[idx])
+    for k, v in net.params.items():
+        assert_same_bits(k, v, plain.params[k])
 
 
 @pytest.mark.parametrize(
