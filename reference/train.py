@@ -68,9 +68,8 @@ class SampleSGD:
     dW = np.dot(x^T, g), p -= lr g), without what batch 1 makes costly: the Network's caches and
     dictionaries, the label check of every step (all labels are checked once, before the first
     step), the gather of a row (a slice is a view), the optimiser's dictionary walk, and a fresh dL/dW
-    array (it is written into the optimiser's buffer). One step depends on the data: the first layer's
-    update skips the rows where the input is 0 (`update_first`; raw MNIST pixels are ~80 % zeros).
-    tests/test_fast_forms.py pins it to train_step bit for bit, the IEEE corners included.
+    array (it is written into the optimiser's buffer). tests/test_fast_forms.py pins it to train_step
+    bit for bit, signed zeros and IEEE corners included.
     """
 
     ACTIVATIONS = (Sigmoid, Tanh, ReLU)
@@ -102,9 +101,6 @@ class SampleSGD:
                 opt.buffers.setdefault(f"{dense.name}.{n}", np.empty(p.shape, p.dtype)) for n, p in (("W", W), ("b", b))
             )
             self.layers.append((W, b, act, lr_dW, lr_db))
-        W1 = self.layers[0][0]
-        self.skip_zero_rows = zero_rows_change_nothing(W1.shape, W1.dtype, self.lr)
-        self.sparse_steps = 0  # steps whose W1 update skipped the zero rows (update_first_weights)
 
     def check_labels(self, y: np.ndarray, order: np.ndarray) -> None:
         """Every label the epoch will use, once: what the loss checks per step (integer, in range)."""
@@ -118,16 +114,17 @@ class SampleSGD:
         h = x1
         for W, b, act, _, _ in self.layers:  # forward: Dense.forward, then the activation's forward
             inputs.append(h)
-            h = h @ W
+            h = np.dot(h, W)
             h += b
             if act is not None:
                 h, cache = act.forward(h)
                 caches.append(cache)
-        # SoftmaxCrossEntropy.value_and_grad at batch 1: its divisor is 1 for "mean" and "sum" alike
-        shifted = h - h.max(axis=1, keepdims=True)
+        # SoftmaxCrossEntropy.value_and_grad at batch 1: its divisor is 1 for "mean" and "sum" alike, and
+        # the max and sum of the one row are those of the whole (1, n_out) array (0-d: no keepdims).
+        shifted = h - h.max()
         e = np.exp(shifted)
-        total = e.sum(axis=1, keepdims=True)
-        loss = (np.log(total[:, 0]) - shifted[0, label])[0]  # the sum over a batch of one
+        total = e.sum()
+        loss = np.log(total) - shifted[0, label]  # the sum over a batch of one
         g = np.divide(e, total, out=e)
         g[0, label] -= 1
         # Backward: every gradient before any update, as train_step. dL/dW and dL/db go straight into
@@ -135,52 +132,15 @@ class SampleSGD:
         # same roundings (np.dot(x^T, g) then * lr), without a fresh (n_in, n_out) array every step.
         for k in range(len(self.layers) - 1, -1, -1):  # Dense.backward, then the activation's backward
             W, _, _, lr_dW, lr_db = self.layers[k]
+            np.dot(inputs[k].T, g, out=lr_dW)  # dL/dW = x^T g
             np.add(g[0], 0, out=lr_db)  # dL/db = g.sum(axis=0) at batch 1: 0 + g, as the sum starts from +0
             if k > 0:
-                np.dot(inputs[k].T, g, out=lr_dW)  # dL/dW = x^T g
-                g, _ = self.layers[k - 1][2].backward(g @ W.T, caches[k - 1])
-        self.update_first_weights(x1, g)  # W1 -= lr x^T g, now: nothing later in the step reads W1
-        for k, (W, b, _, lr_dW, lr_db) in enumerate(self.layers):  # SGD.update: p -= lr * g
-            if k > 0:
-                W -= np.multiply(lr_dW, self.lr, out=lr_dW)
+                g, _ = self.layers[k - 1][2].backward(np.dot(g, W.T), caches[k - 1])
+        for W, b, _, lr_dW, lr_db in self.layers:  # SGD.update: p -= lr * g
+            W -= np.multiply(lr_dW, self.lr, out=lr_dW)
             b -= np.multiply(lr_db, self.lr, out=lr_db)
         self.opt.t += 1
         return loss
-
-    def update_first_weights(self, x1: np.ndarray, g: np.ndarray) -> None:
-        """W1 -= lr x^T g (SGD.update's two roundings), on the rows where x != 0 only when that is every bit of it.
-
-        The skipped rows: x_i = 0 makes row i of dL/dW = np.dot(x^T, g) all +0 (BLAS sums onto +0:
-        zero_rows_change_nothing checked it), lr >= 0 keeps it +0, and W - (+0) == W for every W, -0.0,
-        Inf and NaN included. Not with a non-finite g (0 * Inf = NaN: the plain form turns the whole
-        column NaN), nor when more than half of x is non-zero (the gather and scatter of the rows
-        then cost more than the three passes over W1): then the plain form, every row.
-        """
-        W, lr_dW = self.layers[0][0], self.layers[0][3]
-        if self.skip_zero_rows:
-            rows = np.flatnonzero(x1[0])  # (nnz,)
-            if 2 * len(rows) <= len(W) and np.isfinite(g).all():
-                dW_rows = np.dot(x1[:, rows].T, g)  # (nnz, n_out): those rows of np.dot(x^T, g), bit for bit
-                W[rows] -= np.multiply(dW_rows, self.lr, out=dW_rows)
-                self.sparse_steps += 1
-                return
-        W -= np.multiply(np.dot(x1.T, g, out=lr_dW), self.lr, out=lr_dW)
-
-
-def zero_rows_change_nothing(shape: tuple[int, int], dtype: np.dtype, lr: float) -> bool:
-    """Whether W - lr * np.dot(x^T, g) leaves row i of W (n_in, n_out) as it is, every bit, where x_i == 0.
-
-    True when np.dot writes +0 for x_i = +-0 and any finite g (OpenBLAS starts its sums from +0: 0 + (-0)
-    = +0) and lr is finite and >= 0 (so lr * (+0) = +0). A BLAS that wrote -0, or lr < 0, would turn
-    a -0.0 weight into +0.0 (-0 - (-0) = +0): then SampleSGD updates every row.
-    """
-    if not (np.isfinite(lr) and lr >= 0):
-        return False
-    x = np.zeros((1, shape[0]), dtype)
-    x[0, 1::2] = -0.0
-    g = np.ones((1, shape[1]), dtype)
-    g[0, ::2] = -1
-    return not np.signbit(np.dot(x.T, g)).any()
 
 
 @contextmanager

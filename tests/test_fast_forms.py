@@ -5,14 +5,14 @@ next to it in a comment and checked here on random inputs, batch 1 included, aga
 policy of oracles/compare.py (the same function computed another way is exactly what a twin is):
 
     Dense.param_grads      np.dot(x.T, g)             == x.T @ g
+    Dense forward, dL/dx   np.dot(x, W), np.dot(g, W.T) == x @ W, g @ W.T, bit for bit
     sigmoid                where(x >= 0, 1, z)/(1+z)  == where(x >= 0, 1/(1+z), z/(1+z)), bit for bit
     SoftmaxCrossEntropy    one exp for value and grad == logsumexp - z_y and softmax(z) - onehot, bit for bit
     SGD.update             multiply into a buffer     == p - lr * g
     Network.loss_and_grads no trace, no first dL/dx   == the gradients of Network.trace, bit for bit
     train_epoch            checks x once per epoch    == still a clear error for NaN / Inf / dtype
     SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit (signed
-                           zeros too); its first-layer update skips the rows where x == 0 only where
-                           that changes no bit (-0.0 weights, -0.0 inputs, a non-finite g, lr < 0)
+                           zeros too, and at the IEEE corners: -0.0 weights, biases and inputs, Inf)
     check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
     conv2d (forward, dW, db, dx)  im2col + one GEMM each  == the loops over output positions
     maxpool2d, avgpool2d   window view, KH KW strided adds == the loops (max-pool bit for bit)
@@ -32,7 +32,7 @@ from reference.layers import Conv2D, Dense, MaxPool2D, ReLU, sigmoid, softmax
 from reference.losses import make_loss
 from reference.optimizers import SGD
 from reference.spec import PRESETS, LayerSpec, OptimizerSpec
-from reference.train import SampleSGD, check_inputs, train_epoch, train_step, zero_rows_change_nothing
+from reference.train import SampleSGD, check_inputs, train_epoch, train_step
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -46,6 +46,22 @@ def test_dense_weight_gradient_is_x_transposed_times_g(dtype, batch, n_in, n_out
     assert grads["W"].shape == (n_in, n_out) and grads["W"].dtype == np.dtype(dtype)
     assert_close("dW", grads["W"], x.T @ g, dtype, "gradient", names=("fast", "plain"))
     assert_close("db", grads["b"], g.sum(axis=0), dtype, "gradient", names=("fast", "plain"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
+@pytest.mark.parametrize(("n_in", "n_out"), [(784, 32), (32, 32), (32, 10), (784, 128), (128, 10), (5, 3)], ids=str)
+def test_dense_forward_and_input_gradient_are_the_matmul_forms_bit_for_bit(dtype, batch, n_in, n_out):
+    rng = np.random.default_rng(batch * 1000 + n_in + n_out)
+    x, g = rng.normal(size=(batch, n_in)).astype(dtype), rng.normal(size=(batch, n_out)).astype(dtype)
+    x[:, ::3] = 0  # zero inputs, as raw pixels have
+    W, b = rng.normal(size=(n_in, n_out)).astype(dtype), rng.normal(size=n_out).astype(dtype)
+    layer = Dense("dense_1", W, b)
+    out, cache = layer.forward(x)
+    dx, _ = layer.backward(g, cache)
+    for name, fast, plain in (("out", out, x @ W + b), ("dx", dx, g @ W.T)):
+        assert fast.dtype == plain.dtype == np.dtype(dtype), name
+        np.testing.assert_array_equal(fast.view(f"u{fast.itemsize}"), plain.view(f"u{plain.itemsize}"), err_msg=name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -432,78 +448,56 @@ def test_per_sample_sgd_loop_is_train_step_bit_for_bit(case, dtype):
 
 
 def corner_params(spec, x, corner: str) -> dict[str, np.ndarray]:
-    """The seed-0 parameters with one IEEE corner of the zero-row skip planted (see SAMPLE_SGD_CORNERS)."""
+    """The seed-0 parameters with one IEEE corner planted (see SAMPLE_SGD_CORNERS)."""
     params = Network(spec, seed=0).get_params()
-    if corner in ("-0.0 weights", "-0.0 weights, lr < 0"):
-        params["dense_1.W"][x[0] == 0] = -0.0  # rows a zero pixel of the first sample leaves alone
+    if corner.startswith("-0.0 weights"):
+        params["dense_1.W"][x[0] == 0] = -0.0  # rows a zero pixel of the first sample gives a +0 dL/dW
     if corner == "-0.0 biases":
         for k in params:
             if k.endswith(".b"):
-                params[k][...] = -0.0  # b - (+0) keeps -0.0, b - (-0) would not: dL/db must be g.sum's +0
+                params[k][...] = -0.0  # b - (+0) keeps -0.0, b - (-0) does not: dL/db must be g.sum's +0
     if corner == "inf weight":
-        params["dense_2.W"][0, 0] = np.inf  # g of the first layer is non-finite: 0 * Inf = NaN in every row
+        params["dense_2.W"][0, 0] = np.inf  # the first layer's g is non-finite: 0 * Inf = NaN in zero rows too
     return params
 
 
-# name: (how the inputs are made, whether the first-layer update may skip rows)
+# name: how the inputs are made (raw pixels: integers 1..255, 80 % of them set to 0 or -0.0, or none)
 SAMPLE_SGD_CORNERS = {
-    "raw pixels": ("raw", True),
-    "-0.0 weights": ("raw", True),
-    "-0.0 weights, lr < 0": ("raw", False),  # lr * (+0) = -0, and -0.0 - (-0) = +0.0: every row changes
-    "-0.0 biases": ("raw", True),
-    "-0.0 pixels": ("raw, -0.0 for 0", True),
-    "inf weight": ("raw", True),
-    "dense inputs": ("dense", True),  # no zero to skip: the plain update, every step
-    "half zeros": ("half", True),  # exactly half the pixels zero: still skipped
+    "raw pixels": "sparse",
+    "-0.0 weights": "sparse",
+    "-0.0 weights, lr < 0": "sparse",  # lr * (+0) = -0, and -0.0 - (-0) = +0.0: the zero rows change
+    "-0.0 biases": "sparse",
+    "-0.0 pixels": "sparse, -0.0",
+    "inf weight": "sparse",
+    "dense inputs": "dense",
 }
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("corner", list(SAMPLE_SGD_CORNERS))
-def test_first_layer_update_skips_zero_rows_only_where_that_changes_no_bit(corner, dtype):
-    inputs, skips = SAMPLE_SGD_CORNERS[corner]
+def test_per_sample_sgd_loop_keeps_every_bit_at_the_ieee_corners(corner, dtype):
     spec = preset("mnist-sigmoid-per-sample", dtype=dtype)
     if "lr < 0" in corner:
         spec = spec.replace(optimizer=OptimizerSpec("sgd", lr=-0.003))
     rng = np.random.default_rng(16)
-    x = rng.integers(1, 256, size=(12, 784)).astype(dtype)  # raw pixels, none zero
-    if inputs == "half":
-        x[:, ::2] = 0
-    elif inputs != "dense":
-        x[rng.random(x.shape) < 0.8] = -0.0 if "-0.0" in inputs else 0.0
+    x = rng.integers(1, 256, size=(12, 784)).astype(dtype)
+    if SAMPLE_SGD_CORNERS[corner] != "dense":
+        x[rng.random(x.shape) < 0.8] = -0.0 if "-0.0" in SAMPLE_SGD_CORNERS[corner] else 0.0
     y = rng.integers(0, 10, 12)
     params = corner_params(spec, x, corner)
     net, opt = Network(spec, params=params), make_optimizer(spec.optimizer)
-    fast = SampleSGD(net, opt)
-    assert fast.skip_zero_rows is skips
+    assert SampleSGD.applies(net, opt, 1)
     with np.errstate(invalid="ignore", over="ignore"):  # the Inf weight: NaN losses and gradients, in both forms
-        losses = [fast.step(x[i : i + 1], y[i]) for i in range(len(x))]
+        mean = train_epoch(net, opt, x, y, np.arange(len(x)), 1)
         plain, _, plain_losses = per_sample_plain(spec, x, y, range(len(x)), params)
     for k, v in net.params.items():
         assert_same_bits(k, v, plain.params[k])
-    assert_same_bits("losses", np.array(losses), np.array(plain_losses))
-    sparse_steps = {"inf weight": 0, "dense inputs": 0}.get(corner, len(x) if skips else 0)
-    assert fast.sparse_steps == sparse_steps
+    assert_same_bits("mean loss", np.array(mean), np.array(sum(float(v) for v in plain_losses) / len(x)))
     if corner == "inf weight":
         assert np.isnan(net.params["dense_1.W"]).all(axis=0).any()  # the plain form's NaN columns, zero rows too
-    if corner.startswith("-0.0 weights"):  # skipped, the -0.0 weights stay; with lr < 0 the plain form makes them +0.0
+    if corner.startswith("-0.0 weights"):  # lr > 0: the -0.0 weights of rows never hit stay; lr < 0 makes them +0.0
         zeros = net.params["dense_1.W"][net.params["dense_1.W"] == 0]
         assert bool(np.signbit(zeros).any()) is (corner == "-0.0 weights")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    ("lr", "skips"), [(0.003, True), (0.0, True), (-0.003, False), (np.nan, False), (np.inf, False)]
-)
-def test_zero_rows_change_nothing_only_for_a_finite_lr_of_at_least_zero(lr, skips, dtype):
-    assert zero_rows_change_nothing((784, 32), np.dtype(dtype), lr) is skips
-
-
-def test_zero_rows_change_nothing_is_false_for_a_product_that_writes_minus_zero(monkeypatch):
-    """A BLAS whose zero rows of x^T g come out -0 (as x * g does: (+0)(-1) = -0) would flip -0.0 weights."""
-    product = np.multiply
-    monkeypatch.setattr(np, "dot", lambda a, b: product(a, b))  # the outer product without a sum onto +0
-    assert zero_rows_change_nothing((784, 32), np.dtype("float64"), 0.003) is False
 
 
 def test_per_sample_sgd_loop_takes_fortran_ordered_parameters():
