@@ -55,7 +55,7 @@ def train_step(net: Network, opt: Optimizer, x: np.ndarray, y: np.ndarray, check
     training set once, rather than every batch again).
     """
     loss, grads = net.loss_and_grads(x, y, train=True, check_input=check_input)
-    opt.step(net.params, grads)
+    opt.step(net.params, grads, owned=True)  # fresh gradients nobody else holds: the optimiser may overwrite them
     return loss
 
 

@@ -8,7 +8,8 @@ policy of oracles/compare.py (the same function computed another way is exactly 
     Dense forward, dL/dx   np.dot(x, W), np.dot(g, W.T) == x @ W, g @ W.T, bit for bit
     sigmoid                where(x >= 0, 1, z)/(1+z)  == where(x >= 0, 1/(1+z), z/(1+z)), bit for bit
     SoftmaxCrossEntropy    one exp for value and grad == logsumexp - z_y and softmax(z) - onehot, bit for bit
-    SGD.update             multiply into a buffer     == p - lr * g
+    SGD.update             multiply into a buffer     == p - lr * g; with owned grads, into g itself (the
+                           same bits; the caller's grads untouched when not owned)
     Network.loss_and_grads no trace, no first dL/dx   == the gradients of Network.trace, bit for bit
     train_epoch            checks x once per epoch    == still a clear error for NaN / Inf / dtype
     SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit (signed
@@ -91,6 +92,31 @@ def test_sgd_buffered_update_is_p_minus_lr_g(dtype, shape):
         plain = plain - 0.003 * g
         np.testing.assert_array_equal(p, plain, err_msg=f"step {step}")
     assert p.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("g_dtype", DTYPES, ids=lambda d: f"g-{d}")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_update_into_owned_grads_is_p_minus_lr_g_and_leaves_other_grads_alone(dtype, g_dtype):
+    rng = np.random.default_rng(18)
+    p0 = rng.normal(size=(784, 128)).astype(dtype)
+    plain = p0.copy()
+    owned, kept = SGD(OptimizerSpec("sgd", lr=0.1)), SGD(OptimizerSpec("sgd", lr=0.1))
+    p_owned, p_kept = p0.copy(), p0.copy()
+    for step in range(3):
+        g = rng.normal(size=p0.shape).astype(g_dtype)
+        g_copy = g.copy()
+        kept.step({"w": p_kept}, {"w": g})
+        np.testing.assert_array_equal(g, g_copy, err_msg="a caller's grads were overwritten")
+        owned.step({"w": p_owned}, {"w": g}, owned=True)
+        lr_g = np.multiply(g_copy, 0.1, out=np.empty(p0.shape, dtype))  # lr * g rounded to p's dtype, then p - it
+        plain = plain - lr_g
+        for name, p in (("kept", p_kept), ("owned", p_owned)):
+            np.testing.assert_array_equal(
+                p.view(f"u{p.itemsize}"), plain.view(f"u{p.itemsize}"), err_msg=f"{name}, {step}"
+            )
+        if g_dtype == dtype:
+            assert "w" not in owned.buffers  # lr * g went into g itself: no buffer
+            np.testing.assert_array_equal(g, lr_g)
 
 
 @pytest.mark.parametrize("case", sorted(LAYER_CASES))
