@@ -55,7 +55,7 @@ def train_step(net: Network, opt: Optimizer, x: np.ndarray, y: np.ndarray, check
     training set once, rather than every batch again).
     """
     loss, grads = net.loss_and_grads(x, y, train=True, check_input=check_input)
-    opt.step(net.params, grads)
+    opt.step(net.params, grads, owned=True)  # fresh gradients nobody else holds: the optimiser may overwrite them
     return loss
 
 
@@ -67,8 +67,9 @@ class SampleSGD:
     formula for formula and in its order (the layers' own forward and backward, the loss's formulas,
     dW = np.dot(x^T, g), p -= lr g), without what batch 1 makes costly: the Network's caches and
     dictionaries, the label check of every step (all labels are checked once, before the first
-    step), the gather of a row (a slice is a view) and the optimiser's dictionary walk.
-    tests/test_fast_forms.py pins it to train_step bit for bit.
+    step), the gather of a row (a slice is a view), the optimiser's dictionary walk, and a fresh dL/dW
+    array (it is written into the optimiser's buffer). tests/test_fast_forms.py pins it to train_step
+    bit for bit, signed zeros and IEEE corners included.
     """
 
     ACTIVATIONS = (Sigmoid, Tanh, ReLU)
@@ -97,7 +98,7 @@ class SampleSGD:
             W, b = dense.params["W"], dense.params["b"]
             act = net.layers[2 * k + 1] if 2 * k + 1 < len(net.layers) else None
             lr_dW, lr_db = (
-                opt.buffers.setdefault(f"{dense.name}.{n}", np.empty_like(p)) for n, p in (("W", W), ("b", b))
+                opt.buffers.setdefault(f"{dense.name}.{n}", np.empty(p.shape, p.dtype)) for n, p in (("W", W), ("b", b))
             )
             self.layers.append((W, b, act, lr_dW, lr_db))
 
@@ -113,27 +114,31 @@ class SampleSGD:
         h = x1
         for W, b, act, _, _ in self.layers:  # forward: Dense.forward, then the activation's forward
             inputs.append(h)
-            h = h @ W
+            h = np.dot(h, W)
             h += b
             if act is not None:
                 h, cache = act.forward(h)
                 caches.append(cache)
-        # SoftmaxCrossEntropy.value_and_grad at batch 1: its divisor is 1 for "mean" and "sum" alike
-        shifted = h - h.max(axis=1, keepdims=True)
+        # SoftmaxCrossEntropy.value_and_grad at batch 1: its divisor is 1 for "mean" and "sum" alike, and
+        # the max and sum of the one row are those of the whole (1, n_out) array (0-d: no keepdims).
+        shifted = h - h.max()
         e = np.exp(shifted)
-        total = e.sum(axis=1, keepdims=True)
-        loss = (np.log(total[:, 0]) - shifted[0, label])[0]  # the sum over a batch of one
+        total = e.sum()
+        loss = np.log(total) - shifted[0, label]  # the sum over a batch of one
         g = np.divide(e, total, out=e)
         g[0, label] -= 1
-        grads = []  # (dL/dW, dL/db), last layer first: every gradient before any update, as train_step
-        for k in range(len(self.layers) - 1, -1, -1):  # backward: Dense.backward, the activation's backward
-            W, _, _, _, _ = self.layers[k]
-            grads.append((np.dot(inputs[k].T, g), g.sum(axis=0)))
+        # Backward: every gradient before any update, as train_step. dL/dW and dL/db go straight into
+        # the optimiser's buffers, which SGD.update's lr * g then scales in place: the same product, the
+        # same roundings (np.dot(x^T, g) then * lr), without a fresh (n_in, n_out) array every step.
+        for k in range(len(self.layers) - 1, -1, -1):  # Dense.backward, then the activation's backward
+            W, _, _, lr_dW, lr_db = self.layers[k]
+            np.dot(inputs[k].T, g, out=lr_dW)  # dL/dW = x^T g
+            np.add(g[0], 0, out=lr_db)  # dL/db = g.sum(axis=0) at batch 1: 0 + g, as the sum starts from +0
             if k > 0:
-                g, _ = self.layers[k - 1][2].backward(g @ W.T, caches[k - 1])
-        for (W, b, _, lr_dW, lr_db), (dW, db) in zip(self.layers, reversed(grads)):  # SGD.update
-            W -= np.multiply(dW, self.lr, out=lr_dW)
-            b -= np.multiply(db, self.lr, out=lr_db)
+                g, _ = self.layers[k - 1][2].backward(np.dot(g, W.T), caches[k - 1])
+        for W, b, _, lr_dW, lr_db in self.layers:  # SGD.update: p -= lr * g
+            W -= np.multiply(lr_dW, self.lr, out=lr_dW)
+            b -= np.multiply(lr_db, self.lr, out=lr_db)
         self.opt.t += 1
         return loss
 

@@ -296,7 +296,7 @@ def test_broken_reference_is_caught_at_the_right_tensor(bug_id, oracle, dtype, m
 # Broken optimisers: caught against torch.optim ---------------------------------------------------
 
 
-def adam_without_bias_correction(self, name, p, g):
+def adam_without_bias_correction(self, name, p, g, owned=False):
     b1, b2 = self.spec.beta1, self.spec.beta2
     m, v = self._slot(name, "m", p), self._slot(name, "v", p)
     m[...] = b1 * m + (1 - b1) * g
@@ -304,7 +304,7 @@ def adam_without_bias_correction(self, name, p, g):
     p -= self.lr * m / (np.sqrt(v) + 1e-8)
 
 
-def momentum_without_memory(self, name, p, g):
+def momentum_without_memory(self, name, p, g, owned=False):
     p -= self.lr * g  # the velocity is never kept: plain SGD
 
 

@@ -5,12 +5,15 @@ next to it in a comment and checked here on random inputs, batch 1 included, aga
 policy of oracles/compare.py (the same function computed another way is exactly what a twin is):
 
     Dense.param_grads      np.dot(x.T, g)             == x.T @ g
+    Dense forward, dL/dx   np.dot(x, W), np.dot(g, W.T) == x @ W, g @ W.T, bit for bit
     sigmoid                where(x >= 0, 1, z)/(1+z)  == where(x >= 0, 1/(1+z), z/(1+z)), bit for bit
     SoftmaxCrossEntropy    one exp for value and grad == logsumexp - z_y and softmax(z) - onehot, bit for bit
-    SGD.update             multiply into a buffer     == p - lr * g
+    SGD.update             multiply into a buffer     == p - lr * g; with owned grads, into g itself (the
+                           same bits; the caller's grads untouched when not owned)
     Network.loss_and_grads no trace, no first dL/dx   == the gradients of Network.trace, bit for bit
     train_epoch            checks x once per epoch    == still a clear error for NaN / Inf / dtype
-    SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit
+    SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit (signed
+                           zeros too, and at the IEEE corners: -0.0 weights, biases and inputs, Inf)
     check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
     conv2d (forward, dW, db, dx)  im2col + one GEMM each  == the loops over output positions
     im2col_same, col2im_same  shifted row copies / adds  == im2col of the padded image, col2im, bit for bit
@@ -52,6 +55,22 @@ def test_dense_weight_gradient_is_x_transposed_times_g(dtype, batch, n_in, n_out
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
+@pytest.mark.parametrize(("n_in", "n_out"), [(784, 32), (32, 32), (32, 10), (784, 128), (128, 10), (5, 3)], ids=str)
+def test_dense_forward_and_input_gradient_are_the_matmul_forms_bit_for_bit(dtype, batch, n_in, n_out):
+    rng = np.random.default_rng(batch * 1000 + n_in + n_out)
+    x, g = rng.normal(size=(batch, n_in)).astype(dtype), rng.normal(size=(batch, n_out)).astype(dtype)
+    x[:, ::3] = 0  # zero inputs, as raw pixels have
+    W, b = rng.normal(size=(n_in, n_out)).astype(dtype), rng.normal(size=n_out).astype(dtype)
+    layer = Dense("dense_1", W, b)
+    out, cache = layer.forward(x)
+    dx, _ = layer.backward(g, cache)
+    for name, fast, plain in (("out", out, x @ W + b), ("dx", dx, g @ W.T)):
+        assert fast.dtype == plain.dtype == np.dtype(dtype), name
+        np.testing.assert_array_equal(fast.view(f"u{fast.itemsize}"), plain.view(f"u{plain.itemsize}"), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
 def test_sigmoid_is_the_two_branch_form_bit_for_bit(dtype, batch):
     info = np.finfo(dtype)
     edges = [0.0, -0.0, info.tiny, -info.tiny, 1.0, -1.0, 40.0, -40.0, 88.7, -88.7, 745.0, -745.0, info.max, -info.max]
@@ -77,6 +96,31 @@ def test_sgd_buffered_update_is_p_minus_lr_g(dtype, shape):
         plain = plain - 0.003 * g
         np.testing.assert_array_equal(p, plain, err_msg=f"step {step}")
     assert p.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("g_dtype", DTYPES, ids=lambda d: f"g-{d}")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_update_into_owned_grads_is_p_minus_lr_g_and_leaves_other_grads_alone(dtype, g_dtype):
+    rng = np.random.default_rng(18)
+    p0 = rng.normal(size=(784, 128)).astype(dtype)
+    plain = p0.copy()
+    owned, kept = SGD(OptimizerSpec("sgd", lr=0.1)), SGD(OptimizerSpec("sgd", lr=0.1))
+    p_owned, p_kept = p0.copy(), p0.copy()
+    for step in range(3):
+        g = rng.normal(size=p0.shape).astype(g_dtype)
+        g_copy = g.copy()
+        kept.step({"w": p_kept}, {"w": g})
+        np.testing.assert_array_equal(g, g_copy, err_msg="a caller's grads were overwritten")
+        owned.step({"w": p_owned}, {"w": g}, owned=True)
+        lr_g = np.multiply(g_copy, 0.1, out=np.empty(p0.shape, dtype))  # lr * g rounded to p's dtype, then p - it
+        plain = plain - lr_g
+        for name, p in (("kept", p_kept), ("owned", p_owned)):
+            np.testing.assert_array_equal(
+                p.view(f"u{p.itemsize}"), plain.view(f"u{p.itemsize}"), err_msg=f"{name}, {step}"
+            )
+        if g_dtype == dtype:
+            assert "w" not in owned.buffers  # lr * g went into g itself: no buffer
+            np.testing.assert_array_equal(g, lr_g)
 
 
 @pytest.mark.parametrize("case", sorted(LAYER_CASES))
@@ -466,9 +510,16 @@ def test_softmax_cross_entropy_from_one_exp_is_the_plain_form_bit_for_bit(batch,
     np.testing.assert_array_equal(grad.view(f"u{grad.itemsize}"), plain_grad.view(f"u{grad.itemsize}"))
 
 
-def per_sample_plain(spec, x, y, order):
+def assert_same_bits(name: str, fast: np.ndarray, plain: np.ndarray) -> None:
+    """Every bit equal: -0.0 is not +0.0 here, and a NaN must be the same NaN (assert_array_equal allows both)."""
+    assert fast.dtype == plain.dtype and fast.shape == plain.shape, name
+    u = f"u{fast.dtype.itemsize}"
+    np.testing.assert_array_equal(np.ascontiguousarray(fast).view(u), np.ascontiguousarray(plain).view(u), err_msg=name)
+
+
+def per_sample_plain(spec, x, y, order, params=None):
     """train_step row by row (the Network, the loss and the optimiser, every check): the plain loop."""
-    net, opt, losses = Network(spec, seed=0), make_optimizer(spec.optimizer), []
+    net, opt, losses = Network(spec, params=params, seed=0), make_optimizer(spec.optimizer), []
     for i in order:
         losses.append(train_step(net, opt, x[[i]], y[[i]], check_input=False))
     return net, opt, losses
@@ -510,12 +561,82 @@ def test_per_sample_sgd_loop_is_train_step_bit_for_bit(case, dtype):
     plain, plain_opt, losses = per_sample_plain(spec, x, y, order)
     for k, v in fast.params.items():
         assert not np.array_equal(v, Network(spec, seed=0).params[k]), f"{k} did not move"
-        np.testing.assert_array_equal(v, plain.params[k], err_msg=k)
+        assert_same_bits(k, v, plain.params[k])
     assert [type(v) for v in seen] == [type(v) for v in losses] and np.array_equal(seen, losses)
     assert mean == sum(float(v) for v in losses) / len(losses)
     assert opt.t == plain_opt.t == len(order)
     again = [train_step(n, o, x[[0]], y[[0]]) for n, o in ((fast, opt), (plain, plain_opt))]  # the buffers kept
     assert again[0] == again[1]
+
+
+def corner_params(spec, x, corner: str) -> dict[str, np.ndarray]:
+    """The seed-0 parameters with one IEEE corner planted (see SAMPLE_SGD_CORNERS)."""
+    params = Network(spec, seed=0).get_params()
+    if corner.startswith("-0.0 weights"):
+        params["dense_1.W"][x[0] == 0] = -0.0  # rows a zero pixel of the first sample gives a +0 dL/dW
+    if corner == "-0.0 biases":
+        for k in params:
+            if k.endswith(".b"):
+                params[k][...] = -0.0  # b - (+0) keeps -0.0, b - (-0) does not: dL/db must be g.sum's +0
+    if corner == "inf weight":
+        params["dense_2.W"][0, 0] = np.inf  # the first layer's g is non-finite: 0 * Inf = NaN in zero rows too
+    return params
+
+
+# name: how the inputs are made (raw pixels: integers 1..255, 80 % of them set to 0 or -0.0, or none)
+SAMPLE_SGD_CORNERS = {
+    "raw pixels": "sparse",
+    "-0.0 weights": "sparse",
+    "-0.0 weights, lr < 0": "sparse",  # lr * (+0) = -0, and -0.0 - (-0) = +0.0: the zero rows change
+    "-0.0 biases": "sparse",
+    "-0.0 pixels": "sparse, -0.0",
+    "inf weight": "sparse",
+    "dense inputs": "dense",
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("corner", list(SAMPLE_SGD_CORNERS))
+def test_per_sample_sgd_loop_keeps_every_bit_at_the_ieee_corners(corner, dtype):
+    spec = preset("mnist-sigmoid-per-sample", dtype=dtype)
+    if "lr < 0" in corner:
+        spec = spec.replace(optimizer=OptimizerSpec("sgd", lr=-0.003))
+    rng = np.random.default_rng(16)
+    x = rng.integers(1, 256, size=(12, 784)).astype(dtype)
+    if SAMPLE_SGD_CORNERS[corner] != "dense":
+        x[rng.random(x.shape) < 0.8] = -0.0 if "-0.0" in SAMPLE_SGD_CORNERS[corner] else 0.0
+    y = rng.integers(0, 10, 12)
+    params = corner_params(spec, x, corner)
+    net, opt = Network(spec, params=params), make_optimizer(spec.optimizer)
+    assert SampleSGD.applies(net, opt, 1)
+    with np.errstate(invalid="ignore", over="ignore"):  # the Inf weight: NaN losses and gradients, in both forms
+        mean = train_epoch(net, opt, x, y, np.arange(len(x)), 1)
+        plain, _, plain_losses = per_sample_plain(spec, x, y, range(len(x)), params)
+    for k, v in net.params.items():
+        assert_same_bits(k, v, plain.params[k])
+    assert_same_bits("mean loss", np.array(mean), np.array(sum(float(v) for v in plain_losses) / len(x)))
+    if corner == "inf weight":
+        assert np.isnan(net.params["dense_1.W"]).all(axis=0).any()  # the plain form's NaN columns, zero rows too
+    if corner.startswith("-0.0 weights"):  # lr > 0: the -0.0 weights of rows never hit stay; lr < 0 makes them +0.0
+        zeros = net.params["dense_1.W"][net.params["dense_1.W"] == 0]
+        assert bool(np.signbit(zeros).any()) is (corner == "-0.0 weights")
+
+
+def test_per_sample_sgd_loop_takes_fortran_ordered_parameters():
+    """dL/dW is written into the optimiser's buffers with np.dot(..., out=): they are C-ordered whatever W is."""
+    spec = preset("mnist-sigmoid-per-sample")
+    x, y = make_batch(spec, 10, seed=17)
+    x = (np.abs(x) * 80).astype(spec.dtype)
+    params = {k: np.asfortranarray(v) for k, v in Network(spec, seed=0).get_params().items()}
+    net, opt = Network(spec, params=params), make_optimizer(spec.optimizer)
+    assert net.params["dense_1.W"].flags.f_contiguous and not net.params["dense_1.W"].flags.c_contiguous
+    train_epoch(net, opt, x, y, np.arange(2), 2)  # SGD.update makes its buffers first
+    train_epoch(net, opt, x, y, np.arange(10), 1)
+    plain, plain_opt = Network(spec, params=params), make_optimizer(spec.optimizer)
+    for idx in ([0, 1], *([i] for i in range(10))):
+        train_step(plain, plain_opt, x[idx], y[idx])
+    for k, v in net.params.items():
+        assert_same_bits(k, v, plain.params[k])
 
 
 @pytest.mark.parametrize(

@@ -145,7 +145,7 @@ def wrong_sgd(monkeypatch):
     """The reference's SGD takes a step 1e-6 too long: p <- p - lr (1 + 1e-6) g."""
     from reference import optimizers
 
-    def update(self, name, p, g):
+    def update(self, name, p, g, owned=False):
         p -= self.lr * (1 + 1e-6) * g
 
     monkeypatch.setattr(optimizers.SGD, "update", update)
