@@ -108,7 +108,7 @@ def longest_first(items, seconds: dict[str, float]) -> list:
 # than three: longest-processing-time-first list scheduling. The modules below, whose module-scoped
 # fixture is a whole run (a validation, a graded class, a built autograder), go out as one unit, so
 # that fixture is set up once, on one worker, instead of once on each (the small validation run of
-# tests/test_validate.py ran on both). An explicit `--dist` (loadscope, loadfile, ...) is kept.
+# tests/test_validate.py ran on both). Any other `--dist` (loadscope, loadfile, ...) keeps xdist's own.
 ONE_WORKER_MODULES = {
     "test_validate.py",  # small_run: every preset, both dtypes, three frameworks
     "test_shards.py",  # runs: a 60-submission class graded whole and as three shards
