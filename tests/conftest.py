@@ -99,6 +99,55 @@ def longest_first(items, seconds: dict[str, float]) -> list:
     return ordered
 
 
+# Handing the tests out (pytest-xdist) ---------------------------------------------------------------
+# xdist's default `--dist load` first sends each worker a chunk of consecutive tests, a quarter of its
+# share (about 467 tests each of 3,740): with the heaviest modules collected first, every real-MNIST
+# validation, the small validation run and the benchmarks sat in gw0's first chunk, and gw1 finished
+# its share minutes earlier (simulated from a run's durations, README "Longest first"). Instead the
+# tests go out one at a time, in collection order (heaviest first), to whichever worker holds fewer
+# than three: longest-processing-time-first list scheduling. The modules below, whose module-scoped
+# fixture is a whole run (a validation, a graded class, a built autograder), go out as one unit, so
+# that fixture is set up once, on one worker, instead of once on each (the small validation run of
+# tests/test_validate.py ran on both). Any other `--dist` (loadscope, loadfile, ...) keeps xdist's own.
+ONE_WORKER_MODULES = {
+    "test_validate.py",  # small_run: every preset, both dtypes, three frameworks
+    "test_shards.py",  # runs: a 60-submission class graded whole and as three shards
+    "test_grading_cli.py",  # ran, nasty: class folders graded through the CLI
+    "test_grading_plugin.py",  # junit: a class graded through the pytest plugin
+    "test_reports.py",  # graded: a class graded with every report
+    "test_notebook_shrink.py",  # graded: submissions graded once, shared by the tests
+    "test_notebook_screenshot.py",  # page: a notebook executed and rendered
+    "test_deploy.py",  # autograder: the Gradescope zip unpacked and set up
+    "test_data_standardise.py",  # worker_digests: a fresh process importing torch and TensorFlow
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist", "load") != "load":
+        return None  # xdist's own scheduler for the --dist asked for
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneAtATime(LoadScopeScheduling):
+        """A unit per test, or per module of ONE_WORKER_MODULES, in collection order."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if Path(module).name in ONE_WORKER_MODULES else nodeid
+
+        def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
+            nodeid = self.registered_collections[node][item_index]
+            work = self.assigned_work[node]
+            unit = work[self._split_scope(nodeid)]
+            unit[nodeid] = True
+            if all(unit.values()):  # done: forget it (xdist would sum over every unit ever sent, per test)
+                del work[self._split_scope(nodeid)]
+            self._reschedule(node)
+
+    config.option.loadscopereorder = False  # units in collection order, not by their number of tests
+    return OneAtATime(config, log)
+
+
 _measured: dict[str, float] = {}
 
 

@@ -209,11 +209,11 @@ def digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_a_worker_process_with_the_frameworks_loaded_gets_the_same_bytes(dtype):
-    """Each framework trains in its own worker process, which prepares the data itself."""
-    spec = preset("digits-sigmoid-per-sample", dtype=dtype)
-    here = prepare_for_spec(spec)
+@pytest.fixture(scope="module")
+def worker_digests() -> dict[str, str]:
+    """dtype -> digest of (x_train, x_test) as one fresh process with torch and TensorFlow imported
+    loads them, every dtype in turn, as a validation worker meets its jobs. One process for both
+    dtypes: its start (the two frameworks' imports) was most of each test's 20 s under load."""
     code = (
         "import sys, importlib.util\n"
         "for m in ('torch', 'tensorflow'):\n"
@@ -221,14 +221,22 @@ def test_a_worker_process_with_the_frameworks_loaded_gets_the_same_bytes(dtype):
         "from reference.spec import preset\n"
         "from bprop.jobs import load_data\n"
         "import tests.test_data_standardise as t\n"
-        f"x, y, xt, yt = load_data(preset('digits-sigmoid-per-sample', dtype='{dtype}'))\n"
-        "print(t.digest(x, xt))\n"
+        f"for dtype in {DTYPES!r}:\n"
+        "    x, y, xt, yt = load_data(preset('digits-sigmoid-per-sample', dtype=dtype))\n"
+        "    print(dtype, t.digest(x, xt))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
     env.pop("PYTEST_XDIST_WORKER", None)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-1] == digest(here.x_train, here.x_test)
+    return dict(line.split() for line in out.stdout.splitlines()[-len(DTYPES) :])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_worker_process_with_the_frameworks_loaded_gets_the_same_bytes(dtype, worker_digests):
+    """Each framework trains in its own worker process, which prepares the data itself."""
+    here = prepare_for_spec(preset("digits-sigmoid-per-sample", dtype=dtype))
+    assert worker_digests[dtype] == digest(here.x_train, here.x_test)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
