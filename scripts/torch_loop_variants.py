@@ -7,7 +7,7 @@ SGD lr 0.003, batch 1, raw pixels) trained for --steps steps from the same weigh
 rows by each variant below. Every variant must end with parameters bit for bit equal to the torch
 twin's own train_epoch (the baseline); one that does not is reported as "DIFFERS" and is no
 candidate. CPU time per step (time.process_time), the median over --rounds interleaved rounds
-(each round runs every variant once, in turn): on a loaded machine the ratios are what count.
+(each round runs every variant once, in turn, starting one variant further on than the round before): on a loaded machine the ratios are what count.
 
 Variants (each a loop over the same rows, batch 1):
   twin             TorchTwin.train_epoch: module calls through _forward, p.grad = None, no .item()
@@ -70,8 +70,13 @@ def v_textbook(twin, xc, yc, stack=False):
     return float(torch.stack(losses).sum()) if stack else sum(losses)
 
 
-def v_bare(twin, xc, yc, zero_grad_api=False, copy_into=False, grad_ctx=False):
+def v_bare(twin, xc, yc, zero_grad_api=False, copy_into=False, grad_ctx=False, direct=False, unhooked=False):
     mods, opt, params, losses = twin.modules, twin.optimizer, twin.params, []
+    if direct:  # Module.forward itself: no __call__ (its hook checks)
+        mods = [m.forward for m in mods]
+    step = opt.step
+    if unhooked:  # SGD.step without Optimizer's profiler wrapper (record_function, step hooks)
+        step = type(opt).step.__wrapped__.__get__(opt)
     buf = torch.empty((1, xc.shape[1]), dtype=xc.dtype)
     for i in range(len(xc)):
         if copy_into:
@@ -89,7 +94,7 @@ def v_bare(twin, xc, yc, zero_grad_api=False, copy_into=False, grad_ctx=False):
                 h = m(h)
             loss = F.cross_entropy(h, yc[i : i + 1])
             loss.backward()
-        opt.step()
+        step()
         if zero_grad_api:
             opt.zero_grad(set_to_none=True)
         else:
@@ -204,6 +209,9 @@ VARIANTS = {
     "zero-grad-api": (lambda t, x, y: v_bare(t, x, y, zero_grad_api=True), {}),
     "bare-modules": (v_bare, {}),
     "copy-into": (lambda t, x, y: v_bare(t, x, y, copy_into=True), {}),
+    "bare-forward": (lambda t, x, y: v_bare(t, x, y, direct=True), {}),
+    "unhooked-step": (lambda t, x, y: v_bare(t, x, y, unhooked=True), {}),
+    "forward-unhooked": (lambda t, x, y: v_bare(t, x, y, direct=True, unhooked=True), {}),
     "functional": (v_functional, {}),
     "autograd-grad": (v_autograd_grad, {}),
     "foreach": (v_bare, {"foreach": True}),
@@ -233,20 +241,16 @@ def main() -> None:
     if "twin" not in names:
         names = ["twin", *names]
     times: dict[str, list[float]] = {n: [] for n in names}
-    same: dict[str, bool] = {}
-    baseline = None
+    outs: dict[str, dict[str, np.ndarray]] = {}
     for r in range(a.rounds):
-        for name in names:
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # each round starts one further on
             fn, kw = VARIANTS[name]
             twin = build(spec, params, **kw)
             t = time.process_time()
             fn(twin, xc, yc)
             times[name].append((time.process_time() - t) / a.steps)
-            out = final(twin)
-            if name == "twin" and baseline is None:
-                baseline = out
-            if r == 0:
-                same[name] = all(np.array_equal(out[k], baseline[k]) for k in baseline)
+            outs.setdefault(name, final(twin))
+    same = {n: all(np.array_equal(outs[n][k], outs["twin"][k]) for k in outs["twin"]) for n in names}
     base = statistics.median(times["twin"])
     print(
         f"mnist-sigmoid-per-sample {a.dtype}, {a.steps} steps, {a.rounds} rounds, torch threads {a.threads}, "
