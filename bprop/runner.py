@@ -8,7 +8,10 @@ thread each) finish the whole validation about twice as fast as one process. The
 out longest first by a cost model measured per framework and preset (_COSTS: CPU per step, per
 evaluation, per divergence step), so the workers end at about the same time; schedule() reports
 how they did (each job's worker, start and end, the idle time at the end). Workers are spawned (not
-forked): a forked TensorFlow or torch runtime is not safe to use.
+forked): a forked TensorFlow or torch runtime is not safe to use. Each worker gets one job at a time
+on its own pipe (_Pool): a worker that dies (the kernel's out-of-memory killer, a segfault in a
+framework) costs only the job it was running, which gets a JobError naming the job and the exit code
+or signal; a new worker takes the jobs still waiting.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import signal
 import threading
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from collections import deque
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 
 from bprop import jobs as J
 from reference.spec import PRESETS, preset
@@ -168,8 +172,13 @@ def schedule(jobs: list, results: list, workers: int) -> dict:
 
 
 def _execute(job):
+    """A TrainJob or DivergenceJob; a job of another type runs its own run() (the tests' jobs that
+    kill their worker)."""
     J.keep_freed_memory()
     with J.single_threaded():
+        run = getattr(job, "run", None)
+        if run is not None:
+            return run()
         return J.run_divergence(job) if isinstance(job, J.DivergenceJob) else J.run_train(job)
 
 
@@ -230,19 +239,154 @@ class Bars:
         self.total.close()
 
 
-def _init_worker(queue) -> None:
+def _worker(conn) -> None:
+    """A worker process: (index, job) in on its own pipe; ("started", index), ("progress", (event,
+    payload)) and ("result", (index, result)) out; until None comes. One pipe per worker, no shared queue: a
+    worker killed in the middle of a message breaks only its own pipe."""
     J.mark_worker_process()
     J.keep_freed_memory()
-    pid = os.getpid()
-    J.report_progress = lambda event, payload: queue.put((pid, event, payload))
+    J.report_progress = lambda event, payload: conn.send(("progress", (event, payload)))
+    while (task := conn.recv()) is not None:
+        i, job = task
+        conn.send(("started", i))
+        result = _execute_safely(job)
+        try:
+            conn.send(("result", (i, result)))
+        except Exception as e:  # a result pickle cannot carry: the job's failure, named, never dropped
+            error = f"its result could not be sent to the parent: {type(e).__name__}: {e}"
+            conn.send(("result", (i, JobError(job, error, traceback.format_exc()))))
 
 
-def _drain(queue, bars: Bars) -> None:
-    while True:
-        item = queue.get()
-        if item is None:
-            return
-        bars.event(*item)
+def death(exitcode: int | None) -> str:
+    """How a worker process ended, from Process.exitcode (negative: the signal that killed it)."""
+    if exitcode is None:
+        return "stopped answering (no exit status)"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        oom = " (the kernel's out-of-memory killer sends SIGKILL: see dmesg)" if -exitcode == signal.SIGKILL else ""
+        return f"was killed by signal {-exitcode} ({name}){oom}"
+    return f"exited with code {exitcode}"
+
+
+@dataclass
+class _Worker:
+    process: object  # multiprocessing Process
+    conn: object  # the parent's end of its pipe
+    job: int | None = None  # the index of the job handed to it
+    started: bool = False  # the worker said it took that job
+
+
+class _Pool:
+    """Worker processes handed one job at a time, longest first. A worker that dies costs only the
+    job it was running (a JobError naming the job and the exit code or signal); a new worker takes
+    the jobs still waiting."""
+
+    def __init__(self, jobs: list, order: list[int], workers: int, bars: Bars, results: list) -> None:
+        self.jobs, self.waiting, self.bars, self.results = jobs, deque(order), bars, results
+        self.ctx = mp.get_context("spawn")
+        self.live: dict[int, _Worker] = {}  # pid -> worker
+        self.workers = workers
+
+    def _start(self) -> None:
+        mine, theirs = self.ctx.Pipe()
+        process = self.ctx.Process(target=_worker, args=(theirs,), daemon=True)
+        process.start()
+        theirs.close()
+        worker = _Worker(process, mine)
+        self.live[process.pid] = worker
+        self._hand_out(worker)
+
+    def _hand_out(self, worker: _Worker) -> None:
+        worker.started = False
+        if self.waiting:
+            worker.job = self.waiting.popleft()
+            try:
+                worker.conn.send((worker.job, self.jobs[worker.job]))
+            except OSError:  # its end is closed: it died; the job never reached it and waits for the next
+                self.waiting.appendleft(worker.job)
+                worker.job = None
+        else:
+            worker.job = None
+            worker.conn.send(None)  # nothing left: it exits
+            self._retire(worker)
+
+    def _retire(self, worker: _Worker) -> None:
+        del self.live[worker.process.pid]
+        worker.process.join(timeout=30)
+        worker.conn.close()
+
+    def _receive(self, worker: _Worker) -> bool:
+        """Handle one message from the worker; False when its pipe is closed (it is dying)."""
+        try:
+            kind, payload = worker.conn.recv()
+        except (EOFError, OSError):
+            return False
+        if kind == "progress":
+            self.bars.event(worker.process.pid, *payload)
+        elif kind == "started":
+            worker.started = True
+        else:
+            i, result = payload
+            if i != worker.job:
+                raise RuntimeError(
+                    f"worker {worker.process.pid} sent the result of job {i}, it was running {worker.job}"
+                )
+            self.results[i] = result
+            self.bars.job_done()
+            self._hand_out(worker)
+        return True
+
+    def _died(self, worker: _Worker) -> None:
+        pid = worker.process.pid
+        worker.process.join(timeout=30)
+        if worker.process.is_alive():  # its pipe closed but it runs on: ours to stop
+            worker.process.kill()
+            worker.process.join()
+        del self.live[pid]
+        worker.conn.close()
+        self.bars.event(pid, "done", None)
+        if worker.job is not None:
+            job = self.jobs[worker.job]
+            when = "while running" if worker.started else "before it began (at its start-up: see its stderr)"
+            self.results[worker.job] = JobError(
+                job,
+                f"WorkerDied: worker process {pid} {death(worker.process.exitcode)} {when} {job.label}; "
+                "expected the job's result (or the exception it raised), got neither. The other jobs went on.",
+                "",
+            )
+            self.bars.job_done()
+        if self.waiting:
+            self._start()
+
+    def run(self) -> None:
+        try:
+            for _ in range(min(self.workers, len(self.waiting))):
+                self._start()
+            while self.live:
+                by_conn = {w.conn: w for w in self.live.values()}
+                by_sentinel = {w.process.sentinel: w for w in self.live.values()}
+                for ready in wait([*by_conn, *by_sentinel]):
+                    worker = by_conn.get(ready) or by_sentinel[ready]
+                    if worker.process.pid not in self.live or self.live[worker.process.pid] is not worker:
+                        continue  # retired or replaced earlier in this round
+                    if ready in by_conn:
+                        if not self._receive(worker):
+                            self._died(worker)
+                    else:  # it exited: its last messages first (a result sent just before it died counts)
+                        alive = True
+                        while alive and worker.process.pid in self.live and worker.conn.poll():
+                            alive = self._receive(worker)
+                        if worker.process.pid in self.live:
+                            self._died(worker)
+        finally:
+            for worker in list(self.live.values()):  # an error or Ctrl-C in the parent: no orphans
+                worker.process.kill()
+                worker.process.join()
+                worker.conn.close()
+            self.live.clear()
 
 
 # Running ----------------------------------------------------------------------------------------
@@ -265,25 +409,7 @@ def run_jobs(jobs: list, workers: int = 2, progress: bool | None = None) -> list
                 J.report_progress = previous
             return results
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        drain = threading.Thread(target=_drain, args=(queue, bars), daemon=True)
-        drain.start()
-        try:
-            with ProcessPoolExecutor(
-                max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(queue,)
-            ) as pool:
-                futures = {pool.submit(_execute_safely, jobs[i]): i for i in order}
-                for future in as_completed(futures):
-                    job = jobs[futures[future]]
-                    try:
-                        results[futures[future]] = future.result()
-                    except BrokenProcessPool as e:  # a worker died (killed, out of memory, crashed)
-                        results[futures[future]] = JobError(job, f"worker process died: {e}", "")
-                    bars.job_done()
-        finally:
-            queue.put(None)
-            drain.join(timeout=5)
+        _Pool(jobs, order, workers, bars, results).run()
         return results
     finally:
         bars.close()
