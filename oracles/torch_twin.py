@@ -148,9 +148,10 @@ def _to_torch(name: str, value: np.ndarray) -> torch.Tensor:
 
 
 def _to_numpy(name: str, value: torch.Tensor) -> np.ndarray:
-    """torch -> canonical numpy layout, a fresh C-contiguous array (the transpose undone for dense W)."""
+    """torch -> canonical numpy layout, a fresh C-contiguous array (the transpose undone for dense W),
+    in one copy (the divergence runs read every parameter after every step)."""
     a = value.detach().numpy()
-    return np.ascontiguousarray(a.T if name.endswith(".W") and a.ndim == 2 else a).copy()
+    return np.array(a.T if name.endswith(".W") and a.ndim == 2 else a, order="C")
 
 
 def build_optimizer(opt: OptimizerSpec, named: dict[str, nn.Parameter]) -> tuple[torch.optim.Optimizer, float | None]:

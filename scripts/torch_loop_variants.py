@@ -5,12 +5,15 @@
 The per-sample homework (mnist-sigmoid-per-sample: 784-32-32-10 sigmoid, softmax cross-entropy,
 SGD lr 0.003, batch 1, raw pixels) trained for --steps steps from the same weights over the same
 rows by each variant below. Every variant must end with parameters bit for bit equal to the torch
-twin's own train_epoch (the baseline); one that does not is reported as "DIFFERS" and is no
-candidate. CPU time per step (time.process_time), the median over --rounds interleaved rounds
-(each round runs every variant once, in turn, starting one variant further on than the round before): on a loaded machine the ratios are what count.
+twin's general train_epoch (the baseline, twin-general); one that does not is reported as "DIFFERS"
+and is no candidate. CPU time per step (time.process_time), the median over --rounds interleaved
+rounds (each round runs every variant once, in turn, starting one variant further on than the round
+before): on a loaded machine the ratios are what count.
 
 Variants (each a loop over the same rows, batch 1):
-  twin             TorchTwin.train_epoch: module calls through _forward, p.grad = None, no .item()
+  twin-general     TorchTwin.train_epoch with twin.fast = False: module calls through _forward, p.grad = None,
+                   no .item() (the twin's loop before the fast step)
+  twin             TorchTwin.train_epoch as it runs: the fast step (forward-unhooked, inside the twin)
   textbook         nn.Sequential, optimizer.zero_grad(), loss.backward(), optimizer.step(), loss.item()
   textbook-stack   the same, the losses kept as tensors (one sync at the end, not one per step)
   zero-grad-api    modules called directly, optimizer.zero_grad(set_to_none=True) instead of p.grad = None
@@ -24,6 +27,10 @@ Variants (each a loop over the same rows, batch 1):
   torch-func       torch.func.grad(functional_call) per step, then optimizer.step()
   jit-trace        torch.jit.trace of the Sequential, then the bare loop
   no-grad-mode     bare-modules inside torch.set_grad_enabled(True) per step (context cost)
+  bare-forward     bare-modules calling Module.forward (what Module.__call__ does when no hook is registered)
+  unhooked-step    bare-modules, the optimizer's step without Optimizer's profiler wrapper (record_function,
+                   the step-hook loops): type(opt).step.__wrapped__, still torch.optim's no_grad step
+  forward-unhooked both (what the twin's fast step does)
 """
 
 from __future__ import annotations
@@ -54,7 +61,8 @@ def final(twin) -> dict[str, np.ndarray]:
     return twin.get_params()
 
 
-def v_twin(twin, xc, yc):
+def v_twin(twin, xc, yc, fast=True):
+    twin.fast = fast
     twin.train_epoch(xc.numpy(), yc.numpy(), np.arange(len(xc)), 1)
 
 
@@ -203,6 +211,7 @@ def v_jit_trace(twin, xc, yc):
 
 
 VARIANTS = {
+    "twin-general": (lambda t, x, y: v_twin(t, x, y, fast=False), {}),
     "twin": (v_twin, {}),
     "textbook": (v_textbook, {}),
     "textbook-stack": (lambda t, x, y: v_textbook(t, x, y, stack=True), {}),
@@ -238,8 +247,8 @@ def main() -> None:
     xc, yc = torch.from_numpy(x[rows]), torch.from_numpy(y[rows].astype(np.int64))
     params = init_params(spec, 0)
     names = a.only or list(VARIANTS)
-    if "twin" not in names:
-        names = ["twin", *names]
+    if "twin-general" not in names:
+        names = ["twin-general", *names]
     times: dict[str, list[float]] = {n: [] for n in names}
     outs: dict[str, dict[str, np.ndarray]] = {}
     for r in range(a.rounds):
@@ -250,11 +259,12 @@ def main() -> None:
             fn(twin, xc, yc)
             times[name].append((time.process_time() - t) / a.steps)
             outs.setdefault(name, final(twin))
-    same = {n: all(np.array_equal(outs[n][k], outs["twin"][k]) for k in outs["twin"]) for n in names}
-    base = statistics.median(times["twin"])
+    base_out = outs["twin-general"]
+    same = {n: all(np.array_equal(outs[n][k], base_out[k]) for k in base_out) for n in names}
+    base = statistics.median(times["twin-general"])
     print(
         f"mnist-sigmoid-per-sample {a.dtype}, {a.steps} steps, {a.rounds} rounds, torch threads {a.threads}, "
-        f"torch {torch.__version__}; CPU us per step (median), ratio to the twin's loop"
+        f"torch {torch.__version__}; CPU us per step (median), ratio to the twin's general loop"
     )
     for name in sorted(names, key=lambda n: statistics.median(times[n])):
         m = statistics.median(times[name])
