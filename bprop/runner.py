@@ -52,26 +52,26 @@ _COSTS: dict[tuple[str, str], Cost] = {
     ("reference", "mnist-sigmoid-per-sample"): Cost(
         step_ms=(0.108, 0.0936), eval_s=(0.054, 0.052), div_ms=(0.273, 0.253)
     ),
-    ("torch", "mnist-sigmoid-per-sample"): Cost(step_ms=(0.274, 0.252), eval_s=(0.1, 0.032), div_ms=(0.94, 0.917)),
+    ("torch", "mnist-sigmoid-per-sample"): Cost(step_ms=(0.213, 0.221), eval_s=(0.14, 0.05), div_ms=(0.637, 1.14)),
     ("keras", "mnist-sigmoid-per-sample"): Cost(step_ms=(0.049, 0.0564), eval_s=(0.26, 0.081), div_ms=(2.69, 2.7)),
     ("reference", "digits-sigmoid-per-sample"): Cost(
         step_ms=(0.0564, 0.0657), eval_s=(0.001, 0.001), div_ms=(0.168, 0.16)
     ),
-    ("torch", "digits-sigmoid-per-sample"): Cost(step_ms=(0.22, 0.216), eval_s=(0.0011, 0.001), div_ms=(0.708, 0.78)),
+    ("torch", "digits-sigmoid-per-sample"): Cost(step_ms=(0.15, 0.097), eval_s=(0.0011, 0.001), div_ms=(0.305, 0.351)),
     ("keras", "digits-sigmoid-per-sample"): Cost(step_ms=(0.0655, 0.107), eval_s=(0.042, 0.03), div_ms=(2.78, 3.04)),
     # batched MLPs (batch 128, 128, 32)
     ("reference", "mnist-relu-batched"): Cost(step_ms=(1.95, 0.91), eval_s=(0.11, 0.055)),
-    ("torch", "mnist-relu-batched"): Cost(step_ms=(2.64, 1.94), eval_s=(0.16, 0.074)),
+    ("torch", "mnist-relu-batched"): Cost(step_ms=(2.66, 1.23), eval_s=(0.17, 0.07)),
     ("keras", "mnist-relu-batched"): Cost(step_ms=(2.31, 0.774), eval_s=(0.16, 0.053)),
     ("reference", "mnist-relu-batched-raw"): Cost(step_ms=(1.91, 0.878), eval_s=(0.11, 0.064)),
-    ("torch", "mnist-relu-batched-raw"): Cost(step_ms=(2.95, 1.59), eval_s=(0.15, 0.068)),
+    ("torch", "mnist-relu-batched-raw"): Cost(step_ms=(2.51, 1.95), eval_s=(0.18, 0.07)),
     ("keras", "mnist-relu-batched-raw"): Cost(step_ms=(1.82, 0.689), eval_s=(0.13, 0.053)),
     ("reference", "mnist-relu-deep"): Cost(step_ms=(0.706, 0.372), eval_s=(0.2, 0.067)),
-    ("torch", "mnist-relu-deep"): Cost(step_ms=(1.45, 1.05), eval_s=(0.17, 0.075)),
+    ("torch", "mnist-relu-deep"): Cost(step_ms=(0.933, 0.425), eval_s=(0.15, 0.08)),
     ("keras", "mnist-relu-deep"): Cost(step_ms=(0.76, 0.409), eval_s=(0.3, 0.15)),
     # the CNN (batch 64)
     ("reference", "mnist-cnn"): Cost(step_ms=(10.7, 6.73), eval_s=(1.6, 1.2)),
-    ("torch", "mnist-cnn"): Cost(step_ms=(14.2, 6.56), eval_s=(1.8, 0.94)),
+    ("torch", "mnist-cnn"): Cost(step_ms=(11.5, 6.45), eval_s=(1.76, 0.91)),
     ("keras", "mnist-cnn"): Cost(step_ms=(16.1, 4.16), eval_s=(3.4, 1.6)),
 }
 _SETUP_S = {"reference": 0.0, "torch": 3.2, "keras": 4.2}  # a process's first model: torch's import, TensorFlow's start
