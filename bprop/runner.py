@@ -201,7 +201,9 @@ class Bars:
 
         self._tqdm = tqdm
         self.enabled = enabled
-        self.total = tqdm(total=n_jobs, desc="validate", unit="job", position=0, disable=enabled is False)
+        # tqdm's disable=None: off unless stderr is a terminal (progress=None); True/False: as asked
+        self.disable = None if enabled is None else not enabled
+        self.total = tqdm(total=n_jobs, desc="validate", unit="job", position=0, disable=self.disable)
         self.slots: dict[int, object] = {}
         self.positions: dict[int, int] = {}  # pid -> the bar's line (1, 2, ...)
         self.n_slots = workers
@@ -216,7 +218,7 @@ class Bars:
                 position = next(p for p in range(1, len(taken) + 2) if p not in taken)
                 self.positions[pid] = position
                 self.slots[pid] = self._tqdm(
-                    total=total, desc=label, unit="step", position=position, leave=False, disable=self.enabled is False
+                    total=total, desc=label, unit="step", position=position, leave=False, disable=self.disable
                 )
             elif event == "advance" and pid in self.slots:
                 self.slots[pid].update(payload)

@@ -223,6 +223,18 @@ def test_tests_are_collected_heaviest_module_first_and_longest_first_inside():
     assert [i.nodeid for i in longest_first(items, {})] == [i.nodeid for i in items]
 
 
+@pytest.mark.parametrize(("progress", "shown"), [(None, False), (True, True), (False, False)])
+def test_progress_bars_only_on_a_terminal_unless_asked(progress, shown):
+    """progress=None (no --progress flag): no bars when stderr is not a terminal (pytest's capture is
+    not); the default run wrote every bar's every update into a redirected stderr before."""
+    bars = R.Bars(3, 2, progress)
+    bars.event(1, "start", ("job", 10))
+    try:
+        assert (not bars.total.disable, not bars.slots[1].disable) == (shown, shown)
+    finally:
+        bars.close()
+
+
 @dataclass(frozen=True)
 class DyingJob(J.TrainJob):
     """A job that ends its own worker process for real: SIGKILL (what the kernel's out-of-memory
