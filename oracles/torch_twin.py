@@ -72,7 +72,7 @@ Speed. train_epoch is the plain eager loop (forward, loss.backward(), optimizer.
 `threads` torch threads (default THREADS, one), each batch a view into a chunk of rows gathered once.
 Where nothing lies between the modules (no dropout, batchnorm or L2, no hook registered: every
 preset) a step takes the same ops with less Python around them (_fast_step: Module.forward in turn,
-torch.optim's step without its profiler wrapper), bit for bit the general step, 0.66-0.75x of its
+torch.optim's step without its profiler wrapper), bit for bit the general step, 0.70-0.81x of its
 CPU on the per-sample preset; `twin.fast = False` turns it off. Measured on the per-sample preset
 (2 busy cores, CPU time per step): foreach=True and fused=True within noise of the default,
 calling torch.func.grad then optimizer.step() 2x slower, torch.compile of the step 2x slower per
@@ -480,7 +480,7 @@ class TorchTwin:
         """The general step's very ops where nothing lies between the modules: each Module.forward
         called in turn (what Module.__call__ does when no hook is registered), the loss, torch's
         backward, then torch.optim's step without the profiler wrapper. Bit for bit the general
-        step (tests/test_torch_twin.py, every step); 0.66-0.75x of its CPU per step on the
+        step (tests/test_torch_twin.py, every step); 0.70-0.81x of its CPU per step on the
         per-sample preset (scripts/torch_loop_variants.py, README "Scheduling")."""
         forwards, step = parts
         h = xt
