@@ -280,7 +280,22 @@ def test_a_dead_worker_costs_only_the_job_it_ran():
     for res, job in ((killed, jobs[0]), (exited, jobs[2])):
         assert res.error.startswith("WorkerDied: worker process ")
         assert job.label in res.error and "expected the job's result" in res.error
-    assert len({r["pid"] for r in results if isinstance(r, dict)}) >= 2  # the dead ones were replaced
+
+
+def test_a_new_worker_takes_the_jobs_after_a_death():
+    """One worker (the pool's, not workers=1's in-process loop): every death needs a new worker, so
+    the jobs after each death run in another process, and the dead job's error names its pid."""
+    jobs = [
+        DyingJob(*quick(0).__dict__.values()),
+        quick(1),
+        DyingJob(*quick(2).__dict__.values(), how="exit"),
+        quick(3),
+    ]
+    results = [None] * 4
+    R._Pool(jobs, [0, 1, 2, 3], 1, R.Bars(4, 1, False), results).run()
+    assert [type(r).__name__ for r in results] == ["JobError", "dict", "JobError", "dict"], results
+    assert results[1]["pid"] != results[3]["pid"]  # the worker of job 1 died in job 2
+    assert f"worker process {results[1]['pid']} exited with code 3" in results[2].error
 
 
 def test_the_report_names_the_job_whose_worker_died(monkeypatch, tmp_path):
