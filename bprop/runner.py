@@ -290,6 +290,7 @@ class _Pool:
         self.jobs, self.waiting, self.bars, self.results = jobs, deque(order), bars, results
         self.ctx = mp.get_context("spawn")
         self.live: dict[int, _Worker] = {}  # pid -> worker
+        self.retired: list[_Worker] = []  # sent None: exiting
         self.workers = workers
 
     def _start(self) -> None:
@@ -316,9 +317,9 @@ class _Pool:
             self._retire(worker)
 
     def _retire(self, worker: _Worker) -> None:
+        """Told to exit: joined at the end, so a slow interpreter shutdown (torch, TensorFlow) holds up nothing."""
         del self.live[worker.process.pid]
-        worker.process.join(timeout=30)
-        worker.conn.close()
+        self.retired.append(worker)
 
     def _receive(self, worker: _Worker) -> bool:
         """Handle one message from the worker; False when its pipe is closed (it is dying)."""
@@ -384,9 +385,12 @@ class _Pool:
                         if worker.process.pid in self.live:
                             self._died(worker)
         finally:
-            for worker in list(self.live.values()):  # an error or Ctrl-C in the parent: no orphans
-                worker.process.kill()
-                worker.process.join()
+            for worker in self.retired:
+                worker.process.join(timeout=30)
+            for worker in [*self.live.values(), *self.retired]:  # an error or Ctrl-C in the parent: no orphans
+                if worker.process.is_alive():
+                    worker.process.kill()
+                    worker.process.join()
                 worker.conn.close()
             self.live.clear()
 
