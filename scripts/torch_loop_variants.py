@@ -1,6 +1,7 @@
 """Which per-sample training loop is fastest in torch while still using torch's autograd and torch.optim?
 
     python scripts/torch_loop_variants.py [--steps 2000] [--rounds 5] [--dtype float64] [--threads 1]
+    python scripts/torch_loop_variants.py --job-limit 10000 --rounds 7 --dtype float32   # a whole job
 
 The per-sample homework (mnist-sigmoid-per-sample: 784-32-32-10 sigmoid, softmax cross-entropy,
 SGD lr 0.003, batch 1, raw pixels) trained for --steps steps from the same weights over the same
@@ -232,6 +233,41 @@ VARIANTS = {
 }
 
 
+def jobs_ab(rounds: int, limit: int, dtype: str) -> None:
+    """A whole TrainJob (bprop.jobs.run_train, in a process set up as a validate worker) with the fast
+    step and with twin.fast = False, alternating; CPU medians; the two records must be identical."""
+    import oracles.torch_twin as T
+
+    J.mark_worker_process()
+    J.keep_freed_memory()
+    init, fast = T.TorchTwin.__init__, {"on": True}
+
+    def built(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.fast = fast["on"]
+
+    T.TorchTwin.__init__ = built
+    job = J.TrainJob("mnist-sigmoid-per-sample", dtype, 0, "torch", 1, limit=limit)
+    cpu: dict[str, list[float]] = {"general": [], "fast": []}
+    last = {}
+    with J.single_threaded():
+        J.run_train(J.TrainJob("mnist-sigmoid-per-sample", dtype, 0, "torch", 1, limit=200))  # data, import
+        for r in range(rounds):
+            for mode in ("general", "fast") if r % 2 == 0 else ("fast", "general"):
+                fast["on"] = mode == "fast"
+                last[mode] = J.run_train(job)
+                cpu[mode].append(last[mode]["cpu_s"])
+    T.TorchTwin.__init__ = init
+    a, b = last["fast"], last["general"]
+    same = all(np.array_equal(a["params"][-1][k], b["params"][-1][k]) for k in b["params"][-1])
+    same = same and (a["train_loss_chunks"], a["test_loss"]) == (b["train_loss_chunks"], b["test_loss"])
+    g, f = statistics.median(cpu["general"]), statistics.median(cpu["fast"])
+    print(
+        f"{dtype}: run_train torch, {limit} steps + 2 evaluations, {rounds} rounds: general {g:.2f} s, "
+        f"fast {f:.2f} s CPU (median), {f / g:.2f}x, records {'identical' if same else 'DIFFER'}"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=2000)
@@ -239,8 +275,11 @@ def main() -> None:
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", action="append", choices=sorted(VARIANTS))
+    p.add_argument("--job-limit", type=int, help="instead: a whole TrainJob of this many rows, fast vs general")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.job_limit:
+        return jobs_ab(a.rounds, a.job_limit, a.dtype)
     spec = preset("mnist-sigmoid-per-sample", dtype=a.dtype)
     x, y, _, _ = J.load_data(spec)
     rows = np.random.default_rng(0).permutation(len(x))[: a.steps]
