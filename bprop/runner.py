@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import traceback
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -279,6 +280,7 @@ class _Worker:
     conn: object  # the parent's end of its pipe
     job: int | None = None  # the index of the job handed to it
     started: bool = False  # the worker said it took that job
+    gone_early: bool = False  # dead before it was told to exit (after its last result)
 
 
 class _Pool:
@@ -313,7 +315,10 @@ class _Pool:
                 worker.job = None
         else:
             worker.job = None
-            worker.conn.send(None)  # nothing left: it exits
+            try:
+                worker.conn.send(None)  # nothing left: it exits
+            except OSError:  # it is gone already, its results all in: run() warns how it ended
+                worker.gone_early = True
             self._retire(worker)
 
     def _retire(self, worker: _Worker) -> None:
@@ -385,9 +390,20 @@ class _Pool:
                         if worker.process.pid in self.live:
                             self._died(worker)
         finally:
-            for worker in self.retired:
+            for worker in self.retired:  # told to exit: how each ended, said when it was not cleanly
+                pid = worker.process.pid
                 worker.process.join(timeout=30)
-            for worker in [*self.live.values(), *self.retired]:  # an error or Ctrl-C in the parent: no orphans
+                if worker.process.is_alive():
+                    worker.process.kill()
+                    worker.process.join()
+                    warnings.warn(
+                        f"worker process {pid} did not exit within 30 s of being told to: killed", stacklevel=2
+                    )
+                elif worker.gone_early or worker.process.exitcode != 0:
+                    how = death(worker.process.exitcode)
+                    warnings.warn(f"worker process {pid} {how} after its last job (no job lost)", stacklevel=2)
+                worker.conn.close()
+            for worker in self.live.values():  # an error or Ctrl-C in the parent: no orphans
                 if worker.process.is_alive():
                     worker.process.kill()
                     worker.process.join()

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -250,6 +251,22 @@ class DyingJob(J.TrainJob):
         if self.how == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
         os._exit(3)
+
+
+@dataclass(frozen=True)
+class DiesAfterItsResult(J.TrainJob):
+    """Returns at once, but leaves a timer that SIGKILLs its worker 0.3 s later: while the worker idles
+    or exits (Process._bootstrap joins the timer's thread at exit), after the result was sent."""
+
+    def run(self):
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        return {"pid": os.getpid(), "job": self.__dict__}
+
+
+def test_a_worker_dying_after_its_last_result_is_said_and_costs_nothing():
+    with pytest.warns(UserWarning, match=r"worker process \d+ was killed by signal 9 \(SIGKILL\).* after its last job"):
+        results = R.run_jobs([DiesAfterItsResult(*quick(7).__dict__.values())], workers=2, progress=False)
+    assert results[0]["job"]["seed"] == 7
 
 
 def quick(seed: int) -> J.TrainJob:
