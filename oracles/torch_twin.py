@@ -481,7 +481,7 @@ class TorchTwin:
         called in turn (what Module.__call__ does when no hook is registered), the loss, torch's
         backward, then torch.optim's step without the profiler wrapper. Bit for bit the general
         step (tests/test_torch_twin.py, every step); 0.70-0.81x of its CPU per step on the
-        per-sample preset (scripts/torch_loop_variants.py, README "Scheduling")."""
+        per-sample preset (scripts/torch_loop_variants.py, README "The torch twin's fast step")."""
         forwards, step = parts
         h = xt
         for forward in forwards:
