@@ -69,7 +69,11 @@ What torch expresses exactly, and what it cannot (NotImplementedError says which
   sqrt(s + eps), torch outside, sqrt(s) + eps: NotImplementedError.
 
 Speed. train_epoch is the plain eager loop (forward, loss.backward(), optimizer.step()) on
-`threads` torch threads (default THREADS, one), each batch a view into a chunk of rows gathered once. Measured on the per-sample preset
+`threads` torch threads (default THREADS, one), each batch a view into a chunk of rows gathered once.
+Where nothing lies between the modules (no dropout, batchnorm or L2, no hook registered: every
+preset) a step takes the same ops with less Python around them (_fast_step: Module.forward in turn,
+torch.optim's step without its profiler wrapper), bit for bit the general step, 0.70-0.81x of its
+CPU on the per-sample preset; `twin.fast = False` turns it off. Measured on the per-sample preset
 (2 busy cores, CPU time per step): foreach=True and fused=True within noise of the default,
 calling torch.func.grad then optimizer.step() 2x slower, torch.compile of the step 2x slower per
 step after an 87 s compile; torch's per-op dispatch (about 35 ops a step) is the floor.
@@ -144,9 +148,10 @@ def _to_torch(name: str, value: np.ndarray) -> torch.Tensor:
 
 
 def _to_numpy(name: str, value: torch.Tensor) -> np.ndarray:
-    """torch -> canonical numpy layout, a fresh C-contiguous array (the transpose undone for dense W)."""
+    """torch -> canonical numpy layout, a fresh C-contiguous array (the transpose undone for dense W),
+    in one copy (the divergence runs read every parameter after every step)."""
     a = value.detach().numpy()
-    return np.ascontiguousarray(a.T if name.endswith(".W") and a.ndim == 2 else a).copy()
+    return np.array(a.T if name.endswith(".W") and a.ndim == 2 else a, order="C")
 
 
 def build_optimizer(opt: OptimizerSpec, named: dict[str, nn.Parameter]) -> tuple[torch.optim.Optimizer, float | None]:
@@ -215,6 +220,7 @@ class TorchTwin:
         self.params = list(self.named.values())
         self.optimizer, self._keras_adam_eps = build_optimizer(spec.optimizer, self.named)
         self.steps_taken = 0
+        self.fast = True  # False: every step through the general _train_step (the fast step's yardstick)
 
     # Building -----------------------------------------------------------------------------------
 
@@ -435,26 +441,62 @@ class TorchTwin:
 
     # Training ---------------------------------------------------------------------------------
 
-    def _optimizer_step(self) -> None:
-        """torch.optim's step; keras-convention Adam first gets this step's eps (module docstring)."""
+    def _optimizer_step(self, step: Callable[[], object] | None = None) -> None:
+        """torch.optim's step (`step`: the same step without its profiler wrapper, see _fast_step);
+        keras-convention Adam first gets this step's eps (module docstring)."""
         self.steps_taken += 1
         if self._keras_adam_eps is not None:
             eps_t = self._keras_adam_eps / math.sqrt(1 - self.spec.optimizer.beta2**self.steps_taken)
             for group in self.optimizer.param_groups:
                 group["eps"] = eps_t
-        self.optimizer.step()
+        (step or self.optimizer.step)()
         for p in self.params:  # optimizer.zero_grad(set_to_none=True), without its profiler hooks
             p.grad = None
 
     def _train_step(self, xt: torch.Tensor, yt: torch.Tensor, masks=None) -> torch.Tensor:
+        """The general step: every layer through _forward (masks, batchnorm modes), the loss with L2."""
         loss = self._loss(self._forward(xt, True, masks)[-1], yt)
         loss.backward()
         self._optimizer_step()
         return loss.detach()
 
+    def _fast_step_parts(self) -> tuple[list[Callable], Callable[[], object]] | None:
+        """(each module's forward, the optimizer's step) for _fast_step, or None where the general step
+        must run: self.fast off, a dropout (its mask), a batchnorm (its mode and statistics), an L2
+        term, or a hook registered on a module, on nn.Module globally or on the optimizer (the fast
+        step would skip it). Checked once per train_epoch or step() call, not per step."""
+        if not self.fast or self.dropouts or self.batchnorms or self.spec.l2:
+            return None
+        if _module_hooks() or any(_module_hooks(m) for m in self.modules) or _optimizer_hooks(self.optimizer):
+            return None
+        step = type(self.optimizer).step
+        # Optimizer._patch_step_function wraps the class's step once in profile_hook_step (a
+        # record_function around it and the step-hook loops); functools.wraps keeps the step it
+        # wrapped, still inside torch.optim's own no_grad wrapper (_use_grad_for_differentiable).
+        inner = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
+        return [m.forward for m in self.modules], (inner.__get__(self.optimizer) if inner else self.optimizer.step)
+
+    def _fast_step(self, xt: torch.Tensor, yt: torch.Tensor, parts) -> torch.Tensor:
+        """The general step's very ops where nothing lies between the modules: each Module.forward
+        called in turn (what Module.__call__ does when no hook is registered), the loss, torch's
+        backward, then torch.optim's step without the profiler wrapper. Bit for bit the general
+        step (tests/test_torch_twin.py, every step); 0.70-0.81x of its CPU per step on the
+        per-sample preset (scripts/torch_loop_variants.py, README "The torch twin's fast step")."""
+        forwards, step = parts
+        h = xt
+        for forward in forwards:
+            h = forward(h)
+        loss = self.loss_fn(h, yt)
+        loss.backward()
+        self._optimizer_step(step)
+        return loss.detach()
+
     def step(self, x: np.ndarray, y: np.ndarray, masks=None) -> float:
         xt, yt = self._inputs(x, y, "step")
+        parts = self._fast_step_parts() if masks is None else None
         with torch.enable_grad():
+            if parts is not None:
+                return float(self._fast_step(xt, yt, parts))
             return float(self._train_step(xt, yt, masks))
 
     def train_epoch(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int, on_step: OnStep = None):
@@ -463,6 +505,7 @@ class TorchTwin:
         xt, yt = self._inputs(x, y, "train_epoch")  # checked once, shared memory, no copy
         order_t = torch.from_numpy(order.astype(np.int64, copy=False))
         losses = []
+        parts = self._fast_step_parts()
         with torch_threads(self.threads), torch.enable_grad():
             # Chunks of whole batches gathered once: each step then takes a view, not a gather.
             chunk = batch_size * max(1, 4096 // batch_size)
@@ -470,7 +513,8 @@ class TorchTwin:
                 idx = order_t[start : start + chunk]
                 xc, yc = xt.index_select(0, idx), yt.index_select(0, idx)
                 for b in range(0, len(idx), batch_size):
-                    loss = self._train_step(xc[b : b + batch_size], yc[b : b + batch_size])
+                    xb, yb = xc[b : b + batch_size], yc[b : b + batch_size]
+                    loss = self._train_step(xb, yb) if parts is None else self._fast_step(xb, yb, parts)
                     losses.append(loss)
                     if on_step is not None:
                         on_step(len(losses) - 1, float(loss))
@@ -487,6 +531,25 @@ class TorchTwin:
         with torch.no_grad():
             classification = self.spec.loss in CLASSIFICATION
             return evaluate_chunks(predict, xt, yt, self.spec.reduction, classification, batch_size)
+
+
+def _module_hooks(module: nn.Module | None = None) -> bool:
+    """Whether a hook is registered on `module`, or (None) on every nn.Module: Module._call_impl's test."""
+    from torch.nn.modules import module as m
+
+    if module is None:
+        hooks = (m._global_backward_pre_hooks, m._global_backward_hooks, m._global_forward_hooks)
+        return any(hooks) or bool(m._global_forward_pre_hooks)
+    hooks = module._backward_hooks or module._backward_pre_hooks or module._forward_hooks or module._forward_pre_hooks
+    return bool(hooks) or getattr(module, "_compiled_call_impl", None) is not None  # Module.compile()'d
+
+
+def _optimizer_hooks(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a step hook is registered on `optimizer` or on every optimizer."""
+    from torch.optim import optimizer as o
+
+    local = optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+    return bool(local or o._global_optimizer_pre_hooks or o._global_optimizer_post_hooks)
 
 
 def _reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -1,11 +1,17 @@
 """bprop.runner's schedule: a measured cost for every job the validation runs, longest first, the
-schedule reported; bprop.jobs' evaluation chunks and glibc setting, which change no result."""
+schedule reported; bprop.jobs' evaluation chunks and glibc setting, which change no result; a worker
+that dies (killed by a signal, or exiting) costs only the job it ran, and the report names it."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +19,7 @@ import pytest
 
 from bprop import jobs as J
 from bprop import runner as R
+from bprop import validate as V
 from bprop.validate import Options, build_jobs
 from oracles.compare import tolerance
 from reference.network import init_params
@@ -215,3 +222,130 @@ def test_tests_are_collected_heaviest_module_first_and_longest_first_inside():
     order = [i.nodeid for i in longest_first(items, seconds)]
     assert order == ["c.py::t3", "c.py::t1", "c.py::t2", "b.py::t1", "b.py::t2", "a.py::t2", "a.py::t1"]
     assert [i.nodeid for i in longest_first(items, {})] == [i.nodeid for i in items]
+
+
+@pytest.mark.parametrize(("progress", "shown"), [(None, False), (True, True), (False, False)])
+def test_progress_bars_only_on_a_terminal_unless_asked(progress, shown):
+    """progress=None (no --progress flag): no bars when stderr is not a terminal (pytest's capture is
+    not); the default run wrote every bar's every update into a redirected stderr before."""
+    bars = R.Bars(3, 2, progress)
+    bars.event(1, "start", ("job", 10))
+    try:
+        assert (not bars.total.disable, not bars.slots[1].disable) == (shown, shown)
+    finally:
+        bars.close()
+
+
+@dataclass(frozen=True)
+class DyingJob(J.TrainJob):
+    """A job that ends its own worker process for real: SIGKILL (what the kernel's out-of-memory
+    killer sends) or os._exit(3). Imported by the spawned worker from this module."""
+
+    how: str = "sigkill"
+
+    @property
+    def label(self) -> str:
+        return f"{J.TrainJob.label.fget(self)} (dies by {self.how})"
+
+    def run(self):
+        if self.how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(3)
+
+
+@dataclass(frozen=True)
+class DiesAfterItsResult(J.TrainJob):
+    """Returns at once, but leaves a timer that SIGKILLs its worker 0.3 s later: while the worker idles
+    or exits (Process._bootstrap joins the timer's thread at exit), after the result was sent."""
+
+    def run(self):
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        return {"pid": os.getpid(), "job": self.__dict__}
+
+
+def test_a_worker_dying_after_its_last_result_is_said_and_costs_nothing():
+    with pytest.warns(UserWarning, match=r"worker process \d+ was killed by signal 9 \(SIGKILL\).* after its last job"):
+        results = R.run_jobs([DiesAfterItsResult(*quick(7).__dict__.values())], workers=2, progress=False)
+    assert results[0]["job"]["seed"] == 7
+
+
+def quick(seed: int) -> J.TrainJob:
+    return J.TrainJob("digits-sigmoid-per-sample", "float64", seed, "reference", 1, limit=40)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_a_dead_worker_costs_only_the_job_it_ran():
+    """Two of six jobs kill their worker (a signal, an exit code) while four are still waiting: those
+    four get their real results from the survivor and new workers; each dead job's error names the
+    job, how its worker ended and what was expected."""
+    jobs = [
+        DyingJob(*quick(0).__dict__.values(), how="sigkill"),
+        quick(1),
+        DyingJob(*quick(2).__dict__.values(), how="exit"),
+    ]
+    jobs += [quick(3), quick(4), quick(5)]
+    assert R.longest_first(jobs) == list(range(6))  # the same estimate: handed out in this order
+    results = R.run_jobs(jobs, workers=2, progress=False)
+    for i in (1, 3, 4, 5):
+        assert isinstance(results[i], dict), f"{jobs[i].label}: {results[i]}"
+        assert results[i]["job"]["seed"] == i and len(results[i]["test_accuracy"]) == 1
+    killed, exited = results[0], results[2]
+    assert isinstance(killed, R.JobError) and isinstance(exited, R.JobError)
+    assert killed.job == jobs[0] and exited.job == jobs[2]
+    assert "was killed by signal 9 (SIGKILL) (the kernel's out-of-memory killer" in killed.error
+    assert "exited with code 3 while running" in exited.error
+    for res, job in ((killed, jobs[0]), (exited, jobs[2])):
+        assert res.error.startswith("WorkerDied: worker process ")
+        assert job.label in res.error and "expected the job's result" in res.error
+
+
+def test_a_new_worker_takes_the_jobs_after_a_death():
+    """One worker (the pool's, not workers=1's in-process loop): every death needs a new worker, so
+    the jobs after each death run in another process, and the dead job's error names its pid."""
+    jobs = [
+        DyingJob(*quick(0).__dict__.values()),
+        quick(1),
+        DyingJob(*quick(2).__dict__.values(), how="exit"),
+        quick(3),
+    ]
+    results = [None] * 4
+    R._Pool(jobs, [0, 1, 2, 3], 1, R.Bars(4, 1, False), results).run()
+    assert [type(r).__name__ for r in results] == ["JobError", "dict", "JobError", "dict"], results
+    assert results[1]["pid"] != results[3]["pid"]  # the worker of job 1 died in job 2
+    assert f"worker process {results[1]['pid']} exited with code 3" in results[2].error
+
+
+def test_the_report_names_the_job_whose_worker_died(monkeypatch, tmp_path):
+    """`bprop validate` with the torch job's worker killed (SIGKILL): the other jobs' results are
+    judged and written, the verdict fails on "every framework ran" naming the job and the signal,
+    and results.json's meta.errors carries it."""
+    built = V.build_jobs
+
+    def with_a_dying_torch_job(options):
+        train, div = built(options)
+        return [DyingJob(*j.__dict__.values()) if j.framework == "torch" else j for j in train], div
+
+    monkeypatch.setattr(V, "build_jobs", with_a_dying_torch_job)
+    options = Options(
+        presets=["digits-sigmoid-per-sample"],
+        dtypes=["float64"],
+        frameworks=("torch",),
+        epochs=1,
+        limit=60,
+        divergence_steps=0,
+        plots=False,
+        progress=False,
+        out=tmp_path,
+    )
+    out = []
+    assert V.run(options, stdout=SimpleNamespace(write=out.append, flush=lambda: None)) == 1
+    results = json.loads((tmp_path / "results.json").read_text())
+    label = "digits-sigmoid-per-sample float64 seed 0 torch (dies by sigkill)"
+    assert [e["job"] for e in results["meta"]["errors"]] == [label]
+    assert "was killed by signal 9 (SIGKILL)" in results["meta"]["errors"][0]["error"]
+    failures = results["acceptance"]["failures"]
+    assert any("every framework ran" in f and label in f and "signal 9" in f for f in failures), failures
+    entry = results["presets"]["digits-sigmoid-per-sample"]["float64"]
+    assert len(entry["reference"]["test_accuracy"]) == 1 and entry["reference"]["error"] is None, entry["reference"]
+    assert len(entry["nudged"]["test_accuracy"]) == 1 and label in entry["torch"]["error"]
+    assert label in (tmp_path / "report.md").read_text()

@@ -11,6 +11,8 @@ batchnorm, the epoch loop, trajectories) is tested in tests/test_parity.py, with
     threads: the twin's own count while it trains, the caller's restored after
     the defaults the twin reads from the reference are torch's own
     errors only the torch twin raises (masks for layers that are not dropout layers, order bounds)
+    the fast step is the general step bit for bit (every step of three presets, every optimiser);
+    where it must not run (dropout, batchnorm, L2, a registered hook) the general step does
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cases import DTYPES, LAYER_CASES, OPTIMIZER_CASES, make_batch  # noqa: E402
-from helpers import reference_state  # noqa: E402
+from helpers import mnist_for, reference_state  # noqa: E402
 
 from oracles.compare import compare, compare_params, rel_error  # noqa: E402
 from oracles.torch_twin import TorchTwin  # noqa: E402
@@ -199,3 +201,101 @@ def test_a_mask_for_a_layer_that_is_not_dropout_is_an_error():
     x, y = make_batch(spec, 7)
     with pytest.raises(ShapeError, match="dropout layers"):
         twin.trace(x, y, masks={"tanh_1": np.ones((7, 5))})
+
+
+# The fast step (TorchTwin._fast_step) against the general one (twin.fast = False) ----------------
+
+
+def every_step(twin: TorchTwin, x, y, order, batch_size: int, steps: int) -> list:
+    """(loss, parameters) after each step: train_epoch over all but the last `steps` batches of
+    order, then step() over those (the divergence runs' call)."""
+    seen = []
+    head = len(order) - steps * batch_size
+    twin.train_epoch(x, y, order[:head], batch_size, on_step=lambda i, loss: seen.append((loss, twin.get_params())))
+    for b in range(head, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        seen.append((twin.step(x[idx], y[idx]), twin.get_params()))
+    return seen
+
+
+def assert_fast_is_general_bit_for_bit(spec, x, y, order, batch_size: int, steps: int = 5) -> None:
+    params = init_params(spec, 0)
+    fast, general = TorchTwin(spec, params), TorchTwin(spec, params)
+    general.fast = False
+    assert fast._fast_step_parts() is not None and general._fast_step_parts() is None
+    mine, theirs = every_step(fast, x, y, order, batch_size, steps), every_step(general, x, y, order, batch_size, steps)
+    assert len(mine) == len(theirs) == -(-len(order) // batch_size)
+    for i, ((loss_f, p_f), (loss_g, p_g)) in enumerate(zip(mine, theirs)):
+        assert loss_f == loss_g, f"step {i}: loss, fast {loss_f!r} vs general {loss_g!r}"
+        for k in p_g:
+            same = np.array_equal(p_f[k], p_g[k])
+            assert same, f"step {i}: {k}, max |fast - general| {np.abs(p_f[k] - p_g[k]).max()}"
+    n = len(order)
+    epoch_f, epoch_g = TorchTwin(spec, params), TorchTwin(spec, params)
+    epoch_g.fast = False
+    assert epoch_f.train_epoch(x, y, order, batch_size) == epoch_g.train_epoch(x, y, order, batch_size), n
+    assert all(np.array_equal(a, b) for a, b in zip(epoch_f.get_params().values(), epoch_g.get_params().values()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("name", "steps"), [("mnist-sigmoid-per-sample", 300), ("mnist-relu-deep", 40), ("mnist-cnn", 12)]
+)
+def test_fast_step_is_the_general_step_bit_for_bit_on_a_preset(mnist, name, steps, dtype):
+    """Every step's loss and every parameter after it, over the first `steps` batches of real MNIST
+    in the preset's order; then whole epochs without on_step (the jobs' call)."""
+    from reference.spec import preset
+
+    spec = preset(name, dtype=dtype)
+    x, y, order = mnist_for(mnist, spec, steps * spec.batch_size)
+    if spec.input_shape is not None:
+        x = x.reshape(-1, *spec.input_shape)
+    assert_fast_is_general_bit_for_bit(spec, x, y, order, spec.batch_size)
+
+
+def torch_builds(opt: str) -> bool:
+    spec = LAYER_CASES["tanh"].replace(optimizer=OPTIMIZER_CASES[opt])
+    try:
+        TorchTwin(spec, init_params(spec, 0))
+    except NotImplementedError:  # no torch.optim form; the twin says why (tests/test_parity.py)
+        return False
+    return True
+
+
+@pytest.mark.parametrize("opt", [opt for opt in sorted(OPTIMIZER_CASES) if torch_builds(opt)])
+def test_fast_step_is_the_general_step_bit_for_bit_with_every_optimizer(opt):
+    """torch.optim's step without its profiler wrapper is the same step for every optimiser the twin
+    builds (keras-convention Adam's per-step eps included); 7 batches of 5 and a short one."""
+    spec = LAYER_CASES["tanh"].replace(optimizer=OPTIMIZER_CASES[opt], dtype="float64")
+    x, y = make_batch(spec, 38)
+    assert_fast_is_general_bit_for_bit(spec, x, y, np.random.default_rng(1).permutation(38), 5, steps=3)
+
+
+@pytest.mark.parametrize("case", ["dropout", "batchnorm_torch", "l2"])
+def test_the_general_step_runs_where_the_fast_one_would_skip_something(case):
+    """A dropout's mask, a batchnorm's mode and statistics, an L2 term: only the general step."""
+    _, twin = built(LAYER_CASES[case])
+    assert twin._fast_step_parts() is None
+
+
+def test_a_hook_turns_the_fast_step_off_and_is_run():
+    """The fast step skips Module.__call__ and the optimizer's step wrapper, so a registered hook
+    (on a module, every module, or the optimizer) sends the steps through the general path."""
+    spec = LAYER_CASES["tanh"]
+    _, twin = built(spec)
+    x, y = make_batch(spec, 10)
+    calls = []
+    for register in (
+        lambda: twin.modules[1].register_forward_hook(lambda *a: calls.append("module")),
+        lambda: torch.nn.modules.module.register_module_forward_hook(lambda *a: calls.append("global")),
+        lambda: twin.optimizer.register_step_post_hook(lambda *a: calls.append("optimizer")),
+    ):
+        handle = register()
+        try:
+            assert twin._fast_step_parts() is None
+            twin.train_epoch(x, y, np.arange(10), 5)
+            twin.step(x[:5], y[:5])
+        finally:
+            handle.remove()
+        assert twin._fast_step_parts() is not None
+    assert calls == ["module"] * 3 + ["global"] * (3 * len(twin.modules)) + ["optimizer"] * 3
