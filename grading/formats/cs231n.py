@@ -713,7 +713,7 @@ def _plan_pool(p: _Plan, kind, dtype, rng):
         ),
     ]
     if s < ph or s < pw:  # overlapping windows: an element can be the maximum of several
-        first = cache[1]  # the reference's argmax offset u * PW + v per window
+        first = np.argmax(np.stack(cache[1]), axis=0)  # per window, the offset u * PW + v of its first maximum
         over = np.zeros_like(x)
         n_idx, c_idx = np.meshgrid(range(xshape[0]), range(xshape[1]), indexing="ij")
         for oi in range(g.shape[2]):
