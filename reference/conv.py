@@ -101,11 +101,6 @@ def _orders(strides: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]
     return order, tuple(order.index(k) for k in range(len(strides)))
 
 
-def _copy_into(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
-    np.copyto(dst, src)
-    return dst
-
-
 def pad_images(x: np.ndarray, padding: Pair, work: Workspace | None = None) -> np.ndarray:
     """Zero padding of (ph, pw) on both sides of H and W."""
     ph, pw = padding
@@ -413,7 +408,8 @@ def maxpool2d_backward(
         dx = work.empty("dx", x_shape, g.dtype) if like is None else work.empty_like("dx", like, g.dtype)
     (OH, OW), tiles = g.shape[2:], (sh, sw) == (PH, PW)
     if _axis_order(g) != _axis_order(chosen[0]):  # one copy of g now, not PH PW mismatched passes below
-        g = _copy_into(empty_like(work, "g", chosen[0], g.dtype), g)
+        g_in, g = g, empty_like(work, "g", chosen[0], g.dtype)
+        np.copyto(g, g_in)
     if tiles:
         dx[:, :, OH * PH :], dx[:, :, :, OW * PW :] = 0, 0  # beyond the last window (H = 11, pool 2)
     else:
