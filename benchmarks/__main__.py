@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in ratios.items():
             if "forward_backward" not in name:
                 print(f"{dtype}  {name}: {value:.2f}  [{machine}]")
-    print("\ntargets (wall-clock medians; process CPU time in brackets):")
+    print(
+        "\ntargets (the median of the rounds' paired ratios, wall clock; their range and the CPU-time median in brackets):"
+    )
     for verdict in doc["targets"]:
         print(verdict_line(verdict))
     print(f"\nwritten: {args.out}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -259,27 +260,39 @@ def is_same_shape(kernel: Pair, stride: Pair, padding: Pair) -> bool:
     return tuple(stride) == (1, 1) and all(k == 2 * p + 1 for k, p in zip(kernel, padding))
 
 
-def _outside(rows: np.ndarray, u: int, v: int, kernel: Pair) -> tuple[tuple[slice, ...], ...]:
-    """The index expressions of rows (C, N, H, W) whose window element (u, v) falls in the padding."""
-    (KH, KW), (_, _, H, W) = kernel, rows.shape
-    du, dv = u - (KH - 1) // 2, v - (KW - 1) // 2  # the offset from the window's centre
-    where = []
-    if du:  # rows i with i + du outside 0..H-1
-        where.append((slice(None), slice(None), slice(0, -du) if du < 0 else slice(H - du, H)))
-    if dv:  # columns j with j + dv outside 0..W-1
-        where.append((slice(None), slice(None), slice(None), slice(0, -dv) if dv < 0 else slice(W - dv, W)))
-    return tuple(where)
+class SameOffset(NamedTuple):
+    """What one kernel offset (u, v) of a same-size conv does to the rows of cols (see above)."""
+
+    u: int
+    v: int
+    shift: int  # s = (u - ph) W + (v - pw): how far on in the flattened (n, h, w) order the element lies
+    lo: int  # positions lo..hi-1 of a row of P = N H W whose shifted element is still inside the row
+    hi: int
+    outside: tuple[tuple[slice, ...], ...]  # the entries (on the (C, N, H, W) view) that fall in the padding
 
 
-def _shift(u: int, v: int, kernel: Pair, W: int) -> int:
-    """How far on, in the flattened (n, h, w) order, window element (u, v) lies from the window's centre."""
-    return (u - (kernel[0] - 1) // 2) * W + (v - (kernel[1] - 1) // 2)
+@functools.lru_cache(maxsize=64)
+def same_plan(kernel: Pair, N: int, H: int, W: int) -> tuple[SameOffset, ...]:
+    """Every kernel offset's shift, inside range and padding entries, in im2col's (u, v) order.
 
-
-def _inside(s: int, P: int) -> tuple[int, int]:
-    """The positions lo..hi-1 of a row of P whose element shifted by s is still inside the row."""
-    lo = min(max(0, -s), P)
-    return lo, max(lo, P - max(0, s))
+    Worked out once per geometry (a training run has two or three): the slices depend on the shapes
+    only, and im2col_same / col2im_same run every step.
+    """
+    (KH, KW), P = kernel, N * H * W
+    plan = []
+    for u in range(KH):
+        for v in range(KW):
+            du, dv = u - (KH - 1) // 2, v - (KW - 1) // 2  # the offset from the window's centre
+            s = du * W + dv
+            lo = min(max(0, -s), P)
+            hi = max(lo, P - max(0, s))
+            outside = []
+            if du:  # rows i with i + du outside 0..H-1
+                outside.append((slice(None), slice(None), slice(0, -du) if du < 0 else slice(H - du, H)))
+            if dv:  # columns j with j + dv outside 0..W-1
+                outside.append((slice(None), slice(None), slice(None), slice(0, -dv) if dv < 0 else slice(W - dv, W)))
+            plan.append(SameOffset(u, v, s, lo, hi, tuple(outside)))
+    return tuple(plan)
 
 
 def im2col_same(x: np.ndarray, kernel: Pair, work: Workspace | None = None) -> np.ndarray:
@@ -288,14 +301,13 @@ def im2col_same(x: np.ndarray, kernel: Pair, work: Workspace | None = None) -> n
     P = N * H * W
     flat = x.transpose(1, 0, 2, 3).reshape(C, P)  # a copy only when x is not laid out (C, N, H, W)
     cols = empty(work, "cols", (KH, KW, C, P), x.dtype)
-    for u in range(KH):
-        for v in range(KW):
-            s, row = _shift(u, v, kernel, W), cols[u, v]
-            lo, hi = _inside(s, P)
-            row[:, :lo], row[:, hi:] = 0, 0
-            row[:, lo:hi] = flat[:, lo + s : hi + s]
-            for where in _outside(row.reshape(C, N, H, W), u, v, kernel):
-                row.reshape(C, N, H, W)[where] = 0
+    for k in same_plan((KH, KW), N, H, W):
+        row = cols[k.u, k.v]
+        row[:, : k.lo], row[:, k.hi :] = 0, 0
+        row[:, k.lo : k.hi] = flat[:, k.lo + k.shift : k.hi + k.shift]
+        images = row.reshape(C, N, H, W)
+        for where in k.outside:
+            images[where] = 0
     return cols.reshape(KH * KW * C, P)
 
 
@@ -306,13 +318,12 @@ def col2im_same(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, work
     d = d_cols.reshape(KH, KW, C, P)
     dx = empty(work, "dx", (C, P), d_cols.dtype)  # (C, N H W): every add runs along a whole channel
     dx[...] = 0
-    for u in range(KH):
-        for v in range(KW):
-            s, row = _shift(u, v, kernel, W), d[u, v]
-            for where in _outside(row.reshape(C, N, H, W), u, v, kernel):
-                row.reshape(C, N, H, W)[where] = 0  # (d_cols is this call's own: conv2d_input_grad's product)
-            lo, hi = _inside(s, P)
-            dx[:, lo + s : hi + s] += row[:, lo:hi]
+    for k in same_plan((KH, KW), N, H, W):
+        row = d[k.u, k.v]
+        images = row.reshape(C, N, H, W)
+        for where in k.outside:
+            images[where] = 0  # (d_cols is this call's own: conv2d_input_grad's product)
+        dx[:, k.lo + k.shift : k.hi + k.shift] += row[:, k.lo : k.hi]
     return dx.reshape(C, N, H, W).transpose(1, 0, 2, 3)  # (N, C, H, W) view
 
 

@@ -121,3 +121,32 @@ def test_the_per_sample_floor_trains_the_reference_numbers_bit_for_bit(dtype):
     for k, v in net.params.items():
         assert not np.array_equal(v, start[k]), f"{k} did not move: the comparison would prove nothing"
         np.testing.assert_array_equal(floor[k], v, err_msg=k)
+
+
+def test_verdicts_take_the_median_of_the_rounds_paired_ratios():
+    """A drift between rounds moves both contenders of a round: the paired ratio cancels it, the
+    ratio of the medians does not. Round 3 (machine 2x slower for the limit only) is the outlier."""
+    from benchmarks.run import TARGETS, paired, verdict_line, verdicts
+
+    ref, limit = [1.0, 2.0, 4.0, 1.1, 2.2], [1.0, 2.0, 1.0, 1.0, 2.0]  # ratios 1, 1, 4, 1.1, 1.1
+    key = "cnn_epoch_s reference/gemm_limit"
+    reps = {
+        d: {"cnn_epoch_s/reference": {"wall": ref, "cpu": ref}, "cnn_epoch_s/gemm_limit": {"wall": limit, "cpu": limit}}
+        for d in ("float32", "float64")
+    }
+    doc = {
+        "repetitions": reps,
+        "ratios": {d: {key: 2.0 / 1.0} for d in ("float32", "float64")},
+        "cpu_time_ratios": {d: {key: 2.0} for d in ("float32", "float64")},
+        "machine": {"name": "test machine"},
+        **{d: {"forward_backward_ms": {}} for d in ("float32", "float64")},
+    }
+    assert paired(doc, "float32", key) == pytest.approx([1.0, 1.0, 4.0, 1.1, 1.1])
+    cnn = [v for (label, _, k, _), v in zip(TARGETS, verdicts(doc)) if k == key]
+    assert len(cnn) == 2
+    for v in cnn:
+        assert v["ratio"] == pytest.approx(1.1) and v["ratio_of_medians"] == 2.0 and v["rounds"] == [1.0, 4.0]
+        assert v["pass"] is True  # 1.1 <= 2.0, where the ratio of the medians (2.0) sat on the bound
+        assert verdict_line(v).startswith("PASS") and "(rounds 1.00-4.00, cpu 1.10)" in verdict_line(v)
+    missing = [v for (_, _, k, _), v in zip(TARGETS, verdicts(doc)) if k != key]
+    assert all(v["ratio"] is None and verdict_line(v).startswith("n/a") for v in missing)
