@@ -6,6 +6,9 @@
                                                 # needs (no records, no dL/d(network input))
     out = net.forward(x)                        # inference (dropout off, batchnorm running stats)
 
+loss_and_grads and forward run a ReLU directly followed by a MaxPool2D in the other order, pool
+then ReLU (training_order): the same numbers, on a PH PW times smaller array for the ReLU.
+
 Parameters are named "<layer>.<param>" ("dense_1.W", "dense_1.b", "batchnorm_1.gamma"), W is
 (n_in, n_out) and b is (n_out,): the canonical layout every twin converts from and to. A conv2d W
 is (F, C, KH, KW), its b (F,); image inputs are (batch, C, H, W) (spec.input_shape).
@@ -37,6 +40,29 @@ from reference.spec import ModelSpec
 from reference.trace import LayerTrace, Trace
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "softmax": Softmax}
+
+
+def training_order(layers: list) -> tuple[int, ...]:
+    """The layers' indices in the order loss_and_grads and forward run them: every ReLU directly
+    followed by a MaxPool2D swapped with it, the rest in place.
+
+    max-pool(relu(x)) = relu(max-pool(x)), since relu is monotone. The gradients are the same too.
+    In both orders dL/dx is g at the first maximum of each window whose maximum m is positive, and
+    g * 0 everywhere else (+-0 with g's sign, or NaN where g is not finite). Layer by layer that is
+    (g * [first max]) * [x > 0]; swapped, (g * [m > 0]) * [first max]. The first maxima of x and of
+    relu(x) coincide where m > 0, and every factor is 0 or 1. Only for pools that tile (stride =
+    pool): where windows overlap, an element's dL/dx is a sum over its windows, and a zero of it
+    can come out -0 one way and +0 the other (the same value; not the same bits). The ReLU then works on the pooled
+    array, PH PW times smaller, and its two full-size passes (forward and backward) are gone
+    (mnist-cnn: the two ReLUs were ~12 % of a training step). tests/test_fast_forms.py pins the
+    swapped order to the layer order, bit for bit.
+    """
+    order = list(range(len(layers)))
+    for i in range(len(layers) - 1):
+        relu, pool = layers[order[i]], layers[order[i + 1]]
+        if type(relu) is ReLU and type(pool) is MaxPool2D and pool.stride == pool.pool:
+            order[i], order[i + 1] = order[i + 1], order[i]
+    return tuple(order)
 
 
 def init_params(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
@@ -107,6 +133,7 @@ class Network:
         if params is not None:
             self.set_params(params)  # checks shapes and dtypes, copies
         self._first_with_params = next(i for i, layer in enumerate(self.layers) if layer.params)
+        self._train_order = training_order(self.layers)  # a swap moves no layer with parameters
 
     def _take(self, params, layer: str, shapes: dict[str, tuple[int, ...]]) -> list[np.ndarray]:
         """Copies of params["<layer>.<name>"], each checked against the shape the spec gives it."""
@@ -153,14 +180,18 @@ class Network:
         if not set(masks) <= set(dropouts):
             raise ShapeError(f"network: expected masks for the dropout layers {dropouts} only, got {sorted(masks)}")
 
-    def forward_cached(self, x, train=True, masks=None, check_input=True):
-        """Outputs and caches of every layer, first to last (check_input=False: the caller checked x)."""
+    def forward_cached(self, x, train=True, masks=None, check_input=True, order=None):
+        """Outputs and caches of every layer, first to last (check_input=False: the caller checked x).
+
+        order: the layers' indices in the order to run them (training_order), or None (as listed);
+        the outputs and caches come in that order.
+        """
         if check_input:
             self._check_input(x)
         self._check_masks(masks)
         outs, caches = [], []
         h = x
-        for layer in self.layers:
+        for layer in self.layers if order is None else [self.layers[i] for i in order]:
             if isinstance(layer, Dropout):
                 h, cache = layer.forward(h, train, mask=(masks or {}).get(layer.name))
             else:
@@ -170,7 +201,7 @@ class Network:
         return outs, caches
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        return self.forward_cached(x, train)[0][-1]
+        return self.forward_cached(x, train, order=self._train_order)[0][-1]
 
     def _loss_and_grad(self, out, y):
         value, dL_dout = self.loss.value_and_grad(out, y)
@@ -194,21 +225,24 @@ class Network:
         check_input=False skips the scan of x for dtype, shape and NaN/Inf: train_epoch scans the
         whole training set once instead of every batch.
         """
-        outs, caches = self.forward_cached(x, train, masks, check_input)
+        outs, caches = self.forward_cached(x, train, masks, check_input, self._train_order)
         loss, g = self._loss_and_grad(outs[-1], y)
-        return loss, self._backward(g, caches)
+        return loss, self._backward(g, caches, order=self._train_order)
 
-    def _backward(self, g: np.ndarray, caches: list, records: list[LayerTrace] | None = None) -> dict[str, np.ndarray]:
+    def _backward(
+        self, g: np.ndarray, caches: list, records: list[LayerTrace] | None = None, order=None
+    ) -> dict[str, np.ndarray]:
         """From g = dL/d(network output) back through the layers: {"<layer>.<param>": gradient}.
 
         With `records` (trace) each layer's grad_out, grads and grad_in are recorded. Without
         (training), the walk stops at the first layer with parameters and skips its dL/dx, which
         only the trace reports. One loop for both, so training and trace give the same numbers.
+        order: forward_cached's, whose caches these are (training_order moves no layer with parameters).
         """
         grads: dict[str, np.ndarray] = {}
         stop = 0 if records is not None else self._first_with_params
         for i in range(len(self.layers) - 1, stop - 1, -1):
-            layer = self.layers[i]
+            layer = self.layers[i if order is None else order[i]]
             if records is None and i == stop:
                 grad_in, layer_grads = None, layer.param_grads(g, caches[i])
             else:

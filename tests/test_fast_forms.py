@@ -19,6 +19,7 @@ policy of oracles/compare.py (the same function computed another way is exactly 
     im2col_same, col2im_same  shifted row copies / adds  == im2col of the padded image, col2im, bit for bit
     maxpool2d, avgpool2d   per-offset copies, strided adds == the loops (max-pool bit for bit)
     ReLU                   np.maximum(x, kept zeros)  == np.maximum(x, 0), bit for bit
+    ReLU then MaxPool2D    run as pool then ReLU      == the layers' order, bit for bit (tiling pools; training_order)
     conv.Workspace         kept arrays (Conv2D, MaxPool2D, ReLU) == fresh arrays, bit for bit, and
                            never one that a cache, an output or a view still holds
 """
@@ -35,6 +36,7 @@ from helpers import assert_close
 from reference import DTypeError, LabelError, Network, NonFiniteError, ShapeError, conv, make_optimizer, preset
 from reference.layers import Conv2D, Dense, MaxPool2D, ReLU, sigmoid, softmax
 from reference.losses import make_loss
+from reference.network import training_order
 from reference.optimizers import SGD
 from reference.spec import PRESETS, LayerSpec, OptimizerSpec
 from reference.train import SampleSGD, check_inputs, train_epoch, train_step
@@ -354,6 +356,109 @@ def test_pools_on_the_window_view_are_the_loops(seed, dtype):
     fast = conv.avgpool2d_backward(g, x.shape, pool, stride)
     assert fast.dtype == np.dtype(dtype)
     assert_close("avgpool dx", fast, conv.avgpool2d_backward_plain(g, x, pool, stride), dtype, "gradient", **fp)
+
+
+# A ReLU followed by a max-pool runs as pool then ReLU (reference/network.py, training_order) -------
+
+POOLS = [
+    ((2, 2), (2, 2)),
+    ((3, 2), (1, 2)),
+    ((2, 3), (2, 1)),
+    ((3, 3), (2, 2)),
+]  # tiling, overlapping, H or W left over
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    return a.view(f"u{a.dtype.itemsize}")
+
+
+def special_images(rng, shape, dtype):
+    """Ties (values rounded to halves), both zeros, and a sprinkle of NaN and +-inf."""
+    x = (np.round(rng.normal(size=shape) * 2) / 2).astype(dtype)
+    flat = x.reshape(-1)
+    picks = rng.permutation(flat.size)
+    flat[picks[:7]], flat[picks[7:14]], flat[picks[14:16]], flat[picks[16:18]] = -0.0, 0.0, np.nan, np.inf
+    flat[picks[18:20]] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("pool", "stride"), POOLS)
+def test_relu_then_pool_as_pool_then_relu_bit_for_bit(pool, stride, dtype):
+    """Layer by layer against swapped, on ties, signed zeros, NaN and infinities in x and in g: bit for
+    bit where the windows tile (where training_order swaps); where they overlap, the same values
+    but a zero of dL/dx may differ in sign (a sum of +-0 over windows), so the order is kept there."""
+    tiles = pool == stride
+    rng = np.random.default_rng(sum(pool) + 3 * sum(stride))
+    for layout in ("NCHW", "CNHW"):
+        x = special_images(rng, (5, 3, 7, 8), dtype)
+        if layout == "CNHW":  # a conv's output is laid out (C, N, H, W)
+            x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+        with np.errstate(invalid="ignore"):  # inf * 0 = NaN, on purpose
+            relu, pooling = ReLU("relu_1"), MaxPool2D("maxpool2d_1", pool, stride)
+            r, relu_cache = relu.forward(x)
+            out, pool_cache = pooling.forward(r)
+            g = special_images(rng, out.shape, dtype)
+            g.reshape(-1)[:6] = [-1.5, 2.0, -0.0, 0.0, -3.0, 1.0]  # signs of zero: each g decides one
+            dx = relu.backward(pooling.backward(g, pool_cache)[0], relu_cache)[0]
+            relu2, pooling2 = ReLU("relu_1"), MaxPool2D("maxpool2d_1", pool, stride)
+            m, pool_cache2 = pooling2.forward(x)
+            out2, relu_cache2 = relu2.forward(m)
+            dx2 = pooling2.backward(relu2.backward(g, relu_cache2)[0], pool_cache2)[0]
+        np.testing.assert_array_equal(bits(out2), bits(out), err_msg=f"out, {layout}")
+        np.testing.assert_array_equal(dx2, dx, err_msg=f"dx, {layout}")  # values (+0 == -0), NaN where NaN
+        if tiles:
+            np.testing.assert_array_equal(bits(dx2), bits(dx), err_msg=f"dx bits, {layout}")
+        swaps = training_order([relu, pooling]) == (1, 0)
+        assert swaps == tiles
+
+
+def conv_relu_pool_spec(dtype: str, pool, stride):
+    return PRESETS["mnist-cnn"].replace(
+        dtype=dtype,
+        input_shape=(2, 9, 10),
+        n_in=180,
+        layers=(
+            LayerSpec("conv2d", filters=3, kernel=(3, 3), padding=1),
+            LayerSpec("relu"),
+            LayerSpec("maxpool2d", pool=pool, stride=stride),
+            LayerSpec("conv2d", filters=4, kernel=(2, 3), stride=(1, 2)),
+            LayerSpec("relu"),
+            LayerSpec("maxpool2d", pool=(1, 2)),
+            LayerSpec("flatten"),
+            LayerSpec("dense", units=5),
+        ),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("pool", "stride"), POOLS[:3])
+def test_training_in_the_swapped_order_gives_the_layer_orders_numbers(pool, stride, dtype):
+    """loss_and_grads and forward (swapped) against the layers run as listed, for 5 SGD steps."""
+    spec = conv_relu_pool_spec(dtype, pool, stride)
+    swapped, listed = Network(spec, seed=3), Network(spec, seed=3)
+    first = (2, 1) if pool == stride else (1, 2)  # the second pair always tiles (pool (1, 2), its stride)
+    assert swapped._train_order == (0, *first, 3, 5, 4, 6, 7)
+    rng = np.random.default_rng(5)
+    for step in range(5):
+        x = (np.round(rng.normal(size=(6, 2, 9, 10)) * 2) / 2).astype(dtype)
+        y = rng.integers(0, 5, 6)
+        loss, grads = swapped.loss_and_grads(x, y)
+        outs, caches = listed.forward_cached(x, True)
+        loss2, g = listed._loss_and_grad(outs[-1], y)
+        grads2 = listed._backward(g, caches)
+        assert bits(loss) == bits(loss2), f"loss, step {step}"
+        assert grads.keys() == grads2.keys()
+        for k in grads:
+            np.testing.assert_array_equal(bits(grads[k]), bits(grads2[k]), err_msg=f"{k}, step {step}")
+        np.testing.assert_array_equal(bits(swapped.forward(x)), bits(outs[-1]), err_msg=f"forward, step {step}")
+        for net, gr in ((swapped, grads), (listed, grads2)):
+            for k, p in net.params.items():
+                p -= 0.1 * gr[k]
+    trace = swapped.trace(x, y)  # the trace keeps the layers' own order, every tensor recorded
+    assert [r.name for r in trace.layers] == [layer.name for layer in swapped.layers]
+    assert trace.layers[1].out.shape == (6, 3, 9, 10)  # relu_1's output, full size
 
 
 # Kept arrays (conv.Workspace): the same numbers as fresh arrays, and never one somebody still holds --------
