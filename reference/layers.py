@@ -123,10 +123,13 @@ class LeakyReLU(Layer):
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """s = 1 / (1 + exp(-x)), computed from exp(-|x|) so no exp ever overflows."""
-    z = np.exp(-np.abs(x))  # in (0, 1]
-    # x >= 0: 1 / (1 + exp(-x));  x < 0: exp(x) / (1 + exp(x)). One division for both branches:
-    # the same numbers as np.where(x >= 0, 1 / (1 + z), z / (1 + z)) with 2 fewer numpy calls.
-    return np.where(x >= 0, 1, z) / (1 + z)
+    z = np.exp(-np.abs(x))  # in [0, 1]
+    # x >= 0: 1 / (1 + exp(-x));  x < 0: exp(x) / (1 + exp(x)). One division for both branches, the
+    # numerator max(z, sign(x)): 1 for x > 0 (z <= 1), z for x < 0 (z >= 0 > -1), max(1, +-0) = 1 = z at
+    # x = +-0, z's NaN for a NaN: np.where(x >= 0, 1 / (1 + z), z / (1 + z)) bit for bit (tests/
+    # test_fast_forms.py). sign and maximum are plain vectorised float loops; np.where(x >= 0, 1, z) cost
+    # 3.8 us to this form's 2.2 at (1, 32) (AMD EPYC), 10.7 to 8.8 at (128, 32) float32.
+    return np.maximum(z, np.sign(x)) / (1 + z)
 
 
 class Sigmoid(Layer):

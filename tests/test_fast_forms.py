@@ -6,7 +6,7 @@ policy of oracles/compare.py (the same function computed another way is exactly 
 
     Dense.param_grads      np.dot(x.T, g)             == x.T @ g
     Dense forward, dL/dx   np.dot(x, W), np.dot(g, W.T) == x @ W, g @ W.T, bit for bit
-    sigmoid                where(x >= 0, 1, z)/(1+z)  == where(x >= 0, 1/(1+z), z/(1+z)), bit for bit
+    sigmoid                max(z, sign(x))/(1+z)      == where(x >= 0, 1/(1+z), z/(1+z)), bit for bit (NaN, Inf, -0.0)
     SoftmaxCrossEntropy    one exp for value and grad == logsumexp - z_y and softmax(z) - onehot, bit for bit
     SGD.update             multiply into a buffer     == p - lr * g; with owned grads, into g itself (the
                            same bits; the caller's grads untouched when not owned)
@@ -71,14 +71,22 @@ def test_dense_forward_and_input_gradient_are_the_matmul_forms_bit_for_bit(dtype
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
-def test_sigmoid_is_the_two_branch_form_bit_for_bit(dtype, batch):
+@pytest.mark.parametrize("width", [32, 128, 7], ids=lambda w: f"width{w}")
+def test_sigmoid_is_the_two_branch_form_bit_for_bit(dtype, batch, width):
     info = np.finfo(dtype)
-    edges = [0.0, -0.0, info.tiny, -info.tiny, 1.0, -1.0, 40.0, -40.0, 88.7, -88.7, 745.0, -745.0, info.max, -info.max]
-    x = np.random.default_rng(batch).normal(0.0, 30.0, size=(batch, 32)).astype(dtype)
+    edges = [0.0, -0.0, info.tiny, -info.tiny, info.smallest_subnormal, -info.smallest_subnormal, 1.0, -1.0]
+    edges += [16.6, -16.6, 40.0, -40.0, 88.7, -88.7, 745.0, -745.0, info.max, -info.max, np.inf, -np.inf]
+    rng = np.random.default_rng(batch * 10 + width)
+    x = rng.normal(0.0, 30.0, size=(batch, width)).astype(dtype)
     x.flat[: len(edges)] = np.array(edges, dtype)[: x.size]
-    z = np.exp(-np.abs(x))
-    plain = np.where(x >= 0, 1 / (1 + z), z / (1 + z))
-    fast = sigmoid(x)
+    if x.size > len(edges):  # the corners again at random places (SIMD bodies and tails), NaNs of both signs
+        at = rng.permutation(np.arange(len(edges), x.size))[: x.size // 3]
+        x.flat[at] = rng.choice(np.array([*edges, np.nan, -np.nan], dtype), len(at))
+    x.flat[-1] = -np.nan if batch % 2 else np.nan
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = np.exp(-np.abs(x))
+        plain = np.where(x >= 0, 1 / (1 + z), z / (1 + z))
+        fast = sigmoid(x)
     assert fast.dtype == plain.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(fast.view(f"u{fast.itemsize}"), plain.view(f"u{plain.itemsize}"))
 
@@ -660,21 +668,59 @@ def test_per_sample_sgd_loop_is_taken_only_where_it_is_the_same_maths(what, spec
     assert not SampleSGD.applies(Network(spec, seed=0), make_optimizer(spec.optimizer), batch_size), what
 
 
-def test_per_sample_sgd_loop_checks_every_label_before_the_first_step():
-    spec = preset("mnist-sigmoid-per-sample")
+@pytest.mark.parametrize("bad", [10, -1])  # -1 would index the last class silently if nothing checked it
+@pytest.mark.parametrize(
+    ("name", "batch_size"),
+    [
+        ("mnist-sigmoid-per-sample", 1),
+        ("mnist-relu-batched", 3),
+        ("mnist-relu-batched", 1),
+        ("digits-sigmoid-per-sample", 2),
+        ("mnist-cnn", 2),
+    ],
+)
+def test_train_epoch_checks_every_label_before_the_first_step(name, batch_size, bad):
+    # SampleSGD (batch-1 SGD) and the batched path alike: all labels of the epoch once, not each batch's
+    # in its step (the loss's check is skipped, labels_checked=True), so a bad label in the last batch
+    # stops the epoch before any parameter moves.
+    spec = preset(name)
     x, y = make_batch(spec, 8, seed=14)
-    y[5] = 10
+    y[5] = bad
     net, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
     before = net.get_params()
+    order = np.array([0, 1, 2, 3, 4, 6, 7, 5])  # the bad label last, at position 7 of the order
+    n_out = net.spec.layer_shapes()[-1][0]
     with pytest.raises(
         LabelError,
-        match=r"train_epoch: labels y\[order\] \(softmax_cross_entropy\): expected labels in \[0, 10\), got 10 at index 5",
+        match=rf"train_epoch: labels y\[order\] \({net.loss.name}\): expected labels in \[0, {n_out}\), got {bad} at index 7",
     ):
-        train_epoch(net, opt, x, y, np.arange(8), 1)
+        train_epoch(net, opt, x, y, order, batch_size)
     for k, v in net.params.items():
         np.testing.assert_array_equal(v, before[k], err_msg=k)
     with pytest.raises(LabelError, match="expected integer labels"):
-        train_epoch(net, opt, x, y.astype(np.float64), np.arange(8), 1)
+        train_epoch(net, opt, x, y.astype(np.float64), order, batch_size)
+    y[5] = 0
+    train_epoch(net, opt, x, y, order, batch_size)  # good labels: it trains
+    assert any((v != before[k]).any() for k, v in net.params.items())
+
+
+def test_labels_checked_skips_only_the_label_check():
+    from reference.losses import make_loss
+
+    rng = np.random.default_rng(21)
+    logits, labels = rng.normal(size=(6, 4)), rng.integers(0, 4, 6)
+    for name in ("softmax_cross_entropy", "multiclass_hinge", "cross_entropy", "nll"):
+        loss = make_loss(name)
+        pred = logits if name in ("softmax_cross_entropy", "multiclass_hinge") else softmax(logits)
+        a, b = loss.value_and_grad(pred, labels), loss.value_and_grad(pred, labels, labels_checked=True)
+        assert a[0] == b[0] and (a[1] == b[1]).all(), name
+        with pytest.raises(ShapeError, match="expected predictions of shape"):  # pred is still checked
+            loss.value_and_grad(pred[0], labels, labels_checked=True)
+    target = rng.normal(size=(6, 4))
+    target[2, 1] = np.nan
+    for name in ("mse", "l1"):  # an element-wise loss has no labels: its target is checked whatever the flag
+        with pytest.raises(NonFiniteError, match="expected finite values"):
+            make_loss(name).value_and_grad(logits, target, labels_checked=True)
 
 
 @pytest.mark.parametrize("enabled", [True, False], ids=["gc-on", "gc-off"])
