@@ -100,7 +100,9 @@ class SampleSGD:
         )
 
     def __init__(self, net: Network, opt: Optimizer) -> None:
-        self.net, self.lr = net, opt.lr
+        # lr and 0 as 0-d arrays of the parameters' dtype: the numbers numpy converts the Python lr and 0
+        # to in `lr * g` and `0 + g`, without the conversion in every call (~0.3 us each, 9 a step).
+        self.net, self.lr, self.zero = net, np.asarray(opt.lr, net.dtype), np.zeros((), net.dtype)
         self.opt = opt
         # Per Dense layer: its live W and b (updated in place), the activation after it (None for the
         # last), and the buffers for lr * dL/dW and lr * dL/db (the optimiser's own, SGD.update's).
@@ -138,7 +140,7 @@ class SampleSGD:
         for k in range(len(self.layers) - 1, -1, -1):  # Dense.backward, then the activation's backward
             W, _, _, lr_dW, lr_db = self.layers[k]
             np.dot(inputs[k].T, g, out=lr_dW)  # dL/dW = x^T g
-            np.add(g[0], 0, out=lr_db)  # dL/db = g.sum(axis=0) at batch 1: 0 + g, as the sum starts from +0
+            np.add(g[0], self.zero, out=lr_db)  # dL/db = g.sum(axis=0) at batch 1: 0 + g, the sum starts at +0
             if k > 0:
                 g, _ = self.layers[k - 1][2].backward(np.dot(g, W.T), caches[k - 1])
         for W, b, _, lr_dW, lr_db in self.layers:  # SGD.update: p -= lr * g

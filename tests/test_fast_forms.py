@@ -91,6 +91,35 @@ def test_sigmoid_is_the_two_branch_form_bit_for_bit(dtype, batch, width):
     np.testing.assert_array_equal(fast.view(f"u{fast.itemsize}"), plain.view(f"u{plain.itemsize}"))
 
 
+@pytest.mark.parametrize("dtype", [*DTYPES, "float16"])
+@pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
+def test_sigmoid_and_tanh_against_a_kept_one_are_the_python_1_forms_bit_for_bit(dtype, batch):
+    # one_like(x): a kept 0-d 1 of x's dtype (Python's 1 where none is kept, float16 here), so 1 + z,
+    # 1 - s and 1 - t^2 skip numpy's conversion of the scalar; the same numbers, the same dtype.
+    from reference.layers import Sigmoid, Tanh, one_like
+
+    rng = np.random.default_rng(batch + 30)
+    x = rng.normal(0.0, 4.0, size=(batch, 32)).astype(dtype)
+    x.flat[:4] = np.array([0.0, -0.0, np.inf, np.nan], dtype)[: x.size]
+    g = rng.normal(size=x.shape).astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = np.exp(-np.abs(x))
+        s_plain = np.maximum(z, np.sign(x)) / (1 + z)
+        for layer, out, grad in (
+            (Sigmoid("sigmoid_1"), s_plain, g * s_plain * (1 - s_plain)),
+            (Tanh("tanh_1"), np.tanh(x), g * (1 - np.tanh(x) * np.tanh(x))),
+        ):
+            fast_out, cache = layer.forward(x)
+            fast_grad, _ = layer.backward(g, cache)
+            for name, fast, plain in (("out", fast_out, out), ("dL/dx", fast_grad, grad)):
+                assert fast.dtype == plain.dtype == np.dtype(dtype), (layer.name, name)
+                np.testing.assert_array_equal(
+                    fast.view(f"u{fast.itemsize}"), plain.view(f"u{plain.itemsize}"), err_msg=f"{layer.name} {name}"
+                )
+    one = one_like(x)
+    assert one == 1 and (dtype == "float16" or (one.dtype == np.dtype(dtype) and not one.flags.writeable))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(784, 32), (32,), (1, 10)], ids=str)
 def test_sgd_buffered_update_is_p_minus_lr_g(dtype, shape):
