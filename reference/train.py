@@ -70,6 +70,69 @@ def train_step(
     return loss
 
 
+ACTIVATIONS = (Sigmoid, Tanh, ReLU)
+
+
+def dense_sgd_network(net: Network, opt: Optimizer) -> bool:
+    """Dense layers with sigmoid, tanh or ReLU between them, softmax cross-entropy, plain SGD, no L2 or
+    weight decay: the networks SampleSGD and BatchSGD train (train_step's numbers, bit for bit)."""
+    layers, spec = net.layers, net.spec
+    return (
+        type(opt) is SGD
+        and spec.optimizer.weight_decay == 0
+        and not spec.l2
+        and type(net.loss) is SoftmaxCrossEntropy
+        and all(type(layer) is Dense for layer in layers[::2])
+        and all(type(layer) in ACTIVATIONS for layer in layers[1::2])
+        and len(layers) % 2 == 1
+    )
+
+
+class BatchSGD:
+    """Mini-batch SGD on SampleSGD's kind of network, as one loop body: train_step's numbers, bit for bit.
+
+    The calls train_step makes, in its order: Dense's np.dot(x, W) and += b, the activations' own
+    forward and backward, the loss's value_and_grad (the epoch's labels checked once, before the first
+    step), np.dot(x^T, g), g.sum(axis=0) and np.dot(g, W^T), then SGD's lr * g written into the fresh
+    gradient and p -= it; without the Network's lists, dictionaries and per-layer checks or the
+    optimiser's dictionary walk. tests/test_fast_forms.py pins it to train_step bit for bit.
+    """
+
+    @classmethod
+    def applies(cls, net: Network, opt: Optimizer, batch_size: int) -> bool:
+        return batch_size > 1 and dense_sgd_network(net, opt)
+
+    def __init__(self, net: Network, opt: Optimizer) -> None:
+        self.loss, self.lr, self.opt = net.loss, opt.lr, opt
+        self.layers = [  # per Dense layer: its live W and b (updated in place), the activation after it
+            (dense.params["W"], dense.params["b"], net.layers[2 * k + 1] if 2 * k + 1 < len(net.layers) else None)
+            for k, dense in enumerate(net.layers[::2])
+        ]
+
+    def step(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """One SGD step on the rows x (batch, n_in) with their (checked) labels; returns the loss."""
+        inputs, caches = [], []
+        h = x
+        for W, b, act in self.layers:  # Dense.forward, then the activation's forward
+            inputs.append(h)
+            h = np.dot(h, W)
+            h += b
+            if act is not None:
+                h, cache = act.forward(h)
+                caches.append(cache)
+        loss, g = self.loss.value_and_grad(h, labels, labels_checked=True)
+        grads = []  # every gradient before any update, as train_step
+        for k in range(len(self.layers) - 1, -1, -1):  # Dense.param_grads, Dense.backward, the activation's
+            grads.append((np.dot(inputs[k].T, g), g.sum(axis=0)))
+            if k > 0:
+                g, _ = self.layers[k - 1][2].backward(np.dot(g, self.layers[k][0].T), caches[k - 1])
+        for (W, b, _), (dW, db) in zip(reversed(self.layers), grads):  # SGD.update, owned: p -= lr * g
+            W -= np.multiply(dW, self.lr, out=dW)
+            b -= np.multiply(db, self.lr, out=db)
+        self.opt.t += 1
+        return loss
+
+
 class SampleSGD:
     """Per-sample SGD (batch 1) written as one loop body: train_step's numbers, bit for bit, faster.
 
@@ -83,21 +146,9 @@ class SampleSGD:
     bit for bit, signed zeros and IEEE corners included.
     """
 
-    ACTIVATIONS = (Sigmoid, Tanh, ReLU)
-
     @classmethod
     def applies(cls, net: Network, opt: Optimizer, batch_size: int) -> bool:
-        layers, spec = net.layers, net.spec
-        return (
-            batch_size == 1
-            and type(opt) is SGD
-            and spec.optimizer.weight_decay == 0
-            and not spec.l2
-            and type(net.loss) is SoftmaxCrossEntropy
-            and all(type(layer) is Dense for layer in layers[::2])
-            and all(type(layer) in cls.ACTIVATIONS for layer in layers[1::2])
-            and len(layers) % 2 == 1
-        )
+        return batch_size == 1 and dense_sgd_network(net, opt)
 
     def __init__(self, net: Network, opt: Optimizer) -> None:
         # lr and 0 as 0-d arrays of the parameters' dtype: the numbers numpy converts the Python lr and 0
@@ -189,6 +240,12 @@ def train_epoch(
 
         def step(i):
             return fast.step(x[i : i + 1], y[i])
+    elif labels_checked and BatchSGD.applies(net, opt, batch_size):  # train_step's numbers bit for bit, faster
+        batched = BatchSGD(net, opt)
+        items = batches(order, batch_size)
+
+        def step(idx):
+            return batched.step(np.take(x, idx, axis=0), y[idx])  # np.take(x, idx, axis=0): x[idx], faster
     else:
         items = batches(order, batch_size)
 

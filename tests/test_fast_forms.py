@@ -14,6 +14,11 @@ policy of oracles/compare.py (the same function computed another way is exactly 
     train_epoch            checks x once per epoch    == still a clear error for NaN / Inf / dtype
     SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit (signed
                            zeros too, and at the IEEE corners: -0.0 weights, biases and inputs, Inf)
+    BatchSGD               mini-batch SGD as one loop body == train_step batch by batch, bit for bit (the
+                           same IEEE corners, ReLU's kept arrays over two epochs)
+    train_epoch's labels   checked once an epoch      == the loss's per-step check: a bad label stops the
+                           epoch before any parameter moves (labels_checked skips only that check)
+    one_like               a kept 0-d 1 (sigmoid, tanh) == Python's 1, bit for bit (SampleSGD: lr, 0 alike)
     check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
     conv2d (forward, dW, db, dx)  im2col + one GEMM each  == the loops over output positions
     im2col_same, col2im_same  shifted row copies / adds  == im2col of the padded image, col2im, bit for bit
@@ -37,7 +42,7 @@ from reference.layers import Conv2D, Dense, MaxPool2D, ReLU, sigmoid, softmax
 from reference.losses import make_loss
 from reference.optimizers import SGD
 from reference.spec import PRESETS, LayerSpec, OptimizerSpec
-from reference.train import SampleSGD, check_inputs, train_epoch, train_step
+from reference.train import BatchSGD, SampleSGD, batches, check_inputs, train_epoch, train_step
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -674,6 +679,100 @@ def test_per_sample_sgd_loop_takes_fortran_ordered_parameters():
         train_step(plain, plain_opt, x[idx], y[idx])
     for k, v in net.params.items():
         assert_same_bits(k, v, plain.params[k])
+
+
+BATCH_SGD_CASES = {
+    **SAMPLE_SGD_CASES,
+    "mnist-relu-batched": preset("mnist-relu-batched"),
+    "mnist-relu-deep": preset("mnist-relu-deep"),
+}
+
+
+def batched_plain(spec, x, y, order, batch_size, params=None, epochs=1):
+    """train_step batch by batch (the general path: Network, loss check, optimiser's dictionaries)."""
+    net = Network(spec, seed=0) if params is None else Network(spec, params=params)
+    opt = make_optimizer(spec.optimizer)
+    losses = [
+        train_step(net, opt, x[idx], y[idx], check_input=False)
+        for _ in range(epochs)
+        for idx in batches(order, batch_size)
+    ]
+    return net, opt, losses
+
+
+@pytest.mark.parametrize("batch_size", [7, 32])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(BATCH_SGD_CASES))
+def test_batched_sgd_loop_is_train_step_bit_for_bit(case, dtype, batch_size):
+    spec = BATCH_SGD_CASES[case].replace(dtype=dtype)
+    x, y = make_batch(spec, 90, seed=22)
+    if spec.n_in == 784:
+        x = (np.abs(x) * 80).astype(dtype)  # raw-pixel scale: saturated sigmoids, subnormals in float32
+    order = np.random.default_rng(23).permutation(90)[:75]  # the last batch shorter (75 = 10 x 7 + 5 = 2 x 32 + 11)
+    fast, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    assert BatchSGD.applies(fast, opt, batch_size) and not SampleSGD.applies(fast, opt, batch_size)
+    seen = []
+    for _ in range(2):  # the second epoch reuses ReLU's kept arrays
+        mean = train_epoch(fast, opt, x, y, order, batch_size, on_step=lambda step, loss: seen.append(loss))
+    plain, plain_opt, losses = batched_plain(spec, x, y, order, batch_size, epochs=2)
+    for k, v in fast.params.items():
+        assert not np.array_equal(v, Network(spec, seed=0).params[k]), f"{k} did not move"
+        assert_same_bits(k, v, plain.params[k])
+    assert [type(v) for v in seen] == [type(v) for v in losses]
+    assert_same_bits("losses", np.array(seen), np.array(losses))
+    n = len(losses) // 2
+    assert mean == sum(float(v) for v in losses[n:]) / n
+    assert opt.t == plain_opt.t == len(losses)
+
+
+@pytest.mark.parametrize("name", ["mnist-sigmoid-per-sample", "mnist-relu-batched"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("corner", list(SAMPLE_SGD_CORNERS))
+def test_batched_sgd_loop_keeps_every_bit_at_the_ieee_corners(corner, dtype, name):
+    spec = preset(name, dtype=dtype)
+    if "lr < 0" in corner:
+        spec = spec.replace(optimizer=OptimizerSpec("sgd", lr=-spec.optimizer.lr))
+    rng = np.random.default_rng(24)
+    x = rng.integers(1, 256, size=(12, 784)).astype(dtype)
+    if SAMPLE_SGD_CORNERS[corner] != "dense":
+        x[rng.random(x.shape) < 0.8] = -0.0 if "-0.0" in SAMPLE_SGD_CORNERS[corner] else 0.0
+        x[:4, :50] = -0.0 if "-0.0" in SAMPLE_SGD_CORNERS[corner] else 0.0  # pixels zero in a whole batch
+    y = rng.integers(0, 10, 12)
+    params = corner_params(spec, x, corner)
+    net, opt = Network(spec, params=params), make_optimizer(spec.optimizer)
+    assert BatchSGD.applies(net, opt, 4)
+    with np.errstate(invalid="ignore", over="ignore"):  # the Inf weight: NaN losses and gradients, in both forms
+        mean = train_epoch(net, opt, x, y, np.arange(len(x)), 4)
+        plain, _, plain_losses = batched_plain(spec, x, y, np.arange(len(x)), 4, params)
+    for k, v in net.params.items():
+        assert_same_bits(k, v, plain.params[k])
+    assert_same_bits("mean loss", np.array(mean), np.array(sum(float(v) for v in plain_losses) / 3))
+    if corner == "inf weight":
+        assert np.isnan(net.params["dense_1.W"]).any()
+
+
+@pytest.mark.parametrize(
+    ("what", "spec"),
+    [
+        ("momentum", LAYER_CASES["sigmoid"].replace(optimizer=OptimizerSpec("momentum", lr=0.1, momentum=0.9))),
+        ("weight decay", LAYER_CASES["sigmoid"].replace(optimizer=OptimizerSpec("sgd", lr=0.1, weight_decay=0.1))),
+        ("l2", LAYER_CASES["l2"]),
+        ("dropout", LAYER_CASES["dropout"]),
+        ("leaky relu", LAYER_CASES["leaky_relu"]),
+        ("no activation", LAYER_CASES["dense"]),
+        ("cross_entropy", LAYER_CASES["softmax"]),
+        ("softmax layer, summed cross-entropy", preset("digits-sigmoid-per-sample")),
+        ("batchnorm", LAYER_CASES["batchnorm_torch"]),
+        ("images", preset("mnist-cnn")),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_batched_sgd_loop_is_taken_only_where_it_is_the_same_maths(what, spec):
+    net, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    assert not BatchSGD.applies(net, opt, 4), what
+    control = Network(SAMPLE_SGD_CASES["relu"], seed=0)
+    assert BatchSGD.applies(control, SGD(OptimizerSpec("sgd", lr=0.1)), 2)
+    assert not BatchSGD.applies(control, SGD(OptimizerSpec("sgd", lr=0.1)), 1)  # batch 1: SampleSGD's
 
 
 @pytest.mark.parametrize(
