@@ -4,6 +4,8 @@ The contract, stated once:
 
     loss = LOSSES[name](reduction)
     value, dL_dpred = loss.value_and_grad(pred, target)      value: 0-d array in pred's dtype
+    loss.value_and_grad(pred, labels, labels_checked=True)   the same, for a caller that has checked the
+                                                             labels itself (train_epoch: once an epoch)
 
 Classification losses (softmax_cross_entropy, cross_entropy, nll, multiclass_hinge) take integer
 labels (batch,) and sum over classes per sample; "mean" then divides by the batch size (torch's and keras' default).
@@ -57,11 +59,13 @@ class Loss:
             return 1
         return pred.shape[0] if self.classification else pred.size
 
-    def check(self, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    def check(self, pred: np.ndarray, target: np.ndarray, labels_checked: bool = False) -> np.ndarray:
+        """The target checked against pred; labels_checked=True: a classification loss's labels were checked
+        by the caller (check_labels on every label of the epoch), an element-wise loss's target still is."""
         if pred.ndim != 2:
             raise ShapeError(f"{self.name}: expected predictions of shape (batch, n_out), got {describe(pred)}")
         if self.classification:
-            return check_labels(target, pred, self.name)
+            return target if labels_checked else check_labels(target, pred, self.name)
         return check_targets(target, pred, self.name)
 
     def _residual(self, pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int]:
@@ -72,7 +76,9 @@ class Loss:
     def value(self, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
         return self.value_and_grad(pred, target)[0]
 
-    def value_and_grad(self, pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def value_and_grad(
+        self, pred: np.ndarray, target: np.ndarray, labels_checked: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
 
@@ -86,9 +92,9 @@ def one_hot(labels: np.ndarray, n_classes: int, dtype) -> np.ndarray:
 class SoftmaxCrossEntropy(Loss):
     name = "softmax_cross_entropy"
 
-    def value_and_grad(self, logits, labels):
+    def value_and_grad(self, logits, labels, labels_checked=False):
         """L = -log softmax(z)_y = logsumexp(z) - z_y;  dL/dz = softmax(z) - onehot(y)"""
-        labels = self.check(logits, labels)
+        labels = self.check(logits, labels, labels_checked)
         rows = np.arange(logits.shape[0])
         shifted = logits - logits.max(axis=1, keepdims=True)  # stable for |z| up to float max
         e = np.exp(shifted)
@@ -104,9 +110,9 @@ class SoftmaxCrossEntropy(Loss):
 class CrossEntropy(Loss):
     name = "cross_entropy"
 
-    def value_and_grad(self, probs, labels):
+    def value_and_grad(self, probs, labels, labels_checked=False):
         """L = -log p_y;  dL/dp_j = -1/p_y if j == y else 0"""
-        labels = self.check(probs, labels)
+        labels = self.check(probs, labels, labels_checked)
         rows = np.arange(probs.shape[0])
         p_y = probs[rows, labels]
         if np.any(p_y <= 0):  # -log 0 = inf and -1/0: an error, not inf and NaN downstream
@@ -130,9 +136,9 @@ class NLL(Loss):
         super().__init__(reduction)
         self.eps = eps
 
-    def value_and_grad(self, probs, labels):
+    def value_and_grad(self, probs, labels, labels_checked=False):
         """L = -log clip(p_y, eps, 1 - eps);  dL/dp_y = -1/p_y inside the clip range, 0 outside"""
-        labels = self.check(probs, labels)
+        labels = self.check(probs, labels, labels_checked)
         rows = np.arange(probs.shape[0])
         p_y = probs[rows, labels]
         clipped = np.clip(p_y, self.eps, 1 - self.eps)
@@ -146,7 +152,7 @@ class MSE(Loss):
     name = "mse"
     classification = False
 
-    def value_and_grad(self, pred, target):
+    def value_and_grad(self, pred, target, labels_checked=False):
         """L = sum (p - t)^2 / n;  dL/dp = 2 (p - t) / n"""
         diff, d = self._residual(pred, target)
         return (diff * diff).sum() / d, 2 * diff / d
@@ -156,7 +162,7 @@ class L1(Loss):
     name = "l1"
     classification = False
 
-    def value_and_grad(self, pred, target):
+    def value_and_grad(self, pred, target, labels_checked=False):
         """L = sum |p - t| / n;  dL/dp = sign(p - t) / n  (subgradient 0 at p == t, as torch)"""
         diff, d = self._residual(pred, target)
         return np.abs(diff).sum() / d, np.sign(diff) / d
@@ -168,7 +174,7 @@ class BCE(Loss):
     name = "bce"
     classification = False
 
-    def value_and_grad(self, probs, target):
+    def value_and_grad(self, probs, target, labels_checked=False):
         """L = -sum (t log p + (1 - t) log(1 - p)) / n;  dL/dp = (p - t) / (p (1 - p)) / n"""
         self.check(probs, target)
         outside = (probs <= 0) | (probs >= 1)
@@ -193,9 +199,9 @@ class MulticlassHinge(Loss):
     name = "multiclass_hinge"
     margin = 1
 
-    def value_and_grad(self, scores, labels):
+    def value_and_grad(self, scores, labels, labels_checked=False):
         """L = sum_{j != y} max(0, s_j - s_y + 1);  dL/ds_j = [m_j > 0] (j != y),  dL/ds_y = -sum_{j != y} [m_j > 0]"""
-        labels = self.check(scores, labels)
+        labels = self.check(scores, labels, labels_checked)
         rows = np.arange(scores.shape[0])
         margins = np.maximum(0, scores - scores[rows, labels][:, None] + self.margin)  # (batch, n_classes)
         margins[rows, labels] = 0  # the correct class has no margin against itself

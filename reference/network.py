@@ -203,8 +203,11 @@ class Network:
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         return self.forward_cached(x, train, order=self._train_order)[0][-1]
 
-    def _loss_and_grad(self, out, y):
-        value, dL_dout = self.loss.value_and_grad(out, y)
+    def _loss_and_grad(self, out, y, labels_checked=False):
+        if labels_checked:  # (only then the flag: a loss's value_and_grad(pred, target) call stays as it was)
+            value, dL_dout = self.loss.value_and_grad(out, y, labels_checked=True)
+        else:
+            value, dL_dout = self.loss.value_and_grad(out, y)
         if self.spec.l2:
             value = value + self.spec.l2 * sum(
                 (layer.params["W"] ** 2).sum() for layer in self.layers if isinstance(layer, Dense)
@@ -219,14 +222,23 @@ class Network:
         self._backward(g, caches, records)
         return Trace(loss=loss, layers=records)
 
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, train: bool = True, masks=None, check_input: bool = True):
+    def loss_and_grads(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        train: bool = True,
+        masks=None,
+        check_input: bool = True,
+        labels_checked: bool = False,
+    ):
         """(loss, {"dense_2.W": dL/dW, ...}): the numbers of `trace`, for training loops.
 
-        check_input=False skips the scan of x for dtype, shape and NaN/Inf: train_epoch scans the
-        whole training set once instead of every batch.
+        check_input=False skips the scan of x for dtype, shape and NaN/Inf, labels_checked=True a
+        classification loss's check of the labels: train_epoch checks the whole training set and
+        every label of the epoch once instead of every batch.
         """
         outs, caches = self.forward_cached(x, train, masks, check_input, self._train_order)
-        loss, g = self._loss_and_grad(outs[-1], y)
+        loss, g = self._loss_and_grad(outs[-1], y, labels_checked)
         return loss, self._backward(g, caches, order=self._train_order)
 
     def _backward(

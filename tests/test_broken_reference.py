@@ -87,13 +87,13 @@ def dense_db_averaged(self, dL_dout, x):
 _softmax_ce = losses.SoftmaxCrossEntropy.value_and_grad
 
 
-def loss_gradient_times_batch(self, logits, labels):
-    value, grad = _softmax_ce(self, logits, labels)
+def loss_gradient_times_batch(self, logits, labels, labels_checked=False):
+    value, grad = _softmax_ce(self, logits, labels, labels_checked)
     return value, grad * logits.shape[0]  # forgot to divide the gradient by the batch size
 
 
-def loss_value_summed(self, logits, labels):
-    value, grad = _softmax_ce(self, logits, labels)
+def loss_value_summed(self, logits, labels, labels_checked=False):
+    value, grad = _softmax_ce(self, logits, labels, labels_checked)
     return value * logits.shape[0], grad  # reports the sum, differentiates the mean
 
 

@@ -6,7 +6,7 @@ policy of oracles/compare.py (the same function computed another way is exactly 
 
     Dense.param_grads      np.dot(x.T, g)             == x.T @ g
     Dense forward, dL/dx   np.dot(x, W), np.dot(g, W.T) == x @ W, g @ W.T, bit for bit
-    sigmoid                where(x >= 0, 1, z)/(1+z)  == where(x >= 0, 1/(1+z), z/(1+z)), bit for bit
+    sigmoid                max(z, sign(x))/(1+z)      == where(x >= 0, 1/(1+z), z/(1+z)), bit for bit (NaN, Inf, -0.0)
     SoftmaxCrossEntropy    one exp for value and grad == logsumexp - z_y and softmax(z) - onehot, bit for bit
     SGD.update             multiply into a buffer     == p - lr * g; with owned grads, into g itself (the
                            same bits; the caller's grads untouched when not owned)
@@ -14,6 +14,11 @@ policy of oracles/compare.py (the same function computed another way is exactly 
     train_epoch            checks x once per epoch    == still a clear error for NaN / Inf / dtype
     SampleSGD              batch-1 SGD as one loop body == train_step row by row, bit for bit (signed
                            zeros too, and at the IEEE corners: -0.0 weights, biases and inputs, Inf)
+    BatchSGD               mini-batch SGD as one loop body == train_step batch by batch, bit for bit (the
+                           same IEEE corners, ReLU's kept arrays over two epochs)
+    train_epoch's labels   checked once an epoch      == the loss's per-step check: a bad label stops the
+                           epoch before any parameter moves (labels_checked skips only that check)
+    one_like               a kept 0-d 1 (sigmoid, tanh) == Python's 1, bit for bit (SampleSGD: lr, 0 alike)
     check_inputs           isfinite(x.sum())          == check_array's verdict (an overflow is no error)
     conv2d (forward, dW, db, dx)  im2col + one GEMM each  == the loops over output positions
     im2col_same, col2im_same  shifted row copies / adds  == im2col of the padded image, col2im, bit for bit
@@ -39,7 +44,7 @@ from reference.losses import make_loss
 from reference.network import training_order
 from reference.optimizers import SGD
 from reference.spec import PRESETS, LayerSpec, OptimizerSpec
-from reference.train import SampleSGD, check_inputs, train_epoch, train_step
+from reference.train import BatchSGD, SampleSGD, batches, check_inputs, train_epoch, train_step
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -73,16 +78,53 @@ def test_dense_forward_and_input_gradient_are_the_matmul_forms_bit_for_bit(dtype
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
-def test_sigmoid_is_the_two_branch_form_bit_for_bit(dtype, batch):
+@pytest.mark.parametrize("width", [32, 128, 7], ids=lambda w: f"width{w}")
+def test_sigmoid_is_the_two_branch_form_bit_for_bit(dtype, batch, width):
     info = np.finfo(dtype)
-    edges = [0.0, -0.0, info.tiny, -info.tiny, 1.0, -1.0, 40.0, -40.0, 88.7, -88.7, 745.0, -745.0, info.max, -info.max]
-    x = np.random.default_rng(batch).normal(0.0, 30.0, size=(batch, 32)).astype(dtype)
+    edges = [0.0, -0.0, info.tiny, -info.tiny, info.smallest_subnormal, -info.smallest_subnormal, 1.0, -1.0]
+    edges += [16.6, -16.6, 40.0, -40.0, 88.7, -88.7, 745.0, -745.0, info.max, -info.max, np.inf, -np.inf]
+    rng = np.random.default_rng(batch * 10 + width)
+    x = rng.normal(0.0, 30.0, size=(batch, width)).astype(dtype)
     x.flat[: len(edges)] = np.array(edges, dtype)[: x.size]
-    z = np.exp(-np.abs(x))
-    plain = np.where(x >= 0, 1 / (1 + z), z / (1 + z))
-    fast = sigmoid(x)
+    if x.size > len(edges):  # the corners again at random places (SIMD bodies and tails), NaNs of both signs
+        at = rng.permutation(np.arange(len(edges), x.size))[: x.size // 3]
+        x.flat[at] = rng.choice(np.array([*edges, np.nan, -np.nan], dtype), len(at))
+    x.flat[-1] = -np.nan if batch % 2 else np.nan
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = np.exp(-np.abs(x))
+        plain = np.where(x >= 0, 1 / (1 + z), z / (1 + z))
+        fast = sigmoid(x)
     assert fast.dtype == plain.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(fast.view(f"u{fast.itemsize}"), plain.view(f"u{plain.itemsize}"))
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, "float16"])
+@pytest.mark.parametrize("batch", BATCH_SIZES, ids=lambda b: f"batch{b}")
+def test_sigmoid_and_tanh_against_a_kept_one_are_the_python_1_forms_bit_for_bit(dtype, batch):
+    # one_like(x): a kept 0-d 1 of x's dtype (Python's 1 where none is kept, float16 here), so 1 + z,
+    # 1 - s and 1 - t^2 skip numpy's conversion of the scalar; the same numbers, the same dtype.
+    from reference.layers import Sigmoid, Tanh, one_like
+
+    rng = np.random.default_rng(batch + 30)
+    x = rng.normal(0.0, 4.0, size=(batch, 32)).astype(dtype)
+    x.flat[:4] = np.array([0.0, -0.0, np.inf, np.nan], dtype)[: x.size]
+    g = rng.normal(size=x.shape).astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = np.exp(-np.abs(x))
+        s_plain = np.maximum(z, np.sign(x)) / (1 + z)
+        for layer, out, grad in (
+            (Sigmoid("sigmoid_1"), s_plain, g * s_plain * (1 - s_plain)),
+            (Tanh("tanh_1"), np.tanh(x), g * (1 - np.tanh(x) * np.tanh(x))),
+        ):
+            fast_out, cache = layer.forward(x)
+            fast_grad, _ = layer.backward(g, cache)
+            for name, fast, plain in (("out", fast_out, out), ("dL/dx", fast_grad, grad)):
+                assert fast.dtype == plain.dtype == np.dtype(dtype), (layer.name, name)
+                np.testing.assert_array_equal(
+                    fast.view(f"u{fast.itemsize}"), plain.view(f"u{plain.itemsize}"), err_msg=f"{layer.name} {name}"
+                )
+    one = one_like(x)
+    assert one == 1 and (dtype == "float16" or (one.dtype == np.dtype(dtype) and not one.flags.writeable))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -744,6 +786,100 @@ def test_per_sample_sgd_loop_takes_fortran_ordered_parameters():
         assert_same_bits(k, v, plain.params[k])
 
 
+BATCH_SGD_CASES = {
+    **SAMPLE_SGD_CASES,
+    "mnist-relu-batched": preset("mnist-relu-batched"),
+    "mnist-relu-deep": preset("mnist-relu-deep"),
+}
+
+
+def batched_plain(spec, x, y, order, batch_size, params=None, epochs=1):
+    """train_step batch by batch (the general path: Network, loss check, optimiser's dictionaries)."""
+    net = Network(spec, seed=0) if params is None else Network(spec, params=params)
+    opt = make_optimizer(spec.optimizer)
+    losses = [
+        train_step(net, opt, x[idx], y[idx], check_input=False)
+        for _ in range(epochs)
+        for idx in batches(order, batch_size)
+    ]
+    return net, opt, losses
+
+
+@pytest.mark.parametrize("batch_size", [7, 32])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(BATCH_SGD_CASES))
+def test_batched_sgd_loop_is_train_step_bit_for_bit(case, dtype, batch_size):
+    spec = BATCH_SGD_CASES[case].replace(dtype=dtype)
+    x, y = make_batch(spec, 90, seed=22)
+    if spec.n_in == 784:
+        x = (np.abs(x) * 80).astype(dtype)  # raw-pixel scale: saturated sigmoids, subnormals in float32
+    order = np.random.default_rng(23).permutation(90)[:75]  # the last batch shorter (75 = 10 x 7 + 5 = 2 x 32 + 11)
+    fast, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    assert BatchSGD.applies(fast, opt, batch_size) and not SampleSGD.applies(fast, opt, batch_size)
+    seen = []
+    for _ in range(2):  # the second epoch reuses ReLU's kept arrays
+        mean = train_epoch(fast, opt, x, y, order, batch_size, on_step=lambda step, loss: seen.append(loss))
+    plain, plain_opt, losses = batched_plain(spec, x, y, order, batch_size, epochs=2)
+    for k, v in fast.params.items():
+        assert not np.array_equal(v, Network(spec, seed=0).params[k]), f"{k} did not move"
+        assert_same_bits(k, v, plain.params[k])
+    assert [type(v) for v in seen] == [type(v) for v in losses]
+    assert_same_bits("losses", np.array(seen), np.array(losses))
+    n = len(losses) // 2
+    assert mean == sum(float(v) for v in losses[n:]) / n
+    assert opt.t == plain_opt.t == len(losses)
+
+
+@pytest.mark.parametrize("name", ["mnist-sigmoid-per-sample", "mnist-relu-batched"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("corner", list(SAMPLE_SGD_CORNERS))
+def test_batched_sgd_loop_keeps_every_bit_at_the_ieee_corners(corner, dtype, name):
+    spec = preset(name, dtype=dtype)
+    if "lr < 0" in corner:
+        spec = spec.replace(optimizer=OptimizerSpec("sgd", lr=-spec.optimizer.lr))
+    rng = np.random.default_rng(24)
+    x = rng.integers(1, 256, size=(12, 784)).astype(dtype)
+    if SAMPLE_SGD_CORNERS[corner] != "dense":
+        x[rng.random(x.shape) < 0.8] = -0.0 if "-0.0" in SAMPLE_SGD_CORNERS[corner] else 0.0
+        x[:4, :50] = -0.0 if "-0.0" in SAMPLE_SGD_CORNERS[corner] else 0.0  # pixels zero in a whole batch
+    y = rng.integers(0, 10, 12)
+    params = corner_params(spec, x, corner)
+    net, opt = Network(spec, params=params), make_optimizer(spec.optimizer)
+    assert BatchSGD.applies(net, opt, 4)
+    with np.errstate(invalid="ignore", over="ignore"):  # the Inf weight: NaN losses and gradients, in both forms
+        mean = train_epoch(net, opt, x, y, np.arange(len(x)), 4)
+        plain, _, plain_losses = batched_plain(spec, x, y, np.arange(len(x)), 4, params)
+    for k, v in net.params.items():
+        assert_same_bits(k, v, plain.params[k])
+    assert_same_bits("mean loss", np.array(mean), np.array(sum(float(v) for v in plain_losses) / 3))
+    if corner == "inf weight":
+        assert np.isnan(net.params["dense_1.W"]).any()
+
+
+@pytest.mark.parametrize(
+    ("what", "spec"),
+    [
+        ("momentum", LAYER_CASES["sigmoid"].replace(optimizer=OptimizerSpec("momentum", lr=0.1, momentum=0.9))),
+        ("weight decay", LAYER_CASES["sigmoid"].replace(optimizer=OptimizerSpec("sgd", lr=0.1, weight_decay=0.1))),
+        ("l2", LAYER_CASES["l2"]),
+        ("dropout", LAYER_CASES["dropout"]),
+        ("leaky relu", LAYER_CASES["leaky_relu"]),
+        ("no activation", LAYER_CASES["dense"]),
+        ("cross_entropy", LAYER_CASES["softmax"]),
+        ("softmax layer, summed cross-entropy", preset("digits-sigmoid-per-sample")),
+        ("batchnorm", LAYER_CASES["batchnorm_torch"]),
+        ("images", preset("mnist-cnn")),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_batched_sgd_loop_is_taken_only_where_it_is_the_same_maths(what, spec):
+    net, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
+    assert not BatchSGD.applies(net, opt, 4), what
+    control = Network(SAMPLE_SGD_CASES["relu"], seed=0)
+    assert BatchSGD.applies(control, SGD(OptimizerSpec("sgd", lr=0.1)), 2)
+    assert not BatchSGD.applies(control, SGD(OptimizerSpec("sgd", lr=0.1)), 1)  # batch 1: SampleSGD's
+
+
 @pytest.mark.parametrize(
     ("what", "spec", "batch_size"),
     [
@@ -765,21 +901,59 @@ def test_per_sample_sgd_loop_is_taken_only_where_it_is_the_same_maths(what, spec
     assert not SampleSGD.applies(Network(spec, seed=0), make_optimizer(spec.optimizer), batch_size), what
 
 
-def test_per_sample_sgd_loop_checks_every_label_before_the_first_step():
-    spec = preset("mnist-sigmoid-per-sample")
+@pytest.mark.parametrize("bad", [10, -1])  # -1 would index the last class silently if nothing checked it
+@pytest.mark.parametrize(
+    ("name", "batch_size"),
+    [
+        ("mnist-sigmoid-per-sample", 1),
+        ("mnist-relu-batched", 3),
+        ("mnist-relu-batched", 1),
+        ("digits-sigmoid-per-sample", 2),
+        ("mnist-cnn", 2),
+    ],
+)
+def test_train_epoch_checks_every_label_before_the_first_step(name, batch_size, bad):
+    # SampleSGD (batch-1 SGD) and the batched path alike: all labels of the epoch once, not each batch's
+    # in its step (the loss's check is skipped, labels_checked=True), so a bad label in the last batch
+    # stops the epoch before any parameter moves.
+    spec = preset(name)
     x, y = make_batch(spec, 8, seed=14)
-    y[5] = 10
+    y[5] = bad
     net, opt = Network(spec, seed=0), make_optimizer(spec.optimizer)
     before = net.get_params()
+    order = np.array([0, 1, 2, 3, 4, 6, 7, 5])  # the bad label last, at position 7 of the order
+    n_out = net.spec.layer_shapes()[-1][0]
     with pytest.raises(
         LabelError,
-        match=r"train_epoch: labels y\[order\] \(softmax_cross_entropy\): expected labels in \[0, 10\), got 10 at index 5",
+        match=rf"train_epoch: labels y\[order\] \({net.loss.name}\): expected labels in \[0, {n_out}\), got {bad} at index 7",
     ):
-        train_epoch(net, opt, x, y, np.arange(8), 1)
+        train_epoch(net, opt, x, y, order, batch_size)
     for k, v in net.params.items():
         np.testing.assert_array_equal(v, before[k], err_msg=k)
     with pytest.raises(LabelError, match="expected integer labels"):
-        train_epoch(net, opt, x, y.astype(np.float64), np.arange(8), 1)
+        train_epoch(net, opt, x, y.astype(np.float64), order, batch_size)
+    y[5] = 0
+    train_epoch(net, opt, x, y, order, batch_size)  # good labels: it trains
+    assert any((v != before[k]).any() for k, v in net.params.items())
+
+
+def test_labels_checked_skips_only_the_label_check():
+    from reference.losses import make_loss
+
+    rng = np.random.default_rng(21)
+    logits, labels = rng.normal(size=(6, 4)), rng.integers(0, 4, 6)
+    for name in ("softmax_cross_entropy", "multiclass_hinge", "cross_entropy", "nll"):
+        loss = make_loss(name)
+        pred = logits if name in ("softmax_cross_entropy", "multiclass_hinge") else softmax(logits)
+        a, b = loss.value_and_grad(pred, labels), loss.value_and_grad(pred, labels, labels_checked=True)
+        assert a[0] == b[0] and (a[1] == b[1]).all(), name
+        with pytest.raises(ShapeError, match="expected predictions of shape"):  # pred is still checked
+            loss.value_and_grad(pred[0], labels, labels_checked=True)
+    target = rng.normal(size=(6, 4))
+    target[2, 1] = np.nan
+    for name in ("mse", "l1"):  # an element-wise loss has no labels: its target is checked whatever the flag
+        with pytest.raises(NonFiniteError, match="expected finite values"):
+            make_loss(name).value_and_grad(logits, target, labels_checked=True)
 
 
 @pytest.mark.parametrize("enabled", [True, False], ids=["gc-on", "gc-off"])
