@@ -357,9 +357,10 @@ def conv2d_forward(x, W, b, stride: Pair, padding: Pair, work: Workspace | None 
 def conv2d_param_grads(g, cols, W):
     """dW = g_T cols^T (one GEMM), db = sum over (n, i, j) of g."""
     g_T = _g_matrix(g)  # (F, N OH OW)
+    db = g_T.sum(axis=1)  # first: a small pass right after a big GEMM pays for the GEMM's cold caches
     dW2 = g_T @ cols.T  # (F, KH KW C)
     F, C, KH, KW = W.shape
-    return dW2.reshape(F, KH, KW, C).transpose(0, 3, 1, 2).copy(), g_T.sum(axis=1)
+    return dW2.reshape(F, KH, KW, C).transpose(0, 3, 1, 2).copy(), db
 
 
 def conv2d_input_grad(g, W, x_shape: tuple[int, ...], stride: Pair, padding: Pair, work: Workspace | None = None):
