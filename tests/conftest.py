@@ -56,7 +56,7 @@ def pytest_addoption(parser):
     parser.addoption(
         "--store-durations",
         action="store_true",
-        help=f"write each test's seconds (setup + call + teardown) into {DURATIONS.name}, merged with what it holds",
+        help=f"write each test's seconds (setup + call + teardown) into {DURATIONS.name} (tests not run keep theirs)",
     )
 
 
@@ -175,7 +175,10 @@ def pytest_sessionfinish(session):
     if not config.getoption("--store-durations") or hasattr(config, "workerinput"):
         return  # an xdist worker: the controller gets every report and writes the file
     old = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {"seconds": {}}
-    seconds = {**old["seconds"], **{k: round(v, 2) for k, v in _measured.items() if v >= 0.5}}
+    # A test this run measured gets its new figure, or leaves the file under 0.5 s (it had become
+    # fast: its old figure would misplace it); the tests it did not run keep theirs.
+    kept = {k: v for k, v in old["seconds"].items() if k not in _measured}
+    seconds = {**kept, **{k: round(v, 2) for k, v in _measured.items() if v >= 0.5}}
     DURATIONS.write_text(
         json.dumps({"about": old.get("about", ""), "seconds": dict(sorted(seconds.items()))}, indent=1) + "\n"
     )
