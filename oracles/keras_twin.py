@@ -728,13 +728,18 @@ class KerasTwin:
         return tuple(np.concatenate([step[k] for step in per_step]) for k in range(len(self._dropouts)))
 
     @_in_scope
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 10_000) -> tuple[float, float]:
-        """(mean loss per sample, accuracy) in inference mode, as reference.train.evaluate defines them."""
+    def evaluate(
+        self, x: np.ndarray, y: np.ndarray, batch_size: int = 10_000, predictions: list | None = None
+    ) -> tuple[float, float]:
+        """(mean loss per sample, accuracy) in inference mode, as reference.train.evaluate defines them.
+        With a list `predictions`, each chunk's predicted classes (argmax of the output) are appended."""
         self._check_x(x, False)
         labels = self._labels(x, y)
 
         def predict(xb: np.ndarray, yb: np.ndarray) -> tuple[np.ndarray, float]:
             out = self._forward(tf.constant(xb), False, ())[-1]
+            if predictions is not None:
+                predictions.append(out.numpy().argmax(axis=1))
             return out.numpy(), float(self.loss_fn(tf.constant(yb), out))
 
         return evaluate_chunks(predict, x, labels, self.spec.reduction, self.classification, batch_size)

@@ -2,9 +2,11 @@
 
     numeric_trace(net, x, y) -> Trace      every gradient by central differences, in float64
 
-dL/d(out of layer k) perturbs that output and runs the rest of the network; dL/dW perturbs the
-parameter and runs the whole network; dL/d(input of layer k) is dL/d(out of layer k-1) (for the
-first layer, the network input is perturbed).
+dL/d(out of layer k) perturbs that output and runs the rest of the network; dL/dW of layer k perturbs
+the parameter and runs the network from layer k, on the input layer k got (the layers before it do
+not read W: their outputs are the same numbers, so the loss is bit for bit the one of a run from
+the network input, pinned by tests/test_numeric.py); dL/d(input of layer k) is dL/d(out of layer
+k-1) (for the first layer, the network input is perturbed).
 
 The step. The rounding error of a difference quotient is ~eps |L| / h (eps = 2.2e-16, L the loss:
 relative to the *loss*, not to the gradient tensor), so h must not be small: at h = 1e-6 one ulp of
@@ -99,11 +101,12 @@ def numeric_trace(
     outs, _ = net64.forward_cached(x64, train, masks64)
     loss = run_from(0, x64)
     records = [LayerTrace(layer.name, out=out.copy()) for layer, out in zip(layers, outs)]
+    ins = [x64, *(out.copy() for out in outs[:-1])]  # what each layer got
     for k, rec in enumerate(records):
         h_k = outs[k].copy()
         rec.grad_out = numerical_gradient(lambda k=k, h_k=h_k: run_from(k + 1, h_k), h_k, h)
         for pname, p in layers[k].params.items():
-            rec.grads[pname] = numerical_gradient(lambda: run_from(0, x64), p, h)
+            rec.grads[pname] = numerical_gradient(lambda k=k: run_from(k, ins[k]), p, h)
     x_probe = x64.copy()
     records[0].grad_in = numerical_gradient(lambda: run_from(0, x_probe), x_probe, h)
     for k in range(1, len(records)):

@@ -520,12 +520,17 @@ class TorchTwin:
                         on_step(len(losses) - 1, float(loss))
         return float(torch.stack(losses).to(torch.float64).sum()) / len(losses)
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 10_000) -> tuple[float, float]:
-        """(mean loss per sample, accuracy) in inference mode; the data loss, as the reference's."""
+    def evaluate(
+        self, x: np.ndarray, y: np.ndarray, batch_size: int = 10_000, predictions: list | None = None
+    ) -> tuple[float, float]:
+        """(mean loss per sample, accuracy) in inference mode; the data loss, as the reference's. With a
+        list `predictions`, each chunk's predicted classes (argmax of the output) are appended to it."""
         xt, yt = self._inputs(x, y, "evaluate")
 
         def predict(xb: torch.Tensor, yb: torch.Tensor) -> tuple[np.ndarray, float]:
             out = self._forward(xb, train=False)[-1]
+            if predictions is not None:
+                predictions.append(out.numpy().argmax(axis=1))
             return out.numpy(), float(self.loss_fn(out, yb))
 
         with torch.no_grad():

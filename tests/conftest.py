@@ -56,7 +56,7 @@ def pytest_addoption(parser):
     parser.addoption(
         "--store-durations",
         action="store_true",
-        help=f"write each test's seconds (setup + call + teardown) into {DURATIONS.name}, merged with what it holds",
+        help=f"write each test's seconds (setup + call + teardown) into {DURATIONS.name} (tests not run keep theirs)",
     )
 
 
@@ -115,11 +115,22 @@ ONE_WORKER_MODULES = {
     "test_grading_cli.py",  # ran, nasty: class folders graded through the CLI
     "test_grading_plugin.py",  # junit: a class graded through the pytest plugin
     "test_reports.py",  # graded: a class graded with every report
-    "test_notebook_shrink.py",  # graded: submissions graded once, shared by the tests
     "test_notebook_screenshot.py",  # page: a notebook executed and rendered
     "test_deploy.py",  # autograder: the Gradescope zip unpacked and set up
     "test_data_standardise.py",  # worker_digests: a fresh process importing torch and TensorFlow
 }
+# Modules that read one in-process cache go out together, as one unit: tests/notebook_cells.py's
+# `graded` grades each layer/function/class fixture submission once per process, and these three
+# modules grade the same 38 files with the same arguments (split over two workers, about half would
+# be graded twice).
+ONE_WORKER_GROUPS = {
+    "gradings of tests/submissions": (
+        "test_notebook_agree.py",
+        "test_notebook_shrink.py",
+        "test_grading_submissions.py",
+    ),
+}
+_GROUP_OF = {module: group for group, modules in ONE_WORKER_GROUPS.items() for module in modules}
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -129,11 +140,15 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class OneAtATime(LoadScopeScheduling):
-        """A unit per test, or per module of ONE_WORKER_MODULES, in collection order."""
+        """A unit per test, per module of ONE_WORKER_MODULES or per group of ONE_WORKER_GROUPS, in
+        collection order (a group's place is its first test's)."""
 
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return module if Path(module).name in ONE_WORKER_MODULES else nodeid
+            name = Path(module).name
+            if name in _GROUP_OF:
+                return _GROUP_OF[name]
+            return module if name in ONE_WORKER_MODULES else nodeid
 
         def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
             nodeid = self.registered_collections[node][item_index]
@@ -160,7 +175,10 @@ def pytest_sessionfinish(session):
     if not config.getoption("--store-durations") or hasattr(config, "workerinput"):
         return  # an xdist worker: the controller gets every report and writes the file
     old = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {"seconds": {}}
-    seconds = {**old["seconds"], **{k: round(v, 2) for k, v in _measured.items() if v >= 0.5}}
+    # A test this run measured gets its new figure, or leaves the file under 0.5 s (it had become
+    # fast: its old figure would misplace it); the tests it did not run keep theirs.
+    kept = {k: v for k, v in old["seconds"].items() if k not in _measured}
+    seconds = {**kept, **{k: round(v, 2) for k, v in _measured.items() if v >= 0.5}}
     DURATIONS.write_text(
         json.dumps({"about": old.get("about", ""), "seconds": dict(sorted(seconds.items()))}, indent=1) + "\n"
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import re
+from functools import cache
 from pathlib import Path
 
 from grading.assignment import load_assignment
@@ -36,3 +38,18 @@ def cells_of(source: str) -> list[str]:
 def definitions_only(cells: list[str]) -> list[str]:
     """The cells without the top-level work the layer fixtures end with (`# top-level work ...`)."""
     return [c.split("\n# top-level work")[0] for c in cells]
+
+
+@cache
+def _graded_once(rel: str):
+    from grading.checks import grade_submission
+
+    return grade_submission(ROOT / rel, assignment_of(rel))
+
+
+def graded(rel: str):
+    """grade_submission(ROOT / rel, assignment_of(rel)) with the defaults (shrink on), graded once per
+    process and handed out as a deep copy (no test can change what another reads). The three modules
+    that grade these files so (test_notebook_agree, test_notebook_shrink, test_grading_submissions)
+    share it, and tests/conftest.py sends them to one xdist worker together (ONE_WORKER_GROUPS)."""
+    return copy.deepcopy(_graded_once(rel))

@@ -11,13 +11,10 @@ The expectations live in the submissions themselves (tests/submissions/<format>/
 from __future__ import annotations
 
 import re
-from functools import cache
 from pathlib import Path
 
+import notebook_cells
 import pytest
-
-from grading.assignment import load_assignment
-from grading.checks import grade_submission
 
 ROOT = Path(__file__).parent / "submissions"
 BUILTIN = {"layer": "layer-api", "function": "function-api", "class": "class-api"}
@@ -25,13 +22,11 @@ FILES = sorted(p.relative_to(ROOT).as_posix() for fmt in BUILTIN for p in (ROOT 
 BUGGY = [f for f in FILES if not f.endswith("/correct.py")]
 
 
-@cache
 def graded(rel: str):
-    path = ROOT / rel
-    text = path.read_text()
-    m = re.search(r"^# assignment: (\S+)$", text, re.M)
-    assignment = load_assignment(ROOT / m.group(1) if m else BUILTIN[rel.split("/")[0]])
-    return grade_submission(path, assignment), re.findall(r"^# expect: (\S+) (.+) (\S+)$", text, re.M)
+    """The grading of grade_submission(ROOT / rel, its assignment), shared with test_notebook_agree and
+    test_notebook_shrink (notebook_cells.graded: once per process), and the file's expectations."""
+    text = (ROOT / rel).read_text()
+    return notebook_cells.graded(rel), re.findall(r"^# expect: (\S+) (.+) (\S+)$", text, re.M)
 
 
 def test_every_buggy_submission_states_what_it_expects():

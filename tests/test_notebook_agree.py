@@ -6,10 +6,9 @@ from __future__ import annotations
 import html
 
 import pytest
-from notebook_cells import FIXTURES, ROOT, assignment_of, cells_of
+from notebook_cells import FIXTURES, ROOT, assignment_of, cells_of, graded
 
 from bprop.notebook import check_cells, render_html, text
-from grading.checks import grade_submission
 from grading.escaping import printable
 from grading.feedback import gradescope
 
@@ -17,7 +16,7 @@ from grading.feedback import gradescope
 @pytest.mark.parametrize("rel", FIXTURES)
 def test_notebook_and_bprop_check_agree(rel):
     assignment = assignment_of(rel)
-    cli = grade_submission(ROOT / rel, assignment)
+    cli = graded(rel)  # grade_submission(ROOT / rel, assignment), shared with two other modules
     nb = check_cells(cells_of((ROOT / rel).read_text()), assignment)
     assert (nb.score, nb.max_score) == (cli.score, cli.max_score)
     assert [(t["name"], t["score"], t["status"], t["output"]) for t in nb.tests] == [

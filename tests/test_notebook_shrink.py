@@ -9,6 +9,7 @@ constant, plus every listed entry) and stands for the whole array (`expand` of i
 
 from __future__ import annotations
 
+import notebook_cells
 import numpy as np
 import pytest
 from notebook_cells import ROOT, SHRINK_FIXTURES, assignment_of
@@ -25,14 +26,8 @@ NO_NUMBERS = {"layer/crash_at_import.py"}
 
 @pytest.fixture(scope="module")
 def graded():
-    cache = {}
-
-    def get(rel):
-        if rel not in cache:
-            cache[rel] = grade_submission(ROOT / rel, assignment_of(rel))
-        return cache[rel]
-
-    return get
+    """grade_submission(ROOT / rel, assignment_of(rel)), graded once per process (notebook_cells.graded)."""
+    return notebook_cells.graded
 
 
 @pytest.mark.parametrize("rel", [f for f in SHRINK_FIXTURES if f.endswith("/correct.py")])

@@ -173,6 +173,29 @@ def test_numeric_trace_leaves_the_network_untouched():
         np.testing.assert_array_equal(net.layers[1].state[k], v, err_msg=k)
 
 
+@pytest.mark.parametrize("case", ["cnn", "conv2d-dropout", "batchnorm_torch", "dropout"])
+def test_a_parameter_s_differences_from_its_layer_are_those_from_the_network_input(case):
+    """numeric_trace runs the network from layer k when it perturbs layer k's parameters (the layers
+    before it do not read them): the plain form, every difference from the network input, gives the
+    same gradients bit for bit (train mode: batchnorm on batch statistics, dropout on shared masks)."""
+    net = Network(LAYER_CASES[case], seed=1)
+    x, y = make_batch(net.spec, 3, seed=2)
+    masks = draw_masks(net, x)
+    trace = numeric_trace(net, x, y, masks=masks)
+    net64 = copy.deepcopy(net)  # float64 already: the cases are
+
+    def loss_from_the_input() -> float:
+        return float(net64._loss_and_grad(net64.forward_cached(x, True, masks)[0][-1], y)[0])
+
+    compared = 0
+    for layer, rec in zip(net64.layers, trace.layers):
+        for name, p in layer.params.items():
+            plain = numerical_gradient(loss_from_the_input, p)
+            np.testing.assert_array_equal(rec.grads[name], plain, err_msg=f"{layer.name}.{name}")
+            compared += 1
+    assert compared >= 2 and any(layer.params for layer in net64.layers[1:]), "a later layer's parameters too"
+
+
 def test_a_wrong_backward_is_caught_and_named(monkeypatch):
     """The check can fail: sigmoid's backward without the (1 - s) factor diverges at sigmoid_1.grad_in."""
     net = Network(LAYER_CASES["sigmoid"], seed=1)

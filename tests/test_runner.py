@@ -147,6 +147,25 @@ def test_evaluating_in_chunks_changes_nothing_but_the_sums_rounding(dtype):
     assert np.array_equal(J.predictions(model, x, J.eval_rows(spec)), J.predictions(model, x))
 
 
+@pytest.mark.parametrize("kind", ["reference", "torch", "keras"])
+@pytest.mark.parametrize("name", ["mnist-cnn", "mnist-relu-batched"])
+def test_one_pass_gives_evaluate_s_figures_and_the_predictions_of_their_own_pass(kind, name):
+    """run_train takes loss, accuracy and predictions from one pass (J.evaluated): the same numbers, bit
+    for bit, as model.evaluate and J.predictions, each its own pass (several chunks, a short last one)."""
+    if kind != "reference":
+        pytest.importorskip(kind)
+    spec = preset(name, dtype="float64")
+    rng = np.random.default_rng(5)
+    x = rng.random((150, *spec.sample_shape))
+    y = rng.integers(0, 10, 150)
+    with J.single_threaded():  # as a job runs (and torch's thread setting restored after)
+        model = J.make_model(kind, spec, init_params(spec, 2), 2)
+        loss, accuracy, classes = J.evaluated(model, x, y, 64)
+        assert (loss, accuracy) == tuple(map(float, model.evaluate(x, y, 64)))
+        assert classes.dtype == np.int16 and np.array_equal(classes, J.predictions(model, x, 64))
+    assert len(set(classes.tolist())) > 1  # an untrained net that predicts one class would prove little
+
+
 def test_keep_freed_memory_stops_the_cnns_page_faults():
     """glibc setting (bprop.jobs.keep_freed_memory): the reference CNN's steps stop faulting their
     temporaries in from the kernel (measured: 2,951 minor faults a step without, 0 with). The

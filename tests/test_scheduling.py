@@ -1,6 +1,7 @@
 """tests/conftest.py's scheduler for pytest-xdist: one test at a time in collection order to the worker
 with fewer than three pending, the modules of ONE_WORKER_MODULES as one unit each (README, "Longest
-first"). Driven here with two stand-in workers, as xdist's DSession drives it."""
+first"), and the modules of a group of ONE_WORKER_GROUPS as one unit. Driven here with two stand-in
+workers, as xdist's DSession drives it."""
 
 from __future__ import annotations
 
@@ -76,6 +77,25 @@ def test_a_one_worker_module_goes_to_one_worker_and_the_rest_one_at_a_time(slow)
     assert all(w.shutting_down for w in workers)
 
 
+def test_a_group_goes_to_one_worker_even_when_its_modules_are_apart():
+    """The modules of a group share an in-process cache: however far apart they are collected, every test
+    of the group lands on one worker (the unit goes out at its first test's place)."""
+    first, second, third = conftest.ONE_WORKER_GROUPS["gradings of tests/submissions"]
+    collection = [f"tests/{first}::t{i}" for i in range(5)]
+    collection += [f"tests/test_a.py::t{i}" for i in range(8)]
+    collection += [f"tests/{second}::t{i}" for i in range(3)]
+    collection += [f"tests/test_z.py::t{i}" for i in range(8)]
+    collection += [f"tests/{third}::t{i}" for i in range(4)]
+    sched, workers = scheduler(collection)
+    assert workers[0].sent[:1] == [0]  # the group is the first unit: it goes out first, whole
+    run_to_the_end(sched, workers, collection, slow=set())
+    owners = {collection[i]: w.name for w in workers for i in w.sent}
+    assert sorted(owners) == sorted(collection)
+    grouped = [n for n in collection if n.split("::")[0].split("/")[1] in (first, second, third)]
+    assert len(grouped) == 12 and len({owners[n] for n in grouped}) == 1
+    assert {owners[n] for n in collection if "test_z.py" in n} == {"gw0", "gw1"}  # the rest still spread
+
+
 def test_another_dist_keeps_xdist_s_own_scheduler():
     option = SimpleNamespace(dist="loadfile")
     config = SimpleNamespace(option=option, getoption=lambda name, default=None: getattr(option, name, default))
@@ -98,3 +118,15 @@ def module_scoped_fixtures(path: Path) -> list[str]:
 def test_every_one_worker_module_exists_and_has_a_module_fixture(module):
     assert (TESTS / module).is_file(), f"ONE_WORKER_MODULES names {module}, which is not in tests/"
     assert module_scoped_fixtures(TESTS / module), f"{module} has no module-scoped fixture to set up once"
+
+
+@pytest.mark.parametrize("module", sorted(m for ms in conftest.ONE_WORKER_GROUPS.values() for m in ms))
+def test_every_grouped_module_exists_and_reads_the_shared_gradings(module):
+    """A group is there for its shared cache: each of its modules reads notebook_cells.graded."""
+    assert (TESTS / module).is_file(), f"ONE_WORKER_GROUPS names {module}, which is not in tests/"
+    assert "notebook_cells.graded" in (TESTS / module).read_text() or "graded" in {
+        a.name
+        for n in ast.walk(ast.parse((TESTS / module).read_text()))
+        if isinstance(n, ast.ImportFrom) and n.module == "notebook_cells"
+        for a in n.names
+    }, f"{module} does not read notebook_cells.graded"
