@@ -93,8 +93,8 @@ class BatchSGD:
 
     The calls train_step makes: Dense's np.dot(x, W) and += b, the activations' own forward and
     backward, the loss's value_and_grad (the epoch's labels checked once, before the first step),
-    np.dot(x^T, g), g.sum(axis=0) and np.dot(g, W^T), SGD's lr * g written into the fresh gradient
-    and p -= it (each layer's as soon as its gradients are made); without the Network's lists,
+    np.dot(x^T, g), g.sum(axis=0) and np.dot(g, W^T), SGD.update itself (lr * g written into the fresh
+    gradient and p -= it) for each layer as soon as its gradients are made; without the Network's lists,
     dictionaries and per-layer checks or the optimiser's dictionary walk. tests/test_fast_forms.py
     pins it to train_step bit for bit.
     """
@@ -105,8 +105,13 @@ class BatchSGD:
 
     def __init__(self, net: Network, opt: Optimizer) -> None:
         self.loss, self.lr, self.opt = net.loss, opt.lr, opt
-        self.layers = [  # per Dense layer: its live W and b (updated in place), the activation after it
-            (dense.params["W"], dense.params["b"], net.layers[2 * k + 1] if 2 * k + 1 < len(net.layers) else None)
+        self.layers = [  # per Dense layer: its name, live W and b (updated in place), the activation after it
+            (
+                dense.name,
+                dense.params["W"],
+                dense.params["b"],
+                net.layers[2 * k + 1] if 2 * k + 1 < len(net.layers) else None,
+            )
             for k, dense in enumerate(net.layers[::2])
         ]
 
@@ -114,7 +119,7 @@ class BatchSGD:
         """One SGD step on the rows x (batch, n_in) with their (checked) labels; returns the loss."""
         inputs, caches = [], []
         h = x
-        for W, b, act in self.layers:  # Dense.forward, then the activation's forward
+        for _, W, b, act in self.layers:  # Dense.forward, then the activation's forward
             inputs.append(h)
             h = np.dot(h, W)
             h += b
@@ -128,14 +133,16 @@ class BatchSGD:
         # which updates after the whole backward. The small passes (dL/db, b's update) come before the
         # big dL/dW product, not after it: right after a GEMM that streamed 1.6 MB a small pass costs
         # 3-5x more (float64 (128, 128): `+= b` 22.5 us after x @ W1, 6.3 us done again at once).
+        # The update is the optimiser's own SGD.update (owned: lr * g into the fresh gradient, then
+        # p -= it), called per parameter: one definition of the rule, which a broken update breaks here too.
+        update = self.opt.update
         for k in range(len(self.layers) - 1, -1, -1):
-            W, b, _ = self.layers[k]
-            db = g.sum(axis=0)
-            b -= np.multiply(db, self.lr, out=db)
+            name, W, b, _ = self.layers[k]
+            update(f"{name}.b", b, g.sum(axis=0), owned=True)
             dW = np.dot(inputs[k].T, g)
             if k > 0:
-                g, _ = self.layers[k - 1][2].backward(np.dot(g, W.T), caches[k - 1])
-            W -= np.multiply(dW, self.lr, out=dW)
+                g, _ = self.layers[k - 1][3].backward(np.dot(g, W.T), caches[k - 1])
+            update(f"{name}.W", W, dW, owned=True)
         self.opt.t += 1
         return loss
 
