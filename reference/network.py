@@ -52,10 +52,10 @@ def training_order(layers: list) -> tuple[int, ...]:
     (g * [first max]) * [x > 0]; swapped, (g * [m > 0]) * [first max]. The first maxima of x and of
     relu(x) coincide where m > 0, and every factor is 0 or 1. Only for pools that tile (stride =
     pool): where windows overlap, an element's dL/dx is a sum over its windows, and a zero of it
-    can come out -0 one way and +0 the other (the same value; not the same bits). The ReLU then works on the pooled
-    array, PH PW times smaller, and its two full-size passes (forward and backward) are gone
-    (mnist-cnn: the two ReLUs were ~12 % of a training step). tests/test_fast_forms.py pins the
-    swapped order to the layer order, bit for bit.
+    can come out -0 one way and +0 the other (the same value; not the same bits). The ReLU then
+    works on the pooled array, PH PW times smaller, and its two full-size passes (forward and
+    backward) are gone (mnist-cnn: the two ReLUs were ~12 % of a training step).
+    tests/test_fast_forms.py pins the swapped order to the layer order, bit for bit.
     """
     order = list(range(len(layers)))
     for i in range(len(layers) - 1):

@@ -104,7 +104,7 @@ class BatchSGD:
         return batch_size > 1 and dense_sgd_network(net, opt)
 
     def __init__(self, net: Network, opt: Optimizer) -> None:
-        self.loss, self.lr, self.opt = net.loss, opt.lr, opt
+        self.loss, self.opt = net.loss, opt
         self.layers = [  # per Dense layer: its name, live W and b (updated in place), the activation after it
             (
                 dense.name,
