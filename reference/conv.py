@@ -268,31 +268,55 @@ class SameOffset(NamedTuple):
     shift: int  # s = (u - ph) W + (v - pw): how far on in the flattened (n, h, w) order the element lies
     lo: int  # positions lo..hi-1 of a row of P = N H W whose shifted element is still inside the row
     hi: int
-    outside: tuple[tuple[slice, ...], ...]  # the entries (on the (C, N, H, W) view) that fall in the padding
+
+
+class SamePlan(NamedTuple):
+    """A same-size conv's offsets, and the entries of cols that fall in the padding.
+
+    The padding's entries, on the (KH, KW, C, N, H, W) view of cols: the window rows u whose row
+    offset du = u - ph takes image rows i + du outside 0..H-1 (`rows`: u and those rows i, for
+    every v at once) and the window columns v whose dv takes columns j + dv outside 0..W-1
+    (`columns`: v and those j, for every u). Every position whose shifted element lies outside the
+    whole row (p + s < 0 or >= P) is among them: with 0 <= i + du < H and 0 <= j + dv < W the
+    element is in the same image. So the copies fill lo..hi and the masks fill the rest.
+    """
+
+    offsets: tuple[SameOffset, ...]  # in im2col's (u, v) order
+    rows: tuple[tuple[int, slice], ...]
+    columns: tuple[tuple[int, slice], ...]
+
+
+def _outside(d: int, size: int) -> slice:
+    """The indices i of 0..size-1 with i + d outside 0..size-1 (all of them when |d| >= size)."""
+    return slice(0, min(-d, size)) if d < 0 else slice(max(size - d, 0), size)
 
 
 @functools.lru_cache(maxsize=64)
-def same_plan(kernel: Pair, N: int, H: int, W: int) -> tuple[SameOffset, ...]:
-    """Every kernel offset's shift, inside range and padding entries, in im2col's (u, v) order.
+def same_plan(kernel: Pair, N: int, H: int, W: int) -> SamePlan:
+    """Every kernel offset's shift and inside range, and the padding's entries (SamePlan).
 
     Worked out once per geometry (a training run has two or three): the slices depend on the shapes
     only, and im2col_same / col2im_same run every step.
     """
     (KH, KW), P = kernel, N * H * W
-    plan = []
+    (ph, pw), offsets = ((KH - 1) // 2, (KW - 1) // 2), []
     for u in range(KH):
         for v in range(KW):
-            du, dv = u - (KH - 1) // 2, v - (KW - 1) // 2  # the offset from the window's centre
-            s = du * W + dv
+            s = (u - ph) * W + (v - pw)
             lo = min(max(0, -s), P)
-            hi = max(lo, P - max(0, s))
-            outside = []
-            if du:  # rows i with i + du outside 0..H-1
-                outside.append((slice(None), slice(None), slice(0, -du) if du < 0 else slice(H - du, H)))
-            if dv:  # columns j with j + dv outside 0..W-1
-                outside.append((slice(None), slice(None), slice(None), slice(0, -dv) if dv < 0 else slice(W - dv, W)))
-            plan.append(SameOffset(u, v, s, lo, hi, tuple(outside)))
-    return tuple(plan)
+            offsets.append(SameOffset(u, v, s, lo, max(lo, P - max(0, s))))
+    rows = tuple((u, _outside(u - ph, H)) for u in range(KH) if u != ph)
+    columns = tuple((v, _outside(v - pw, W)) for v in range(KW) if v != pw)
+    return SamePlan(tuple(offsets), rows, columns)
+
+
+def _zero_padding(cols6: np.ndarray, plan: SamePlan) -> None:
+    """Set the padding's entries of cols (its (KH, KW, C, N, H, W) view) to 0: one call per window row
+    and window column that reaches outside, not one per kernel offset."""
+    for u, i in plan.rows:
+        cols6[u, :, :, :, i] = 0
+    for v, j in plan.columns:
+        cols6[:, v, :, :, :, j] = 0
 
 
 def im2col_same(x: np.ndarray, kernel: Pair, work: Workspace | None = None) -> np.ndarray:
@@ -301,13 +325,10 @@ def im2col_same(x: np.ndarray, kernel: Pair, work: Workspace | None = None) -> n
     P = N * H * W
     flat = x.transpose(1, 0, 2, 3).reshape(C, P)  # a copy only when x is not laid out (C, N, H, W)
     cols = empty(work, "cols", (KH, KW, C, P), x.dtype)
-    for k in same_plan((KH, KW), N, H, W):
-        row = cols[k.u, k.v]
-        row[:, : k.lo], row[:, k.hi :] = 0, 0
-        row[:, k.lo : k.hi] = flat[:, k.lo + k.shift : k.hi + k.shift]
-        images = row.reshape(C, N, H, W)
-        for where in k.outside:
-            images[where] = 0
+    plan = same_plan((KH, KW), N, H, W)
+    for k in plan.offsets:
+        cols[k.u, k.v, :, k.lo : k.hi] = flat[:, k.lo + k.shift : k.hi + k.shift]
+    _zero_padding(cols.reshape(KH, KW, C, N, H, W), plan)  # and every entry outside lo..hi
     return cols.reshape(KH * KW * C, P)
 
 
@@ -315,15 +336,14 @@ def col2im_same(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, work
     """col2im for the same-size case: the shifted rows added back, the padding's entries left out."""
     (N, C, H, W), (KH, KW) = x_shape, kernel
     P = N * H * W
-    d = d_cols.reshape(KH, KW, C, P)
+    plan = same_plan((KH, KW), N, H, W)
+    d6 = d_cols.reshape(KH, KW, C, N, H, W)  # splits of d_cols' two axes: a view, whatever its memory order
+    _zero_padding(d6, plan)  # in place (d_cols is this call's own: conv2d_input_grad's product)
+    d = d6.reshape(KH, KW, C, P)
     dx = empty(work, "dx", (C, P), d_cols.dtype)  # (C, N H W): every add runs along a whole channel
     dx[...] = 0
-    for k in same_plan((KH, KW), N, H, W):
-        row = d[k.u, k.v]
-        images = row.reshape(C, N, H, W)
-        for where in k.outside:
-            images[where] = 0  # (d_cols is this call's own: conv2d_input_grad's product)
-        dx[:, k.lo + k.shift : k.hi + k.shift] += row[:, k.lo : k.hi]
+    for k in plan.offsets:
+        dx[:, k.lo + k.shift : k.hi + k.shift] += d[k.u, k.v, :, k.lo : k.hi]
     return dx.reshape(C, N, H, W).transpose(1, 0, 2, 3)  # (N, C, H, W) view
 
 

@@ -320,6 +320,8 @@ SAME_SIZE = [
     ((4, 2, 1, 5), (3, 3)),
     ((3, 1, 5, 1), (3, 3)),
     ((2, 4, 3, 3), (1, 1)),
+    ((2, 2, 2, 3), (7, 5)),  # the window reaches past the whole image: every row and column is padding for some offset
+    ((3, 2, 1, 2), (5, 7)),
 ]
 
 
@@ -341,6 +343,8 @@ def test_same_size_conv_by_shifted_rows_is_the_padded_im2col_bit_for_bit(shape, 
     expected = general_col2im(d_cols, shape, kernel, padding)
     got = conv.col2im(d_cols.copy(), shape, kernel, (1, 1), padding, conv.Workspace())
     bits = f"u{np.dtype(dtype).itemsize}"
+    np.testing.assert_array_equal(got.view(bits), expected.view(bits))
+    got = conv.col2im(np.asfortranarray(d_cols), shape, kernel, (1, 1), padding)  # d_cols in the other memory order
     np.testing.assert_array_equal(got.view(bits), expected.view(bits))
     W, b = rng.normal(size=(3, shape[1], *kernel)).astype(dtype), rng.normal(size=3).astype(dtype)
     out, cols = conv.conv2d_forward(x, W, b, (1, 1), padding, conv.Workspace())
