@@ -96,7 +96,10 @@ class SoftmaxCrossEntropy(Loss):
         """L = -log softmax(z)_y = logsumexp(z) - z_y;  dL/dz = softmax(z) - onehot(y)"""
         labels = self.check(logits, labels, labels_checked)
         rows = np.arange(logits.shape[0])
-        shifted = logits - logits.max(axis=1, keepdims=True)  # stable for |z| up to float max
+        # The row maxima, logits.max(axis=1, keepdims=True), taken as the element-wise maximum of the
+        # columns: numpy reduces a (batch, 10) array along its short rows 2.5-3.5x slower (tests/test_fast_forms.py).
+        row_max = np.ascontiguousarray(logits.T).max(axis=0)[:, None]
+        shifted = logits - row_max  # stable for |z| up to float max
         e = np.exp(shifted)
         total = e.sum(axis=1, keepdims=True)
         losses = np.log(total[:, 0]) - shifted[rows, labels]  # (batch,)

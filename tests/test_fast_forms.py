@@ -645,6 +645,10 @@ def test_softmax_cross_entropy_from_one_exp_is_the_plain_form_bit_for_bit(batch,
     rng = np.random.default_rng(batch)
     logits = rng.normal(0.0, 20.0, size=(batch, 10)).astype(dtype)
     logits.flat[:4] = np.array([np.finfo(dtype).max / 4, -np.finfo(dtype).max / 4, 1e4, -1e4], dtype)[: logits.size]
+    if batch > 2:  # a row whose maximum is a zero of either sign, and a row of equal logits
+        logits[1] = -np.abs(logits[1])
+        logits[1, :3] = np.array([-0.0, 0.0, -0.0], dtype)
+        logits[2] = 3.0
     labels = rng.integers(0, 10, batch)
     rows = np.arange(batch)
     shifted = logits - logits.max(axis=1, keepdims=True)  # the plain form, written out
