@@ -67,6 +67,26 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def namespace_pid(pid: int) -> int | None:
+    """`pid`'s pid in its own (innermost) pid namespace: 1 for a namespace's init, 2 for the runner."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            line = next((x for x in f if x.startswith("NSpid:")), "")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(line.split()[-1]) if line else None
+
+
 def assert_clean_failure(outcome: Outcome, limits: Limits = LIMITS) -> None:
     assert not outcome.ok and outcome.value is None
     assert outcome.verdict and "\n" not in outcome.verdict, f"verdict must be one line: {outcome.verdict!r}"
@@ -286,6 +306,66 @@ def test_numpy_patch_stays_in_the_child():
     )
     assert outcome.ok and outcome.value == 0  # the child's numpy.dot is the submission's lambda
     assert np.dot(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 11.0  # the grader's is not
+    # nor the next child's, forked from the same fork server
+    after = run_call(HOSTILE / "echo.py", DRIVER, "dot", {"a": np.array([1.0, 2.0]), "b": np.array([3.0, 4.0])})
+    assert after.ok and after.value == 11.0
+
+
+# --------------------------------------------------------------------------------------------------
+# The fork server (numpy imported once; a child forked per run): no way back to it, nothing shared
+
+
+def _server():
+    """The grader's current fork server (started by a first call if there is none yet)."""
+    assert call("echo", "echo").ok
+    return sandbox._ForkServer._current
+
+
+def test_a_child_holds_no_way_back_to_the_fork_server():
+    """Beyond stdin/stdout/stderr the child has its result and crash pipes and nothing else: not the
+    server's request socket (through which it could have a child of its choosing forked as root), nor
+    another child's control socket (through which it could forge that child's exit)."""
+    outcome = call("fork_server", "reach")
+    assert outcome.ok, outcome.verdict
+    assert outcome.value == {"3": "pipe", "4": "pipe"}
+
+
+def test_the_exec_path_gives_the_same_verdicts(monkeypatch):
+    """FORK_SERVER = False (scripts/sandbox_bench.py's bubblewrap backend): each child exec'd, as before."""
+    forked = [call("raises", "forward"), call("kill_parent", "kill_parent"), call("fork_server", "reach")]
+    forked.append(run_calls(HOSTILE / "exit_at_import.py", DRIVER, [("load", {})], LIMITS)[0])
+    monkeypatch.setattr(sandbox, "FORK_SERVER", False)
+    execd = [call("raises", "forward"), call("kill_parent", "kill_parent"), call("fork_server", "reach")]
+    execd.append(run_calls(HOSTILE / "exit_at_import.py", DRIVER, [("load", {})], LIMITS)[0])
+    assert [o.verdict for o in execd] == [o.verdict for o in forked]
+    assert forked[3].verdict == "exited with status 3 while importing"
+    assert sorted(execd[2].value.values()) == ["pipe", "pipe"]  # at the fd numbers the grader's pipes had
+
+
+def test_a_killed_fork_server_is_replaced_and_reaps_every_child():
+    server = _server()
+    assert [call("hang", "sleep", limits=Limits(wall_s=1)).verdict for _ in range(2)] == ["timed out after 1 s"] * 2
+    assert children(server.proc.pid) == []  # every child reaped, none left a zombie
+    server.proc.kill()
+    server.proc.wait()
+    assert call("echo", "echo").ok
+    assert sandbox._ForkServer._current is not server and sandbox._ForkServer._current.alive()
+
+
+def test_the_fork_server_outlives_the_thread_that_started_it():
+    """Its PDEATHSIG is tied to the thread that started it: a thread of its own, not a grading thread."""
+    import threading
+
+    server = _server()
+    server.proc.kill()
+    server.proc.wait()
+    worker = threading.Thread(target=lambda: call("echo", "echo"))
+    worker.start()
+    worker.join()
+    started = sandbox._ForkServer._current
+    assert started is not server
+    time.sleep(0.5)  # a PDEATHSIG would have killed it by now
+    assert started.alive() and call("echo", "echo").ok and sandbox._ForkServer._current is started
 
 
 def test_network_is_unreachable():
@@ -357,8 +437,9 @@ def test_a_hanging_fork_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_nothing_survives_when_the_grader_itself_is_killed(tmp_path):
-    """SIGKILL the grader mid-call: its child dies with it (PDEATHSIG), and with that child the pid
-    namespace, whose teardown kills the submission's own children."""
+    """SIGKILL the grader mid-call: its fork server dies with it (PDEATHSIG), the child with the fork
+    server (PDEATHSIG), and with that child the pid namespace, whose teardown kills the submission's
+    own children."""
     if not sandbox.isolation()["pidns"]:
         pytest.skip("no pid namespace here")
     script = tmp_path / "grader.py"
@@ -370,11 +451,9 @@ def test_nothing_survives_when_the_grader_itself_is_killed(tmp_path):
     try:
         runner = None
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and runner is None:  # bootstrap -> init -> runner -> its child
+        while time.monotonic() < deadline and runner is None:  # fork server -> bootstrap -> init -> runner -> child
             time.sleep(0.2)
-            for bootstrap in children(grader.pid):
-                for init in children(bootstrap):
-                    runner = next((r for r in children(init) if children(r)), None)
+            runner = next((p for p in descendants(grader.pid) if namespace_pid(p) == 2 and children(p)), None)
         assert runner is not None, "the submission did not start within 60 s"
         uid = os.stat(f"/proc/{runner}").st_uid
         assert len(live_processes(uid)) == 2  # the hanging runner and its sleeping child
