@@ -761,6 +761,35 @@ def test_the_npy_reader_takes_what_np_save_writes():
             assert (b.flags.c_contiguous, b.flags.f_contiguous) == (a.flags.c_contiguous, a.flags.f_contiguous)
 
 
+NPY_CASES = [
+    np.zeros(()),
+    np.float32(2.5) * np.ones(()),
+    np.arange(3.0),
+    np.arange(12, dtype=np.int64).reshape(3, 4),
+    np.ones((2, 3), np.float32).T,  # Fortran order
+    np.arange(24.0).reshape(2, 3, 4)[:, ::2, 1:],  # neither C nor Fortran order
+    np.zeros((0, 5)),
+    np.zeros((10**12, 0), np.uint8),  # a 13-digit first axis: less growth padding
+    np.array([True, False]),
+    np.arange(6, dtype=np.int8),
+    np.arange(6, dtype=np.uint16),
+    np.arange(4, dtype=np.float16),
+    np.arange(4, dtype=">f8"),  # big-endian
+    np.array([1 + 2j, 3 - 4j], np.complex64),
+    np.array([1 + 2j], np.complex128),
+    np.zeros((1,) * 64),
+]
+
+
+@pytest.mark.parametrize("a", NPY_CASES, ids=lambda a: f"{a.dtype.str}-{a.shape}"[:40])
+def test_the_npy_writer_is_np_save_byte_for_byte(a):
+    """The codec's npy_bytes (a header made once per dtype, order and shape) is np.save's plain form."""
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    for _ in range(2):  # made, then from its cache
+        assert bytes(_child.npy_bytes(a)) == buf.getvalue()
+
+
 # --------------------------------------------------------------------------------------------------
 # Academic integrity: forbidden modules found in the source, and absent at run time
 
