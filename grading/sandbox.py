@@ -853,6 +853,15 @@ class _ForkServer:
         return _Forked(int(json.loads(msg)["pid"]), ours)
 
 
+def _forget_fork_server() -> None:
+    """In a forked grader: the parent's server is not ours, and its lock may have been held mid-fork."""
+    _ForkServer._lock = threading.Lock()
+    _ForkServer._current = None
+
+
+os.register_at_fork(after_in_child=_forget_fork_server)
+
+
 def _one_line(s: object, limit: int) -> str:
     text = s if isinstance(s, str) else ""
     text = re.sub(r"\s+", " ", text).strip()

@@ -954,3 +954,44 @@ def test_masks_cover_each_form_a_forbidden_module_can_take(tmp_path, monkeypatch
     expected = {"torch", "torch-2.0-py3.11.egg", "torchvision", "autograd.py", "keras.cpython-311-x86_64-linux-gnu.so"}
     assert expected | {"jaxlib.pyc"} <= masks
     assert not masks & {"numpy", "six.py", "scipy.libs", "tensorflow-2.15.dist-info"}  # not importable as those
+
+
+def test_a_forked_grader_starts_a_fork_server_of_its_own():
+    """multiprocessing's fork start method copies the grader: the copy must not share its parent's
+    server (nor a lock held at the fork): it starts its own, and its calls still get their verdicts."""
+    import select
+    import signal
+
+    parent = _server()
+    r, w = os.pipe()
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another grading thread, starting a server at the moment of the fork
+        with sandbox._ForkServer._lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    pid = os.fork()  # the copy has the lock held by a thread it does not have
+    release.set()
+    holder.join()
+    if pid == 0:  # the forked grader
+        try:
+            outcome = call("raises", "forward")
+            mine = sandbox._ForkServer._current
+            ok = mine is not None and mine is not parent and mine.proc.pid != parent.proc.pid
+            os.write(w, f"{ok} {outcome.verdict}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    if not select.select([r], [], [], 60)[0]:
+        os.kill(pid, signal.SIGKILL)
+    with os.fdopen(r) as f:
+        said = f.read()
+    os.waitpid(pid, 0)
+    assert said.startswith("True raised ValueError: shapes (1,784) and (32,10) not aligned"), said
+    assert sandbox._ForkServer._current is parent and parent.alive()
