@@ -774,7 +774,7 @@ class _ForkServer:
         self.owner = os.getpid()
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.send_lock = threading.Lock()
-        self.err_r, err_w = os.pipe()
+        self.err_file = tempfile.TemporaryFile()  # its stderr (a file: never full, read on failure only)
         started = threading.Event()
         argv = [sys.executable, "-I", "-S", "-B", "-X", "utf8", str(CHILD), "--fork-server", str(theirs.fileno())]
         argv.append(json.dumps(list(_child_sys_path())))
@@ -785,7 +785,7 @@ class _ForkServer:
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
-                    stderr=err_w,
+                    stderr=self.err_file,
                     pass_fds=(theirs.fileno(),),
                     start_new_session=True,
                     env={**CHILD_ENV, "HOME": "/nonexistent"},
@@ -802,7 +802,6 @@ class _ForkServer:
         threading.Thread(target=keep, name="bprop-fork-server", daemon=True).start()
         started.wait()
         theirs.close()
-        os.close(err_w)
         if self.start_error is not None:
             raise SandboxError(f"the fork server did not start: {self.start_error}")
         self.sock.settimeout(STARTUP_S)
@@ -819,11 +818,8 @@ class _ForkServer:
         return self.owner == os.getpid() and self.proc.returncode is None
 
     def stderr(self) -> str:
-        os.set_blocking(self.err_r, False)
-        try:
-            return os.read(self.err_r, 1 << 16).decode("utf-8", "replace")
-        except BlockingIOError:
-            return ""
+        self.err_file.seek(0)
+        return self.err_file.read()[-(1 << 16) :].decode("utf-8", "replace")
 
     def _spawn(self, config: str, box: str, pipes: list[int]) -> _Forked:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

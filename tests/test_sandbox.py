@@ -995,3 +995,14 @@ def test_a_forked_grader_starts_a_fork_server_of_its_own():
     os.waitpid(pid, 0)
     assert said.startswith("True raised ValueError: shapes (1,784) and (32,10) not aligned"), said
     assert sandbox._ForkServer._current is parent and parent.alive()
+
+
+def test_a_fork_server_that_cannot_start_is_a_sandbox_error_with_its_reason(monkeypatch):
+    """No numpy on the child's path: the server's start fails, and the error carries its traceback."""
+    import sysconfig
+
+    stdlib = sysconfig.get_path("stdlib")
+    monkeypatch.setattr(sandbox, "_child_sys_path", lambda: (stdlib, os.path.join(stdlib, "lib-dynload")))
+    monkeypatch.setattr(sandbox._ForkServer, "_current", None)
+    with pytest.raises(sandbox.SandboxError, match=r"(?s)fork server did not start.*No module named 'numpy'"):
+        call("echo", "echo")
