@@ -8,7 +8,10 @@ limits)` does several calls in one child (each with a freshly imported module an
 clock); a call that kills its child (hang, exit, crash) gets its verdict and the next call a fresh
 child. Everything the grader compares happens here, in the grader's process.
 
-The child (grading/_child.py) is `sys.executable -I -S` in a new session, with a minimal
+The child (grading/_child.py) is forked by the grader's fork server (`_ForkServer`: one
+`sys.executable -I -S _child.py --fork-server` per grader process, numpy imported once, no submission
+code ever run there; FORK_SERVER = False execs each child instead) and is then what
+`sys.executable -I -S _child.py CONFIG` would be: in a new session, with a minimal
 environment, started in a temporary folder that is removed afterwards. It isolates itself before any
 submission code runs: new mount, network, IPC and pid namespaces, a read-only chroot of only what Python
 needs, a size-capped tmpfs as working directory, rlimits, and (as root) a uid of its own for this run
