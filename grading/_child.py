@@ -22,7 +22,7 @@ Steps (trusted code, before any submission code runs):
      {"phase": "call"}, call driver.<function>(module, **kwargs), send {"result": ...}.
 
 Wire format (the result pipe): frames of 1 kind byte + 4-byte big-endian length + payload. Kind
-b"J": a JSON message. Kind b"A": one array as .npy bytes (np.save, allow_pickle=False). A value is
+b"J": a JSON message. Kind b"A": one array as .npy bytes (np.save's, allow_pickle=False: npy_bytes). A value is
 a JSON tree in which arrays and numpy scalars are {"$nd": k} / {"$sc": k} (the k-th following array
 frame), tuples {"$tuple": [...]}, dicts {"$dict": [[key, value], ...]} (keys str or int), floats
 that JSON cannot hold {"$f": "nan"}. Nothing is pickled and decoding never executes anything. The
@@ -77,9 +77,7 @@ def encode(value: object) -> tuple[object, list[memoryview]]:
     def npy(a, path: tuple) -> int:
         if a.dtype.kind not in ARRAY_KINDS or a.dtype.fields is not None:
             raise CodecError(f"{_where(path)}: arrays of dtype {a.dtype} cannot be sent (only numbers and bools)")
-        buf = io.BytesIO()
-        np.save(buf, a, allow_pickle=False)
-        arrays.append(buf.getbuffer())  # a view, not a copy
+        arrays.append(npy_bytes(a))
         return len(arrays) - 1
 
     def items(seq, path: tuple, depth: int) -> list:
@@ -120,6 +118,34 @@ def encode(value: object) -> tuple[object, list[memoryview]]:
         )
 
     return walk(value, (), 0), arrays
+
+
+def npy_bytes(a) -> bytes:
+    """np.save(f, a, allow_pickle=False)'s bytes, byte for byte (tests/test_sandbox.py pins it), without
+    its cost per array (~25 us of header formatting; a grading sends and gets back a few thousand small
+    arrays): numpy's own header, made once per dtype, order and shape, then the data."""
+    from numpy.lib import format as npy_format
+
+    d = npy_format.header_data_from_array_1_0(a)
+    key = (d["descr"], d["fortran_order"], d["shape"])
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        buf = io.BytesIO()
+        try:
+            npy_format.write_array_header_1_0(buf, d)  # what np.save writes, for every header under 64 KB
+        except ValueError:  # longer: np.save picks format 2.0; not cached
+            import numpy as np
+
+            buf = io.BytesIO()
+            np.save(buf, a, allow_pickle=False)
+            return buf.getvalue()
+        header = buf.getvalue()
+        if len(_NPY_HEADERS) < 4096:
+            _NPY_HEADERS[key] = header
+    return header + a.tobytes(order="F" if d["fortran_order"] else "C")
+
+
+_NPY_HEADERS: dict = {}  # (descr, fortran_order, shape) -> header bytes
 
 
 # The one header np.save writes (numpy/lib/format.py): keys in this order, a shape of plain ints.
@@ -680,16 +706,20 @@ def serve(cfg: dict, chan: _Channel, info: dict) -> None:
         del value, tree, arrays, module
 
 
-def main() -> None:
-    with open(sys.argv[1]) as f:
-        cfg = json.load(f)
+def main(cfg: dict | None = None) -> None:
+    """One child, from `python _child.py CONFIG` or, with `cfg` read already, forked by the fork server."""
+    if cfg is None:
+        with open(sys.argv[1]) as f:
+            cfg = json.load(f)
     chan = _Channel(cfg["result_fd"])
     try:
         import resource
 
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the bootstrap re-raises the runner's signal
         libc = _Libc()
-        libc.prctl(PR_SET_PDEATHSIG, 9)  # die with the grader's thread that started us
+        libc.prctl(PR_SET_PDEATHSIG, 9)  # die with the grader's thread that started us (or the fork server)
+        if "parent" in cfg and os.getppid() != cfg["parent"]:
+            os._exit(1)  # the fork server died before the prctl: nobody would kill this child
         info = enter(cfg, libc)
     except BaseException as e:  # reported to the grader as a sandbox error
         chan.send({"startup_error": _error(e, "isolation")})
@@ -708,5 +738,154 @@ def main() -> None:
         os._exit(0)  # no atexit handlers, no waiting for the submission's threads
 
 
+# --------------------------------------------------------------------------------------------------
+# The fork server: numpy imported once, a fresh child forked for each run (trusted code only)
+
+SPAWN_FDS = ("stdout", "stderr", "result", "crash", "control", "config", "box")  # the fds of a b"spawn" request
+CHILD_FDS = {"stdout": 1, "stderr": 2, "result": 3, "crash": 4}  # where a forked child finds them
+
+
+def fork_server(request_fd: int, sys_path: list[str]) -> None:
+    """`python _child.py --fork-server FD SYS_PATH_JSON`, started by the grader (sandbox._ForkServer).
+
+    It imports numpy (and the stdlib the child uses) once, then waits on the request socket `FD` for
+    b"spawn" messages, each carrying the SPAWN_FDS: the child's stdout, stderr, result and crash
+    pipes, a control socket for this child alone, its open config file and its box directory. It
+    never sees a path or anything else of a run, and it never runs submission code: for each request
+    it forks, and the fork (already single-threaded, numpy already in sys.modules) becomes exactly
+    the child `python _child.py CONFIG` would have been: a session of its own, those pipes on fds
+    0-4 and every other fd closed (the request socket, other children's control sockets), the
+    config's environment and working directory, then main(): namespaces, chroot, rlimits, its own uid,
+    before any submission code runs. A child is forked from the server's pristine state, so nothing of
+    one run reaches another.
+
+    On the control socket the server sends {"pid": n}, then {"exited": true} once the child has exited
+    (it stays a zombie, so its pid and process group cannot be reused); the grader answers b"reap"
+    and gets {"status": wait status, "cpu": user + system seconds}. A control socket closed early
+    (the grader's thread gone) kills and reaps its child; the request socket closed (the grader gone)
+    kills every child, and the server exits. It dies with the grader's thread that started it
+    (PDEATHSIG), and its children die with it."""
+    import array
+    import select
+    import signal
+    import socket
+
+    libc = _Libc()
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = os.getppid()
+    if parent == 1:  # the grader died before the prctl
+        os._exit(1)
+    sys.path[:] = sys_path
+    sys.dont_write_bytecode = True
+    import builtins  # noqa: F401  (what serve() imports: loaded once here)
+    import faulthandler  # noqa: F401
+    import importlib.util  # noqa: F401
+    import resource  # noqa: F401
+
+    import numpy  # noqa: F401
+
+    server = socket.socket(fileno=request_fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler (not SIG_IGN: that would reap them)
+    signal.set_wakeup_fd(wake_w)
+    children: dict[int, socket.socket] = {}  # pid -> its control socket
+    exited: set[int] = set()
+    server.send(b"ready")
+
+    def reap(pid: int, reply: bool) -> None:
+        ctl = children.pop(pid)
+        exited.discard(pid)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is empty
+        _, status, usage = os.wait4(pid, 0)
+        if reply:
+            try:
+                ctl.send(json.dumps({"status": status, "cpu": usage.ru_utime + usage.ru_stime}).encode())
+            except OSError:
+                pass  # the grader's end is gone: nobody to tell
+        ctl.close()
+
+    while True:
+        ready, _, _ = select.select([server, wake_r, *children.values()], [], [])
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+        for pid in [p for p in children if p not in exited]:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if info is not None and info.si_pid != 0:
+                exited.add(pid)
+                try:
+                    children[pid].send(b'{"exited": true}')
+                except OSError:
+                    reap(pid, reply=False)
+        for pid, ctl in list(children.items()):
+            if ctl in ready:
+                try:
+                    msg = ctl.recv(16)
+                except OSError:
+                    msg = b""
+                reap(pid, reply=msg == b"reap")  # anything else, or the end of the socket: kill and reap
+        if server not in ready:
+            continue
+        fds = array.array("i")
+        msg, ancdata, _, _ = server.recvmsg(16, socket.CMSG_SPACE(len(SPAWN_FDS) * fds.itemsize))
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        if msg != b"spawn" or len(fds) != len(SPAWN_FDS):
+            for fd in fds:
+                os.close(fd)
+            if msg == b"":  # the grader is gone: nothing it started may stay
+                for pid in list(children):
+                    reap(pid, reply=False)
+                os._exit(0)
+            continue
+        got = dict(zip(SPAWN_FDS, fds))
+        me = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _forked_child(got, me)
+            finally:
+                os._exit(1)  # never back into the server's loop
+        for name, fd in got.items():
+            if name != "control":
+                os.close(fd)
+        ctl = socket.socket(fileno=got["control"])
+        children[pid] = ctl
+        try:
+            ctl.send(json.dumps({"pid": pid}).encode())
+        except OSError:
+            reap(pid, reply=False)
+
+
+def _forked_child(fds: dict[str, int], server: int) -> None:
+    """In the fork: become what `python _child.py CONFIG` would have been, then main()."""
+    import fcntl
+    import signal
+
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.setsid()
+    with os.fdopen(fds["config"], "r", closefd=True) as f:  # its own fd, above 4 or not: read it first
+        cfg = json.load(f)
+    os.fchdir(fds["box"])
+    high = {name: fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for name, fd in fds.items() if name in CHILD_FDS}
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    for name, fd in high.items():
+        os.dup2(fd, CHILD_FDS[name])
+    os.closerange(len(CHILD_FDS) + 1, os.sysconf("SC_OPEN_MAX"))  # the server's socket, other children's
+    os.environ.clear()
+    os.environ.update(cfg["env"])
+    cfg["parent"] = server
+    main(cfg)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--fork-server"]:
+        fork_server(int(sys.argv[2]), json.loads(sys.argv[3]))
+    else:
+        main()

@@ -8,7 +8,10 @@ limits)` does several calls in one child (each with a freshly imported module an
 clock); a call that kills its child (hang, exit, crash) gets its verdict and the next call a fresh
 child. Everything the grader compares happens here, in the grader's process.
 
-The child (grading/_child.py) is `sys.executable -I -S` in a new session, with a minimal
+The child (grading/_child.py) is forked by the grader's fork server (`_ForkServer`: one
+`sys.executable -I -S _child.py --fork-server` per grader process, numpy imported once, no submission
+code ever run there; FORK_SERVER = False execs each child instead) and is then what
+`sys.executable -I -S _child.py CONFIG` would be: in a new session, with a minimal
 environment, started in a temporary folder that is removed afterwards. It isolates itself before any
 submission code runs: new mount, network, IPC and pid namespaces, a read-only chroot of only what Python
 needs, a size-capped tmpfs as working directory, rlimits, and (as root) a uid of its own for this run
@@ -28,6 +31,7 @@ interpreter and numpy must be readable by that uid (the child says so if they ar
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import functools
 import glob
@@ -40,10 +44,12 @@ import selectors
 import shutil
 import signal
 import site
+import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,6 +68,16 @@ UID_BASE = 0x4000_0000  # one uid per run, UID_BASE + random 24 bits: unused by 
 DRAIN_BYTES = 16 * 1024 * 1024  # most output read at once when attributing output to a call
 CRASH_BYTES = 64 * 1024  # faulthandler's report of a fatal signal
 READ_CPU_S = 10.0  # grader CPU per call for reading and decoding what the child sends back
+FORK_SERVER = True  # children forked from one numpy-loaded server (_ForkServer); False: each one exec'd
+CHILD_ENV = {  # a child's whole environment, with HOME, TMPDIR and MPLCONFIGDIR its working directory
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MPLBACKEND": "Agg",
+}
 
 
 @dataclass(frozen=True)
@@ -300,8 +316,9 @@ class _Run:
             os.chmod(path, 0o644)
         self.root = os.geteuid() == 0 and self.isolation["drop_uid"] and not self.isolation["userns"]
 
-    def config(self, first: int, uid: int, result_fd: int, crash_fd: int) -> str:
+    def config(self, first: int, uid: int, result_fd: int, crash_fd: int, env: dict | None = None) -> str:
         cfg = {
+            "env": env or {},
             "isolation": self.isolation,
             "uid": uid,
             "gid": uid,
@@ -365,45 +382,50 @@ class _Child:
     def run(self) -> int:
         run = self.run_
         self.uid = UID_BASE + random.randrange(1 << 24) if run.root else os.getuid()
-        r_res, w_res = os.pipe()
-        r_crash, w_crash = os.pipe()
+        env = {
+            **CHILD_ENV,
+            "HOME": f"{run.box}/work",
+            "TMPDIR": f"{run.box}/work",
+            "MPLCONFIGDIR": f"{run.box}/work",
+        }
+        pipes = {name: os.pipe() for name in ("out", "err", "res", "crash")}  # name -> (read end, write end)
+        w = {name: ends[1] for name, ends in pipes.items()}
         try:
-            cfg = run.config(self.first, self.uid, w_res, w_crash)
-            env = {
-                "PATH": "/usr/bin:/bin",
-                "HOME": f"{run.box}/work",
-                "TMPDIR": f"{run.box}/work",
-                "LANG": "C.UTF-8",
-                "LC_ALL": "C.UTF-8",
-                "OPENBLAS_NUM_THREADS": "1",
-                "OMP_NUM_THREADS": "1",
-                "MKL_NUM_THREADS": "1",
-                "MPLBACKEND": "Agg",
-                "MPLCONFIGDIR": f"{run.box}/work",
-            }
-            self.proc = subprocess.Popen(
-                self.argv(cfg),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(w_res, w_crash),
-                start_new_session=True,
-                env=env,
-                cwd=run.box,
-            )
+            if FORK_SERVER:
+                cfg = run.config(self.first, self.uid, _child.CHILD_FDS["result"], _child.CHILD_FDS["crash"], env)
+                self.proc = _ForkServer.spawn(cfg, run.box, [w["out"], w["err"], w["res"], w["crash"]])
+            else:
+                cfg = run.config(self.first, self.uid, w["res"], w["crash"], env)
+                self.proc = _Exec(
+                    subprocess.Popen(
+                        self.argv(cfg),
+                        stdin=subprocess.DEVNULL,
+                        stdout=w["out"],
+                        stderr=w["err"],
+                        pass_fds=(w["res"], w["crash"]),
+                        start_new_session=True,
+                        env=env,
+                        cwd=run.box,
+                    )
+                )
+        except BaseException:
+            for r, _ in pipes.values():
+                os.close(r)
+            raise
         finally:
-            os.close(w_res)
-            os.close(w_crash)
+            for fd in w.values():
+                os.close(fd)
         self.started = time.monotonic()
-        fds = {self.proc.stdout.fileno(): "out", self.proc.stderr.fileno(): "err", r_res: "res", r_crash: "crash"}
+        self.out_fds = {name: ends[0] for name, ends in pipes.items()}
+        fds = {fd: name for name, fd in self.out_fds.items()}
         try:
             self._serve(fds)
         finally:
-            self._end(fds)
-            for fd in (r_res, r_crash):
-                os.close(fd)
-            self.proc.stdout.close()
-            self.proc.stderr.close()
+            try:
+                self._end(fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
         return self._after()
 
     def argv(self, config: str) -> list[str]:
@@ -469,8 +491,7 @@ class _Child:
 
     def _exited(self) -> bool:
         """The child has exited (kept a zombie, so its pid and process group cannot be reused yet)."""
-        info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        return info is not None and info.si_pid != 0
+        return self.proc.exited()
 
     def _end(self, fds: dict) -> None:
         """Kill what is left (the group, then every process of this run's uid), reap, read what remains."""
@@ -479,9 +500,8 @@ class _Child:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass  # the group is empty
-        _, status, usage = os.wait4(self.proc.pid, 0)
+        status, self.cpu_used = self.proc.reap()
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.cpu_used = usage.ru_utime + usage.ru_stime
         if self.run_.root:
             _kill_uid(self.uid)
         self._drain(fds)
@@ -588,8 +608,8 @@ class _Child:
 
     def _drain_outputs(self) -> None:
         """Output written before the result is already in the pipes: give it to this call."""
-        for stream, name in ((self.proc.stdout, "out"), (self.proc.stderr, "err")):
-            self._drain_one(stream.fileno(), name)
+        for name in ("out", "err"):
+            self._drain_one(self.out_fds[name], name)
 
     def _record(self, ok: bool, value, verdict: str | None, tb: str | None, wall: float) -> None:
         self.outcomes[self.cur] = Outcome(
@@ -668,6 +688,177 @@ class _Child:
                 self.outcomes[k] = Outcome(False, None, o.verdict, o.traceback, "", "", 0.0)
             return len(self.outcomes)
         return failed + 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Starting a child: forked from the fork server, or exec'd
+
+
+class _Exec:
+    """A child started as `python _child.py CONFIG`: the grader is its parent."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.pid, self.returncode = popen.pid, None
+
+    def exited(self) -> bool:
+        info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return info is not None and info.si_pid != 0
+
+    def reap(self) -> tuple[int, float]:
+        """(wait status, CPU seconds): the grader killed the group already."""
+        _, status, usage = os.wait4(self.pid, 0)
+        return status, usage.ru_utime + usage.ru_stime
+
+
+class _Forked:
+    """A child forked by the fork server, its parent: what the server says of it, on its control socket."""
+
+    def __init__(self, pid: int, control: socket.socket):
+        self.pid, self.control, self.returncode, self.gone = pid, control, None, False
+
+    def exited(self) -> bool:
+        if not self.gone:
+            try:
+                msg = self.control.recv(64, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            if msg not in (b'{"exited": true}', b""):  # b"": the server died, and with it the child
+                raise SandboxError(f"the fork server sent {msg[:80]!r} where an exit was expected")
+            self.gone = True
+        return True
+
+    def reap(self) -> tuple[int, float]:
+        """(wait status, CPU seconds), from the server, which keeps the child a zombie until now."""
+        try:
+            self.control.send(b"reap")
+            self.control.settimeout(STARTUP_S)
+            msg = self.control.recv(256)
+            if msg == b'{"exited": true}':
+                msg = self.control.recv(256)
+        except OSError as e:
+            raise SandboxError(f"the fork server did not answer for child {self.pid}: {e}") from None
+        finally:
+            self.control.close()
+        if not msg:
+            raise SandboxError(f"the fork server died while child {self.pid} ran")
+        reply = json.loads(msg)
+        return int(reply["status"]), float(reply["cpu"])
+
+
+class _ForkServer:
+    """`python _child.py --fork-server`: one per grader process, started on first use. It imports numpy
+    once (a child's start-up was mostly numpy's import: about 130 of 160 ms of CPU) and forks a child
+    per run, before anything of the run reaches it; it runs no submission code (see
+    _child.fork_server). Started from a thread of its own that lives as long as the grader, so that
+    its PDEATHSIG fires when the grader dies, not when some worker thread ends."""
+
+    _lock = threading.Lock()
+    _current: _ForkServer | None = None
+
+    @classmethod
+    def spawn(cls, config: str, box: str, pipes: list[int]) -> _Forked:
+        """A forked child with `pipes` (stdout, stderr, result, crash write ends) and its config."""
+        for attempt in (0, 1):
+            with cls._lock:
+                if cls._current is None or not cls._current.alive():
+                    cls._current = cls()
+                server = cls._current
+            try:
+                return server._spawn(config, box, pipes)
+            except ConnectionError:  # it died (killed?): once more, with a fresh one
+                with cls._lock:
+                    if cls._current is server:
+                        cls._current = None
+                if attempt:  # a fresh server refused it too
+                    raise SandboxError(f"the fork server refused a child:\n{server.stderr()}") from None
+        raise AssertionError("unreachable")
+
+    def __init__(self):
+        self.owner = os.getpid()
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.send_lock = threading.Lock()
+        self.err_file = tempfile.TemporaryFile()  # its stderr (a file: never full, read on failure only)
+        started = threading.Event()
+        argv = [sys.executable, "-I", "-S", "-B", "-X", "utf8", str(CHILD), "--fork-server", str(theirs.fileno())]
+        argv.append(json.dumps(list(_child_sys_path())))
+
+        def keep() -> None:
+            try:
+                self.proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=self.err_file,
+                    pass_fds=(theirs.fileno(),),
+                    start_new_session=True,
+                    env={**CHILD_ENV, "HOME": "/nonexistent"},
+                    cwd="/",
+                )
+            except BaseException as e:
+                self.start_error = e
+                return
+            finally:
+                started.set()
+            self.proc.wait()  # keeps this thread, the server's parent for PDEATHSIG, alive as long as it lives
+
+        self.start_error: BaseException | None = None
+        threading.Thread(target=keep, name="bprop-fork-server", daemon=True).start()
+        started.wait()
+        theirs.close()
+        if self.start_error is not None:
+            raise SandboxError(f"the fork server did not start: {self.start_error}")
+        self.sock.settimeout(STARTUP_S)
+        try:
+            ready = self.sock.recv(16)
+        except OSError as e:
+            ready = repr(e).encode()
+        if ready != b"ready":
+            self.proc.kill()
+            raise SandboxError(f"the fork server did not start ({ready[:80]!r}):\n{self.stderr()}")
+        self.sock.settimeout(None)
+
+    def alive(self) -> bool:
+        return self.owner == os.getpid() and self.proc.returncode is None
+
+    def stderr(self) -> str:
+        self.err_file.seek(0)
+        return self.err_file.read()[-(1 << 16) :].decode("utf-8", "replace")
+
+    def _spawn(self, config: str, box: str, pipes: list[int]) -> _Forked:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cfg_fd = os.open(config, os.O_RDONLY)
+        box_fd = os.open(box, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fds = array.array("i", [*pipes, theirs.fileno(), cfg_fd, box_fd])
+            with self.send_lock:
+                self.sock.sendmsg([b"spawn"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+            os.close(cfg_fd)
+            os.close(box_fd)
+        ours.settimeout(STARTUP_S)
+        try:
+            msg = ours.recv(256)
+        except OSError as e:
+            ours.close()
+            raise SandboxError(f"the fork server did not fork a child: {e}") from None
+        if not msg:
+            ours.close()
+            raise ConnectionError("the fork server closed the child's control socket")
+        ours.settimeout(None)
+        return _Forked(int(json.loads(msg)["pid"]), ours)
+
+
+def _forget_fork_server() -> None:
+    """In a forked grader: the parent's server is not ours, and its lock may have been held mid-fork."""
+    _ForkServer._lock = threading.Lock()
+    _ForkServer._current = None
+
+
+os.register_at_fork(after_in_child=_forget_fork_server)
 
 
 def _one_line(s: object, limit: int) -> str:

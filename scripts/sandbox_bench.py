@@ -40,11 +40,11 @@ def use_bwrap() -> None:
         raise SystemExit("bubblewrap is not installed: apt-get install -y bubblewrap")
     original_config = sandbox._Run.config
 
-    def config(self, first, uid, result_fd, crash_fd):
+    def config(self, first, uid, result_fd, crash_fd, env=None):
         saved = self.isolation
         self.isolation = {**saved, "namespaces": False}  # bwrap makes them
         try:
-            return original_config(self, first, uid, result_fd, crash_fd)
+            return original_config(self, first, uid, result_fd, crash_fd, env)
         finally:
             self.isolation = saved
 
@@ -79,6 +79,7 @@ def use_bwrap() -> None:
     argv.__wrapped__ = plain
     sandbox._Run.config = config
     sandbox._Child.argv = argv
+    sandbox.FORK_SERVER = False  # bwrap execs the child: no fork server
 
 
 def rate(copies: int) -> dict:

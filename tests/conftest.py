@@ -111,7 +111,7 @@ def longest_first(items, seconds: dict[str, float]) -> list:
 # tests/test_validate.py ran on both). Any other `--dist` (loadscope, loadfile, ...) keeps xdist's own.
 ONE_WORKER_MODULES = {
     "test_validate.py",  # small_run: every preset, both dtypes, three frameworks
-    "test_shards.py",  # runs: a 60-submission class graded whole and as three shards
+    "test_shards.py",  # runs: a 30-submission class graded whole and as three shards
     "test_grading_cli.py",  # ran, nasty: class folders graded through the CLI
     "test_grading_plugin.py",  # junit: a class graded through the pytest plugin
     "test_reports.py",  # graded: a class graded with every report

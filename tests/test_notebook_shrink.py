@@ -188,7 +188,7 @@ def test_a_submission_that_spots_the_small_integers_cannot_change_the_verdict(tm
     assert hostile != source
     path = tmp_path / "spots_integers.py"
     path.write_text(hostile)
-    limits = dataclasses.replace(Limits(), wall_s=8.0, cpu_s=8.0)
+    limits = dataclasses.replace(Limits(), wall_s=4.0, cpu_s=4.0)  # the hang waits for it once
     result = grade_submission(path, assignment_of("layer/wrong_sign.py"), limits)
     plain = grade_submission(ROOT / "layer/wrong_sign.py", assignment_of("layer/wrong_sign.py"), limits)
     assert result.score == plain.score == 7.0
@@ -213,7 +213,7 @@ def test_a_function_submission_that_spots_the_sparse_sample_cannot_change_the_ve
     hostile = source.replace(trap, trap + "    while np.count_nonzero(sample) <= 2:\n        pass\n")
     path = tmp_path / "spots_sparse.py"
     path.write_text(hostile)
-    limits = dataclasses.replace(Limits(), wall_s=8.0, cpu_s=8.0)
+    limits = dataclasses.replace(Limits(), wall_s=4.0, cpu_s=4.0)  # the hang waits for it once
     result = grade_submission(path, assignment_of(rel), limits)
     plain = grade_submission(ROOT / rel, assignment_of(rel), limits)
     assert result.score == plain.score == 4.0

@@ -30,6 +30,9 @@ HOSTILE = Path(__file__).resolve().parent / "hostile"
 DRIVER = HOSTILE / "driver.py"
 PROJECT = Path(__file__).resolve().parent.parent
 LIMITS = Limits(wall_s=5, cpu_s=10, memory_mb=512)
+# The submissions that hang: what they test is that the wall limit kills them and says so, not its
+# size; 2 s is still ten times a call's start on the loaded 2-core machine (was LIMITS' 5 s: 3 s each).
+HANG_LIMITS = Limits(wall_s=2, cpu_s=10, memory_mb=512)
 SLACK_S = 3.0  # start-up, kill and clean-up on a loaded 2-core machine, on top of the wall limit
 
 
@@ -65,6 +68,26 @@ def children(pid: int) -> list[int]:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def namespace_pid(pid: int) -> int | None:
+    """`pid`'s pid in its own (innermost) pid namespace: 1 for a namespace's init, 2 for the runner."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            line = next((x for x in f if x.startswith("NSpid:")), "")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(line.split()[-1]) if line else None
 
 
 def assert_clean_failure(outcome: Outcome, limits: Limits = LIMITS) -> None:
@@ -113,8 +136,8 @@ VERDICTS = [
         "hang",
         "call",
         {"name": "spin"},
-        LIMITS,
-        r"timed out after 5 s",
+        HANG_LIMITS,
+        r"timed out after 2 s",
         r'File "hang.py", line [78] in spin',
     ),
     (
@@ -122,8 +145,8 @@ VERDICTS = [
         "hang",
         "call",
         {"name": "sleep"},
-        LIMITS,
-        r"timed out after 5 s",
+        HANG_LIMITS,
+        r"timed out after 2 s",
         r'Stack \(most recent call first\):\n  File "hang.py", line 12 in sleep',
     ),
     (
@@ -286,6 +309,66 @@ def test_numpy_patch_stays_in_the_child():
     )
     assert outcome.ok and outcome.value == 0  # the child's numpy.dot is the submission's lambda
     assert np.dot(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 11.0  # the grader's is not
+    # nor the next child's, forked from the same fork server
+    after = run_call(HOSTILE / "echo.py", DRIVER, "dot", {"a": np.array([1.0, 2.0]), "b": np.array([3.0, 4.0])})
+    assert after.ok and after.value == 11.0
+
+
+# --------------------------------------------------------------------------------------------------
+# The fork server (numpy imported once; a child forked per run): no way back to it, nothing shared
+
+
+def _server():
+    """The grader's current fork server (started by a first call if there is none yet)."""
+    assert call("echo", "echo").ok
+    return sandbox._ForkServer._current
+
+
+def test_a_child_holds_no_way_back_to_the_fork_server():
+    """Beyond stdin/stdout/stderr the child has its result and crash pipes and nothing else: not the
+    server's request socket (through which it could have a child of its choosing forked as root), nor
+    another child's control socket (through which it could forge that child's exit)."""
+    outcome = call("fork_server", "reach")
+    assert outcome.ok, outcome.verdict
+    assert outcome.value == {"3": "pipe", "4": "pipe"}
+
+
+def test_the_exec_path_gives_the_same_verdicts(monkeypatch):
+    """FORK_SERVER = False (scripts/sandbox_bench.py's bubblewrap backend): each child exec'd, as before."""
+    forked = [call("raises", "forward"), call("kill_parent", "kill_parent"), call("fork_server", "reach")]
+    forked.append(run_calls(HOSTILE / "exit_at_import.py", DRIVER, [("load", {})], LIMITS)[0])
+    monkeypatch.setattr(sandbox, "FORK_SERVER", False)
+    execd = [call("raises", "forward"), call("kill_parent", "kill_parent"), call("fork_server", "reach")]
+    execd.append(run_calls(HOSTILE / "exit_at_import.py", DRIVER, [("load", {})], LIMITS)[0])
+    assert [o.verdict for o in execd] == [o.verdict for o in forked]
+    assert forked[3].verdict == "exited with status 3 while importing"
+    assert sorted(execd[2].value.values()) == ["pipe", "pipe"]  # at the fd numbers the grader's pipes had
+
+
+def test_a_killed_fork_server_is_replaced_and_reaps_every_child():
+    server = _server()
+    assert [call("hang", "sleep", limits=Limits(wall_s=1)).verdict for _ in range(2)] == ["timed out after 1 s"] * 2
+    assert children(server.proc.pid) == []  # every child reaped, none left a zombie
+    server.proc.kill()
+    server.proc.wait()
+    assert call("echo", "echo").ok
+    assert sandbox._ForkServer._current is not server and sandbox._ForkServer._current.alive()
+
+
+def test_the_fork_server_outlives_the_thread_that_started_it():
+    """Its PDEATHSIG is tied to the thread that started it: a thread of its own, not a grading thread."""
+    import threading
+
+    server = _server()
+    server.proc.kill()
+    server.proc.wait()
+    worker = threading.Thread(target=lambda: call("echo", "echo"))
+    worker.start()
+    worker.join()
+    started = sandbox._ForkServer._current
+    assert started is not server
+    time.sleep(0.5)  # a PDEATHSIG would have killed it by now
+    assert started.alive() and call("echo", "echo").ok and sandbox._ForkServer._current is started
 
 
 def test_network_is_unreachable():
@@ -348,17 +431,18 @@ def test_an_orphan_that_left_the_session_is_killed():
 
 def test_a_hanging_fork_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(sandbox, "TMP_BASE", str(tmp_path))
-    outcome = call("fork", "fork_and_hang")
-    assert_clean_failure(outcome)
-    assert outcome.verdict == "timed out after 5 s"
+    outcome = call("fork", "fork_and_hang", limits=HANG_LIMITS)
+    assert_clean_failure(outcome, HANG_LIMITS)
+    assert outcome.verdict == "timed out after 2 s"
     uid = int(re.fullmatch(r"uid (\d+)\n", outcome.stdout).group(1))
     assert live_processes(uid) == []
     assert list(tmp_path.iterdir()) == []  # the temporary directory is gone, even after the kill
 
 
 def test_nothing_survives_when_the_grader_itself_is_killed(tmp_path):
-    """SIGKILL the grader mid-call: its child dies with it (PDEATHSIG), and with that child the pid
-    namespace, whose teardown kills the submission's own children."""
+    """SIGKILL the grader mid-call: its fork server dies with it (PDEATHSIG), the child with the fork
+    server (PDEATHSIG), and with that child the pid namespace, whose teardown kills the submission's
+    own children."""
     if not sandbox.isolation()["pidns"]:
         pytest.skip("no pid namespace here")
     script = tmp_path / "grader.py"
@@ -370,11 +454,9 @@ def test_nothing_survives_when_the_grader_itself_is_killed(tmp_path):
     try:
         runner = None
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and runner is None:  # bootstrap -> init -> runner -> its child
+        while time.monotonic() < deadline and runner is None:  # fork server -> bootstrap -> init -> runner -> child
             time.sleep(0.2)
-            for bootstrap in children(grader.pid):
-                for init in children(bootstrap):
-                    runner = next((r for r in children(init) if children(r)), None)
+            runner = next((p for p in descendants(grader.pid) if namespace_pid(p) == 2 and children(p)), None)
         assert runner is not None, "the submission did not start within 60 s"
         uid = os.stat(f"/proc/{runner}").st_uid
         assert len(live_processes(uid)) == 2  # the hanging runner and its sleeping child
@@ -479,11 +561,11 @@ def test_run_calls_gives_each_call_its_own_verdict():
         ("call", {"name": "leave"}),
         ("call", {"name": "ok", "x": 3}),
     ]
-    outcomes = run_calls(mixed, DRIVER, calls, LIMITS)
+    outcomes = run_calls(mixed, DRIVER, calls, HANG_LIMITS)
     assert [o.ok for o in outcomes] == [True, False, True, False, False, False, True]
     assert [o.value for o in outcomes if o.ok] == [2, 3, 4]
     assert [o.verdict for o in outcomes if not o.ok] == [
-        "timed out after 5 s",
+        "timed out after 2 s",
         "killed by signal SIGSEGV (segmentation fault)",
         "raised KeyError: 'dense_1.W'",
         "exited with status 7",
@@ -682,6 +764,35 @@ def test_the_npy_reader_takes_what_np_save_writes():
             assert (b.flags.c_contiguous, b.flags.f_contiguous) == (a.flags.c_contiguous, a.flags.f_contiguous)
 
 
+NPY_CASES = [
+    np.zeros(()),
+    np.float32(2.5) * np.ones(()),
+    np.arange(3.0),
+    np.arange(12, dtype=np.int64).reshape(3, 4),
+    np.ones((2, 3), np.float32).T,  # Fortran order
+    np.arange(24.0).reshape(2, 3, 4)[:, ::2, 1:],  # neither C nor Fortran order
+    np.zeros((0, 5)),
+    np.zeros((10**12, 0), np.uint8),  # a 13-digit first axis: less growth padding
+    np.array([True, False]),
+    np.arange(6, dtype=np.int8),
+    np.arange(6, dtype=np.uint16),
+    np.arange(4, dtype=np.float16),
+    np.arange(4, dtype=">f8"),  # big-endian
+    np.array([1 + 2j, 3 - 4j], np.complex64),
+    np.array([1 + 2j], np.complex128),
+    np.zeros((1,) * 64),
+]
+
+
+@pytest.mark.parametrize("a", NPY_CASES, ids=lambda a: f"{a.dtype.str}-{a.shape}"[:40])
+def test_the_npy_writer_is_np_save_byte_for_byte(a):
+    """The codec's npy_bytes (a header made once per dtype, order and shape) is np.save's plain form."""
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    for _ in range(2):  # made, then from its cache
+        assert bytes(_child.npy_bytes(a)) == buf.getvalue()
+
+
 # --------------------------------------------------------------------------------------------------
 # Academic integrity: forbidden modules found in the source, and absent at run time
 
@@ -843,3 +954,55 @@ def test_masks_cover_each_form_a_forbidden_module_can_take(tmp_path, monkeypatch
     expected = {"torch", "torch-2.0-py3.11.egg", "torchvision", "autograd.py", "keras.cpython-311-x86_64-linux-gnu.so"}
     assert expected | {"jaxlib.pyc"} <= masks
     assert not masks & {"numpy", "six.py", "scipy.libs", "tensorflow-2.15.dist-info"}  # not importable as those
+
+
+def test_a_forked_grader_starts_a_fork_server_of_its_own():
+    """multiprocessing's fork start method copies the grader: the copy must not share its parent's
+    server (nor a lock held at the fork): it starts its own, and its calls still get their verdicts."""
+    import select
+    import signal
+
+    parent = _server()
+    r, w = os.pipe()
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another grading thread, starting a server at the moment of the fork
+        with sandbox._ForkServer._lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    pid = os.fork()  # the copy has the lock held by a thread it does not have
+    release.set()
+    holder.join()
+    if pid == 0:  # the forked grader
+        try:
+            outcome = call("raises", "forward")
+            mine = sandbox._ForkServer._current
+            ok = mine is not None and mine is not parent and mine.proc.pid != parent.proc.pid
+            os.write(w, f"{ok} {outcome.verdict}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    if not select.select([r], [], [], 60)[0]:
+        os.kill(pid, signal.SIGKILL)
+    with os.fdopen(r) as f:
+        said = f.read()
+    os.waitpid(pid, 0)
+    assert said.startswith("True raised ValueError: shapes (1,784) and (32,10) not aligned"), said
+    assert sandbox._ForkServer._current is parent and parent.alive()
+
+
+def test_a_fork_server_that_cannot_start_is_a_sandbox_error_with_its_reason(monkeypatch):
+    """No numpy on the child's path: the server's start fails, and the error carries its traceback."""
+    import sysconfig
+
+    stdlib = sysconfig.get_path("stdlib")
+    monkeypatch.setattr(sandbox, "_child_sys_path", lambda: (stdlib, os.path.join(stdlib, "lib-dynload")))
+    monkeypatch.setattr(sandbox._ForkServer, "_current", None)
+    with pytest.raises(sandbox.SandboxError, match=r"(?s)fork server did not start.*No module named 'numpy'"):
+        call("echo", "echo")
