@@ -89,6 +89,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import _engine_run_backward  # what torch.autograd.backward calls (see _fast_step)
 
 from oracles import OnStep, check_epoch
 from reference.errors import DTypeError, ShapeError, check_array, describe
@@ -221,6 +222,7 @@ class TorchTwin:
         self.optimizer, self._keras_adam_eps = build_optimizer(spec.optimizer, self.named)
         self.steps_taken = 0
         self.fast = True  # False: every step through the general _train_step (the fast step's yardstick)
+        self._one = torch.ones((), dtype=self.tdtype)  # dL/dL, the fast step's gradient for backward
 
     # Building -----------------------------------------------------------------------------------
 
@@ -474,7 +476,24 @@ class TorchTwin:
         # record_function around it and the step-hook loops); functools.wraps keeps the step it
         # wrapped, still inside torch.optim's own no_grad wrapper (_use_grad_for_differentiable).
         inner = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
-        return [m.forward for m in self.modules], (inner.__get__(self.optimizer) if inner else self.optimizer.step)
+        forwards = [self.modules[k].forward for k in self._fast_order()]
+        return forwards, (inner.__get__(self.optimizer) if inner else self.optimizer.step)
+
+    def _fast_order(self) -> list[int]:
+        """The modules' indices in the fast step's order: each nn.ReLU directly followed by an
+        nn.MaxPool2d whose windows tile (stride = kernel, no padding, no dilation) swapped with it,
+        the rest in place. max_pool(relu(x)) = relu(max_pool(x)) exactly (relu is monotone), and so
+        are the gradients: torch's max-pool routes dL/d(out) to each window's first maximum, and
+        threshold_backward writes 0 where x <= 0, so either order gives g at the first maximum of a
+        window whose maximum is positive and +0 everywhere else (reference.network.training_order,
+        the reference's own swap, proves it in full). The ReLU then runs on the pooled tensor,
+        a quarter of the size for 2x2 pools. tests/test_torch_twin.py pins it bit for bit."""
+        order = list(range(len(self.modules)))
+        for i in range(len(order) - 1):
+            relu, pool = self.modules[order[i]], self.modules[order[i + 1]]
+            if type(relu) is nn.ReLU and type(pool) is nn.MaxPool2d and _tiles(pool):
+                order[i], order[i + 1] = order[i + 1], order[i]
+        return order
 
     def _fast_step(self, xt: torch.Tensor, yt: torch.Tensor, parts) -> torch.Tensor:
         """The general step's very ops where nothing lies between the modules: each Module.forward
@@ -487,7 +506,10 @@ class TorchTwin:
         for forward in forwards:
             h = forward(h)
         loss = self.loss_fn(h, yt)
-        loss.backward()
+        # loss.backward() is torch.autograd.backward(loss), which checks its arguments, makes
+        # ones_like(loss) and calls _engine_run_backward with these very arguments: the engine
+        # gets the same call, with a kept scalar 1 (autograd never writes to an incoming gradient).
+        _engine_run_backward((loss,), (self._one,), False, False, (), allow_unreachable=True, accumulate_grad=True)
         self._optimizer_step(step)
         return loss.detach()
 
@@ -547,6 +569,14 @@ def _module_hooks(module: nn.Module | None = None) -> bool:
         return any(hooks) or bool(m._global_forward_pre_hooks)
     hooks = module._backward_hooks or module._backward_pre_hooks or module._forward_hooks or module._forward_pre_hooks
     return bool(hooks) or getattr(module, "_compiled_call_impl", None) is not None  # Module.compile()'d
+
+
+def _tiles(pool: nn.MaxPool2d) -> bool:
+    """Whether a max-pool's windows tile its input: stride = kernel, no padding, no dilation (then each
+    element lies in at most one window, and the ReLU swap of TorchTwin._fast_order is exact)."""
+    pair = nn.modules.utils._pair
+    kernel, stride = pair(pool.kernel_size), pair(pool.stride)
+    return kernel == stride and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1)
 
 
 def _optimizer_hooks(optimizer: torch.optim.Optimizer) -> bool:
