@@ -73,7 +73,17 @@ Speed. train_epoch is the plain eager loop (forward, loss.backward(), optimizer.
 Where nothing lies between the modules (no dropout, batchnorm or L2, no hook registered: every
 preset) a step takes the same ops with less Python around them (_fast_step: Module.forward in turn,
 torch.optim's step without its profiler wrapper), bit for bit the general step, 0.70-0.81x of its
-CPU on the per-sample preset; `twin.fast = False` turns it off. Measured on the per-sample preset
+CPU on the per-sample preset; `twin.fast = False` turns it off. Its backward is the autograd
+engine's call that loss.backward() ends in (torch.autograd.graph._engine_run_backward, with a kept
+dL/dL = 1 instead of a new ones_like per step): 0.86-0.93x of the step's CPU on the per-sample
+presets, bit for bit. Measured and left out (2026-12-02, AMD EPYC, 2 cores, one thread): on the
+CNN, each ReLU run after its max-pool (exact, as the reference does; the pool then sees unclipped
+values and gets slower: 0.93-1.00x in float64, 1.01-1.07x in float32), the max-pools on a
+channels_last copy (1.10x; and that kernel routes tied maxima elsewhere, so with the ReLU after it
+the parameters differ by 8e-16), the whole net in channels_last (1.25x in float64 and the
+parameters off by 1e-15; 1.04x and 4e-7 in float32), conv2d without oneDNN in float32 (1.5x); calling
+cross_entropy's C op directly (0.99x of the engine call). evaluate runs in torch.inference_mode
+(0.96x of no_grad's CPU on the CNN, the same numbers). Measured on the per-sample preset
 (2 busy cores, CPU time per step): foreach=True and fused=True within noise of the default,
 calling torch.func.grad then optimizer.step() 2x slower, torch.compile of the step 2x slower per
 step after an 87 s compile; torch's per-op dispatch (about 35 ops a step) is the floor.
@@ -476,31 +486,15 @@ class TorchTwin:
         # record_function around it and the step-hook loops); functools.wraps keeps the step it
         # wrapped, still inside torch.optim's own no_grad wrapper (_use_grad_for_differentiable).
         inner = getattr(step, "__wrapped__", None) if getattr(step, "hooked", False) else None
-        forwards = [self.modules[k].forward for k in self._fast_order()]
-        return forwards, (inner.__get__(self.optimizer) if inner else self.optimizer.step)
-
-    def _fast_order(self) -> list[int]:
-        """The modules' indices in the fast step's order: each nn.ReLU directly followed by an
-        nn.MaxPool2d whose windows tile (stride = kernel, no padding, no dilation) swapped with it,
-        the rest in place. max_pool(relu(x)) = relu(max_pool(x)) exactly (relu is monotone), and so
-        are the gradients: torch's max-pool routes dL/d(out) to each window's first maximum, and
-        threshold_backward writes 0 where x <= 0, so either order gives g at the first maximum of a
-        window whose maximum is positive and +0 everywhere else (reference.network.training_order,
-        the reference's own swap, proves it in full). The ReLU then runs on the pooled tensor,
-        a quarter of the size for 2x2 pools. tests/test_torch_twin.py pins it bit for bit."""
-        order = list(range(len(self.modules)))
-        for i in range(len(order) - 1):
-            relu, pool = self.modules[order[i]], self.modules[order[i + 1]]
-            if type(relu) is nn.ReLU and type(pool) is nn.MaxPool2d and _tiles(pool):
-                order[i], order[i + 1] = order[i + 1], order[i]
-        return order
+        return [m.forward for m in self.modules], (inner.__get__(self.optimizer) if inner else self.optimizer.step)
 
     def _fast_step(self, xt: torch.Tensor, yt: torch.Tensor, parts) -> torch.Tensor:
         """The general step's very ops where nothing lies between the modules: each Module.forward
         called in turn (what Module.__call__ does when no hook is registered), the loss, torch's
-        backward, then torch.optim's step without the profiler wrapper. Bit for bit the general
-        step (tests/test_torch_twin.py, every step); 0.70-0.81x of its CPU per step on the
-        per-sample preset (scripts/torch_loop_variants.py, README "The torch twin's fast step")."""
+        autograd engine as loss.backward() calls it, then torch.optim's step without the profiler
+        wrapper. Bit for bit the general step (tests/test_torch_twin.py, every step); 0.70-0.81x of
+        its CPU per step on the per-sample preset (scripts/torch_loop_variants.py, README "The
+        torch twin's fast step"), and the direct engine call 0.86-0.93x of that again."""
         forwards, step = parts
         h = xt
         for forward in forwards:
@@ -555,7 +549,7 @@ class TorchTwin:
                 predictions.append(out.numpy().argmax(axis=1))
             return out.numpy(), float(self.loss_fn(out, yb))
 
-        with torch.no_grad():
+        with torch.inference_mode():  # no_grad without version counters: 0.96x of its CPU on the CNN
             classification = self.spec.loss in CLASSIFICATION
             return evaluate_chunks(predict, xt, yt, self.spec.reduction, classification, batch_size)
 
@@ -569,14 +563,6 @@ def _module_hooks(module: nn.Module | None = None) -> bool:
         return any(hooks) or bool(m._global_forward_pre_hooks)
     hooks = module._backward_hooks or module._backward_pre_hooks or module._forward_hooks or module._forward_pre_hooks
     return bool(hooks) or getattr(module, "_compiled_call_impl", None) is not None  # Module.compile()'d
-
-
-def _tiles(pool: nn.MaxPool2d) -> bool:
-    """Whether a max-pool's windows tile its input: stride = kernel, no padding, no dilation (then each
-    element lies in at most one window, and the ReLU swap of TorchTwin._fast_order is exact)."""
-    pair = nn.modules.utils._pair
-    kernel, stride = pair(pool.kernel_size), pair(pool.stride)
-    return kernel == stride and pair(pool.padding) == (0, 0) and pair(pool.dilation) == (1, 1)
 
 
 def _optimizer_hooks(optimizer: torch.optim.Optimizer) -> bool:

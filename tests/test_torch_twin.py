@@ -34,7 +34,7 @@ from reference.layers import BatchNorm, Dropout, LayerNorm  # noqa: E402
 from reference.losses import make_loss  # noqa: E402
 from reference.network import Network, init_params  # noqa: E402
 from reference.optimizers import DEFAULTS, make_optimizer  # noqa: E402
-from reference.spec import LayerSpec, ModelSpec, OptimizerSpec  # noqa: E402
+from reference.spec import LayerSpec, ModelSpec  # noqa: E402
 from reference.train import train_step  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -230,6 +230,7 @@ def assert_fast_is_general_bit_for_bit(spec, x, y, order, batch_size: int, steps
         for k in p_g:
             same = np.array_equal(p_f[k], p_g[k])
             assert same, f"step {i}: {k}, max |fast - general| {np.abs(p_f[k] - p_g[k]).max()}"
+    assert float(fast._one) == 1.0  # the fast step's kept dL/dL: autograd never wrote to it
     n = len(order)
     epoch_f, epoch_g = TorchTwin(spec, params), TorchTwin(spec, params)
     epoch_g.fast = False
@@ -301,74 +302,27 @@ def test_a_hook_turns_the_fast_step_off_and_is_run():
     assert calls == ["module"] * 3 + ["global"] * (3 * len(twin.modules)) + ["optimizer"] * 3
 
 
-def relu_pool_spec(pool: tuple[int, int], stride: int | None, dtype: str = "float64") -> ModelSpec:
-    """conv 3x3 (padding 1) -> ReLU -> max-pool -> flatten -> dense 3 on (2, 7, 6) images."""
-    layers = (
-        LayerSpec("conv2d", filters=3, kernel=(3, 3), padding=1),
-        LayerSpec("relu"),
-        LayerSpec("maxpool2d", pool=pool, stride=stride),
-        LayerSpec("flatten"),
-        LayerSpec("dense", units=3),
-    )
-    opt = OptimizerSpec("momentum", lr=0.05, momentum=0.9)
-    return ModelSpec(n_in=84, input_shape=(2, 7, 6), layers=layers, init="glorot_uniform", optimizer=opt, dtype=dtype)
-
-
-def tied_batch(spec: ModelSpec, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Inputs in {-1, 0, 1} and parameters on a grid of 1/8: the conv's outputs are exact, and many of a
-    window's values are equal (zero-input patches give the bias itself; negative ones give ReLU zeros)."""
-    rng = np.random.default_rng(3)
-    x = rng.integers(-1, 2, size=(n, *spec.sample_shape)).astype(spec.dtype)
-    x[:, :, :3] = 0  # a blank band: every window there is a tie of the conv's bias
-    params = {k: (np.round(v * 8) / 8).astype(spec.dtype) for k, v in init_params(spec, 0).items()}
-    params["conv2d_1.b"] = np.array([0.25, -0.125, 0.0], spec.dtype)  # positive, negative and zero ties
-    return x, rng.integers(0, 3, n), params
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fast_step_pools_before_the_relu_where_the_windows_tile_and_is_bit_for_bit_with_ties(dtype):
-    """The fast step runs a ReLU directly followed by a tiling max-pool as max-pool, then ReLU (the CNN
-    preset's two pairs); on inputs full of tied maxima (positive, zero and negative ties: each checked
-    present) every step's loss and parameters are the general step's (layer order) bit for bit."""
-    spec = relu_pool_spec((2, 2), None, dtype)
-    x, y, params = tied_batch(spec, 48)
-    twin = TorchTwin(spec, params)
-    assert twin._fast_order() == [0, 2, 1, 3, 4]
+@pytest.mark.parametrize("case", ["cnn", "batchnorm_torch", "tanh"])
+def test_evaluate_in_inference_mode_is_no_grads_evaluation_bit_for_bit(case, dtype):
+    """evaluate runs under torch.inference_mode: the loss, accuracy and every chunk's predictions of the
+    same chunks under torch.no_grad, bit for bit (chunks of 7 and a short one, after a few steps)."""
+    from reference.train import evaluate_chunks
+
+    spec = LAYER_CASES[case].replace(dtype=dtype)
+    _, twin = built(spec, seed=2)
+    x, y = make_batch(spec, 40, seed=5)
+    twin.train_epoch(x, y, np.random.default_rng(0).permutation(40), 8)
+    got_classes, want_classes = [], []
+    got = twin.evaluate(x, y, 7, predictions=got_classes)
+
+    def predict(xb, yb):
+        out = twin._forward(xb, train=False)[-1]
+        want_classes.append(out.numpy().argmax(axis=1))
+        return out.numpy(), float(twin.loss_fn(out, yb))
+
     with torch.no_grad():
-        conv = twin.modules[0](torch.from_numpy(x)).numpy()[:, :, :6, :6]  # the pooled part of each map
-    windows = conv.reshape(48, 3, 3, 2, 3, 2).transpose(0, 1, 2, 4, 3, 5).reshape(-1, 4)
-    top = windows.max(axis=1)
-    tied = (windows == top[:, None]).sum(axis=1) > 1
-    assert tied[top > 0].sum() > 50 and tied[top == 0].sum() > 50 and tied[top < 0].sum() > 50, "no ties to test"
-    order = np.random.default_rng(4).permutation(48)
-    for p in (params, init_params(spec, 1)):  # the tie-heavy start, and a generic one
-        fast, general = TorchTwin(spec, p), TorchTwin(spec, p)
-        general.fast = False
-        mine, theirs = every_step(fast, x, y, order, 4, 4), every_step(general, x, y, order, 4, 4)
-        for i, ((loss_f, p_f), (loss_g, p_g)) in enumerate(zip(mine, theirs)):
-            assert loss_f == loss_g, f"step {i}: loss, fast {loss_f!r} vs general {loss_g!r}"
-            for k in p_g:
-                assert np.array_equal(p_f[k], p_g[k]), f"step {i}: {k}, max |diff| {np.abs(p_f[k] - p_g[k]).max()}"
-        assert float(fast._one) == 1.0  # the kept dL/dL, never written by autograd
-
-
-@pytest.mark.parametrize(("pool", "stride"), [((2, 2), 1), ((3, 2), 2)])
-def test_fast_step_keeps_the_layer_order_where_pool_windows_overlap(pool, stride):
-    """Where windows overlap (stride < pool) the fast step keeps the layers' order, as the reference's
-    training_order does (its proof is for tiling pools, and the pooled tensor is hardly smaller), and is
-    still the general step bit for bit."""
-    spec = relu_pool_spec(pool, stride)
-    twin = TorchTwin(spec, init_params(spec, 0))
-    assert twin._fast_order() == [0, 1, 2, 3, 4]
-    x, y, _ = tied_batch(spec, 24)
-    assert_fast_is_general_bit_for_bit(spec, x, y, np.arange(24), 4, steps=2)
-
-
-def test_the_cnn_preset_pools_before_each_relu_in_the_fast_step():
-    from reference.spec import preset
-
-    spec = preset("mnist-cnn")
-    twin = TorchTwin(spec, init_params(spec, 0))
-    assert [type(twin.modules[k]).__name__ for k in twin._fast_order()] == [
-        "Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Linear"
-    ]  # fmt: skip
+        xt, yt = twin._inputs(x, y, "evaluate")
+        want = evaluate_chunks(predict, xt, yt, spec.reduction, True, 7)
+    assert got == want
+    assert len(got_classes) == 6 and all(np.array_equal(a, b) for a, b in zip(got_classes, want_classes))
