@@ -73,7 +73,17 @@ Speed. train_epoch is the plain eager loop (forward, loss.backward(), optimizer.
 Where nothing lies between the modules (no dropout, batchnorm or L2, no hook registered: every
 preset) a step takes the same ops with less Python around them (_fast_step: Module.forward in turn,
 torch.optim's step without its profiler wrapper), bit for bit the general step, 0.70-0.81x of its
-CPU on the per-sample preset; `twin.fast = False` turns it off. Measured on the per-sample preset
+CPU on the per-sample preset; `twin.fast = False` turns it off. Its backward is the autograd
+engine's call that loss.backward() ends in (torch.autograd.graph._engine_run_backward, with a kept
+dL/dL = 1 instead of a new ones_like per step): 0.86-0.93x of the step's CPU on the per-sample
+presets, bit for bit. Measured and left out (2026-12-02, AMD EPYC, 2 cores, one thread): on the
+CNN, each ReLU run after its max-pool (exact, as the reference does; the pool then sees unclipped
+values and gets slower: 0.93-1.00x in float64, 1.01-1.07x in float32), the max-pools on a
+channels_last copy (1.10x; and that kernel routes tied maxima elsewhere, so with the ReLU after it
+the parameters differ by 8e-16), the whole net in channels_last (1.25x in float64 and the
+parameters off by 1e-15; 1.04x and 4e-7 in float32), conv2d without oneDNN in float32 (1.5x); calling
+cross_entropy's C op directly (0.99x of the engine call). evaluate runs in torch.inference_mode
+(0.96x of no_grad's CPU on the CNN, the same numbers). Measured on the per-sample preset
 (2 busy cores, CPU time per step): foreach=True and fused=True within noise of the default,
 calling torch.func.grad then optimizer.step() 2x slower, torch.compile of the step 2x slower per
 step after an 87 s compile; torch's per-op dispatch (about 35 ops a step) is the floor.
@@ -89,6 +99,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import _engine_run_backward  # what torch.autograd.backward calls (see _fast_step)
 
 from oracles import OnStep, check_epoch
 from reference.errors import DTypeError, ShapeError, check_array, describe
@@ -221,6 +232,7 @@ class TorchTwin:
         self.optimizer, self._keras_adam_eps = build_optimizer(spec.optimizer, self.named)
         self.steps_taken = 0
         self.fast = True  # False: every step through the general _train_step (the fast step's yardstick)
+        self._one = torch.ones((), dtype=self.tdtype)  # dL/dL, the fast step's gradient for backward
 
     # Building -----------------------------------------------------------------------------------
 
@@ -479,15 +491,19 @@ class TorchTwin:
     def _fast_step(self, xt: torch.Tensor, yt: torch.Tensor, parts) -> torch.Tensor:
         """The general step's very ops where nothing lies between the modules: each Module.forward
         called in turn (what Module.__call__ does when no hook is registered), the loss, torch's
-        backward, then torch.optim's step without the profiler wrapper. Bit for bit the general
-        step (tests/test_torch_twin.py, every step); 0.70-0.81x of its CPU per step on the
-        per-sample preset (scripts/torch_loop_variants.py, README "The torch twin's fast step")."""
+        autograd engine as loss.backward() calls it, then torch.optim's step without the profiler
+        wrapper. Bit for bit the general step (tests/test_torch_twin.py, every step); 0.70-0.81x of
+        its CPU per step on the per-sample preset (scripts/torch_loop_variants.py, README "The
+        torch twin's fast step"), and the direct engine call 0.86-0.93x of that again."""
         forwards, step = parts
         h = xt
         for forward in forwards:
             h = forward(h)
         loss = self.loss_fn(h, yt)
-        loss.backward()
+        # loss.backward() is torch.autograd.backward(loss), which checks its arguments, makes
+        # ones_like(loss) and calls _engine_run_backward with these very arguments: the engine
+        # gets the same call, with a kept scalar 1 (autograd never writes to an incoming gradient).
+        _engine_run_backward((loss,), (self._one,), False, False, (), allow_unreachable=True, accumulate_grad=True)
         self._optimizer_step(step)
         return loss.detach()
 
@@ -533,7 +549,7 @@ class TorchTwin:
                 predictions.append(out.numpy().argmax(axis=1))
             return out.numpy(), float(self.loss_fn(out, yb))
 
-        with torch.no_grad():
+        with torch.inference_mode():  # no_grad without version counters: 0.96x of its CPU on the CNN
             classification = self.spec.loss in CLASSIFICATION
             return evaluate_chunks(predict, xt, yt, self.spec.reduction, classification, batch_size)
 

@@ -230,6 +230,7 @@ def assert_fast_is_general_bit_for_bit(spec, x, y, order, batch_size: int, steps
         for k in p_g:
             same = np.array_equal(p_f[k], p_g[k])
             assert same, f"step {i}: {k}, max |fast - general| {np.abs(p_f[k] - p_g[k]).max()}"
+    assert float(fast._one) == 1.0  # the fast step's kept dL/dL: autograd never wrote to it
     n = len(order)
     epoch_f, epoch_g = TorchTwin(spec, params), TorchTwin(spec, params)
     epoch_g.fast = False
@@ -299,3 +300,29 @@ def test_a_hook_turns_the_fast_step_off_and_is_run():
             handle.remove()
         assert twin._fast_step_parts() is not None
     assert calls == ["module"] * 3 + ["global"] * (3 * len(twin.modules)) + ["optimizer"] * 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["cnn", "batchnorm_torch", "tanh"])
+def test_evaluate_in_inference_mode_is_no_grads_evaluation_bit_for_bit(case, dtype):
+    """evaluate runs under torch.inference_mode: the loss, accuracy and every chunk's predictions of the
+    same chunks under torch.no_grad, bit for bit (chunks of 7 and a short one, after a few steps)."""
+    from reference.train import evaluate_chunks
+
+    spec = LAYER_CASES[case].replace(dtype=dtype)
+    _, twin = built(spec, seed=2)
+    x, y = make_batch(spec, 40, seed=5)
+    twin.train_epoch(x, y, np.random.default_rng(0).permutation(40), 8)
+    got_classes, want_classes = [], []
+    got = twin.evaluate(x, y, 7, predictions=got_classes)
+
+    def predict(xb, yb):
+        out = twin._forward(xb, train=False)[-1]
+        want_classes.append(out.numpy().argmax(axis=1))
+        return out.numpy(), float(twin.loss_fn(out, yb))
+
+    with torch.no_grad():
+        xt, yt = twin._inputs(x, y, "evaluate")
+        want = evaluate_chunks(predict, xt, yt, spec.reduction, True, 7)
+    assert got == want
+    assert len(got_classes) == 6 and all(np.array_equal(a, b) for a, b in zip(got_classes, want_classes))
