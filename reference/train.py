@@ -88,6 +88,31 @@ def dense_sgd_network(net: Network, opt: Optimizer) -> bool:
     )
 
 
+def dense_chain(net: Network) -> list[tuple]:
+    """Per Dense layer of a dense_sgd_network: (its live W, its live b, the activation after it or None)."""
+    return [
+        (dense.params["W"], dense.params["b"], net.layers[2 * k + 1] if 2 * k + 1 < len(net.layers) else None)
+        for k, dense in enumerate(net.layers[::2])
+    ]
+
+
+def dense_chain_forward(chain: list[tuple], h: np.ndarray) -> tuple[np.ndarray, list, list]:
+    """Dense.forward, then the activation's forward, for each (W, b, activation or None) of `chain`.
+
+    Returns (the output, every Dense layer's input, every activation's cache): SampleSGD's and
+    BatchSGD's forward, train_step's calls in its order.
+    """
+    inputs, caches = [], []
+    for W, b, act in chain:
+        inputs.append(h)
+        h = np.dot(h, W)
+        h += b
+        if act is not None:
+            h, cache = act.forward(h)
+            caches.append(cache)
+    return h, inputs, caches
+
+
 class BatchSGD:
     """Mini-batch SGD on SampleSGD's kind of network, as one loop body: train_step's numbers, bit for bit.
 
@@ -105,27 +130,12 @@ class BatchSGD:
 
     def __init__(self, net: Network, opt: Optimizer) -> None:
         self.loss, self.opt = net.loss, opt
-        self.layers = [  # per Dense layer: its name, live W and b (updated in place), the activation after it
-            (
-                dense.name,
-                dense.params["W"],
-                dense.params["b"],
-                net.layers[2 * k + 1] if 2 * k + 1 < len(net.layers) else None,
-            )
-            for k, dense in enumerate(net.layers[::2])
-        ]
+        self.chain = dense_chain(net)  # W and b updated in place
+        self.names = [dense.name for dense in net.layers[::2]]
 
     def step(self, x: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """One SGD step on the rows x (batch, n_in) with their (checked) labels; returns the loss."""
-        inputs, caches = [], []
-        h = x
-        for _, W, b, act in self.layers:  # Dense.forward, then the activation's forward
-            inputs.append(h)
-            h = np.dot(h, W)
-            h += b
-            if act is not None:
-                h, cache = act.forward(h)
-                caches.append(cache)
+        h, inputs, caches = dense_chain_forward(self.chain, x)
         loss, g = self.loss.value_and_grad(h, labels, labels_checked=True)
         # Backward (Dense.param_grads and Dense.backward, the activation's backward) with each layer's
         # SGD update (p -= lr * g, into the fresh gradient) as soon as its dL/dW, dL/db and dL/dx are
@@ -136,12 +146,12 @@ class BatchSGD:
         # The update is the optimiser's own SGD.update (owned: lr * g into the fresh gradient, then
         # p -= it), called per parameter: one definition of the rule, which a broken update breaks here too.
         update = self.opt.update
-        for k in range(len(self.layers) - 1, -1, -1):
-            name, W, b, _ = self.layers[k]
+        for k in range(len(self.chain) - 1, -1, -1):
+            (W, b, _), name = self.chain[k], self.names[k]
             update(f"{name}.b", b, g.sum(axis=0), owned=True)
             dW = np.dot(inputs[k].T, g)
             if k > 0:
-                g, _ = self.layers[k - 1][3].backward(np.dot(g, W.T), caches[k - 1])
+                g, _ = self.chain[k - 1][2].backward(np.dot(g, W.T), caches[k - 1])
             update(f"{name}.W", W, dW, owned=True)
         self.opt.t += 1
         return loss
@@ -171,26 +181,17 @@ class SampleSGD:
         self.opt = opt
         # Per Dense layer: its live W and b (updated in place), the activation after it (None for the
         # last), and the buffers for lr * dL/dW and lr * dL/db (the optimiser's own, SGD.update's).
-        self.layers = []
-        for k, dense in enumerate(net.layers[::2]):
-            W, b = dense.params["W"], dense.params["b"]
-            act = net.layers[2 * k + 1] if 2 * k + 1 < len(net.layers) else None
-            lr_dW, lr_db = (
+        self.chain = dense_chain(net)
+        self.buffers = [
+            tuple(
                 opt.buffers.setdefault(f"{dense.name}.{n}", np.empty(p.shape, p.dtype)) for n, p in (("W", W), ("b", b))
             )
-            self.layers.append((W, b, act, lr_dW, lr_db))
+            for dense, (W, b, _) in zip(net.layers[::2], self.chain)
+        ]
 
     def step(self, x1: np.ndarray, label: int) -> np.ndarray:
         """One SGD step on the row x1 (1, n_in) with its label; returns the loss (a 0-d value)."""
-        inputs, caches = [], []
-        h = x1
-        for W, b, act, _, _ in self.layers:  # forward: Dense.forward, then the activation's forward
-            inputs.append(h)
-            h = np.dot(h, W)
-            h += b
-            if act is not None:
-                h, cache = act.forward(h)
-                caches.append(cache)
+        h, inputs, caches = dense_chain_forward(self.chain, x1)
         # SoftmaxCrossEntropy.value_and_grad at batch 1: its divisor is 1 for "mean" and "sum" alike, and
         # the max and sum of the one row are those of the whole (1, n_out) array (0-d: no keepdims).
         shifted = h - h.max()
@@ -202,13 +203,13 @@ class SampleSGD:
         # Backward: every gradient before any update, as train_step. dL/dW and dL/db go straight into
         # the optimiser's buffers, which SGD.update's lr * g then scales in place: the same product, the
         # same roundings (np.dot(x^T, g) then * lr), without a fresh (n_in, n_out) array every step.
-        for k in range(len(self.layers) - 1, -1, -1):  # Dense.backward, then the activation's backward
-            W, _, _, lr_dW, lr_db = self.layers[k]
+        for k in range(len(self.chain) - 1, -1, -1):  # Dense.backward, then the activation's backward
+            W, (lr_dW, lr_db) = self.chain[k][0], self.buffers[k]
             np.dot(inputs[k].T, g, out=lr_dW)  # dL/dW = x^T g
             np.add(g[0], self.zero, out=lr_db)  # dL/db = g.sum(axis=0) at batch 1: 0 + g, the sum starts at +0
             if k > 0:
-                g, _ = self.layers[k - 1][2].backward(np.dot(g, W.T), caches[k - 1])
-        for W, b, _, lr_dW, lr_db in self.layers:  # SGD.update: p -= lr * g
+                g, _ = self.chain[k - 1][2].backward(np.dot(g, W.T), caches[k - 1])
+        for (W, b, _), (lr_dW, lr_db) in zip(self.chain, self.buffers):  # SGD.update: p -= lr * g
             W -= np.multiply(lr_dW, self.lr, out=lr_dW)
             b -= np.multiply(lr_db, self.lr, out=lr_db)
         self.opt.t += 1

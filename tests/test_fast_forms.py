@@ -750,17 +750,27 @@ SAMPLE_SGD_CORNERS = {
 }
 
 
+def corner_pixels(seed: int, corner: str, dtype, zero_block: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """12 rows of raw pixels (integers 1..255) and labels, made as SAMPLE_SGD_CORNERS[corner] says;
+    zero_block: the first 50 pixels zero in rows 0-3 as well (zero in a whole batch of 4)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(1, 256, size=(12, 784)).astype(dtype)
+    how = SAMPLE_SGD_CORNERS[corner]
+    if how != "dense":
+        zero = -0.0 if "-0.0" in how else 0.0
+        x[rng.random(x.shape) < 0.8] = zero
+        if zero_block:
+            x[:4, :50] = zero
+    return x, rng.integers(0, 10, 12)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("corner", list(SAMPLE_SGD_CORNERS))
 def test_per_sample_sgd_loop_keeps_every_bit_at_the_ieee_corners(corner, dtype):
     spec = preset("mnist-sigmoid-per-sample", dtype=dtype)
     if "lr < 0" in corner:
         spec = spec.replace(optimizer=OptimizerSpec("sgd", lr=-0.003))
-    rng = np.random.default_rng(16)
-    x = rng.integers(1, 256, size=(12, 784)).astype(dtype)
-    if SAMPLE_SGD_CORNERS[corner] != "dense":
-        x[rng.random(x.shape) < 0.8] = -0.0 if "-0.0" in SAMPLE_SGD_CORNERS[corner] else 0.0
-    y = rng.integers(0, 10, 12)
+    x, y = corner_pixels(16, corner, dtype)
     params = corner_params(spec, x, corner)
     net, opt = Network(spec, params=params), make_optimizer(spec.optimizer)
     assert SampleSGD.applies(net, opt, 1)
@@ -845,12 +855,7 @@ def test_batched_sgd_loop_keeps_every_bit_at_the_ieee_corners(corner, dtype, nam
     spec = preset(name, dtype=dtype)
     if "lr < 0" in corner:
         spec = spec.replace(optimizer=OptimizerSpec("sgd", lr=-spec.optimizer.lr))
-    rng = np.random.default_rng(24)
-    x = rng.integers(1, 256, size=(12, 784)).astype(dtype)
-    if SAMPLE_SGD_CORNERS[corner] != "dense":
-        x[rng.random(x.shape) < 0.8] = -0.0 if "-0.0" in SAMPLE_SGD_CORNERS[corner] else 0.0
-        x[:4, :50] = -0.0 if "-0.0" in SAMPLE_SGD_CORNERS[corner] else 0.0  # pixels zero in a whole batch
-    y = rng.integers(0, 10, 12)
+    x, y = corner_pixels(24, corner, dtype, zero_block=True)  # pixels zero in a whole batch, too
     params = corner_params(spec, x, corner)
     net, opt = Network(spec, params=params), make_optimizer(spec.optimizer)
     assert BatchSGD.applies(net, opt, 4)
