@@ -61,9 +61,20 @@ def positive(value: object) -> bool:
 
 
 def check_schema(doc: dict, contenders: tuple[str, ...]) -> None:
-    for key in ("name", "cpu", "cores", "numpy", "blas", "load_average_before", "load_average_after", "threads"):
+    for key in (
+        "name",
+        "cpu",
+        "cpu_model",
+        "cores",
+        "numpy",
+        "blas",
+        "load_average_before",
+        "load_average_after",
+        "threads",
+    ):
         assert key in doc["machine"], key
     assert doc["machine"]["name"].startswith(doc["machine"]["cpu"] + ", "), doc["machine"]["name"]
+    assert doc["machine"]["cpu"].startswith(doc["machine"]["cpu_model"]), doc["machine"]
     targets = {(t["target"], t["dtype"]) for t in doc["targets"]}
     assert len(targets) == len(doc["targets"]) == 11, doc["targets"]
     for t in doc["targets"]:
@@ -150,3 +161,39 @@ def test_verdicts_take_the_median_of_the_rounds_paired_ratios():
         assert verdict_line(v).startswith("PASS") and "(rounds 1.00-4.00, cpu 1.10)" in verdict_line(v)
     missing = [v for (_, _, k, _), v in zip(TARGETS, verdicts(doc)) if k != key]
     assert all(v["ratio"] is None and verdict_line(v).startswith("n/a") for v in missing)
+
+
+# /proc/cpuinfo's fields of the processors the benchmark has run on (the first processor's block).
+ZEN3 = {
+    "vendor_id": "AuthenticAMD",
+    "cpu family": "25",
+    "model": "1",
+    "model name": "AMD EPYC",
+    "flags": "fpu avx fma avx2",
+}
+ZEN4 = {**ZEN3, "model": "17", "flags": "fpu avx fma avx2 avx512f avx512bw"}
+SKYLAKE_SP = {
+    "vendor_id": "GenuineIntel",
+    "cpu family": "6",
+    "model": "85",
+    "model name": "Intel(R) Xeon(R) Processor",
+    "flags": "avx2 avx512f",
+}
+
+
+@pytest.mark.parametrize(
+    "info, l2, expected",
+    [
+        (ZEN3, "512K", "AMD EPYC (Zen 3, family 25 model 1; AVX2, no AVX-512; L2 512K)"),
+        (ZEN4, "1024K", "AMD EPYC (Zen 4, family 25 model 17; AVX-512; L2 1024K)"),
+        (SKYLAKE_SP, "", "Intel(R) Xeon(R) Processor (Skylake-SP/Cascade Lake, family 6 model 85; AVX-512)"),
+        ({**ZEN3, "cpu family": "99"}, "", "AMD EPYC (family 99 model 1; AVX2, no AVX-512)"),  # a core not in the table
+        ({"model name": "Some CPU"}, "2M", "Some CPU"),  # no family or model (another OS's cpuinfo): the name alone
+    ],
+)
+def test_the_machine_name_tells_processor_generations_apart(info, l2, expected):
+    """Two "AMD EPYC" machines of different generations gave the README's ratios 10-20 % apart: the name
+    printed beside every figure says the core, the family and model, AVX-512 or not and the L2 size."""
+    from benchmarks.machine import cpu_description
+
+    assert cpu_description(info, l2=l2) == expected
