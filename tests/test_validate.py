@@ -22,6 +22,7 @@ keras = pytest.importorskip("keras")
 from helpers import assert_close  # noqa: E402
 
 from bprop import jobs as J  # noqa: E402
+from bprop import validate as V  # noqa: E402
 from bprop.cli import main  # noqa: E402
 from reference.spec import PRESETS  # noqa: E402
 
@@ -40,13 +41,24 @@ def small_run(tmp_path_factory):
     import io
 
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(argv)
+    plotted, make_plots = {}, V.make_plots
+
+    def recording(*args):  # make_plots' inputs, for test_plots_in_worker_processes_are_the_same_files
+        plotted["args"] = args
+        return make_plots(*args)
+
+    V.make_plots = recording
+    try:
+        with contextlib.redirect_stdout(buf):
+            code = main(argv)
+    finally:
+        V.make_plots = make_plots
     return {
         "code": code,
         "out": out,
         "stdout": buf.getvalue(),
         "results": json.loads((out / "results.json").read_text()),
+        "make_plots_args": plotted["args"],
     }
 
 
@@ -106,6 +118,23 @@ def test_report_has_every_section(small_run):
         assert section in text
     for png in small_run["results"]["plots"]["mnist-sigmoid-per-sample"]:
         assert f"]({png[1]})" in text
+
+
+def test_plots_in_worker_processes_are_the_same_files(small_run, tmp_path):
+    """With workers > 1 the presets are plotted in spawned processes: the same names, titles and bytes
+    as the in-process plots (here two presets: curves and a digit grid per dtype each)."""
+    import dataclasses
+
+    results, options, train_jobs, train_results = small_run["make_plots_args"]
+    two = ("mnist-relu-batched", "mnist-cnn")
+    subset = {**results, "presets": {name: results["presets"][name] for name in two}}
+    parallel = dataclasses.replace(options, workers=2, out=tmp_path)
+    files = V.make_plots(subset, parallel, train_jobs, train_results)
+    assert {k: [list(f) for f in v] for k, v in files.items()} == {n: small_run["results"]["plots"][n] for n in two}
+    names = [name for listed in files.values() for _, name in listed]
+    assert len(names) == 6
+    for name in names:
+        assert (tmp_path / name).read_bytes() == (small_run["out"] / name).read_bytes(), name
 
 
 def test_pngs_are_real_images(small_run):
