@@ -144,20 +144,20 @@ def schedule(jobs: list, results: list, workers: int) -> dict:
         return {}
     t0 = min(res["started"] for _, res in rows)
     end = max(res["ended"] for _, res in rows)
-    runs = sorted(
-        (
-            {
-                "job": job.label,
-                "pid": res["pid"],
-                "start_s": round(res["started"] - t0, 2),
-                "end_s": round(res["ended"] - t0, 2),
-                "estimated_s": round(estimated_seconds(job), 2),
-                "cpu_s": round(res.get("cpu_s", 0.0), 2),
-            }
-            for job, res in rows
-        ),
-        key=lambda r: r["end_s"],
-    )
+    # In the order the jobs ended by their unrounded times: two short jobs can end within the same
+    # 10 ms, and a sort on the rounded end_s then kept them in the jobs' list order, not the order they ran.
+    rows.sort(key=lambda row: (row[1]["ended"], row[1]["started"]))
+    runs = [
+        {
+            "job": job.label,
+            "pid": res["pid"],
+            "start_s": round(res["started"] - t0, 2),
+            "end_s": round(res["ended"] - t0, 2),
+            "estimated_s": round(estimated_seconds(job), 2),
+            "cpu_s": round(res.get("cpu_s", 0.0), 2),
+        }
+        for job, res in rows
+    ]
     last = {}
     for r in runs:
         last[r["pid"]] = max(last.get(r["pid"], 0.0), r["end_s"])

@@ -108,6 +108,19 @@ def test_schedule_reports_each_workers_jobs_and_the_idle_time_at_the_end():
     assert R.schedule(jobs, [R.JobError(j, "E: x", "") for j in jobs], 2) == {}
 
 
+def test_jobs_ending_within_the_same_10_ms_are_listed_in_the_order_they_ended():
+    """The schedule rounds to 0.01 s; the order comes from the unrounded times (the cause of a flake of
+    the test below: two short jobs ending 9 ms apart kept the jobs' list order)."""
+    jobs = [J.TrainJob("digits-sigmoid-per-sample", "float64", 0, fw, 1) for fw in ("reference", "torch")]
+    results = [
+        {"pid": 1, "started": 99.999, "ended": 100.004, "cpu_s": 0.005},  # ran second
+        {"pid": 1, "started": 99.990, "ended": 99.999, "cpu_s": 0.009},  # ran first
+    ]
+    s = R.schedule(jobs, results, workers=1)
+    assert [r["end_s"] for r in s["jobs"]] == [0.01, 0.01]
+    assert [r["job"] for r in s["jobs"]] == [jobs[1].label, jobs[0].label]
+
+
 def test_a_run_records_when_each_job_ran_in_the_order_handed_out():
     jobs = [
         J.TrainJob("digits-sigmoid-per-sample", "float64", 0, "reference", 1, limit=40),
