@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +32,8 @@ def cpu_model(info: dict[str, str] | None = None) -> str:
 
 # (vendor, family, first model, last model) -> core: the processors these machines have been seen on
 # and their neighbours. "AMD EPYC" alone names Zen 2 to Zen 5, whose GEMMs and ratios differ (AVX-512
-# or not, L2 512 KiB or 1 MiB): the README's figures moved by 10-20 % between two such machines.
+# or not, L2 512 KiB or 1 MiB): the same tree's float32 CNN ratio was 2.12-2.15 on a Zen 4 and
+# 2.37-2.84 on a Zen 3 (README, "Speed against the twins").
 CORES = (
     ("AuthenticAMD", 23, 0x30, 0x3F, "Zen 2"),
     ("AuthenticAMD", 25, 0x00, 0x0F, "Zen 3"),
@@ -72,8 +74,6 @@ def cpu_description(info: dict[str, str] | None = None, l2: str | None = None) -
 
 def l2_cache() -> str:
     """The first core's L2 size as sysfs gives it ("512K"), or ""."""
-    from pathlib import Path
-
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
             if (index / "level").read_text().strip() == "2":
