@@ -274,16 +274,16 @@ class SamePlan(NamedTuple):
     """A same-size conv's offsets, and the entries of cols that fall in the padding.
 
     The padding's entries, on the (KH, KW, C, N, H, W) view of cols: the window rows u whose row
-    offset du = u - ph takes image rows i + du outside 0..H-1 (`rows`: u and those rows i, for
-    every v at once) and the window columns v whose dv takes columns j + dv outside 0..W-1
-    (`columns`: v and those j, for every u). Every position whose shifted element lies outside the
+    offset du = u - ph takes image rows i + du outside 0..H-1 (`rows[u]`: those rows i, for
+    every v) and the window columns v whose dv takes columns j + dv outside 0..W-1
+    (`columns[v]`: those j, for every u). Every position whose shifted element lies outside the
     whole row (p + s < 0 or >= P) is among them: with 0 <= i + du < H and 0 <= j + dv < W the
     element is in the same image. So the copies fill lo..hi and the masks fill the rest.
     """
 
     offsets: tuple[SameOffset, ...]  # in im2col's (u, v) order
-    rows: tuple[tuple[int, slice], ...]
-    columns: tuple[tuple[int, slice], ...]
+    rows: dict[int, slice]  # u -> those image rows i
+    columns: dict[int, slice]  # v -> those image columns j
 
 
 def _outside(d: int, size: int) -> slice:
@@ -305,18 +305,22 @@ def same_plan(kernel: Pair, N: int, H: int, W: int) -> SamePlan:
             s = (u - ph) * W + (v - pw)
             lo = min(max(0, -s), P)
             offsets.append(SameOffset(u, v, s, lo, max(lo, P - max(0, s))))
-    rows = tuple((u, _outside(u - ph, H)) for u in range(KH) if u != ph)
-    columns = tuple((v, _outside(v - pw, W)) for v in range(KW) if v != pw)
+    rows = {u: _outside(u - ph, H) for u in range(KH) if u != ph}
+    columns = {v: _outside(v - pw, W) for v in range(KW) if v != pw}
     return SamePlan(tuple(offsets), rows, columns)
 
 
-def _zero_padding(cols6: np.ndarray, plan: SamePlan) -> None:
-    """Set the padding's entries of cols (its (KH, KW, C, N, H, W) view) to 0: one call per window row
-    and window column that reaches outside, not one per kernel offset."""
-    for u, i in plan.rows:
-        cols6[u, :, :, :, i] = 0
-    for v, j in plan.columns:
-        cols6[:, v, :, :, :, j] = 0
+def _zero_padding(cols6: np.ndarray, plan: SamePlan, u: int, v: int) -> None:
+    """Set kernel offset (u, v)'s padding entries of cols (its (KH, KW, C, N, H, W) view) to 0.
+
+    Called per offset right after that offset's copy (or right before its add), while its C x P
+    slab is still in the cache: zeroing the whole matrix afterwards re-reads every slab from memory
+    (the column masks touch one element every W, a cache line each).
+    """
+    if u in plan.rows:
+        cols6[u, v, :, :, plan.rows[u]] = 0
+    if v in plan.columns:
+        cols6[u, v, :, :, :, plan.columns[v]] = 0
 
 
 def im2col_same(x: np.ndarray, kernel: Pair, work: Workspace | None = None) -> np.ndarray:
@@ -325,10 +329,10 @@ def im2col_same(x: np.ndarray, kernel: Pair, work: Workspace | None = None) -> n
     P = N * H * W
     flat = x.transpose(1, 0, 2, 3).reshape(C, P)  # a copy only when x is not laid out (C, N, H, W)
     cols = empty(work, "cols", (KH, KW, C, P), x.dtype)
-    plan = same_plan((KH, KW), N, H, W)
+    plan, cols6 = same_plan((KH, KW), N, H, W), cols.reshape(KH, KW, C, N, H, W)
     for k in plan.offsets:
         cols[k.u, k.v, :, k.lo : k.hi] = flat[:, k.lo + k.shift : k.hi + k.shift]
-    _zero_padding(cols.reshape(KH, KW, C, N, H, W), plan)  # and every entry outside lo..hi
+        _zero_padding(cols6, plan, k.u, k.v)  # and so every entry outside lo..hi
     return cols.reshape(KH * KW * C, P)
 
 
@@ -338,11 +342,11 @@ def col2im_same(d_cols: np.ndarray, x_shape: tuple[int, ...], kernel: Pair, work
     P = N * H * W
     plan = same_plan((KH, KW), N, H, W)
     d6 = d_cols.reshape(KH, KW, C, N, H, W)  # splits of d_cols' two axes: a view, whatever its memory order
-    _zero_padding(d6, plan)  # in place (d_cols is this call's own: conv2d_input_grad's product)
     d = d6.reshape(KH, KW, C, P)
     dx = empty(work, "dx", (C, P), d_cols.dtype)  # (C, N H W): every add runs along a whole channel
     dx[...] = 0
     for k in plan.offsets:
+        _zero_padding(d6, plan, k.u, k.v)  # in place (d_cols is this call's own: conv2d_input_grad's product)
         dx[:, k.lo + k.shift : k.hi + k.shift] += d[k.u, k.v, :, k.lo : k.hi]
     return dx.reshape(C, N, H, W).transpose(1, 0, 2, 3)  # (N, C, H, W) view
 
