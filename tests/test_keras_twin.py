@@ -185,6 +185,25 @@ def test_the_compiled_loop_keeps_its_per_step_losses(dtype):
     assert np.array_equal(fast.last_losses, losses)
 
 
+@pytest.mark.parametrize("name", ["mnist-relu-batched", "mnist-cnn"])
+def test_each_compiled_function_is_traced_once_per_twin(name):
+    """The compiled epoch, step and evaluation are traced once per twin, whatever the epoch's length,
+    its last batch, the batch size or the chunk: a retrace would put seconds of tracing into every
+    epoch the benchmark and `bprop validate` time. (TensorFlow's "N out of the last N calls ...
+    triggered tf.function retracing" warning in the benchmark counts the traces of one method over
+    all the twins it builds, one each.)"""
+    spec = preset(name, dtype="float32")
+    twin = KerasTwin(spec, Network(spec, seed=0).get_params())
+    x, y = make_batch(spec, 70, seed=1)
+    rng = np.random.default_rng(2)
+    for n, batch_size in ((70, 16), (64, 16), (33, 8)):  # a short last batch, none, another size
+        twin.train_epoch(x, y, rng.permutation(70)[:n], batch_size)
+        twin.evaluate(x[:n], y[:n])
+        twin.step(x[: n // 4], y[: n // 4])
+    counts = [f.experimental_get_tracing_count() for f in (twin._epoch_fn, twin._step_fn, twin._predict_fn)]
+    assert counts == [1, 1, 1], counts
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_batchnorm_torch_convention_what_keras_can_and_cannot_match(dtype):
     """Keras matches torch's batchnorm in training (momentum 1 - 0.1, eps 1e-5), not its running variance."""
