@@ -315,7 +315,7 @@ def _zero_padding(cols6: np.ndarray, plan: SamePlan, u: int, v: int) -> None:
 
     Called per offset right after that offset's copy (or right before its add), while its C x P
     slab is still in the cache: zeroing the whole matrix afterwards re-reads every slab from memory
-    (the column masks touch one element every W, a cache line each).
+    (the column masks touch one element every W elements).
     """
     if u in plan.rows:
         cols6[u, v, :, :, plan.rows[u]] = 0
