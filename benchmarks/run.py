@@ -33,9 +33,10 @@ class Sizes:
     fb_calls: int = 20  # forward+backward calls per repetition (one call is too short to time alone)
     repeats: int = 5
     cnn_rows: int = 12_800  # 200 steps of batch 64 (a whole epoch is 4.7x longer and changes no ratio)
+    per_sample_pieces: int = 10  # the per-sample steps in pieces of 500, the contenders taking turns (run_rounds)
 
 
-QUICK = Sizes(batched_rows=1_024, per_sample_steps=200, fb_calls=2, repeats=1, cnn_rows=256)
+QUICK = Sizes(batched_rows=1_024, per_sample_steps=200, fb_calls=2, repeats=1, cnn_rows=256, per_sample_pieces=2)
 
 
 @dataclass
@@ -45,9 +46,10 @@ class Job:
     dtype: str
     task: str  # "batched_epoch_s" | "per_sample_step_us" | "forward_backward_ms"
     contender: str  # "reference" | "torch" | "keras" | "gemm_limit"
-    run: Callable[[], object]
+    run: Callable[[int], object]  # run(i): piece i of the workload (0 when the job is one piece)
     reset: Callable[[], None] = lambda: None
     per: float = 1.0  # value = seconds * per
+    pieces: int = 1  # > 1: the task's contenders take turns piece by piece (run_rounds)
     preset: str | None = None  # forward_backward_ms: which preset
     times: list[float] = field(default_factory=list)  # wall-clock seconds per repetition
     cpu: list[float] = field(default_factory=list)  # this process's CPU seconds (all its threads)
@@ -81,7 +83,19 @@ def make_contender(kind: str, spec: ModelSpec, params: dict[str, np.ndarray], th
     from oracles import make_twin
 
     twin = make_twin(kind, spec, params, threads=threads)
-    return twin, twin.train_epoch, (lambda: twin.set_params(params))
+    if not hasattr(twin, "hold"):
+        return twin, twin.train_epoch, (lambda: twin.set_params(params))
+    held: dict[int, tuple] = {}  # id(x) -> (x, y, held): the arrays kept, so that their ids stay theirs
+
+    def train(x, y, order, bs):
+        """keras: the data converted to tensors once per array (KerasTwin.hold, in the untimed warm-up
+        round), as torch shares x's memory: a timed epoch is the compiled loop, not a copy of x."""
+        kept = held.get(id(x))
+        if kept is None or kept[0] is not x or kept[1] is not y:
+            kept = held[id(x)] = (x, y, twin.hold(x, y))
+        return twin.train_epoch(kept[2], None, order, bs)
+
+    return twin, train, (lambda: twin.set_params(params))
 
 
 def contender_or_skip(kind: str, spec: ModelSpec, params, threads: int, skipped: dict[str, str], where: str):
@@ -97,6 +111,14 @@ def copy_into(live: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> Non
     """Reset arrays someone holds on to (the floor's) to `params`, in place."""
     for k, v in params.items():
         live[k][...] = v
+
+
+def pieces_of(x: np.ndarray, y: np.ndarray, order: np.ndarray, pieces: int) -> list[tuple]:
+    """(x, y, order) per piece: [(x, y, order)] for one; else the order's consecutive parts, each
+    as (x[part], y[part], arange(len(part))): together the steps of one epoch over x[order]."""
+    if pieces == 1:
+        return [(x, y, order)]
+    return [(x[p], y[p], np.arange(len(p))) for p in np.array_split(order, pieces)]
 
 
 def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[str, str], threads: int = 1) -> list[Job]:
@@ -121,22 +143,26 @@ def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[st
             spec = preset(name, dtype=dtype)
             x, y = rows(data, spec, n_rows)
             params = init_params(spec, seed=0)
+            pieces = sizes.per_sample_pieces if task == "per_sample_step_us" else 1
+            # The per-sample steps' pieces have their rows gathered beforehand (as bprop validate feeds
+            # a twin its epoch's chunks): every contender's per-call checks then scan 500 rows, not
+            # all 5,000 ten times.
+            parts = pieces_of(x, y, order, pieces)
             for kind in contenders:
                 built = contender_or_skip(kind, spec, params, threads, skipped, f"{dtype}/{task}/{kind}")
                 if built is None:
                     continue
                 _, train, reset = built
-                jobs.append(Job(dtype, task, kind, lambda t=train, x=x, y=y, o=order, b=bs: t(x, y, o, b), reset, per))
-            if task == "batched_epoch_s":
-                jobs.append(Job(dtype, task, "gemm_limit", gemm_epoch(spec, order, bs)))
-            elif task == "cnn_epoch_s":
-                jobs.append(Job(dtype, task, "gemm_limit", conv_gemm_epoch(spec, order, bs)))
+                jobs.append(Job(dtype, task, kind, lambda i, t=train, p=parts, b=bs: t(*p[i], b), reset, per, pieces))
+            if task in ("batched_epoch_s", "cnn_epoch_s"):
+                limit = (gemm_epoch if task == "batched_epoch_s" else conv_gemm_epoch)(spec, order, bs)
+                jobs.append(Job(dtype, task, "gemm_limit", lambda _, f=limit: f()))
             else:
                 live = {k: v.copy() for k, v in params.items()}
                 straight = straight_epoch(live, spec.optimizer.lr)
                 reset = functools.partial(copy_into, live, params)
                 jobs.append(
-                    Job(dtype, task, "numpy_floor", lambda f=straight, x=x, y=y, o=order: f(x, y, o), reset, per)
+                    Job(dtype, task, "numpy_floor", lambda i, f=straight, p=parts: f(*p[i]), reset, per, pieces)
                 )
         for name in PRESETS:
             spec = preset(name, dtype=dtype)
@@ -149,7 +175,7 @@ def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[st
                     continue
                 model, _, reset = built
 
-                def many(m=model, x=x, y=y, n=sizes.fb_calls):
+                def many(_, m=model, x=x, y=y, n=sizes.fb_calls):
                     for _ in range(n):
                         m.trace(x, y)
 
@@ -157,18 +183,49 @@ def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[st
     return jobs
 
 
+def turns(jobs: list[Job]) -> list[list[Job]]:
+    """The jobs in the order they run: consecutive jobs of one task in pieces (same dtype, task and
+    number of pieces) form one group; every other job is a group of its own."""
+    groups: list[list[Job]] = []
+    for job in jobs:
+        last = groups[-1][0] if groups else None
+        if (
+            job.pieces > 1
+            and last is not None
+            and (last.dtype, last.task, last.pieces) == (job.dtype, job.task, job.pieces)
+        ):
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
+
+
 def run_rounds(jobs: list[Job], repeats: int, progress: Callable[[str], None] = print) -> None:
-    """Round 0 warms up and is dropped; rounds 1..repeats each time every job once, in turn."""
+    """Round 0 warms up and is dropped; rounds 1..repeats each time every job once, in turn.
+
+    A task in pieces runs its contenders in turns: piece 0 of each, then piece 1 of each (the order
+    rotated by one every piece, so none always follows the same other), and so on; a contender's
+    time is the sum of its pieces. Contenders 50-100 ms apart see the same machine: on this VM the
+    speed drifts by tens of per cent within seconds, and whole per-sample jobs 3 s apart gave one
+    target paired ratios of 0.52-1.38 in one run (README, "The benchmark's spread").
+    """
+    groups = turns(jobs)
     for r in range(repeats + 1):
         start = time.perf_counter()
-        for job in jobs:
-            job.reset()
-            c0, t0 = time.process_time(), time.perf_counter()
-            job.run()
-            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        for group in groups:
+            for job in group:
+                job.reset()
+            elapsed, cpu = [0.0] * len(group), [0.0] * len(group)
+            for i in range(group[0].pieces):
+                for k in (*range(i % len(group), len(group)), *range(i % len(group))):
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    group[k].run(i)
+                    elapsed[k] += time.perf_counter() - t0
+                    cpu[k] += time.process_time() - c0
             if r > 0:
-                job.times.append(elapsed)
-                job.cpu.append(cpu)
+                for job, e, c in zip(group, elapsed, cpu):
+                    job.times.append(e)
+                    job.cpu.append(c)
         what = "warm-up" if r == 0 else f"round {r}/{repeats}"
         progress(f"  {what}: {time.perf_counter() - start:.1f} s, load {os.getloadavg()[0]:.2f}")
 
@@ -321,7 +378,12 @@ def run(
             "quick": quick,
             "repeats": repeats,
             "batched": {"preset": BATCHED, "rows": sizes.batched_rows, "batch_size": 128},
-            "per_sample": {"preset": PER_SAMPLE, "steps": sizes.per_sample_steps, "batch_size": 1},
+            "per_sample": {
+                "preset": PER_SAMPLE,
+                "steps": sizes.per_sample_steps,
+                "batch_size": 1,
+                "pieces": sizes.per_sample_pieces,
+            },
             "cnn": {"preset": CNN, "rows": sizes.cnn_rows, "batch_size": 64},
             "forward_backward": {
                 "batch": sizes.fb_batch,

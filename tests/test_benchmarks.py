@@ -5,6 +5,7 @@ Timings are never asserted (COMMON: speed figures are measured in benchmarks, no
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import subprocess
@@ -132,6 +133,59 @@ def test_the_per_sample_floor_trains_the_reference_numbers_bit_for_bit(dtype):
     for k, v in net.params.items():
         assert not np.array_equal(v, start[k]), f"{k} did not move: the comparison would prove nothing"
         np.testing.assert_array_equal(floor[k], v, err_msg=k)
+
+
+def test_a_task_in_pieces_runs_its_contenders_in_turns(monkeypatch):
+    """The per-sample task's contenders take turns piece by piece, the order rotating; each is reset
+    once a round, before its first piece, and its time is the sum of its pieces. A job of one piece
+    runs whole, alone. The clock is a counter each piece advances by its contender's cost."""
+    bench = importlib.import_module("benchmarks.run")  # the module (benchmarks.run is also a function's name)
+
+    clock, log, resets = [0.0], [], []
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(bench.time, "process_time", lambda: clock[0] / 2)
+
+    def job(contender, cost, task="per_sample_step_us", pieces=3):
+        def run(i):
+            log.append((contender, i))
+            clock[0] += cost
+
+        return bench.Job("float32", task, contender, run, lambda: resets.append(contender), 1.0, pieces)
+
+    jobs = [job("a", 1.0), job("b", 10.0), job("c", 100.0), job("d", 1000.0, "batched_epoch_s", 1)]
+    bench.run_rounds(jobs, 2, progress=lambda _: None)
+    one_round = [("a", 0), ("b", 0), ("c", 0), ("b", 1), ("c", 1), ("a", 1), ("c", 2), ("a", 2), ("b", 2), ("d", 0)]
+    assert log == one_round * 3  # the warm-up round and two timed ones
+    assert resets == ["a", "b", "c", "d"] * 3
+    assert [j.times for j in jobs] == [[3.0, 3.0], [30.0, 30.0], [300.0, 300.0], [1000.0, 1000.0]]
+    assert [j.cpu for j in jobs] == [[1.5, 1.5], [15.0, 15.0], [150.0, 150.0], [500.0, 500.0]]
+    assert [len(g) for g in bench.turns(jobs)] == [3, 1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_per_sample_pieces_train_the_whole_epoch_bit_for_bit(dtype):
+    """The pieces are the order's consecutive parts with their rows gathered: trained one after the
+    other they are the steps of train_epoch(x, y, order), to the last bit of every parameter."""
+    from benchmarks.run import pieces_of
+
+    spec = preset("mnist-sigmoid-per-sample", dtype=dtype)
+    rng = np.random.default_rng(1)
+    x = (rng.integers(0, 256, (50, 784)) * (rng.random((50, 784)) < 0.2) / 40).astype(dtype)
+    y, order = rng.integers(0, 10, 50), rng.permutation(50)
+    parts = pieces_of(x, y, order, 4)
+    assert [len(o) for _, _, o in parts] == [13, 13, 12, 12]
+    np.testing.assert_array_equal(np.concatenate([px[o] for px, _, o in parts]), x[order])
+    np.testing.assert_array_equal(np.concatenate([py[o] for _, py, o in parts]), y[order])
+    start = init_params(spec, seed=0)
+    whole, pieced = Network(spec, params=start), Network(spec, params=start)
+    train_epoch(whole, make_optimizer(spec.optimizer), x, y, order, 1)
+    opt = make_optimizer(spec.optimizer)
+    for px, py, o in parts:
+        train_epoch(pieced, opt, px, py, o, 1)
+    for k, v in whole.params.items():
+        assert not np.array_equal(v, start[k]), f"{k} did not move: the comparison would prove nothing"
+        np.testing.assert_array_equal(pieced.params[k], v, err_msg=k)
+    assert pieces_of(x, y, order, 1) == [(x, y, order)]
 
 
 def test_verdicts_take_the_median_of_the_rounds_paired_ratios():
