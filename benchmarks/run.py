@@ -28,12 +28,12 @@ BATCHED, PER_SAMPLE, CNN = "mnist-relu-batched", "mnist-sigmoid-per-sample", "mn
 @dataclass(frozen=True)
 class Sizes:
     batched_rows: int = 60_000  # one MNIST epoch
-    per_sample_steps: int = 5_000
+    per_sample_steps: int = 10_000
     fb_batch: int = 128
     fb_calls: int = 20  # forward+backward calls per repetition (one call is too short to time alone)
     repeats: int = 5
     cnn_rows: int = 12_800  # 200 steps of batch 64 (a whole epoch is 4.7x longer and changes no ratio)
-    per_sample_pieces: int = 10  # the per-sample steps in pieces of 500, the contenders taking turns (run_rounds)
+    per_sample_pieces: int = 10  # the per-sample steps in pieces of 1,000, the contenders taking turns (run_rounds)
 
 
 QUICK = Sizes(batched_rows=1_024, per_sample_steps=200, fb_calls=2, repeats=1, cnn_rows=256, per_sample_pieces=2)
@@ -145,8 +145,8 @@ def build_jobs(data, sizes: Sizes, contenders: tuple[str, ...], skipped: dict[st
             params = init_params(spec, seed=0)
             pieces = sizes.per_sample_pieces if task == "per_sample_step_us" else 1
             # The per-sample steps' pieces have their rows gathered beforehand (as bprop validate feeds
-            # a twin its epoch's chunks): every contender's per-call checks then scan 500 rows, not
-            # all 5,000 ten times.
+            # a twin its epoch's chunks): every contender's per-call checks then scan 1,000 rows, not
+            # all 10,000 ten times.
             parts = pieces_of(x, y, order, pieces)
             for kind in contenders:
                 built = contender_or_skip(kind, spec, params, threads, skipped, f"{dtype}/{task}/{kind}")
