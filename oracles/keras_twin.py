@@ -404,9 +404,9 @@ def from_canonical(a: np.ndarray, layout) -> np.ndarray:
 class HeldData(NamedTuple):
     """Training data checked and converted to tensors once (KerasTwin.hold), for many train_epoch calls."""
 
-    x: np.ndarray  # as given (the order's checks and the per-step path read it)
+    x: np.ndarray  # as given: the order's checks read it, and so does the per-step path (on_step)
     y: np.ndarray
-    x_t: tf.Tensor  # copies: changing x or y afterwards changes neither
+    x_t: tf.Tensor  # copies: changing x or y afterwards changes neither (the compiled epoch reads these)
     labels_t: tf.Tensor
 
 
