@@ -743,7 +743,9 @@ class KerasTwin:
         held = x if isinstance(x, HeldData) else None
         if held is not None:
             if y is not None:
-                raise ValueError("keras twin train_epoch: with held data (KerasTwin.hold) y must be None")
+                raise ValueError(
+                    f"keras twin train_epoch: with held data (KerasTwin.hold) y must be None, got {describe(y)}"
+                )
             x, y = held.x, held.y
         order = check_epoch(x, order, batch_size, "keras twin train_epoch")
         if on_step is not None:
